@@ -1,0 +1,15 @@
+"""sceneloc: camera relocalization by scene coordinate regression.
+
+Data flows data -> networks -> losses -> training -> pose estimation -> evaluation -> cli;
+see README.md (ARCHITECTURE). ``Map`` is the user-facing entry point for localization.
+"""
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Lazy so that `import sceneloc` (and the CLI's --help) does not pay for torch.
+    if name == "Map":
+        from .scenemap import Map
+        return Map
+    raise AttributeError(name)

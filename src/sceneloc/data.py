@@ -1,0 +1,358 @@
+"""Data layer: read posed RGB(-D) scenes and derive ground-truth scene coordinates.
+
+Two on-disk layouts are read:
+
+* **7-Scenes**: ``seq-XX/frame-XXXXXX.color.{png,jpg}``, ``frame-XXXXXX.depth.png`` (uint16 mm,
+  0 and 65535 = no depth), ``frame-XXXXXX.pose.txt`` (4x4 camera-to-world), ``TrainSplit.txt`` /
+  ``TestSplit.txt`` (``sequenceN`` lines), optional ``camera-intrinsics.txt`` (3x3).
+* **DSAC*/ACE**: ``train|test/rgb/*``, ``poses/*.txt`` (4x4 camera-to-world), ``calibration/*.txt``
+  (one focal length, principal point at the image centre, or a 3x3 matrix), optional ``depth/*``;
+  files are paired by sorted name.
+
+Every problem with a file raises :class:`SceneLocError` naming the file. Poses follow the
+convention of :mod:`sceneloc.geometry` (camera-to-world, OpenCV axes) and are projected onto SO(3).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import SceneLocError
+from .geometry import backproject, intrinsics_matrix, is_rigid, pixel_grid, project_to_so3, scale_intrinsics
+
+#: 7-Scenes' Kinect depth intrinsics, the default when a dataset has none.
+SEVEN_SCENES_INTRINSICS = (585.0, 585.0, 320.0, 240.0)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+INVALID_DEPTH_MM = (0, 65535)
+
+
+# ------------------------------------------------------------------------------- file readers
+
+
+def read_matrix(path: Path, shape: tuple[int, int], what: str) -> np.ndarray:
+    """A whitespace/tab separated matrix (CRLF and ``7.0e-001`` style numbers accepted)."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise SceneLocError(f"{path}: missing {what} file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SceneLocError(f"{path}: cannot read {what} file ({e})") from None
+    try:
+        values = [float(v) for v in text.split()]
+    except ValueError:
+        raise SceneLocError(f"{path}: malformed {what} file (non-numeric entry)") from None
+    n = shape[0] * shape[1]
+    if len(values) != n:
+        raise SceneLocError(f"{path}: malformed {what} file (expected {n} numbers, found {len(values)})")
+    M = np.array(values, dtype=np.float64).reshape(shape)
+    if not np.all(np.isfinite(M)):
+        raise SceneLocError(f"{path}: malformed {what} file (nan or inf entry)")
+    return M
+
+
+def read_pose(path: Path) -> np.ndarray:
+    """Camera-to-world 4x4 pose, rotation projected onto SO(3); errors name the file."""
+    T = read_matrix(path, (4, 4), "pose")
+    if not is_rigid(T, tol=0.05):
+        raise SceneLocError(f"{path}: pose is not a rigid transform (rotation not orthonormal or last row not 0 0 0 1)")
+    T[:3, :3] = project_to_so3(T[:3, :3])
+    return T
+
+
+def read_image(path: Path) -> np.ndarray:
+    """RGB image ``(H, W, 3)`` uint8."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        what = "missing" if not Path(path).exists() else "unreadable"
+        raise SceneLocError(f"{path}: {what} image")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_depth(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Depth in metres ``(H, W)`` float32, 0 where the sensor gave none (0 or 65535 mm)."""
+    d = cv2.imread(str(path), cv2.IMREAD_ANYDEPTH)
+    if d is None:
+        what = "missing" if not Path(path).exists() else "unreadable"
+        raise SceneLocError(f"{path}: {what} depth map")
+    if d.ndim != 2 or d.dtype != np.uint16:
+        raise SceneLocError(f"{path}: depth must be a single-channel uint16 PNG in millimetres, got {d.dtype} with shape {d.shape}")
+    if shape is not None and d.shape != tuple(shape):
+        raise SceneLocError(f"{path}: depth map is {d.shape[1]}x{d.shape[0]} but its image is {shape[1]}x{shape[0]}")
+    out = d.astype(np.float32) / 1000.0
+    out[np.isin(d, INVALID_DEPTH_MM)] = 0.0
+    return out
+
+
+def read_intrinsics(path: Path, image_size: tuple[int, int] | None = None) -> np.ndarray:
+    """3x3 K from a file holding a 3x3 matrix, or a single focal length (principal point at the
+    centre of ``image_size`` = (H, W), the DSAC*/ACE calibration convention)."""
+    try:
+        values = [float(v) for v in Path(path).read_text().split()]
+    except FileNotFoundError:
+        raise SceneLocError(f"{path}: missing calibration file") from None
+    except (ValueError, UnicodeDecodeError):
+        raise SceneLocError(f"{path}: malformed calibration file (non-numeric entry)") from None
+    if len(values) == 9:
+        K = np.array(values).reshape(3, 3)
+    elif len(values) == 1:
+        if image_size is None:
+            raise SceneLocError(f"{path}: a single focal length needs the image size")
+        h, w = image_size
+        K = intrinsics_matrix(values[0], values[0], w / 2.0, h / 2.0)
+    else:
+        raise SceneLocError(f"{path}: malformed calibration file (expected 1 focal length or a 3x3 matrix, found {len(values)} numbers)")
+    if K[0, 0] <= 0 or K[1, 1] <= 0 or not np.allclose(K[2], [0, 0, 1]):
+        raise SceneLocError(f"{path}: not a valid camera matrix (focal lengths must be positive, last row 0 0 1)")
+    return K
+
+
+def parse_intrinsics(spec: str) -> np.ndarray:
+    """User option ``fx,fy,cx,cy`` (or ``f,cx,cy``) or the path of a 3x3 matrix file -> K."""
+    if Path(spec).is_file():
+        return read_intrinsics(Path(spec))
+    try:
+        vals = [float(v) for v in spec.replace(" ", "").split(",")]
+    except ValueError:
+        raise SceneLocError(f"--intrinsics {spec!r}: expected 'fx,fy,cx,cy' or a file with a 3x3 matrix") from None
+    if len(vals) == 3:
+        vals = [vals[0], vals[0], vals[1], vals[2]]
+    if len(vals) != 4 or vals[0] <= 0 or vals[1] <= 0:
+        raise SceneLocError(f"--intrinsics {spec!r}: expected 'fx,fy,cx,cy' with positive focal lengths")
+    return intrinsics_matrix(*vals)
+
+
+# ------------------------------------------------------------------------------------- frames
+
+
+@dataclass
+class Frame:
+    """One posed image of a scene. Paths are absolute; ``name`` is relative to the dataset root."""
+    name: str
+    image_path: Path
+    pose: np.ndarray            # (4, 4) camera-to-world
+    K: np.ndarray               # (3, 3) at full resolution
+    depth_path: Path | None = None
+
+    def load_image(self) -> np.ndarray:
+        """``(H, W, 3)`` uint8 RGB."""
+        return read_image(self.image_path)
+
+    def load_depth(self, shape: tuple[int, int] | None = None) -> np.ndarray:
+        """``(H, W)`` metres, 0 = no depth."""
+        if self.depth_path is None:
+            raise SceneLocError(f"{self.image_path}: missing depth (no depth map for this frame)")
+        return read_depth(self.depth_path, shape)
+
+    def load(self, need_depth: bool = True) -> "FrameData":
+        image = self.load_image()
+        depth = self.load_depth(image.shape[:2]) if need_depth or self.depth_path else None
+        return FrameData(self.name, image, depth, self.pose, self.K)
+
+
+@dataclass
+class FrameData:
+    """A decoded frame: image ``(H, W, 3)`` uint8, depth ``(H, W)`` metres (0 = none) or None."""
+    name: str
+    image: np.ndarray
+    depth: np.ndarray | None
+    pose: np.ndarray
+    K: np.ndarray
+
+    @property
+    def depth_valid(self) -> np.ndarray:
+        return self.depth > 0
+
+    def scene_coordinates(self, factor: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Ground-truth scene coordinates at full resolution or reduced by an integer ``factor``.
+
+        Returns ``coords (h, w, 3)`` float32 world points, ``valid (h, w)`` and the intrinsics
+        ``K (3, 3)`` of the reduced grid. Output pixel ``j`` covers full-resolution pixels
+        ``[f j, f j + f - 1]``; its point lies on the ray through that block's exact centre at the
+        depth of the pixel nearest to it, so projecting it with the reduced K lands exactly on ``j``.
+        """
+        if self.depth is None:
+            raise SceneLocError(f"{self.name}: missing depth, cannot compute ground-truth scene coordinates")
+        return scene_coordinates(self.depth, self.pose, self.K, factor)
+
+
+def scene_coordinates(depth: np.ndarray, pose: np.ndarray, K: np.ndarray,
+                      factor: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """World points ``X = R x + t`` (paper eq. 1) from depth ``(H, W)``; see FrameData.scene_coordinates."""
+    H, W = depth.shape
+    h, w = H // factor, W // factor
+    K_out = scale_intrinsics(K, 1.0 / factor)
+    d = depth[factor // 2::factor, factor // 2::factor][:h, :w]
+    uv_full = pixel_grid(h, w) * factor + (factor - 1) / 2.0  # exact block centres
+    x_cam = backproject(uv_full, d.astype(np.float64), K)
+    X = x_cam @ pose[:3, :3].T + pose[:3, 3]
+    valid = d > 0
+    X[~valid] = 0.0
+    return X.astype(np.float32), valid, K_out
+
+
+# -------------------------------------------------------------------------------------- scenes
+
+
+@dataclass
+class SceneStats:
+    frames: dict[str, int]
+    image_size: tuple[int, int]           # (H, W)
+    has_depth: bool
+    valid_depth_share: float
+    extent_min: np.ndarray                # (3,) robust bounding box of the scene coordinates
+    extent_max: np.ndarray
+    center: np.ndarray                    # (3,) mean scene coordinate
+    diameter: float                       # diagonal of the robust bounding box, metres
+
+    @property
+    def tukey_c(self) -> float:
+        """The paper's Tukey constant: half the scene diameter."""
+        return self.diameter / 2.0
+
+
+@dataclass
+class Scene:
+    """A dataset on disk: its frames per split and its camera intrinsics."""
+    root: Path
+    layout: str                           # "7scenes" or "dsacstar"
+    splits: dict[str, list[Frame]] = field(default_factory=dict)
+
+    def frames(self, split: str) -> list[Frame]:
+        if split not in self.splits:
+            raise SceneLocError(f"{self.root}: unknown split {split!r} (this dataset has: {', '.join(self.splits) or 'none'})")
+        if not self.splits[split]:
+            raise SceneLocError(f"{self.root}: split {split!r} is empty")
+        return self.splits[split]
+
+    @cached_property
+    def image_size(self) -> tuple[int, int]:
+        for frames in self.splits.values():
+            if frames:
+                return tuple(frames[0].load_image().shape[:2])
+        raise SceneLocError(f"{self.root}: no frames")
+
+    def statistics(self, max_frames: int = 60, factor: int = 4) -> SceneStats:
+        """Frames per split, valid-depth share and the extent of the training split's scene coordinates
+        (from up to ``max_frames`` evenly spaced frames at 1/factor resolution)."""
+        counts = {k: len(v) for k, v in self.splits.items()}
+        split = "train" if self.splits.get("train") else next(k for k, v in self.splits.items() if v)
+        frames = self.splits[split]
+        picks = [frames[i] for i in np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().astype(int)]
+        has_depth = all(f.depth_path is not None for f in picks)
+        if has_depth:
+            pts, shares = [], []
+            for f in picks:
+                fd = f.load()
+                X, valid, _ = fd.scene_coordinates(factor)
+                pts.append(X[valid])
+                shares.append(float(fd.depth_valid.mean()))
+            P = np.concatenate(pts) if pts else np.zeros((0, 3))
+            if len(P) == 0:
+                raise SceneLocError(f"{self.root}: no valid depth in the {split} split")
+            share = float(np.mean(shares))
+        else:  # RGB-only: the camera centres are the best extent estimate we have
+            P = np.stack([f.pose[:3, 3] for f in frames])
+            share = 0.0
+        lo, hi = np.percentile(P, 0.5, axis=0), np.percentile(P, 99.5, axis=0)
+        return SceneStats(counts, self.image_size, has_depth, share, lo, hi, P.mean(0),
+                          float(np.linalg.norm(hi - lo)))
+
+
+_SEQ_RE = re.compile(r"^seq-?(\d+)$")
+_FRAME_RE = re.compile(r"^(frame-\d+)\.color\.(png|jpg|jpeg)$", re.IGNORECASE)
+
+
+def _read_split_file(path: Path) -> list[int]:
+    seqs = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        m = re.fullmatch(r"sequence\s*(\d+)", line, flags=re.IGNORECASE)
+        if not m:
+            raise SceneLocError(f"{path}: malformed split file (expected 'sequenceN' lines, got {line!r})")
+        seqs.append(int(m.group(1)))
+    return seqs
+
+
+def _load_7scenes(root: Path, K: np.ndarray | None) -> Scene:
+    if K is None:
+        calib = root / "camera-intrinsics.txt"
+        K = read_intrinsics(calib) if calib.exists() else intrinsics_matrix(*SEVEN_SCENES_INTRINSICS)
+    seq_dirs = {int(_SEQ_RE.match(p.name).group(1)): p for p in root.iterdir() if p.is_dir() and _SEQ_RE.match(p.name)}
+    scene = Scene(root, "7scenes")
+    for split, fname in (("train", "TrainSplit.txt"), ("test", "TestSplit.txt")):
+        split_file = root / fname
+        if not split_file.exists():
+            continue
+        frames = []
+        for n in _read_split_file(split_file):
+            if n not in seq_dirs:
+                raise SceneLocError(f"{split_file}: sequence{n} listed but folder seq-{n:02d} does not exist")
+            seq = seq_dirs[n]
+            for img in sorted(seq.iterdir()):
+                m = _FRAME_RE.match(img.name)
+                if not m:
+                    continue
+                stem = seq / m.group(1)
+                depth = Path(f"{stem}.depth.png")
+                frames.append(Frame(str(img.relative_to(root)), img, read_pose(Path(f"{stem}.pose.txt")), K,
+                                    depth if depth.exists() else None))
+        scene.splits[split] = frames
+    if not scene.splits:
+        raise SceneLocError(f"{root}: 7-Scenes layout without TrainSplit.txt or TestSplit.txt")
+    return scene
+
+
+def _load_dsacstar(root: Path, K_override: np.ndarray | None) -> Scene:
+    scene = Scene(root, "dsacstar")
+    for split in ("train", "test"):
+        d = root / split
+        if not (d / "rgb").is_dir():
+            continue
+        images = sorted(p for p in (d / "rgb").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        poses = sorted((d / "poses").glob("*.txt")) if (d / "poses").is_dir() else []
+        calibs = sorted((d / "calibration").glob("*.txt")) if (d / "calibration").is_dir() else []
+        depths = sorted((d / "depth").glob("*.png")) if (d / "depth").is_dir() else []
+        if len(poses) != len(images):
+            raise SceneLocError(f"{d / 'poses'}: {len(poses)} pose files for {len(images)} images in {d / 'rgb'}")
+        if K_override is None and len(calibs) != len(images):
+            raise SceneLocError(f"{d / 'calibration'}: {len(calibs)} calibration files for {len(images)} images (or pass --intrinsics)")
+        if depths and len(depths) != len(images):
+            raise SceneLocError(f"{d / 'depth'}: {len(depths)} depth maps for {len(images)} images")
+        frames = []
+        size = None
+        for i, img in enumerate(images):
+            if K_override is not None:
+                K = K_override
+            else:
+                if size is None:
+                    size = read_image(img).shape[:2]
+                K = read_intrinsics(calibs[i], size)
+            frames.append(Frame(str(img.relative_to(root)), img, read_pose(poses[i]), K,
+                                depths[i] if depths else None))
+        scene.splits[split] = frames
+    return scene
+
+
+def load_scene(path: str | Path, intrinsics: np.ndarray | None = None) -> Scene:
+    """Open a dataset directory in 7-Scenes or DSAC*/ACE layout.
+
+    Args:
+        path: the dataset root.
+        intrinsics: optional ``(3, 3)`` K overriding what the dataset says (or 7-Scenes' default).
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise SceneLocError(f"{root}: dataset directory does not exist")
+    if (root / "TrainSplit.txt").exists() or (root / "TestSplit.txt").exists():
+        return _load_7scenes(root, intrinsics)
+    if (root / "train" / "rgb").is_dir() or (root / "test" / "rgb").is_dir():
+        return _load_dsacstar(root, intrinsics)
+    raise SceneLocError(f"{root}: neither 7-Scenes layout (TrainSplit.txt, seq-XX/) nor DSAC*/ACE layout (train/rgb, test/rgb)")

@@ -1,0 +1,354 @@
+"""Geometry core: pose convention, projection, Kabsch, PnP, pose errors and the pose file.
+
+Pose convention, used everywhere in sceneloc
+--------------------------------------------
+* A *pose* is the 4x4 **camera-to-world** matrix ``T_wc`` (as in 7-Scenes' ``pose.txt``):
+  a point ``x`` in camera coordinates is at ``X = R x + t`` in the world (paper eq. 1).
+* Camera axes follow OpenCV: x right, y down, z forward; pixel (0, 0) is the *centre* of the
+  top-left pixel, so ``u = fx * x / z + cx`` (paper eq. 2).
+* The pose *file* stores the inverse (world-to-camera) as ``qw qx qy qz tx ty tz``, the format
+  DSAC* and ACE write, so their evaluation scripts read our output and vice versa.
+
+Functions take numpy arrays (``kabsch`` also torch tensors) with shapes given in docstrings;
+leading batch dimensions ``B`` are optional where shown as ``(..., )``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from .errors import SceneLocError
+
+# ----------------------------------------------------------------------------- rigid transforms
+
+
+def make_pose(R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Stack ``R (..., 3, 3)`` and ``t (..., 3)`` into homogeneous ``(..., 4, 4)`` matrices."""
+    R = np.asarray(R, dtype=np.float64)
+    T = np.zeros(R.shape[:-2] + (4, 4))
+    T[..., :3, :3] = R
+    T[..., :3, 3] = t
+    T[..., 3, 3] = 1.0
+    return T
+
+
+def invert_pose(T: np.ndarray) -> np.ndarray:
+    """Inverse of rigid transforms ``(..., 4, 4)`` (camera-to-world <-> world-to-camera)."""
+    R = T[..., :3, :3]
+    t = T[..., :3, 3]
+    Rt = np.swapaxes(R, -1, -2)
+    return make_pose(Rt, -np.einsum("...ij,...j->...i", Rt, t))
+
+
+def transform_points(T: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """Apply ``T (..., 4, 4)`` to points ``X (..., N, 3)``: returns ``R X + t``, shape ``(..., N, 3)``."""
+    return np.einsum("...ij,...nj->...ni", T[..., :3, :3], X) + T[..., None, :3, 3]
+
+
+def project_to_so3(R: np.ndarray) -> np.ndarray:
+    """Nearest rotation (Frobenius norm) to each ``(..., 3, 3)`` matrix, via SVD.
+
+    7-Scenes' KinectFusion rotations have det ~ 0.9997; without this, perfect estimates
+    would show rotation errors near 1 degree.
+    """
+    U, _, Vt = np.linalg.svd(R)
+    d = np.sign(np.linalg.det(U @ Vt))
+    D = np.ones(R.shape[:-2] + (3,))
+    D[..., 2] = d
+    return (U * D[..., None, :]) @ Vt
+
+
+def is_rigid(T: np.ndarray, tol: float = 1e-2) -> bool:
+    """True if ``T (4, 4)`` is finite, has last row ``0 0 0 1`` and a rotation block within ``tol`` of SO(3)."""
+    if T.shape != (4, 4) or not np.all(np.isfinite(T)):
+        return False
+    R = T[:3, :3]
+    return (np.allclose(T[3], [0, 0, 0, 1], atol=1e-6)
+            and np.abs(R @ R.T - np.eye(3)).max() < tol
+            and abs(np.linalg.det(R) - 1.0) < tol)
+
+
+# ------------------------------------------------------------------------------------ quaternions
+
+
+def matrix_to_quaternion(R: np.ndarray) -> np.ndarray:
+    """Rotation ``(3, 3)`` -> unit quaternion ``(4,)`` as ``(w, x, y, z)`` with ``w >= 0``."""
+    m = R
+    tr = m[0, 0] + m[1, 1] + m[2, 2]
+    if tr > 0:
+        s = math.sqrt(tr + 1.0) * 2
+        q = [0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
+    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
+        s = math.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2]) * 2
+        q = [(m[2, 1] - m[1, 2]) / s, 0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s]
+    elif m[1, 1] > m[2, 2]:
+        s = math.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2]) * 2
+        q = [(m[0, 2] - m[2, 0]) / s, (m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s]
+    else:
+        s = math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1]) * 2
+        q = [(m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s]
+    q = np.asarray(q)
+    q /= np.linalg.norm(q)
+    return q if q[0] >= 0 else -q
+
+
+def quaternion_to_matrix(q: np.ndarray) -> np.ndarray:
+    """Quaternion ``(4,)`` ``(w, x, y, z)`` (normalised here) -> rotation ``(3, 3)``."""
+    w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+# ------------------------------------------------------------------------------------ cameras
+
+
+def intrinsics_matrix(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
+    """The 3x3 pinhole matrix K."""
+    return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+
+
+def scale_intrinsics(K: np.ndarray, factor: float) -> np.ndarray:
+    """Intrinsics of the same camera on an image resized by ``factor`` (e.g. 0.5 for half size).
+
+    Exact for pixel *centres*: full-resolution pixel ``u`` lies at ``(u + 0.5) * factor - 0.5``.
+    """
+    K2 = np.array(K, dtype=np.float64)
+    K2[0, 0] *= factor
+    K2[1, 1] *= factor
+    K2[0, 2] = (K[0, 2] + 0.5) * factor - 0.5
+    K2[1, 2] = (K[1, 2] + 0.5) * factor - 0.5
+    return K2
+
+
+def pixel_grid(height: int, width: int) -> np.ndarray:
+    """Pixel centres ``(H, W, 2)`` as ``(u, v)`` = (column, row)."""
+    v, u = np.mgrid[0:height, 0:width].astype(np.float64)
+    return np.stack([u, v], axis=-1)
+
+
+def project(X_cam: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Camera-frame points ``(..., 3)`` -> pixels ``(..., 2)`` (paper eq. 2)."""
+    z = X_cam[..., 2:3]
+    uv = X_cam[..., :2] / z
+    return uv * np.array([K[0, 0], K[1, 1]]) + np.array([K[0, 2], K[1, 2]])
+
+
+def backproject(uv: np.ndarray, depth: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Pixels ``(..., 2)`` with depth ``(...)`` (metres along z) -> camera-frame points ``(..., 3)``."""
+    x = (uv[..., 0] - K[0, 2]) / K[0, 0] * depth
+    y = (uv[..., 1] - K[1, 2]) / K[1, 1] * depth
+    return np.stack([x, y, depth], axis=-1)
+
+
+# ----------------------------------------------------------------------------------- pose errors
+
+
+def rotation_error_deg(R_est: np.ndarray, R_gt: np.ndarray) -> np.ndarray:
+    """Angle of ``R_est R_gt^T`` in degrees, for ``(..., 3, 3)`` inputs."""
+    R = R_est @ np.swapaxes(R_gt, -1, -2)
+    cos = (np.trace(R, axis1=-2, axis2=-1) - 1.0) / 2.0
+    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
+def pose_errors(T_est: np.ndarray, T_gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rotation error (degrees) and translation error (metres) of camera-to-world poses ``(..., 4, 4)``.
+
+    The translation error is the distance between camera centres, as in DSAC*/ACE evaluation.
+    """
+    rot = rotation_error_deg(T_est[..., :3, :3], T_gt[..., :3, :3])
+    trans = np.linalg.norm(T_est[..., :3, 3] - T_gt[..., :3, 3], axis=-1)
+    return rot, trans
+
+
+# ---------------------------------------------------------------------------------------- Kabsch
+
+
+def kabsch(src, dst, weights=None):
+    """Rigid transform ``(R, t)`` minimising ``sum_i w_i ||R src_i + t - dst_i||^2``.
+
+    Args:
+        src: ``(..., N, 3)`` points, numpy array or torch tensor (camera frame for pose estimation).
+        dst: ``(..., N, 3)`` corresponding points (scene coordinates).
+        weights: optional ``(..., N)`` non-negative weights.
+    Returns:
+        ``R (..., 3, 3)`` and ``t (..., 3)`` of the same array type as ``src``; with src in camera
+        and dst in world coordinates this is the camera-to-world pose. Differentiable in torch.
+    """
+    is_numpy = isinstance(src, np.ndarray)
+    s = torch.as_tensor(src, dtype=torch.float64) if is_numpy else src
+    d = torch.as_tensor(dst, dtype=s.dtype, device=s.device)
+    if weights is None:
+        w = torch.ones(s.shape[:-1], dtype=s.dtype, device=s.device)
+    else:
+        w = torch.as_tensor(weights, dtype=s.dtype, device=s.device)
+    w = w / w.sum(-1, keepdim=True).clamp_min(1e-12)
+    cs = (w[..., None] * s).sum(-2)
+    cd = (w[..., None] * d).sum(-2)
+    H = (s - cs[..., None, :]).transpose(-1, -2) @ (w[..., None] * (d - cd[..., None, :]))
+    U, _, Vt = torch.linalg.svd(H)
+    V = Vt.transpose(-1, -2)
+    # Reflection guard: flip the last singular direction where det(V U^T) < 0.
+    sign = torch.sign(torch.linalg.det(V @ U.transpose(-1, -2)))
+    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+    D = torch.ones(s.shape[:-2] + (3,), dtype=s.dtype, device=s.device)
+    D = torch.cat([D[..., :2], sign[..., None]], dim=-1)
+    R = (V * D[..., None, :]) @ U.transpose(-1, -2)
+    t = cd - (R @ cs[..., None])[..., 0]
+    if is_numpy:
+        return R.numpy(), t.numpy()
+    return R, t
+
+
+# ------------------------------------------------------------------------------------------- PnP
+
+PNP_METHODS = {
+    "epnp": cv2.SOLVEPNP_EPNP,  # the paper's solver
+    "sqpnp": cv2.SOLVEPNP_SQPNP,
+    "p3p": cv2.SOLVEPNP_P3P,
+    "iterative": cv2.SOLVEPNP_ITERATIVE,
+}
+
+
+def _rvec_tvec_to_pose(rvec: np.ndarray, tvec: np.ndarray) -> np.ndarray:
+    """OpenCV's world-to-camera ``(rvec, tvec)`` -> camera-to-world 4x4."""
+    R_cw, _ = cv2.Rodrigues(rvec)
+    return invert_pose(make_pose(R_cw, tvec.reshape(3)))
+
+
+def solve_pnp(points3d: np.ndarray, points2d: np.ndarray, K: np.ndarray,
+              method: str = "epnp") -> np.ndarray | None:
+    """Camera-to-world pose from 2D-3D correspondences, or None when the solver fails.
+
+    Args:
+        points3d: ``(N, 3)`` scene coordinates; points2d: ``(N, 2)`` pixels; K: ``(3, 3)``.
+        method: one of ``PNP_METHODS`` (``p3p`` needs exactly 4 points in OpenCV).
+    """
+    if method not in PNP_METHODS:
+        raise ValueError(f"unknown PnP method {method!r}; choose from {sorted(PNP_METHODS)}")
+    obj = np.ascontiguousarray(points3d, dtype=np.float64).reshape(-1, 1, 3)
+    img = np.ascontiguousarray(points2d, dtype=np.float64).reshape(-1, 1, 2)
+    try:
+        ok, rvec, tvec = cv2.solvePnP(obj, img, K.astype(np.float64), None, flags=PNP_METHODS[method])
+    except cv2.error:
+        return None
+    if not ok or not np.all(np.isfinite(tvec)):
+        return None
+    return _rvec_tvec_to_pose(rvec, tvec)
+
+
+def pnp_ransac(points3d: np.ndarray, points2d: np.ndarray, K: np.ndarray,
+               threshold_px: float = 10.0, iterations: int = 10000, confidence: float = 0.9999,
+               method: str = "magsac") -> tuple[np.ndarray | None, np.ndarray]:
+    """Robust PnP with OpenCV's USAC (MAGSAC++ by default): returns ``(T_wc or None, inlier mask (N,))``.
+
+    ``method`` is ``magsac`` (cv2.USAC_MAGSAC) or ``ransac`` (classic RANSAC with EPnP), which
+    fails at high outlier rates and is kept only as a baseline.
+    """
+    flags = {"magsac": cv2.USAC_MAGSAC, "ransac": cv2.SOLVEPNP_EPNP}[method]
+    n = len(points3d)
+    mask = np.zeros(n, dtype=bool)
+    if n < 4:
+        return None, mask
+    obj = np.ascontiguousarray(points3d, dtype=np.float64).reshape(-1, 1, 3)
+    img = np.ascontiguousarray(points2d, dtype=np.float64).reshape(-1, 1, 2)
+    try:
+        ok, rvec, tvec, inliers = cv2.solvePnPRansac(
+            obj, img, K.astype(np.float64), None, iterationsCount=iterations,
+            reprojectionError=threshold_px, confidence=confidence, flags=flags)
+    except cv2.error:
+        return None, mask
+    if not ok or inliers is None or not np.all(np.isfinite(tvec)):
+        return None, mask
+    mask[inliers.reshape(-1)] = True
+    return _rvec_tvec_to_pose(rvec, tvec), mask
+
+
+def reprojection_errors(T_wc: np.ndarray, points3d: np.ndarray, points2d: np.ndarray,
+                        K: np.ndarray) -> np.ndarray:
+    """Pixel distance ``(N,)`` between ``points2d (N, 2)`` and ``points3d (N, 3)`` projected by the pose;
+    points behind the camera get ``inf``."""
+    X_cam = transform_points(invert_pose(T_wc), points3d)
+    err = np.linalg.norm(project(X_cam, K) - points2d, axis=-1)
+    return np.where(X_cam[:, 2] > 1e-6, err, np.inf)
+
+
+# ------------------------------------------------------------------------------------ pose file
+
+
+@dataclass
+class PoseRecord:
+    """One line of a pose file: image path (relative to the dataset root), camera-to-world pose
+    (None for a failed frame) and named extra columns (e.g. ``time_ms``, ``inliers``)."""
+    image: str
+    pose: np.ndarray | None
+    extras: dict[str, float] = field(default_factory=dict)
+
+
+def write_pose_file(path: str | Path, records: Sequence[PoseRecord], comment: str = "") -> None:
+    """Write ``<image> qw qx qy qz tx ty tz [extras...]`` lines, (q, t) world-to-camera (OpenCV).
+
+    A failed frame (``pose is None``) is written with ``nan`` for q and t, so it is counted, not dropped.
+    """
+    extra_names = list(records[0].extras) if records else []
+    lines = []
+    for line in comment.splitlines():
+        lines.append(f"# {line}")
+    lines.append("# image qw qx qy qz tx ty tz" + "".join(f" {n}" for n in extra_names))
+    for rec in records:
+        if " " in rec.image:
+            raise SceneLocError(f"{rec.image}: image paths with spaces cannot be written to a pose file")
+        if rec.pose is None:
+            vals = ["nan"] * 7
+        else:
+            T_cw = invert_pose(rec.pose)
+            q = matrix_to_quaternion(T_cw[:3, :3])
+            vals = [f"{v:.9f}" for v in (*q, *T_cw[:3, 3])]
+        extras = [f"{rec.extras.get(n, float('nan')):.6g}" for n in extra_names]
+        lines.append(" ".join([rec.image, *vals, *extras]))
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def read_pose_file(path: str | Path) -> list[PoseRecord]:
+    """Read a pose file written by sceneloc, DSAC* or ACE (extra columns named by the header if any)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SceneLocError(f"{path}: cannot read pose file ({e.strerror})") from None
+    extra_names: list[str] = []
+    records = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("#"):
+            head = line[1:].split()
+            if head[:8] == ["image", "qw", "qx", "qy", "qz", "tx", "ty", "tz"]:
+                extra_names = head[8:]
+            continue
+        parts = line.split()
+        try:
+            vals = [float(v) for v in parts[1:]]
+        except ValueError:
+            raise SceneLocError(f"{path}:{lineno}: expected '<image> qw qx qy qz tx ty tz', got {line[:80]!r}") from None
+        if len(vals) < 7:
+            raise SceneLocError(f"{path}:{lineno}: expected 7 numbers after the image name, got {len(vals)}")
+        q, t = np.array(vals[:4]), np.array(vals[4:7])
+        pose = None
+        if np.all(np.isfinite(q)) and np.all(np.isfinite(t)):
+            if np.linalg.norm(q) < 1e-9:
+                raise SceneLocError(f"{path}:{lineno}: zero quaternion")
+            pose = invert_pose(make_pose(quaternion_to_matrix(q), t))
+        names = extra_names + [f"col{i}" for i in range(len(extra_names), len(vals) - 7)]
+        records.append(PoseRecord(parts[0], pose, dict(zip(names, vals[7:]))))
+    return records
