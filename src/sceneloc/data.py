@@ -16,6 +16,7 @@ convention of :mod:`sceneloc.geometry` (camera-to-world, OpenCV axes) and are pr
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -30,6 +31,8 @@ from .geometry import backproject, intrinsics_matrix, is_rigid, pixel_grid, proj
 SEVEN_SCENES_INTRINSICS = (585.0, 585.0, 320.0, 240.0)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 INVALID_DEPTH_MM = (0, 65535)
+#: Leading bytes of the image formats OpenCV decodes (PNG, JPEG, TIFF, BMP, WebP's RIFF).
+_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM", b"RIFF")
 
 
 # ------------------------------------------------------------------------------- file readers
@@ -65,21 +68,58 @@ def read_pose(path: Path) -> np.ndarray:
     return T
 
 
+@contextmanager
+def _quiet_opencv():
+    """Silence OpenCV's own log lines (e.g. libpng errors on a broken file) so that the user sees
+    only our one-line error."""
+    logging = cv2.utils.logging
+    old = logging.getLogLevel()
+    logging.setLogLevel(logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        logging.setLogLevel(old)
+
+
+def _decode(path: Path, flags: int, what: str) -> np.ndarray:
+    try:
+        buf = np.fromfile(str(path), dtype=np.uint8)
+    except FileNotFoundError:
+        raise SceneLocError(f"{path}: missing {what}") from None
+    except OSError as e:
+        raise SceneLocError(f"{path}: cannot read {what} ({e.strerror})") from None
+    if buf.size == 0:
+        raise SceneLocError(f"{path}: unreadable {what} (empty file)")
+    with _quiet_opencv():
+        img = cv2.imdecode(buf, flags)
+    if img is None:
+        raise SceneLocError(f"{path}: unreadable {what} (not a valid image file)")
+    return img
+
+
+def check_image_file(path: Path, what: str = "image") -> None:
+    """Cheap check without decoding: ``path`` exists, is non-empty and starts like an image file."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except FileNotFoundError:
+        raise SceneLocError(f"{path}: missing {what}") from None
+    except OSError as e:
+        raise SceneLocError(f"{path}: cannot read {what} ({e.strerror})") from None
+    if not head:
+        raise SceneLocError(f"{path}: unreadable {what} (empty file)")
+    if not head.startswith(_IMAGE_MAGIC):
+        raise SceneLocError(f"{path}: unreadable {what} (not a PNG or JPEG image file)")
+
+
 def read_image(path: Path) -> np.ndarray:
     """RGB image ``(H, W, 3)`` uint8."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        what = "missing" if not Path(path).exists() else "unreadable"
-        raise SceneLocError(f"{path}: {what} image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(_decode(path, cv2.IMREAD_COLOR, "image"), cv2.COLOR_BGR2RGB)
 
 
 def read_depth(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
     """Depth in metres ``(H, W)`` float32, 0 where the sensor gave none (0 or 65535 mm)."""
-    d = cv2.imread(str(path), cv2.IMREAD_ANYDEPTH)
-    if d is None:
-        what = "missing" if not Path(path).exists() else "unreadable"
-        raise SceneLocError(f"{path}: {what} depth map")
+    d = _decode(path, cv2.IMREAD_ANYDEPTH, "depth map")
     if d.ndim != 2 or d.dtype != np.uint16:
         raise SceneLocError(f"{path}: depth must be a single-channel uint16 PNG in millimetres, got {d.dtype} with shape {d.shape}")
     if shape is not None and d.shape != tuple(shape):
@@ -241,7 +281,9 @@ class Scene:
         """Frames per split, valid-depth share and the extent of the training split's scene coordinates
         (from up to ``max_frames`` evenly spaced frames at 1/factor resolution)."""
         counts = {k: len(v) for k, v in self.splits.items()}
-        split = "train" if self.splits.get("train") else next(k for k, v in self.splits.items() if v)
+        split = "train" if self.splits.get("train") else next((k for k, v in self.splits.items() if v), None)
+        if split is None:
+            raise SceneLocError(f"{self.root}: no frames")
         frames = self.splits[split]
         picks = [frames[i] for i in np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().astype(int)]
         has_depth = all(f.depth_path is not None for f in picks)
@@ -269,8 +311,12 @@ _FRAME_RE = re.compile(r"^(frame-\d+)\.color\.(png|jpg|jpeg)$", re.IGNORECASE)
 
 
 def _read_split_file(path: Path) -> list[int]:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SceneLocError(f"{path}: cannot read split file ({e})") from None
     seqs = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         line = line.strip()
         if not line:
             continue
@@ -278,6 +324,8 @@ def _read_split_file(path: Path) -> list[int]:
         if not m:
             raise SceneLocError(f"{path}: malformed split file (expected 'sequenceN' lines, got {line!r})")
         seqs.append(int(m.group(1)))
+    if not seqs:
+        raise SceneLocError(f"{path}: empty split (the file lists no 'sequenceN' lines)")
     return seqs
 
 
@@ -296,14 +344,20 @@ def _load_7scenes(root: Path, K: np.ndarray | None) -> Scene:
             if n not in seq_dirs:
                 raise SceneLocError(f"{split_file}: sequence{n} listed but folder seq-{n:02d} does not exist")
             seq = seq_dirs[n]
+            n_before = len(frames)
             for img in sorted(seq.iterdir()):
                 m = _FRAME_RE.match(img.name)
                 if not m:
                     continue
                 stem = seq / m.group(1)
                 depth = Path(f"{stem}.depth.png")
+                check_image_file(img)
+                if depth.exists():
+                    check_image_file(depth, "depth map")
                 frames.append(Frame(str(img.relative_to(root)), img, read_pose(Path(f"{stem}.pose.txt")), K,
                                     depth if depth.exists() else None))
+            if len(frames) == n_before:
+                raise SceneLocError(f"{seq}: empty split folder (no frame-XXXXXX.color.png/jpg images), listed in {split_file.name}")
         scene.splits[split] = frames
     if not scene.splits:
         raise SceneLocError(f"{root}: 7-Scenes layout without TrainSplit.txt or TestSplit.txt")
@@ -317,6 +371,8 @@ def _load_dsacstar(root: Path, K_override: np.ndarray | None) -> Scene:
         if not (d / "rgb").is_dir():
             continue
         images = sorted(p for p in (d / "rgb").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise SceneLocError(f"{d / 'rgb'}: empty split folder (no .png/.jpg images)")
         poses = sorted((d / "poses").glob("*.txt")) if (d / "poses").is_dir() else []
         calibs = sorted((d / "calibration").glob("*.txt")) if (d / "calibration").is_dir() else []
         depths = sorted((d / "depth").glob("*.png")) if (d / "depth").is_dir() else []
@@ -324,11 +380,16 @@ def _load_dsacstar(root: Path, K_override: np.ndarray | None) -> Scene:
             raise SceneLocError(f"{d / 'poses'}: {len(poses)} pose files for {len(images)} images in {d / 'rgb'}")
         if K_override is None and len(calibs) != len(images):
             raise SceneLocError(f"{d / 'calibration'}: {len(calibs)} calibration files for {len(images)} images (or pass --intrinsics)")
+        if not depths and (d / "depth").is_dir() and any((d / "depth").iterdir()):
+            raise SceneLocError(f"{d / 'depth'}: no .png depth maps (depth must be uint16 PNG in millimetres)")
         if depths and len(depths) != len(images):
             raise SceneLocError(f"{d / 'depth'}: {len(depths)} depth maps for {len(images)} images")
         frames = []
         size = None
         for i, img in enumerate(images):
+            check_image_file(img)
+            if depths:
+                check_image_file(depths[i], "depth map")
             if K_override is not None:
                 K = K_override
             else:
@@ -350,9 +411,27 @@ def load_scene(path: str | Path, intrinsics: np.ndarray | None = None) -> Scene:
     """
     root = Path(path)
     if not root.is_dir():
-        raise SceneLocError(f"{root}: dataset directory does not exist")
+        raise SceneLocError(f"{root}: dataset directory {'is not a directory' if root.exists() else 'does not exist'}")
     if (root / "TrainSplit.txt").exists() or (root / "TestSplit.txt").exists():
         return _load_7scenes(root, intrinsics)
     if (root / "train" / "rgb").is_dir() or (root / "test" / "rgb").is_dir():
         return _load_dsacstar(root, intrinsics)
     raise SceneLocError(f"{root}: neither 7-Scenes layout (TrainSplit.txt, seq-XX/) nor DSAC*/ACE layout (train/rgb, test/rgb)")
+
+
+def scene_coordinates_at(depth: np.ndarray, pose: np.ndarray, K: np.ndarray,
+                         uv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ground-truth scene coordinates at arbitrary full-resolution pixel centres ``uv (..., 2)``.
+
+    Each point lies on the ray through its exact ``uv`` at the depth of the nearest pixel, so it
+    projects back onto ``uv``. Returns ``coords (..., 3)`` float32 and ``valid (...)``.
+    """
+    H, W = depth.shape
+    col = np.clip(np.rint(uv[..., 0]).astype(int), 0, W - 1)
+    row = np.clip(np.rint(uv[..., 1]).astype(int), 0, H - 1)
+    inside = (uv[..., 0] > -0.5) & (uv[..., 0] < W - 0.5) & (uv[..., 1] > -0.5) & (uv[..., 1] < H - 0.5)
+    d = np.where(inside, depth[row, col], 0.0).astype(np.float64)
+    X = backproject(uv.astype(np.float64), d, K) @ pose[:3, :3].T + pose[:3, 3]
+    valid = d > 0
+    X[~valid] = 0.0
+    return X.astype(np.float32), valid
