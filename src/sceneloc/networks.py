@@ -1,0 +1,207 @@
+"""Networks: the scene coordinate regressors (paper U-Net, DSAC*/ACE-style FCN) and the
+correspondence-confidence PointNet.
+
+Coordinate networks map an RGB image ``(B, 3, H, W)`` (values in [0, 1]) to *normalised* scene
+coordinates ``(B, 3, H / stride, W / stride)``; :class:`SceneNormalisation` turns them into metres,
+so one set of defaults serves a 1 m^3 and a 20 m^3 scene. Each network is built from an explicit
+config dict (``build_coordinate_network``) that is saved in the map directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ImageNet-free input normalisation: nothing is pretrained, so a fixed mean/std is enough.
+_MEAN, _STD = 0.45, 0.25
+
+
+@dataclass
+class SceneNormalisation:
+    """``X = center + scale * y``: network outputs ``y`` are O(1) whatever the scene size."""
+    center: tuple[float, float, float]
+    scale: float
+
+    def to_metres(self, y: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, h, w)`` normalised -> metres."""
+        c = torch.as_tensor(self.center, dtype=y.dtype, device=y.device).view(1, 3, 1, 1)
+        return c + self.scale * y
+
+
+def _conv_block(c_in: int, c_out: int, dropout: float = 0.0) -> nn.Sequential:
+    layers = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+              nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+    if dropout > 0:
+        layers.append(nn.Dropout2d(dropout))
+    return nn.Sequential(*layers)
+
+
+class UNet(nn.Module):
+    """The paper's U-Net (section III-D): 4 conv blocks with pooling and dropout, 4 up-sampling
+    blocks, an ``h x w x 8`` feature map and a last 1x1 convolution to ``h x w x 3``.
+
+    Output stride 1: one prediction per input pixel. Input H and W must be multiples of 16
+    (the caller pads).
+    """
+    stride = 1
+    multiple = 16
+
+    def __init__(self, width: int = 16, dropout: float = 0.1):
+        super().__init__()
+        w = [width * 2 ** i for i in range(5)]  # 16, 32, 64, 128, 256 for width 16
+        self.down = nn.ModuleList([_conv_block(3, w[0], dropout)] +
+                                  [_conv_block(w[i], w[i + 1], dropout) for i in range(3)])
+        self.bottom = _conv_block(w[3], w[4], dropout)
+        self.up = nn.ModuleList([nn.ConvTranspose2d(w[i + 1], w[i], 2, stride=2) for i in reversed(range(4))])
+        self.merge = nn.ModuleList([_conv_block(2 * w[i], w[i]) for i in reversed(range(4))])
+        self.features = nn.Sequential(nn.Conv2d(w[0], 8, 3, padding=1), nn.ReLU(inplace=True))
+        self.head = nn.Conv2d(8, 3, 1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = (image - _MEAN) / _STD
+        skips = []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+            x = F.max_pool2d(x, 2)
+        x = self.bottom(x)
+        for up, merge, skip in zip(self.up, self.merge, reversed(skips)):
+            x = merge(torch.cat([up(x), skip], dim=1))
+        return self.head(self.features(x))
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+                                  nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.body(x))
+
+
+class FCN(nn.Module):
+    """DSAC*/ACE-style fully convolutional regressor with output stride 8.
+
+    A strided convolutional encoder (receptive field of a few dozen pixels, so each prediction
+    depends on a local patch; errors are then local and easy for RANSAC to reject) followed by a
+    per-pixel MLP head of 1x1 convolutions, as in ACE.
+    """
+    stride = 8
+    multiple = 8
+
+    def __init__(self, width: int = 32, blocks: int = 2, head_width: int = 256, head_layers: int = 3):
+        super().__init__()
+        w = width
+        enc = [nn.Conv2d(3, w, 3, padding=1), nn.ReLU(inplace=True)]
+        c = w
+        for i in range(3):  # three stride-2 stages -> stride 8
+            enc += [nn.Conv2d(c, 2 * c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(2 * c), nn.ReLU(inplace=True)]
+            c *= 2
+        enc += [_ResBlock(c) for _ in range(blocks)]
+        self.encoder = nn.Sequential(*enc)
+        head = []
+        for _ in range(head_layers):
+            head += [nn.Conv2d(c, head_width, 1), nn.ReLU(inplace=True)]
+            c = head_width
+        head.append(nn.Conv2d(c, 3, 1))
+        self.head = nn.Sequential(*head)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder((image - _MEAN) / _STD))
+
+
+def build_coordinate_network(config: dict) -> nn.Module:
+    """``{"arch": "unet", "width": 16, "dropout": 0.1}`` or ``{"arch": "fcn", "width": 32, ...}``."""
+    cfg = dict(config)
+    arch = cfg.pop("arch")
+    if arch == "unet":
+        return UNet(**cfg)
+    if arch == "fcn":
+        return FCN(**cfg)
+    raise ValueError(f"unknown architecture {arch!r} (choose unet or fcn)")
+
+
+class ConfidencePointNet(nn.Module):
+    """PointNet (segmentation variant) regressing a confidence per 2D-3D correspondence.
+
+    Input ``(B, N, 5)``: normalised pixel position (2) and normalised predicted scene coordinate (3).
+    Each point's feature is concatenated with the max-pooled global feature, so a point is judged
+    against the set it comes with. Output ``(B, N)``: for regression ``relu(tanh(z))`` in [0, 1]
+    (the paper, after Yi et al.: an exact 0 is easy to reach for gross outliers); for the
+    classification variant the raw logit ``z``.
+    """
+
+    def __init__(self, width: int = 64, global_width: int = 256, mode: str = "regression"):
+        super().__init__()
+        if mode not in ("regression", "classification"):
+            raise ValueError(f"unknown confidence mode {mode!r}")
+        self.mode = mode
+        self.local = nn.Sequential(nn.Linear(5, width), nn.ReLU(inplace=True),
+                                   nn.Linear(width, 2 * width), nn.ReLU(inplace=True))
+        self.glob = nn.Sequential(nn.Linear(2 * width, global_width), nn.ReLU(inplace=True))
+        self.head = nn.Sequential(nn.Linear(2 * width + global_width, 2 * width), nn.ReLU(inplace=True),
+                                  nn.Linear(2 * width, width), nn.ReLU(inplace=True), nn.Linear(width, 1))
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        f = self.local(points)
+        g = self.glob(f).max(dim=1, keepdim=True).values.expand(-1, f.shape[1], -1)
+        z = self.head(torch.cat([f, g], dim=-1)).squeeze(-1)
+        return torch.relu(torch.tanh(z)) if self.mode == "regression" else z
+
+    def confidence(self, points: torch.Tensor) -> torch.Tensor:
+        """Confidence in [0, 1] whatever the mode, ``(B, N)``."""
+        z = self.forward(points)
+        return z if self.mode == "regression" else torch.sigmoid(z)
+
+
+# ------------------------------------------------------------------ network input and output grid
+
+
+def input_size(image_hw: tuple[int, int], input_height: int, multiple: int) -> tuple[int, int, float]:
+    """Network input ``(H_in, W_in)`` for an image of ``image_hw``, and the resize factor.
+
+    The image is resized isotropically to ``input_height`` rows; the width is rounded to the
+    network's multiple (a sub-pixel aspect change, accounted for in the pixel mapping).
+    """
+    H, W = image_hw
+    f = input_height / H
+    w_in = max(multiple, int(round(W * f / multiple)) * multiple)
+    return input_height, w_in, f
+
+
+def image_to_tensor(image, input_hw: tuple[int, int]) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 RGB numpy -> ``(1, 3, H_in, W_in)`` float in [0, 1] (area resampling)."""
+    import cv2
+    h, w = input_hw
+    if image.shape[:2] != (h, w):
+        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+    return torch.from_numpy(image).permute(2, 0, 1)[None].float().div_(255.0)
+
+
+def output_pixel_centres(out_hw: tuple[int, int], stride: int, image_hw: tuple[int, int],
+                         input_hw: tuple[int, int]) -> torch.Tensor:
+    """Full-resolution pixel coordinates ``(h, w, 2)`` (u, v) of each network output cell.
+
+    Output cell ``j`` is centred on input pixel ``stride j + (stride - 1) / 2``; an input pixel
+    ``p`` is at full-resolution ``(p + 0.5) * H / H_in - 0.5`` (pixel centres, per axis).
+    """
+    h, w = out_hw
+    sy = image_hw[0] / input_hw[0]
+    sx = image_hw[1] / input_hw[1]
+    v = (torch.arange(h, dtype=torch.float64) * stride + (stride - 1) / 2 + 0.5) * sy - 0.5
+    u = (torch.arange(w, dtype=torch.float64) * stride + (stride - 1) / 2 + 0.5) * sx - 0.5
+    vv, uu = torch.meshgrid(v, u, indexing="ij")
+    return torch.stack([uu, vv], dim=-1)
+
+
+def confidence_inputs(pixels: torch.Tensor, coords: torch.Tensor, image_hw: tuple[int, int],
+                      norm: SceneNormalisation) -> torch.Tensor:
+    """PointNet input ``(..., 5)``: pixels ``(..., 2)`` scaled to [-1, 1] and normalised coordinates ``(..., 3)``."""
+    H, W = image_hw
+    p = torch.stack([pixels[..., 0] / (W - 1) * 2 - 1, pixels[..., 1] / (H - 1) * 2 - 1], dim=-1)
+    c = (coords - torch.as_tensor(norm.center, dtype=coords.dtype)) / norm.scale
+    return torch.cat([p.to(coords.dtype), c], dim=-1)

@@ -1,0 +1,536 @@
+"""Pose estimation from predicted scene coordinates (paper section III-C); no networks here.
+
+Input per query image: pixels ``(N, 2)`` (full resolution), predicted scene coordinates ``(N, 3)``,
+intrinsics ``K (3, 3)``, optionally per-correspondence confidences ``(N,)`` from the confidence
+network and camera-frame points ``(N, 3)`` from the query's depth (RGB-D mode). Output: a
+camera-to-world pose (``geometry`` convention) or ``None`` -- never a silently wrong pose.
+
+Three estimators share one pipeline (``estimate_pose``):
+
+* ``confidence`` -- the paper's P_confidence. ``h_p`` hypotheses, each solved (PnP from 2D-3D,
+  or Kabsch from 3D-3D when depth is given) on the ``N_best`` most confident of ``N_k`` randomly
+  sampled correspondences, scored by the mean confidence of those points; the best one is refined
+  for a few rounds, each adding the most confident points of a fresh random sample and re-solving.
+* ``random`` -- the paper's baselines P_1 / P_tukey / P_smooth: the same pipeline without
+  confidence (random subsets; hypotheses scored by inlier count). With ``subset_size`` set to the
+  minimal size (4 for PnP, 3 for Kabsch) it is classic RANSAC.
+* ``ransac`` -- standard robust estimation on all correspondences: OpenCV's USAC MAGSAC++ for PnP,
+  a batched Kabsch-RANSAC for RGB-D.
+
+Unless ``PoseConfig.polish`` is off, every estimator ends with DSAC*/ACE's final step: re-fit on
+all inliers of the current pose a few times. The paper does not have it; it is what makes
+DSAC*/ACE precise. ``polish=False`` with ``method='confidence'`` is the pure paper pipeline.
+
+Hypotheses are solved and scored in batches: sampling and top-k selection for all hypotheses at
+once, Kabsch batched in torch, inlier counting for all hypotheses with one matrix product. PnP
+hypotheses are a loop of OpenCV calls (tens of microseconds each).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from .geometry import PNP_METHODS, invert_pose, is_rigid, kabsch, make_pose, pnp_ransac, solve_pnp
+
+# Points needed to determine a pose: EPnP (OpenCV) needs 4 2D-3D matches, Kabsch 3 3D-3D matches.
+MIN_POINTS = {"pnp": 4, "kabsch": 3}
+
+METHODS = ("confidence", "random", "ransac")
+SOLVERS = ("auto", "pnp", "kabsch")
+SCORES = ("confidence", "inliers", "confident_inliers")
+
+
+@dataclass(frozen=True)
+class PoseConfig:
+    """Every number of the pose stage; defaults are the paper's (section III-C, after DSAC [12]).
+
+    Attributes:
+        method: ``confidence`` (paper), ``random`` (paper baselines) or ``ransac`` (standard).
+        solver: ``pnp`` (2D-3D), ``kabsch`` (3D-3D, needs ``camera_points``) or ``auto``:
+            Kabsch when ``camera_points`` are given, PnP otherwise.
+        hypotheses: h_p, pose hypotheses sampled; for ``ransac`` with Kabsch, hypotheses per batch.
+        n_k: N_k, correspondences randomly sampled per hypothesis and per refinement round.
+        best_fraction: fraction of the N_k points kept (the most confident ones): N_best = 10 % = 50.
+        subset_size: points per hypothesis; None means N_best. For ``random``, the minimal size
+            (4 PnP, 3 Kabsch) gives classic RANSAC.
+        score: how ``confidence`` hypotheses are scored: ``confidence`` (paper: mean confidence of
+            the points used), ``inliers`` (DSAC*: inlier count over all points) or
+            ``confident_inliers`` (sum of the confidences of the inliers: consistency weighted by
+            confidence). ``random`` always scores by inlier count.
+        refine_rounds: rounds of the paper's refinement of the best hypothesis (8).
+        pnp_method: solver for hypotheses and refinement: ``epnp`` (paper) or ``sqpnp`` (or any
+            of ``geometry.PNP_METHODS`` that accepts many points).
+        inlier_threshold_px: reprojection error below which a 2D-3D match is an inlier (DSAC*/ACE: 10 px).
+        inlier_threshold_m: 3D distance below which a 3D-3D match is an inlier (paper IV: 0.1 m).
+        polish: end with DSAC*/ACE's re-fit on all inliers (off: the pure paper pipeline).
+        polish_iterations: at most this many re-fits; stops earlier when the inlier set is stable.
+        min_inliers: fewer inliers than this (over all correspondences) reports failure (pose None).
+            Unrelated (random) 2D-3D matches reach ~15 inliers at 10 px out of 4800 by chance.
+        ransac_iterations: most hypotheses for ``ransac`` (stops earlier at ``ransac_confidence``).
+        ransac_confidence: probability of having drawn one all-inlier minimal set, to stop early.
+    """
+    method: str = "confidence"
+    solver: str = "auto"
+    hypotheses: int = 256
+    n_k: int = 500
+    best_fraction: float = 0.1
+    subset_size: int | None = None
+    score: str = "confidence"
+    refine_rounds: int = 8
+    pnp_method: str = "epnp"
+    inlier_threshold_px: float = 10.0
+    inlier_threshold_m: float = 0.1
+    polish: bool = True
+    polish_iterations: int = 10
+    min_inliers: int = 30
+    ransac_iterations: int = 10000
+    ransac_confidence: float = 0.9999
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (("method", self.method, METHODS), ("solver", self.solver, SOLVERS),
+                                     ("score", self.score, SCORES),
+                                     ("pnp_method", self.pnp_method, tuple(PNP_METHODS))):
+            if value not in allowed:
+                raise ValueError(f"PoseConfig.{name}={value!r}; choose from {', '.join(allowed)}")
+        if self.pnp_method == "p3p":
+            raise ValueError("PoseConfig.pnp_method='p3p' takes exactly 4 points; use epnp or sqpnp")
+        if not 0.0 < self.best_fraction <= 1.0:
+            raise ValueError(f"PoseConfig.best_fraction={self.best_fraction} must be in (0, 1]")
+        positive = {"hypotheses": self.hypotheses, "n_k": self.n_k,
+                    "inlier_threshold_px": self.inlier_threshold_px,
+                    "inlier_threshold_m": self.inlier_threshold_m, "ransac_iterations": self.ransac_iterations}
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"PoseConfig.{name}={value} must be positive")
+        if self.subset_size is not None and self.subset_size < 3:
+            raise ValueError(f"PoseConfig.subset_size={self.subset_size}: a pose needs at least 3 points")
+        if self.refine_rounds < 0 or self.polish_iterations < 0 or self.min_inliers < 0:
+            raise ValueError("PoseConfig.refine_rounds, polish_iterations and min_inliers must be >= 0")
+        if not 0.0 < self.ransac_confidence < 1.0:
+            raise ValueError(f"PoseConfig.ransac_confidence={self.ransac_confidence} must be in (0, 1)")
+
+    @property
+    def n_best(self) -> int:
+        """Points per hypothesis and per refinement round (N_best = 50 with the paper's values)."""
+        if self.subset_size is not None:
+            return self.subset_size
+        return max(1, round(self.best_fraction * self.n_k))
+
+
+@dataclass
+class PoseResult:
+    """Outcome of ``estimate_pose`` for one image.
+
+    Attributes:
+        pose: camera-to-world ``(4, 4)``, or None when no trustworthy pose was found.
+        n_inliers: correspondences within the inlier threshold of ``pose`` (px for PnP, m for Kabsch).
+        used: ``(M,)`` indices (into the input arrays) of the points of the final solve.
+        score: the selected hypothesis' score (mean confidence, or inlier count).
+        timings_ms: ``sampling`` (hypothesis generation + scoring) and ``refinement`` (refinement + polish).
+        failure: why ``pose`` is None (None on success).
+    """
+    pose: np.ndarray | None
+    n_inliers: int = 0
+    used: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    score: float = float("nan")
+    timings_ms: dict[str, float] = field(default_factory=lambda: {"sampling": 0.0, "refinement": 0.0})
+    failure: str | None = None
+
+    @property
+    def success(self) -> bool:
+        return self.pose is not None
+
+
+# --------------------------------------------------------------------------------- correspondences
+
+
+@dataclass
+class Correspondences:
+    """The valid correspondences of one image, with what the solvers and residuals need.
+
+    ``index (n,)`` maps back to the caller's arrays; ``camera`` is None for PnP.
+    """
+    pixels: np.ndarray          # (n, 2)
+    scene: np.ndarray           # (n, 3)
+    K: np.ndarray               # (3, 3)
+    confidence: np.ndarray | None  # (n,)
+    camera: np.ndarray | None   # (n, 3), Kabsch only
+    index: np.ndarray           # (n,)
+    solver: str                 # 'pnp' or 'kabsch'
+    threshold: float            # inlier threshold: pixels for PnP, metres for Kabsch
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def min_points(self) -> int:
+        return MIN_POINTS[self.solver]
+
+
+def select_correspondences(pixels: np.ndarray, scene_coords: np.ndarray, K: np.ndarray,
+                           confidence: np.ndarray | None, camera_points: np.ndarray | None,
+                           config: PoseConfig) -> Correspondences:
+    """Check shapes, pick the solver and drop unusable correspondences.
+
+    Dropped: non-finite pixels, scene coordinates or confidences, and for Kabsch camera points
+    without depth (non-finite, or z <= 0 since missing Kinect depth reads 0).
+    """
+    pixels = np.asarray(pixels, dtype=np.float64).reshape(-1, 2)
+    scene = np.asarray(scene_coords, dtype=np.float64).reshape(-1, 3)
+    n = len(pixels)
+    if len(scene) != n:
+        raise ValueError(f"{n} pixels but {len(scene)} scene coordinates")
+    K = np.asarray(K, dtype=np.float64)
+    if K.shape != (3, 3):
+        raise ValueError(f"K must be 3x3, got {K.shape}")
+
+    solver = config.solver
+    if solver == "auto":
+        solver = "pnp" if camera_points is None else "kabsch"
+    if solver == "kabsch" and camera_points is None:
+        raise ValueError("solver 'kabsch' needs camera_points (the query's depth)")
+    if config.method == "confidence" and confidence is None:
+        raise ValueError("method 'confidence' needs per-correspondence confidences")
+    if config.method != "ransac" and config.n_best < MIN_POINTS[solver]:
+        raise ValueError(f"subset_size={config.n_best} is too small: {solver} needs {MIN_POINTS[solver]} points")
+
+    valid = np.isfinite(pixels).all(1) & np.isfinite(scene).all(1)
+    if confidence is not None:
+        confidence = np.asarray(confidence, dtype=np.float64).reshape(-1)
+        if len(confidence) != n:
+            raise ValueError(f"{n} correspondences but {len(confidence)} confidences")
+        valid &= np.isfinite(confidence)
+    camera = None
+    if solver == "kabsch":
+        camera = np.asarray(camera_points, dtype=np.float64).reshape(-1, 3)
+        if len(camera) != n:
+            raise ValueError(f"{n} correspondences but {len(camera)} camera points")
+        with np.errstate(invalid="ignore"):
+            valid &= np.isfinite(camera).all(1) & (camera[:, 2] > 0)
+
+    index = np.flatnonzero(valid)
+    threshold = config.inlier_threshold_px if solver == "pnp" else config.inlier_threshold_m
+    return Correspondences(pixels[index], scene[index], K,
+                           None if confidence is None else confidence[index],
+                           None if camera is None else camera[index], index, solver, threshold)
+
+
+# ------------------------------------------------------------------------------ solving and residuals
+
+
+def solve_pose(corr: Correspondences, idx: np.ndarray, pnp_method: str = "epnp") -> np.ndarray | None:
+    """Camera-to-world pose ``(4, 4)`` from the correspondences ``idx (k,)``, or None on failure."""
+    if len(idx) < corr.min_points:
+        return None
+    if corr.solver == "pnp":
+        pose = solve_pnp(corr.scene[idx], corr.pixels[idx], corr.K, pnp_method)
+    else:
+        R, t = kabsch(corr.camera[idx], corr.scene[idx])
+        pose = make_pose(R, t)
+    return pose if pose is not None and is_rigid(pose) else None
+
+
+def solve_hypotheses(corr: Correspondences, subsets: np.ndarray,
+                     pnp_method: str = "epnp") -> tuple[np.ndarray, np.ndarray]:
+    """Poses ``(B, 4, 4)`` and success flags ``(B,)`` for index subsets ``(B, k)``.
+
+    Kabsch runs batched over all hypotheses; PnP loops over OpenCV calls. Failed hypotheses
+    get the identity pose and ``ok = False``.
+    """
+    B = len(subsets)
+    if corr.solver == "kabsch":
+        R, t = kabsch(corr.camera[subsets], corr.scene[subsets])
+        poses = make_pose(R, t)
+        ok = np.isfinite(poses).all(axis=(1, 2))
+        poses[~ok] = np.eye(4)
+        return poses, ok
+    poses = np.tile(np.eye(4), (B, 1, 1))
+    ok = np.zeros(B, dtype=bool)
+    for b, idx in enumerate(subsets):
+        pose = solve_pnp(corr.scene[idx], corr.pixels[idx], corr.K, pnp_method)
+        if pose is not None:
+            poses[b], ok[b] = pose, True
+    return poses, ok
+
+
+def residuals(corr: Correspondences, poses: np.ndarray, idx: np.ndarray | None = None,
+              dtype: type = np.float64) -> np.ndarray:
+    """Residuals ``(..., n)`` of poses ``(..., 4, 4)`` on the correspondences ``idx`` (default all).
+
+    PnP: reprojection error in pixels (``inf`` behind the camera); Kabsch: distance in metres
+    between the transformed camera point and the scene coordinate. ``float32`` halves the time
+    of scoring many hypotheses and is ample for comparing against a threshold.
+    """
+    sel = slice(None) if idx is None else idx
+    if corr.solver == "pnp":
+        M = corr.K @ invert_pose(poses)[..., :3, :]   # (..., 3, 4) = K [R|t]_cw: world -> homogeneous pixels
+        src = corr.scene[sel]
+    else:
+        M = poses[..., :3, :]                          # (..., 3, 4): camera -> world
+        src = corr.camera[sel]
+    src_h = np.ascontiguousarray(np.concatenate([src, np.ones((len(src), 1))], axis=1).T, dtype=dtype)  # (4, n)
+    # A failed hypothesis can hold huge numbers: its residuals become inf or nan, never inliers.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        # All hypotheses in one 2D matrix product (numpy's batched 3x4 @ 4xn is several times slower).
+        p = (M.reshape(-1, 4).astype(dtype) @ src_h).reshape(*M.shape[:-2], 3, len(src))   # (..., 3, n)
+        # In place from here on: with hundreds of hypotheses, temporaries cost more than arithmetic.
+        if corr.solver == "kabsch":
+            p -= corr.scene[sel].T.astype(dtype)
+            p *= p
+            return np.sqrt(p.sum(axis=-2))
+        u, v, z = p[..., 0, :], p[..., 1, :], p[..., 2, :]
+        behind = z <= 1e-6
+        z[behind] = 1.0
+        u /= z
+        u -= corr.pixels[sel, 0].astype(dtype)
+        v /= z
+        v -= corr.pixels[sel, 1].astype(dtype)
+        u *= u
+        v *= v
+        u += v
+        np.sqrt(u, out=u)
+        u[behind] = np.inf
+        return u
+
+
+def count_inliers(corr: Correspondences, poses: np.ndarray) -> np.ndarray:
+    """Inlier counts ``(B,)`` of poses ``(B, 4, 4)`` over all correspondences (float32 residuals)."""
+    return (residuals(corr, poses, dtype=np.float32) < corr.threshold).sum(-1)
+
+
+def spans_a_plane(points: np.ndarray) -> bool:
+    """True unless ``points (n, 3)`` are (nearly) coincident or collinear, which leave a pose undetermined."""
+    if len(points) < 3:
+        return False
+    s = np.linalg.svd(points - points.mean(0), compute_uv=False)
+    return bool(s[1] > 1e-6 * max(s[0], 1e-3))
+
+
+# ------------------------------------------------------------------------------ hypotheses (paper)
+
+
+def top_k(values: np.ndarray, k: int) -> np.ndarray:
+    """Positions ``(..., k)`` of the ``k`` largest entries along the last axis (unordered)."""
+    if k >= values.shape[-1]:
+        return np.broadcast_to(np.arange(values.shape[-1]), values.shape).copy()
+    return np.argpartition(-values, k - 1, axis=-1)[..., :k]
+
+
+def sample_subsets(n: int, count: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` random subsets of ``size`` distinct indices out of ``n``: ``(count, size)``."""
+    size = min(size, n)
+    return np.stack([rng.choice(n, size, replace=False) for _ in range(count)])
+
+
+def sample_hypotheses(n: int, config: PoseConfig, confidence: np.ndarray | None,
+                      rng: np.random.Generator) -> np.ndarray:
+    """Index subsets ``(h_p, N_best)``, one per hypothesis.
+
+    With confidences (paper): sample N_k correspondences and keep the N_best most confident of
+    them, for all hypotheses at once. Without: N_best random correspondences.
+    """
+    if confidence is None:
+        return sample_subsets(n, config.hypotheses, config.n_best, rng)
+    samples = sample_subsets(n, config.hypotheses, config.n_k, rng)
+    best = top_k(confidence[samples], config.n_best)
+    return np.take_along_axis(samples, best, axis=1)
+
+
+def mean_confidence(subsets: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+    """The paper's score: mean confidence ``(B,)`` of the points ``(B, k)`` each hypothesis used."""
+    return confidence[subsets].mean(axis=1)
+
+
+def score_hypotheses(corr: Correspondences, poses: np.ndarray, ok: np.ndarray,
+                     subsets: np.ndarray, score: str) -> np.ndarray:
+    """Scores ``(B,)`` of hypotheses ``poses (B, 4, 4)`` solved on ``subsets (B, k)`` by the rule
+    ``score`` (see ``PoseConfig.score``); failed hypotheses (``ok (B,)`` False) score ``-inf``."""
+    if score == "confidence":
+        scores = mean_confidence(subsets, corr.confidence)
+    else:
+        inlier = residuals(corr, poses, dtype=np.float32) < corr.threshold       # (B, n)
+        # 'confident_inliers' weighs each inlier by its confidence: consistency and confidence together.
+        scores = inlier.sum(1) if score == "inliers" else np.where(inlier, corr.confidence, 0.0).sum(1)
+    return np.where(ok, scores.astype(np.float64), -np.inf)
+
+
+def refine_pose(corr: Correspondences, pose: np.ndarray, used: np.ndarray, config: PoseConfig,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The paper's refinement: ``refine_rounds`` times, sample N_k random correspondences, add the
+    N_best most confident of them to the accumulated set ``used`` and re-solve on the set.
+
+    Without confidences (``random``) a point's agreement with the current pose replaces its
+    confidence: the sample's N_best smallest residuals among its inliers are added, and points
+    of the accumulated set that stopped being inliers are dropped. Returns the pose and the
+    indices of its solve; a failed solve ends the refinement with the last good pose.
+    """
+    for _ in range(config.refine_rounds):
+        sample = sample_subsets(len(corr), 1, config.n_k, rng)[0]
+        if config.method == "confidence":
+            picked = sample[top_k(corr.confidence[sample], config.n_best)]
+            candidate = np.union1d(used, picked)
+        else:
+            r_sample = residuals(corr, pose, sample)
+            inliers = np.flatnonzero(r_sample < corr.threshold)
+            picked = sample[inliers[top_k(-r_sample[inliers], config.n_best)]]
+            candidate = np.union1d(used[residuals(corr, pose, used) < corr.threshold], picked)
+        new_pose = solve_pose(corr, candidate, config.pnp_method)
+        if new_pose is None:
+            break
+        pose, used = new_pose, candidate
+    return pose, used
+
+
+# ----------------------------------------------------------------------------- polish (DSAC*/ACE)
+
+
+def refit_on_inliers(corr: Correspondences, pose: np.ndarray, idx: np.ndarray) -> np.ndarray | None:
+    """Best pose on the points ``idx``: Kabsch (closed form) for 3D-3D; for 2D-3D Levenberg-Marquardt
+    on the reprojection error started at ``pose`` (DSAC*/ACE: solvePnP ITERATIVE with a guess)."""
+    if corr.solver == "kabsch":
+        return solve_pose(corr, idx)
+    T_cw = invert_pose(pose)
+    rvec, _ = cv2.Rodrigues(T_cw[:3, :3])
+    tvec = T_cw[:3, 3].reshape(3, 1).copy()
+    try:
+        rvec, tvec = cv2.solvePnPRefineLM(corr.scene[idx].reshape(-1, 1, 3), corr.pixels[idx].reshape(-1, 1, 2),
+                                          corr.K, None, rvec, tvec)
+    except cv2.error:
+        return None
+    R_cw, _ = cv2.Rodrigues(rvec)
+    refined = invert_pose(make_pose(R_cw, tvec.reshape(3)))
+    return refined if is_rigid(refined) else None
+
+
+def polish_pose(corr: Correspondences, pose: np.ndarray, used: np.ndarray,
+                config: PoseConfig) -> tuple[np.ndarray, np.ndarray]:
+    """DSAC*/ACE's final step (not in the paper): re-fit on all inliers of the current pose, until
+    the inlier set stops changing or ``polish_iterations`` re-fits. Returns the pose and its points
+    (``used`` unchanged if no re-fit happened)."""
+    previous = None
+    for _ in range(config.polish_iterations):
+        inliers = np.flatnonzero(residuals(corr, pose) < corr.threshold)
+        if len(inliers) < corr.min_points or (previous is not None and np.array_equal(inliers, previous)):
+            break
+        new_pose = refit_on_inliers(corr, pose, inliers)
+        if new_pose is None:
+            break
+        pose, used = new_pose, inliers
+        previous = inliers
+    return pose, used
+
+
+# ------------------------------------------------------------------------------------ RANSAC
+
+
+def ransac_iterations_needed(inlier_ratio: float, sample_size: int, confidence: float) -> float:
+    """Hypotheses needed to draw one all-inlier minimal set with probability ``confidence``."""
+    p_good = inlier_ratio ** sample_size
+    if p_good <= 0.0:
+        return math.inf
+    if p_good >= 1.0:
+        return 1.0
+    return math.log(1.0 - confidence) / math.log(1.0 - p_good)
+
+
+def kabsch_ransac(corr: Correspondences, config: PoseConfig,
+                  rng: np.random.Generator) -> tuple[np.ndarray | None, np.ndarray, int]:
+    """RANSAC with minimal sets of 3 for 3D-3D matches: batches of ``config.hypotheses`` hypotheses
+    solved and scored at once, until ``ransac_confidence`` or ``ransac_iterations``.
+
+    Returns the best pose (or None), its minimal set and its inlier count.
+    """
+    best_pose, best_set, best_count = None, np.zeros(0, dtype=np.int64), 0
+    drawn, needed = 0, float(config.ransac_iterations)
+    while drawn < min(needed, config.ransac_iterations):
+        batch = min(config.hypotheses, math.ceil(min(needed, config.ransac_iterations)) - drawn)
+        subsets = sample_subsets(len(corr), batch, MIN_POINTS["kabsch"], rng)
+        poses, ok = solve_hypotheses(corr, subsets)
+        counts = np.where(ok, count_inliers(corr, poses), -1)
+        b = int(np.argmax(counts))
+        if counts[b] > best_count:
+            best_pose, best_set, best_count = poses[b], subsets[b], int(counts[b])
+            needed = ransac_iterations_needed(best_count / len(corr), MIN_POINTS["kabsch"],
+                                              config.ransac_confidence)
+        drawn += batch
+    return best_pose, best_set, best_count
+
+
+# ------------------------------------------------------------------------------------ entry point
+
+
+def estimate_pose(pixels: np.ndarray, scene_coords: np.ndarray, K: np.ndarray,
+                  confidence: np.ndarray | None = None, camera_points: np.ndarray | None = None,
+                  config: PoseConfig = PoseConfig(),
+                  rng: np.random.Generator | int | None = None) -> PoseResult:
+    """Camera pose of one image from its correspondences.
+
+    Args:
+        pixels: ``(N, 2)`` full-resolution pixel coordinates ``(u, v)``.
+        scene_coords: ``(N, 3)`` predicted scene coordinates (world frame, metres).
+        K: ``(3, 3)`` intrinsics of the full-resolution image.
+        confidence: optional ``(N,)`` confidences in [0, 1]; required by ``method='confidence'``.
+        camera_points: optional ``(N, 3)`` camera-frame points from the query's depth (NaN or
+            z <= 0 where depth is missing); with ``solver='auto'`` they select Kabsch (RGB-D).
+        config: all options (``PoseConfig``).
+        rng: numpy Generator or seed; the result is deterministic for a given seed.
+    Returns:
+        ``PoseResult``; ``pose`` is None (with ``failure`` saying why) when fewer than the minimal
+        number of points are valid, every solve failed, the inliers are degenerate (coincident or
+        collinear) or fewer than ``config.min_inliers``.
+    """
+    rng = np.random.default_rng(rng)
+    corr = select_correspondences(pixels, scene_coords, K, confidence, camera_points, config)
+    timings = {"sampling": 0.0, "refinement": 0.0}
+
+    def failed(reason: str, score: float = float("nan")) -> PoseResult:
+        return PoseResult(None, score=score, timings_ms=timings, failure=reason)
+
+    if len(corr) < corr.min_points:
+        return failed(f"{len(corr)} valid correspondences, {corr.solver} needs {corr.min_points}")
+
+    # --- hypotheses: sample, solve, score, keep the best
+    start = time.perf_counter()
+    if config.method == "ransac":
+        if corr.solver == "pnp":
+            pose, mask = pnp_ransac(corr.scene, corr.pixels, corr.K, config.inlier_threshold_px,
+                                    config.ransac_iterations, config.ransac_confidence)
+            used = np.flatnonzero(mask)
+            score = float(len(used))
+        else:
+            pose, used, count = kabsch_ransac(corr, config, rng)
+            score = float(count)
+    else:
+        by_confidence = config.method == "confidence"
+        subsets = sample_hypotheses(len(corr), config, corr.confidence if by_confidence else None, rng)
+        poses, ok = solve_hypotheses(corr, subsets, config.pnp_method)
+        # Without confidences the paper's mean-confidence score is meaningless: 'random' scores by
+        # inlier count, as RANSAC does.
+        scores = score_hypotheses(corr, poses, ok, subsets, config.score if by_confidence else "inliers")
+        best = int(np.argmax(scores))
+        pose, used, score = (poses[best], subsets[best], float(scores[best])) if ok[best] else (None, None, -math.inf)
+    timings["sampling"] = (time.perf_counter() - start) * 1e3
+    if pose is None:
+        return failed("no hypothesis could be solved", score)
+
+    # --- refinement (paper), then the re-fit on all inliers (DSAC*/ACE; always part of RANSAC)
+    start = time.perf_counter()
+    if config.method != "ransac":
+        pose, used = refine_pose(corr, pose, used, config, rng)
+    if config.polish or config.method == "ransac":
+        pose, used = polish_pose(corr, pose, used, config)
+    inliers = np.flatnonzero(residuals(corr, pose) < corr.threshold)
+    timings["refinement"] = (time.perf_counter() - start) * 1e3
+
+    # --- refuse poses that are not supported by enough, well-spread inliers
+    needed = max(config.min_inliers, corr.min_points)
+    if len(inliers) < needed:
+        return failed(f"{len(inliers)} inliers, fewer than {needed}", score)
+    if not spans_a_plane(corr.scene[inliers]):
+        return failed("inliers are coincident or collinear: pose undetermined", score)
+    return PoseResult(pose, len(inliers), corr.index[np.sort(used)], score, timings)

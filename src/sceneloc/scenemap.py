@@ -1,0 +1,214 @@
+"""The map: everything ``localize`` needs, in one directory, and the user-facing ``Map`` API.
+
+A map directory holds ``config.json`` (format version, networks, input size, scene normalisation,
+the camera of the mapping images), ``coordinates.pt`` (coordinate network weights) and, when
+stage 2 ran, ``confidence.pt``. Nothing from the dataset is stored.
+
+>>> m = Map.load("maps/kitchen")                                   # doctest: +SKIP
+>>> result = m.localize(image, depth=None, intrinsics=K)           # doctest: +SKIP
+>>> result.pose                                                    # 4x4 camera-to-world or None
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import SceneLocError
+from .geometry import backproject
+from .networks import (ConfidencePointNet, SceneNormalisation, build_coordinate_network, confidence_inputs,
+                       image_to_tensor, input_size, output_pixel_centres)
+
+MAP_FORMAT_VERSION = 1
+#: Correspondences handed to pose estimation per image: the ~4800 of a stride-8 net at 480x640.
+DEFAULT_POSE_POINTS = 4800
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class Prediction:
+    """Dense network output for one image: full-resolution pixel centres ``(h, w, 2)``, scene
+    coordinates ``(h, w, 3)`` metres, confidence ``(h, w)`` in [0, 1] (None without stage 2)."""
+    pixels: np.ndarray
+    coords: np.ndarray
+    confidence: np.ndarray | None
+    network_ms: float
+
+
+@dataclass
+class Localization:
+    """Result of ``Map.localize``: camera-to-world pose (None when no pose could be found), inlier
+    count, hypothesis score, timings in ms (network, sampling, refinement, total) and the
+    correspondences used for the final pose (indices into ``pixels``/``coords``)."""
+    pose: np.ndarray | None
+    inliers: int
+    score: float
+    timings: dict[str, float]
+    pixels: np.ndarray = field(repr=False)
+    coords: np.ndarray = field(repr=False)
+    confidence: np.ndarray | None = field(repr=False)
+    used: np.ndarray = field(repr=False)
+
+    @property
+    def success(self) -> bool:
+        return self.pose is not None
+
+
+class Map:
+    """A learned scene map: coordinate network, optional confidence PointNet, scene normalisation."""
+
+    def __init__(self, config: dict, coord_net: torch.nn.Module, confidence_net: ConfidencePointNet | None = None,
+                 device: str | None = None):
+        self.config = config
+        self.device = device or default_device()
+        self.coord_net = coord_net.to(self.device).eval()
+        self.confidence_net = confidence_net.to(self.device).eval() if confidence_net is not None else None
+        self.norm = SceneNormalisation(tuple(config["normalisation"]["center"]), config["normalisation"]["scale"])
+
+    # ------------------------------------------------------------------------------------ files
+
+    def save(self, map_dir: str | Path) -> None:
+        d = Path(map_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        torch.save(self.coord_net.state_dict(), d / "coordinates.pt")
+        if self.confidence_net is not None:
+            torch.save(self.confidence_net.state_dict(), d / "confidence.pt")
+        cfg = dict(self.config, has_confidence=self.confidence_net is not None)
+        (d / "config.json").write_text(json.dumps(cfg, indent=2))
+
+    @classmethod
+    def load(cls, map_dir: str | Path, device: str | None = None) -> "Map":
+        d = Path(map_dir)
+        cfg_path = d / "config.json"
+        if not cfg_path.exists():
+            raise SceneLocError(f"{d}: not a sceneloc map directory (no config.json)")
+        try:
+            config = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as e:
+            raise SceneLocError(f"{cfg_path}: corrupt map configuration ({e.msg})") from None
+        version = config.get("format_version")
+        if version != MAP_FORMAT_VERSION:
+            raise SceneLocError(f"{cfg_path}: map format version {version} is not supported by this sceneloc "
+                                f"(expects {MAP_FORMAT_VERSION}); re-run 'sceneloc map'")
+        weights = d / "coordinates.pt"
+        if not weights.exists():
+            raise SceneLocError(f"{weights}: missing coordinate network weights")
+        device = device or default_device()
+        net = build_coordinate_network(config["network"])
+        try:
+            net.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
+        except (RuntimeError, KeyError) as e:
+            raise SceneLocError(f"{weights}: weights do not match the network in config.json ({str(e).splitlines()[0]})") from None
+        conf = None
+        if config.get("has_confidence") and (d / "confidence.pt").exists():
+            conf = ConfidencePointNet(**config["confidence_network"])
+            conf.load_state_dict(torch.load(d / "confidence.pt", map_location=device, weights_only=True))
+        return cls(config, net, conf, device)
+
+    # ------------------------------------------------------------------------------- inference
+
+    @property
+    def mapping_image_size(self) -> tuple[int, int]:
+        return tuple(self.config["image_size"])
+
+    def _check_intrinsics(self, image: np.ndarray, intrinsics: np.ndarray | None) -> np.ndarray:
+        if intrinsics is not None:
+            K = np.asarray(intrinsics, dtype=np.float64)
+            if K.shape != (3, 3) or K[0, 0] <= 0 or K[1, 1] <= 0:
+                raise SceneLocError("intrinsics must be a 3x3 camera matrix with positive focal lengths")
+            return K
+        if tuple(image.shape[:2]) != self.mapping_image_size:
+            h, w = self.mapping_image_size
+            raise SceneLocError(f"image is {image.shape[1]}x{image.shape[0]} but the map was built from {w}x{h} "
+                                f"images: pass the query camera's intrinsics")
+        return np.asarray(self.config["intrinsics"], dtype=np.float64)
+
+    @torch.no_grad()
+    def predict(self, image: np.ndarray) -> Prediction:
+        """Scene coordinates (and confidences) for an ``(H, W, 3)`` uint8 RGB image of any size."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise SceneLocError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} with shape {image.shape}")
+        t0 = time.perf_counter()
+        stride = self.coord_net.stride
+        h_in, w_in, _ = input_size(image.shape[:2], self.config["input_height"], self.coord_net.multiple)
+        x = image_to_tensor(image, (h_in, w_in)).to(self.device)
+        y = self.norm.to_metres(self.coord_net(x))[0].permute(1, 2, 0).float()
+        pixels = output_pixel_centres(y.shape[:2], stride, image.shape[:2], (h_in, w_in))
+        conf = None
+        if self.confidence_net is not None:
+            conf = self._confidences(pixels.float().to(self.device), y, image.shape[:2])
+        if self.device != "cpu":
+            torch.cuda.synchronize()
+        ms = (time.perf_counter() - t0) * 1000
+        return Prediction(pixels.numpy(), y.cpu().numpy(), None if conf is None else conf.cpu().numpy(), ms)
+
+    def _confidences(self, pixels: torch.Tensor, coords: torch.Tensor, image_hw) -> torch.Tensor:
+        """Confidence of every prediction: points are split into random groups of N_k (the set size
+        the PointNet was trained on, so its global feature sees the same kind of set) and run at once."""
+        h, w = coords.shape[:2]
+        n = h * w
+        n_k = self.config["confidence"]["n_k"]
+        g = torch.Generator().manual_seed(0)
+        perm = torch.randperm(n, generator=g)
+        groups = -(-n // n_k)
+        idx = torch.cat([perm, perm[: groups * n_k - n]]).view(groups, n_k).to(coords.device)
+        x = confidence_inputs(pixels.reshape(-1, 2)[idx], coords.reshape(-1, 3)[idx], image_hw, self.norm)
+        c = self.confidence_net.confidence(x).reshape(-1)
+        out = torch.empty(n, device=coords.device)
+        out[idx.reshape(-1)] = c
+        return out.view(h, w)
+
+    def localize(self, image: np.ndarray, depth: np.ndarray | None = None, intrinsics: np.ndarray | None = None,
+                 method: str | None = None, pose_config=None, rng: np.random.Generator | None = None,
+                 max_points: int = DEFAULT_POSE_POINTS) -> Localization:
+        """Camera-to-world pose of one RGB image (PnP), or of an RGB-D frame (Kabsch) when ``depth``
+        ``(H, W)`` in metres (0 = none) is given.
+
+        Args:
+            image: ``(H, W, 3)`` uint8 RGB; any size if ``intrinsics`` are given.
+            depth: optional ``(H, W)`` metres aligned with ``image``.
+            intrinsics: ``(3, 3)`` K of the query image; default the mapping camera's.
+            method: ``confidence`` (default when the map has a confidence network), ``random`` or ``ransac``.
+            pose_config: a :class:`sceneloc.pose.PoseConfig` overriding the defaults.
+        """
+        from .pose import PoseConfig, estimate_pose
+        K = self._check_intrinsics(image, intrinsics)
+        if depth is not None and depth.shape != image.shape[:2]:
+            raise SceneLocError(f"depth map is {depth.shape[1]}x{depth.shape[0]} but the image is "
+                                f"{image.shape[1]}x{image.shape[0]}")
+        pred = self.predict(image)
+        pixels, coords = pred.pixels.reshape(-1, 2), pred.coords.reshape(-1, 3)
+        conf = None if pred.confidence is None else pred.confidence.reshape(-1)
+        if len(pixels) > max_points:  # a regular sub-grid: dense U-Net output is far more than PnP needs
+            step = int(np.ceil(np.sqrt(len(pixels) / max_points)))
+            keep = np.arange(pred.pixels.shape[0] * pred.pixels.shape[1]).reshape(pred.pixels.shape[:2])[::step, ::step].reshape(-1)
+            pixels, coords = pixels[keep], coords[keep]
+            conf = None if conf is None else conf[keep]
+        cam = None
+        if depth is not None:
+            d = np.asarray(depth, dtype=np.float64)
+            col = np.clip(np.rint(pixels[:, 0]).astype(int), 0, d.shape[1] - 1)
+            row = np.clip(np.rint(pixels[:, 1]).astype(int), 0, d.shape[0] - 1)
+            z = d[row, col]
+            cam = backproject(pixels, z, K)
+            cam[z <= 0] = np.nan
+        if pose_config is None:
+            pose_config = PoseConfig()
+        if method is not None:
+            pose_config = PoseConfig(**{**asdict(pose_config), "method": method})
+        if pose_config.method == "confidence" and conf is None:
+            raise SceneLocError("this map has no confidence network (mapped with --no-confidence): "
+                                "use --method random or ransac")
+        res = estimate_pose(pixels, coords, K, confidence=conf, camera_points=cam, config=pose_config, rng=rng)
+        timings = {"network_ms": pred.network_ms, "sampling_ms": res.timings.get("sampling", 0.0),
+                   "refinement_ms": res.timings.get("refinement", 0.0)}
+        timings["total_ms"] = sum(timings.values())
+        return Localization(res.pose, res.inliers, res.score, timings, pixels, coords, conf, res.used)

@@ -1,0 +1,429 @@
+"""Mapping: learn a scene's coordinate regressor (stage 1) and correspondence confidences (stage 2).
+
+Stage 1 (paper III-A): a network maps an image to scene coordinates, trained against ground truth
+from depth and pose with ``l1``, ``tukey`` or ``tukey+smooth`` (losses.py). Every training frame is
+decoded and resampled once into a :class:`FrameCache`; augmentation (photometric, and scale plus
+in-plane rotation applied identically to image and target coordinates) runs on the cached arrays.
+Training stops at a wall-clock budget (``minutes``) or after ``iterations``; checkpoints are written
+every few minutes and ``resume`` continues from the last one.
+
+Stage 2 (paper III-B): a PointNet learns delta = exp(-s ||X - X_hat||) of the stage-1 predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .data import Frame, Scene, scene_coordinates_at
+from .errors import SceneLocError
+from .losses import CONFIDENCE_SCALE, confidence_target, coordinate_loss
+from .networks import (ConfidencePointNet, SceneNormalisation, build_coordinate_network, input_size,
+                       output_pixel_centres, confidence_inputs)
+
+INLIER_THRESHOLD_M = 0.10  # the paper's t_inlier
+
+
+@dataclass
+class MappingConfig:
+    """Every option of ``sceneloc map``; paper values are the defaults where the paper gives one."""
+    arch: str = "unet"
+    width: int = 16                   # U-Net base width: 16 trains ~7.5 img/s at 240x320 on 2 cores, 32 only ~1.6
+    input_height: int = 240           # 240x320 input: a quarter of the pixels of 480x640, 4x faster
+    loss: str = "tukey+smooth"        # the paper's best (P_smooth)
+    tukey_c: float | None = None      # None: half the scene diameter (paper)
+    smooth_weight: float = 1.0
+    neighbourhood: int = 8
+    optimizer: str = "rmsprop"        # the paper's
+    lr: float = 5e-4                  # the paper's
+    schedule: str = "cosine"          # decay over the budget; 'constant' = the paper
+    batch_size: int = 20              # the paper's
+    minutes: float = 10.0
+    iterations: int | None = None     # exact step count instead of a time budget (repeatable runs)
+    aug_scale: float = 1.25           # random zoom in [1/a, a]
+    aug_rotation: float = 15.0        # random in-plane rotation in [-r, r] degrees
+    aug_brightness: float = 0.2
+    aug_contrast: float = 0.2
+    checkpoint_minutes: float = 2.0
+    seed: int = 0
+    # stage 2
+    confidence: bool = True
+    confidence_mode: str = "regression"
+    confidence_minutes: float = 2.0
+    n_k: int = 500
+    confidence_scale: float = CONFIDENCE_SCALE
+
+    def network_config(self) -> dict:
+        if self.arch == "unet":
+            return {"arch": "unet", "width": self.width}
+        return {"arch": self.arch, "width": self.width}
+
+
+# ------------------------------------------------------------------------------------ frame cache
+
+
+@dataclass
+class FrameCache:
+    """Decoded frames at network resolution: images ``(N, H_in, W_in, 3)`` uint8, targets
+    ``(N, h, w, 3)`` metres, masks ``(N, h, w)``, depth ``(N, h, w)`` at the output grid."""
+    names: list[str]
+    images: np.ndarray
+    coords: np.ndarray
+    masks: np.ndarray
+    depths: np.ndarray
+    stride: int
+
+    @classmethod
+    def build(cls, frames: list[Frame], input_height: int, stride: int, multiple: int,
+              desc: str = "caching frames") -> "FrameCache":
+        first = frames[0].load_image()
+        image_hw = first.shape[:2]
+        h_in, w_in, _ = input_size(image_hw, input_height, multiple)
+        out_hw = (h_in // stride, w_in // stride)
+        uv = output_pixel_centres(out_hw, stride, image_hw, (h_in, w_in)).numpy()
+        n = len(frames)
+        images = np.empty((n, h_in, w_in, 3), np.uint8)
+        coords = np.empty((n, *out_hw, 3), np.float32)
+        masks = np.empty((n, *out_hw), bool)
+        depths = np.empty((n, *out_hw), np.float32)
+        for i, frame in enumerate(tqdm(frames, desc=desc, unit="frame", leave=False)):
+            fd = frame.load(need_depth=True)
+            if fd.image.shape[:2] != image_hw:
+                raise SceneLocError(f"{frame.image_path}: image is {fd.image.shape[1]}x{fd.image.shape[0]}, "
+                                    f"other frames are {image_hw[1]}x{image_hw[0]}")
+            images[i] = cv2.resize(fd.image, (w_in, h_in), interpolation=cv2.INTER_AREA)
+            coords[i], masks[i] = scene_coordinates_at(fd.depth, fd.pose, fd.K, uv)
+            col = np.clip(np.rint(uv[..., 0]).astype(int), 0, image_hw[1] - 1)
+            row = np.clip(np.rint(uv[..., 1]).astype(int), 0, image_hw[0] - 1)
+            depths[i] = fd.depth[row, col]
+        return cls([f.name for f in frames], images, coords, masks, depths, stride)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def augment(image: np.ndarray, coords: np.ndarray, mask: np.ndarray, depth: np.ndarray, stride: int,
+            scale: float, angle_deg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Zoom by ``scale`` and rotate by ``angle_deg`` about the image centre, keeping ground truth exact.
+
+    The image is resampled bilinearly; target coordinates, mask and depth nearest-neighbour with the
+    same transform expressed on the output grid, so every target stays a true scene point of the
+    pixel it is attached to (to within half an output cell). Zooming is what a change of focal
+    length does; rolling is what an in-plane camera rotation does: both are views the network may
+    meet at query time. Uncovered pixels are black and masked out.
+    """
+    h_in, w_in = image.shape[:2]
+    M = cv2.getRotationMatrix2D(((w_in - 1) / 2.0, (h_in - 1) / 2.0), angle_deg, scale)
+    img = cv2.warpAffine(image, M, (w_in, h_in), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
+    # Same map on the output grid: input p = stride * q + o, o = (stride - 1) / 2.
+    o = (stride - 1) / 2.0
+    M_out = M.copy()
+    M_out[:, 2] = (M[:, :2] @ np.array([o, o]) + M[:, 2] - o) / stride
+    h, w = mask.shape
+    warp = lambda a: cv2.warpAffine(a, M_out, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)  # noqa: E731
+    return img, warp(coords), warp(mask.astype(np.uint8)).astype(bool), warp(depth)
+
+
+# -------------------------------------------------------------------------------------- training
+
+
+def _lr_factor(schedule: str, progress: float) -> float:
+    """Learning-rate multiplier at ``progress`` in [0, 1] of the budget (short warm-up, then decay)."""
+    warm = min(1.0, progress / 0.03) if progress < 0.03 else 1.0
+    if schedule == "constant":
+        return warm
+    if schedule == "cosine":
+        return warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+    raise ValueError(f"unknown schedule {schedule!r} (choose constant or cosine)")
+
+
+def _make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, alpha=0.9, eps=1e-6)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    raise ValueError(f"unknown optimizer {name!r} (choose rmsprop or adamw)")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _batch(cache: FrameCache, idx: np.ndarray, cfg: MappingConfig, rng: np.random.Generator, train: bool):
+    imgs, crds, msks, dpts = [], [], [], []
+    for i in idx:
+        img, c, m, d = cache.images[i], cache.coords[i], cache.masks[i], cache.depths[i]
+        if train and (cfg.aug_scale > 1.0 or cfg.aug_rotation > 0):
+            s = math.exp(rng.uniform(-math.log(cfg.aug_scale), math.log(cfg.aug_scale))) if cfg.aug_scale > 1 else 1.0
+            a = rng.uniform(-cfg.aug_rotation, cfg.aug_rotation)
+            img, c, m, d = augment(img, c, m, d, cache.stride, s, a)
+        imgs.append(img), crds.append(c), msks.append(m), dpts.append(d)
+    image = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float().div_(255.0)
+    if train:  # photometric jitter: per-image brightness and contrast
+        b = torch.from_numpy(rng.uniform(-cfg.aug_brightness, cfg.aug_brightness, (len(idx), 1, 1, 1))).float()
+        k = torch.from_numpy(rng.uniform(1 - cfg.aug_contrast, 1 + cfg.aug_contrast, (len(idx), 1, 1, 1))).float()
+        mean = image.mean(dim=(1, 2, 3), keepdim=True)
+        image = ((image - mean) * k + mean + b).clamp_(0, 1)
+    coords = torch.from_numpy(np.stack(crds)).permute(0, 3, 1, 2)
+    return (image.contiguous(memory_format=torch.channels_last), coords,
+            torch.from_numpy(np.stack(msks)), torch.from_numpy(np.stack(dpts)))
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    elapsed: float = 0.0          # seconds of training so far (survives --resume)
+    history: list = field(default_factory=list)
+
+
+def train_coordinates(model: torch.nn.Module, norm: SceneNormalisation, cache: FrameCache, cfg: MappingConfig,
+                      tukey_c: float, checkpoint: Path | None = None, resume: bool = False,
+                      device: str = "cpu") -> TrainState:
+    """Stage 1: fit ``model`` to the cached frames until the time budget or iteration count is reached."""
+    model.to(device).train()
+    model.to(memory_format=torch.channels_last)
+    opt = _make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
+    state = TrainState()
+    rng = np.random.default_rng(cfg.seed)
+    if resume:
+        if checkpoint is None or not checkpoint.exists():
+            raise SceneLocError(f"{checkpoint}: no checkpoint to resume from")
+        ck = torch.load(checkpoint, map_location=device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        state = TrainState(ck["step"], ck["elapsed"], ck["history"])
+        rng.bit_generator.state = ck["rng"]
+        torch.set_rng_state(ck["torch_rng"])
+    budget = cfg.minutes * 60.0
+    total = cfg.iterations
+    bar = tqdm(total=total if total else int(budget), initial=state.step if total else int(state.elapsed),
+               desc="mapping", unit="it" if total else "s", dynamic_ncols=True, mininterval=1.0)
+    order = rng.permutation(len(cache))
+    pos = 0
+    running_in10, running_loss = None, None
+    last_ck = time.perf_counter()
+    t_prev = time.perf_counter()
+    while True:
+        progress = state.step / total if total else state.elapsed / budget
+        if progress >= 1.0:
+            break
+        if pos + cfg.batch_size > len(order):
+            order, pos = rng.permutation(len(cache)), 0
+        idx = order[pos:pos + cfg.batch_size]
+        pos += cfg.batch_size
+        image, target, mask, depth = _batch(cache, idx, cfg, rng, train=True)
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * _lr_factor(cfg.schedule, progress)
+        pred = norm.to_metres(model(image.to(device))).float()
+        target, mask, depth = target.to(device), mask.to(device), depth.to(device)
+        loss = coordinate_loss(cfg.loss, pred, target, mask, depth, c=tukey_c,
+                               smooth_weight=cfg.smooth_weight, neighbourhood=cfg.neighbourhood)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            err = torch.linalg.vector_norm(pred - target, dim=1)[mask]
+            in10 = (err < INLIER_THRESHOLD_M).float().mean().item() if err.numel() else 0.0
+        running_in10 = in10 if running_in10 is None else 0.95 * running_in10 + 0.05 * in10
+        running_loss = loss.item() if running_loss is None else 0.95 * running_loss + 0.05 * loss.item()
+        now = time.perf_counter()
+        state.elapsed += now - t_prev
+        t_prev = now
+        state.step += 1
+        if state.step % 10 == 0:
+            state.history.append((round(state.elapsed, 1), state.step, round(running_loss, 5), round(running_in10, 4)))
+        bar.set_postfix(loss=f"{running_loss:.4f}", within10cm=f"{running_in10:.1%}", refresh=False)
+        bar.update((state.step if total else min(int(state.elapsed), int(budget))) - bar.n)
+        if checkpoint is not None and now - last_ck > cfg.checkpoint_minutes * 60:
+            save_checkpoint(checkpoint, model, opt, state, rng)
+            last_ck = now
+            t_prev = time.perf_counter()  # checkpoint I/O is not training time
+    bar.close()
+    if checkpoint is not None:
+        save_checkpoint(checkpoint, model, opt, state, rng)
+    model.eval()
+    return state
+
+
+def save_checkpoint(path: Path, model, opt, state: TrainState, rng: np.random.Generator) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": state.step,
+                "elapsed": state.elapsed, "history": state.history, "rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state()}, tmp)
+    tmp.replace(path)  # atomic: an interrupted save never leaves a broken checkpoint
+
+
+@torch.no_grad()
+def predict_cache(model: torch.nn.Module, norm: SceneNormalisation, cache: FrameCache, device: str = "cpu",
+                  batch: int = 8) -> np.ndarray:
+    """Predicted scene coordinates ``(N, h, w, 3)`` metres for every cached frame (no augmentation)."""
+    model.eval()
+    out = []
+    for s in range(0, len(cache), batch):
+        img = torch.from_numpy(cache.images[s:s + batch]).permute(0, 3, 1, 2).float().div_(255.0)
+        out.append(norm.to_metres(model(img.to(device))).permute(0, 2, 3, 1).cpu().numpy())
+    return np.concatenate(out)
+
+
+def coordinate_accuracy(pred: np.ndarray, cache: FrameCache) -> dict:
+    """Median error (m) and share of pixels within 10 cm over all valid ground-truth pixels."""
+    err = np.linalg.norm(pred - cache.coords, axis=-1)[cache.masks]
+    if err.size == 0:
+        return {"median_error_m": float("nan"), "within_10cm": float("nan"), "pixels": 0}
+    return {"median_error_m": float(np.median(err)), "within_10cm": float((err < INLIER_THRESHOLD_M).mean()),
+            "pixels": int(err.size)}
+
+
+# ---------------------------------------------------------------------------- stage 2: confidence
+
+
+def train_confidence(net: ConfidencePointNet, model: torch.nn.Module, norm: SceneNormalisation, cache: FrameCache,
+                     image_hw: tuple[int, int], cfg: MappingConfig, device: str = "cpu") -> dict:
+    """Stage 2: fit the PointNet to delta of the coordinate network's predictions on training frames.
+
+    Predictions are made on *augmented* training images (same augmentation as stage 1) so the
+    errors it learns to recognise look more like those on unseen views than the near-perfect fit
+    on the original training images would (the paper trains on plain training predictions).
+    """
+    rng = np.random.default_rng(cfg.seed + 1)
+    uv_grid = output_pixel_centres(cache.masks.shape[1:], cache.stride, image_hw, cache.images.shape[1:3]).float()
+    opt = _make_optimizer(cfg.optimizer, net.parameters(), cfg.lr)
+    budget = cfg.confidence_minutes * 60.0
+    t0 = time.perf_counter()
+    net.to(device).train()
+    model.eval()
+    steps, running = 0, None
+    bar = tqdm(total=int(budget), desc="confidence", unit="s", dynamic_ncols=True, mininterval=1.0)
+    while time.perf_counter() - t0 < budget:
+        idx = rng.choice(len(cache), size=min(cfg.batch_size, len(cache)), replace=False)
+        image, target, mask, _ = _batch(cache, idx, cfg, rng, train=True)
+        with torch.no_grad():
+            pred = norm.to_metres(model(image.to(device))).float().permute(0, 2, 3, 1).cpu()
+        target = target.permute(0, 2, 3, 1)
+        pts, dl = [], []
+        for b in range(len(idx)):
+            valid = mask[b].reshape(-1).nonzero().squeeze(1)
+            if len(valid) < cfg.n_k:
+                continue
+            pick = valid[torch.from_numpy(rng.choice(len(valid), cfg.n_k, replace=False))]
+            X_hat = pred[b].reshape(-1, 3)[pick]
+            pts.append(confidence_inputs(uv_grid.reshape(-1, 2)[pick], X_hat, image_hw, norm))
+            dl.append(confidence_target(X_hat, target[b].reshape(-1, 3)[pick], cfg.confidence_scale))
+        if not pts:
+            continue
+        x, delta = torch.stack(pts).to(device), torch.stack(dl).to(device)
+        out = net(x)
+        if net.mode == "regression":
+            loss = ((out - delta) ** 2).mean()  # paper eq. 7 (squared l2, averaged)
+        else:  # classification variant: inlier iff error < t_inlier
+            inlier = (delta > math.exp(-cfg.confidence_scale * INLIER_THRESHOLD_M)).float()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(out, inlier)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        steps += 1
+        running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+        bar.set_postfix(loss=f"{running:.4f}", refresh=False)
+        bar.update(min(int(time.perf_counter() - t0), int(budget)) - bar.n)
+    bar.close()
+    net.eval()
+    return {"steps": steps, "loss": running}
+
+
+# -------------------------------------------------------------------------------- whole mapping
+
+
+def _check_map_dir(map_dir: Path, force: bool, resume: bool) -> None:
+    if map_dir.exists() and not map_dir.is_dir():
+        raise SceneLocError(f"{map_dir}: exists and is not a directory")
+    if map_dir.exists() and any(map_dir.iterdir()) and not (force or resume):
+        raise SceneLocError(f"{map_dir}: directory is not empty (use --force to overwrite or --resume to continue)")
+
+
+def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, force: bool = False,
+              resume: bool = False, device: str | None = None, intrinsics: np.ndarray | None = None,
+              evaluate_test: bool = True, log=print) -> dict:
+    """``sceneloc map``: both stages on the train split, then coordinate accuracy on train and test.
+
+    Returns the mapping report (also saved as ``mapping_report.json`` in the map directory).
+    """
+    from .data import load_scene
+    from .scenemap import MAP_FORMAT_VERSION, Map, default_device
+    from . import __version__
+
+    map_dir = Path(map_dir)
+    _check_map_dir(map_dir, force, resume)
+    device = device or default_device()
+    ck_path = map_dir / "checkpoint.pt"
+    if resume:
+        saved = map_dir / "mapping_config.json"
+        if not saved.exists() or not ck_path.exists():
+            raise SceneLocError(f"{map_dir}: nothing to resume (no checkpoint.pt / mapping_config.json)")
+        budget = {"minutes": cfg.minutes, "iterations": cfg.iterations}
+        cfg = MappingConfig(**{**json.loads(saved.read_text()), **budget})
+    seed_everything(cfg.seed)
+    scene = load_scene(dataset, intrinsics)
+    train_frames = scene.frames("train")
+    missing = [f for f in train_frames if f.depth_path is None]
+    if missing:
+        raise SceneLocError(f"{missing[0].image_path}: missing depth (mapping needs depth for every training frame)")
+    stats = scene.statistics()
+    tukey_c = cfg.tukey_c if cfg.tukey_c else stats.tukey_c
+    net_cfg = cfg.network_config()
+    model = build_coordinate_network(net_cfg)
+    norm = SceneNormalisation(tuple(float(v) for v in stats.center), float(stats.diameter / 2))
+    log(f"scene: {len(train_frames)} training frames, diameter {stats.diameter:.2f} m, Tukey c {tukey_c:.2f} m; "
+        f"{cfg.arch} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) on {device}")
+    map_dir.mkdir(parents=True, exist_ok=True)
+    (map_dir / "mapping_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+
+    t0 = time.perf_counter()
+    cache = FrameCache.build(train_frames, cfg.input_height, model.stride, model.multiple, "caching train frames")
+    cache_s = time.perf_counter() - t0
+    state = train_coordinates(model, norm, cache, cfg, tukey_c, ck_path, resume, device)
+    image_hw = stats.image_size
+    conf_net = None
+    conf_info = {}
+    if cfg.confidence:
+        conf_net = ConfidencePointNet(mode=cfg.confidence_mode)
+        conf_info = train_confidence(conf_net, model, norm, cache, image_hw, cfg, device)
+    K0 = train_frames[0].K
+    config = {
+        "format_version": MAP_FORMAT_VERSION, "sceneloc_version": __version__,
+        "network": net_cfg, "input_height": cfg.input_height, "image_size": list(image_hw),
+        "intrinsics": K0.tolist(), "normalisation": {"center": list(norm.center), "scale": norm.scale},
+        "confidence_network": {"mode": cfg.confidence_mode},
+        "confidence": {"n_k": cfg.n_k, "scale": cfg.confidence_scale},
+        "tukey_c": tukey_c,
+    }
+    the_map = Map(config, model, conf_net, device)
+    the_map.save(map_dir)
+
+    report = {"training": {"steps": state.step, "seconds": round(state.elapsed, 1), "cache_seconds": round(cache_s, 1),
+                           "images_per_second": round(state.step * cfg.batch_size / max(state.elapsed, 1e-9), 2),
+                           "history": state.history},
+              "confidence_training": conf_info,
+              "train": coordinate_accuracy(predict_cache(model, norm, cache, device), cache)}
+    if evaluate_test and "test" in scene.splits and scene.splits["test"] and all(f.depth_path for f in scene.splits["test"]):
+        test_cache = FrameCache.build(scene.frames("test"), cfg.input_height, model.stride, model.multiple,
+                                      "caching test frames")
+        report["test"] = coordinate_accuracy(predict_cache(model, norm, test_cache, device), test_cache)
+    (map_dir / "mapping_report.json").write_text(json.dumps(report, indent=2))
+    for split in ("train", "test"):
+        if split in report:
+            r = report[split]
+            log(f"{split:5s} coordinates: median error {100 * r['median_error_m']:.1f} cm, "
+                f"{r['within_10cm']:.1%} of pixels within 10 cm")
+    log(f"map written to {map_dir}")
+    return report
