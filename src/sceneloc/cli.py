@@ -6,7 +6,13 @@ Errors the user can fix (:class:`SceneLocError`) print one line and exit with co
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+# Pose estimation runs many small matrix products: BLAS threads only fight each other (and the
+# network's threads) on a small CPU. Set before numpy is imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 from .errors import SceneLocError
 
@@ -55,7 +61,7 @@ def _add_map_arguments(s: argparse.ArgumentParser) -> None:
     g.add_argument("--optimizer", choices=["rmsprop", "adamw"], default=d.optimizer)
     g.add_argument("--lr", type=float, default=d.lr, help="learning rate (default %(default)s, the paper's)")
     g.add_argument("--schedule", choices=["constant", "cosine"], default=d.schedule)
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="default %(default)s (the paper's)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step (default %(default)s; the paper's 20)")
     g.add_argument("--minutes", type=float, default=d.minutes, help="wall-clock budget of stage 1 (default %(default)s)")
     g.add_argument("--iterations", type=int, default=None, help="train for exactly N steps instead (repeatable)")
     g.add_argument("--aug-scale", type=float, default=d.aug_scale, help="random zoom in [1/a, a] (1 = off)")
@@ -66,7 +72,8 @@ def _add_map_arguments(s: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=d.seed)
     g = s.add_argument_group("confidence (stage 2)")
     g.add_argument("--no-confidence", dest="confidence", action="store_false", help="skip stage 2")
-    g.add_argument("--confidence-mode", choices=["regression", "classification"], default=d.confidence_mode)
+    g.add_argument("--confidence-mode", choices=["regression", "classification", "both"], default=d.confidence_mode,
+                   help="both: also train the inlier classifier for the ROC comparison (paper Fig. 3)")
     g.add_argument("--confidence-minutes", type=float, default=d.confidence_minutes)
     g.add_argument("--n-k", type=int, default=d.n_k, help="points per PointNet set (default %(default)s)")
     s.add_argument("--intrinsics", help="override: 'fx,fy,cx,cy' or a file with a 3x3 matrix")
@@ -75,6 +82,78 @@ def _add_map_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--force", action="store_true", help="overwrite a non-empty MAP_DIR")
     s.add_argument("--no-test-eval", action="store_true", help="skip the coordinate accuracy on the test split")
     s.set_defaults(func=_cmd_map)
+
+
+def _pose_config(args: argparse.Namespace):
+    from .pose import PoseConfig
+    return PoseConfig(method=args.method, hypotheses=args.hypotheses, n_k=args.n_k_pose, best_fraction=args.best_fraction,
+                      refine_rounds=args.refine_rounds, pnp_method=args.pnp_method, score=args.score,
+                      inlier_threshold_px=args.threshold_px, inlier_threshold_m=args.threshold_m,
+                      polish=args.polish, min_inliers=args.min_inliers)
+
+
+def _add_pose_arguments(s: argparse.ArgumentParser) -> None:
+    from .pose import PoseConfig
+    d = PoseConfig()
+    g = s.add_argument_group("pose estimation (paper III-C; defaults are the paper's)")
+    g.add_argument("--method", choices=["confidence", "random", "ransac"], default=d.method)
+    g.add_argument("--hypotheses", type=int, default=d.hypotheses, help="h_p (default %(default)s)")
+    g.add_argument("--n-k", dest="n_k_pose", type=int, default=d.n_k, help="N_k points sampled per hypothesis (default %(default)s)")
+    g.add_argument("--best-fraction", type=float, default=d.best_fraction, help="most confident share kept (default %(default)s)")
+    g.add_argument("--refine-rounds", type=int, default=d.refine_rounds, help="default %(default)s")
+    g.add_argument("--pnp-method", choices=["epnp", "sqpnp"], default=d.pnp_method)
+    g.add_argument("--score", choices=["confidence", "inliers", "confident_inliers"], default=d.score,
+                   help="hypothesis score of --method confidence (default %(default)s, the paper's)")
+    g.add_argument("--threshold-px", type=float, default=d.inlier_threshold_px, help="PnP inlier threshold (px)")
+    g.add_argument("--threshold-m", type=float, default=d.inlier_threshold_m, help="Kabsch inlier threshold (m)")
+    g.add_argument("--no-polish", dest="polish", action="store_false", help="skip the final re-fit on all inliers (pure paper)")
+    g.add_argument("--min-inliers", type=int, default=d.min_inliers, help="fewer inliers report a failure")
+    g.add_argument("--seed", type=int, default=0)
+
+
+def _cmd_localize(args: argparse.Namespace) -> None:
+    from pathlib import Path
+    import numpy as np
+    from .data import load_scene, parse_intrinsics, read_depth, read_image
+    from .geometry import PoseRecord, invert_pose, matrix_to_quaternion, write_pose_file
+    from .scenemap import Map, localize_frames
+    the_map = Map.load(args.map_dir, device=args.device)
+    config = _pose_config(args)
+    K = parse_intrinsics(args.intrinsics) if args.intrinsics else None
+    if args.image:
+        image = read_image(Path(args.image))
+        depth = read_depth(Path(args.depth), image.shape[:2]) if args.depth else None
+        res = the_map.localize(image, depth=depth, intrinsics=K, pose_config=config, rng=np.random.default_rng(args.seed))
+        if res.pose is None:
+            raise SceneLocError(f"{args.image}: no pose found ({res.failure})")
+        T_cw = invert_pose(res.pose)
+        np.set_printoptions(precision=6, suppress=True)
+        print(f"camera-to-world pose of {args.image} ({'Kabsch' if depth is not None else 'PnP'}, {res.inliers} inliers, "
+              f"{res.timings['total_ms']:.0f} ms):")
+        print(res.pose)
+        q = matrix_to_quaternion(T_cw[:3, :3])
+        print("pose-file line (world-to-camera qw qx qy qz tx ty tz):")
+        print(" ".join([Path(args.image).name, *(f"{v:.6f}" for v in (*q, *T_cw[:3, 3]))]))
+        return
+    if not args.dataset:
+        raise SceneLocError("give a DATASET (with --split) or --image IMG")
+    if not args.out:
+        raise SceneLocError("--out POSES.txt is required when localizing a dataset")
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise SceneLocError(f"{out}: exists (use --force to overwrite)")
+    frames = load_scene(args.dataset, K).frames(args.split)
+    records, failures = [], 0
+    for frame, res in localize_frames(the_map, frames, args.mode, config, args.seed):
+        failures += res.pose is None
+        records.append(PoseRecord(frame.name, res.pose, {
+            "time_ms": res.timings["total_ms"], "inliers": res.inliers, "network_ms": res.timings["network_ms"],
+            "sampling_ms": res.timings["sampling_ms"], "refinement_ms": res.timings["refinement_ms"]}))
+    write_pose_file(out, records, comment=f"sceneloc localize {args.map_dir} {args.dataset} --split {args.split} "
+                                           f"--mode {args.mode} --method {config.method}")
+    times = np.array([r.extras["time_ms"] for r in records])
+    print(f"{len(records)} frames localized, {failures} failures; time per frame median {np.median(times):.0f} ms, "
+          f"p95 {np.percentile(times, 95):.0f} ms; poses written to {out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +168,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_info)
 
     _add_map_arguments(sub.add_parser("map", help="learn a scene map from a dataset's train split"))
+
+    s = sub.add_parser("localize", help="estimate camera poses of a dataset split or of one image")
+    s.add_argument("map_dir", help="a map written by 'sceneloc map'")
+    s.add_argument("dataset", nargs="?", help="dataset root to localize (its --split)")
+    s.add_argument("--split", default="test", help="split to localize (default %(default)s)")
+    s.add_argument("--mode", choices=["rgb", "rgbd"], default="rgb", help="PnP on RGB, or Kabsch with the frame's depth")
+    s.add_argument("--out", help="pose file to write (dataset mode)")
+    s.add_argument("--image", help="localize this one image instead of a dataset")
+    s.add_argument("--depth", help="with --image: its depth map (uint16 PNG, mm) for Kabsch")
+    s.add_argument("--intrinsics", help="query camera: 'fx,fy,cx,cy' or a 3x3 matrix file (default: the dataset's / the map's)")
+    s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    s.add_argument("--force", action="store_true", help="overwrite --out")
+    _add_pose_arguments(s)
+    s.set_defaults(func=_cmd_localize)
 
     from .synth import add_synth_arguments  # noqa: E402  (each stage owns its options)
     add_synth_arguments(sub.add_parser("synth", help="render a synthetic posed RGB-D scene in 7-Scenes layout"))

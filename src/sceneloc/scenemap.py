@@ -56,6 +56,7 @@ class Localization:
     coords: np.ndarray = field(repr=False)
     confidence: np.ndarray | None = field(repr=False)
     used: np.ndarray = field(repr=False)
+    failure: str | None = None
 
     @property
     def success(self) -> bool:
@@ -66,11 +67,13 @@ class Map:
     """A learned scene map: coordinate network, optional confidence PointNet, scene normalisation."""
 
     def __init__(self, config: dict, coord_net: torch.nn.Module, confidence_net: ConfidencePointNet | None = None,
-                 device: str | None = None):
+                 device: str | None = None, classifier: ConfidencePointNet | None = None):
         self.config = config
         self.device = device or default_device()
         self.coord_net = coord_net.to(self.device).eval()
         self.confidence_net = confidence_net.to(self.device).eval() if confidence_net is not None else None
+        # Optional inlier classifier trained beside the regressor (paper Fig. 3); never used for poses.
+        self.classifier = classifier.to(self.device).eval() if classifier is not None else None
         self.norm = SceneNormalisation(tuple(config["normalisation"]["center"]), config["normalisation"]["scale"])
 
     # ------------------------------------------------------------------------------------ files
@@ -81,6 +84,8 @@ class Map:
         torch.save(self.coord_net.state_dict(), d / "coordinates.pt")
         if self.confidence_net is not None:
             torch.save(self.confidence_net.state_dict(), d / "confidence.pt")
+        if self.classifier is not None:
+            torch.save(self.classifier.state_dict(), d / "confidence_classifier.pt")
         cfg = dict(self.config, has_confidence=self.confidence_net is not None)
         (d / "config.json").write_text(json.dumps(cfg, indent=2))
 
@@ -111,7 +116,11 @@ class Map:
         if config.get("has_confidence") and (d / "confidence.pt").exists():
             conf = ConfidencePointNet(**config["confidence_network"])
             conf.load_state_dict(torch.load(d / "confidence.pt", map_location=device, weights_only=True))
-        return cls(config, net, conf, device)
+        classifier = None
+        if (d / "confidence_classifier.pt").exists():
+            classifier = ConfidencePointNet(mode="classification")
+            classifier.load_state_dict(torch.load(d / "confidence_classifier.pt", map_location=device, weights_only=True))
+        return cls(config, net, conf, device, classifier)
 
     # ------------------------------------------------------------------------------- inference
 
@@ -132,16 +141,22 @@ class Map:
         return np.asarray(self.config["intrinsics"], dtype=np.float64)
 
     @torch.no_grad()
-    def predict(self, image: np.ndarray) -> Prediction:
-        """Scene coordinates (and confidences) for an ``(H, W, 3)`` uint8 RGB image of any size."""
+    def predict(self, image: np.ndarray, max_points: int = DEFAULT_POSE_POINTS) -> Prediction:
+        """Scene coordinates (and confidences) for an ``(H, W, 3)`` uint8 RGB image of any size.
+
+        A dense output grid (the U-Net predicts every input pixel) is thinned to a regular sub-grid
+        of at most ~``max_points`` cells: far more than pose estimation needs, and the confidence
+        network's cost grows with the number of points.
+        """
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise SceneLocError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} with shape {image.shape}")
         t0 = time.perf_counter()
-        stride = self.coord_net.stride
         h_in, w_in, _ = input_size(image.shape[:2], self.config["input_height"], self.coord_net.multiple)
         x = image_to_tensor(image, (h_in, w_in)).to(self.device)
         y = self.norm.to_metres(self.coord_net(x))[0].permute(1, 2, 0).float()
-        pixels = output_pixel_centres(y.shape[:2], stride, image.shape[:2], (h_in, w_in))
+        pixels = output_pixel_centres(y.shape[:2], self.coord_net.stride, image.shape[:2], (h_in, w_in))
+        step = max(1, int(np.ceil(np.sqrt(y.shape[0] * y.shape[1] / max_points))))
+        y, pixels = y[::step, ::step], pixels[::step, ::step]
         conf = None
         if self.confidence_net is not None:
             conf = self._confidences(pixels.float().to(self.device), y, image.shape[:2])
@@ -150,7 +165,7 @@ class Map:
         ms = (time.perf_counter() - t0) * 1000
         return Prediction(pixels.numpy(), y.cpu().numpy(), None if conf is None else conf.cpu().numpy(), ms)
 
-    def _confidences(self, pixels: torch.Tensor, coords: torch.Tensor, image_hw) -> torch.Tensor:
+    def _confidences(self, pixels: torch.Tensor, coords: torch.Tensor, image_hw, net=None) -> torch.Tensor:
         """Confidence of every prediction: points are split into random groups of N_k (the set size
         the PointNet was trained on, so its global feature sees the same kind of set) and run at once."""
         h, w = coords.shape[:2]
@@ -161,7 +176,7 @@ class Map:
         groups = -(-n // n_k)
         idx = torch.cat([perm, perm[: groups * n_k - n]]).view(groups, n_k).to(coords.device)
         x = confidence_inputs(pixels.reshape(-1, 2)[idx], coords.reshape(-1, 3)[idx], image_hw, self.norm)
-        c = self.confidence_net.confidence(x).reshape(-1)
+        c = (net or self.confidence_net).confidence(x).reshape(-1)
         out = torch.empty(n, device=coords.device)
         out[idx.reshape(-1)] = c
         return out.view(h, w)
@@ -184,14 +199,9 @@ class Map:
         if depth is not None and depth.shape != image.shape[:2]:
             raise SceneLocError(f"depth map is {depth.shape[1]}x{depth.shape[0]} but the image is "
                                 f"{image.shape[1]}x{image.shape[0]}")
-        pred = self.predict(image)
+        pred = self.predict(image, max_points)
         pixels, coords = pred.pixels.reshape(-1, 2), pred.coords.reshape(-1, 3)
         conf = None if pred.confidence is None else pred.confidence.reshape(-1)
-        if len(pixels) > max_points:  # a regular sub-grid: dense U-Net output is far more than PnP needs
-            step = int(np.ceil(np.sqrt(len(pixels) / max_points)))
-            keep = np.arange(pred.pixels.shape[0] * pred.pixels.shape[1]).reshape(pred.pixels.shape[:2])[::step, ::step].reshape(-1)
-            pixels, coords = pixels[keep], coords[keep]
-            conf = None if conf is None else conf[keep]
         cam = None
         if depth is not None:
             d = np.asarray(depth, dtype=np.float64)
@@ -208,7 +218,28 @@ class Map:
             raise SceneLocError("this map has no confidence network (mapped with --no-confidence): "
                                 "use --method random or ransac")
         res = estimate_pose(pixels, coords, K, confidence=conf, camera_points=cam, config=pose_config, rng=rng)
-        timings = {"network_ms": pred.network_ms, "sampling_ms": res.timings.get("sampling", 0.0),
-                   "refinement_ms": res.timings.get("refinement", 0.0)}
+        timings = {"network_ms": pred.network_ms, "sampling_ms": res.timings_ms.get("sampling", 0.0),
+                   "refinement_ms": res.timings_ms.get("refinement", 0.0)}
         timings["total_ms"] = sum(timings.values())
-        return Localization(res.pose, res.inliers, res.score, timings, pixels, coords, conf, res.used)
+        return Localization(res.pose, res.n_inliers, res.score, timings, pixels, coords, conf, res.used, res.failure)
+
+
+def localize_frames(the_map: Map, frames: list, mode: str = "rgb", pose_config=None, seed: int = 0,
+                    progress: bool = True, keep_points: bool = False):
+    """Localize dataset frames one by one; yields ``(frame, Localization)``.
+
+    ``mode`` is ``rgb`` (PnP on the image alone) or ``rgbd`` (Kabsch with the frame's depth).
+    The random generator is seeded per frame, so a frame's result does not depend on the others.
+    """
+    from tqdm import tqdm
+    if mode not in ("rgb", "rgbd"):
+        raise SceneLocError(f"unknown mode {mode!r} (choose rgb or rgbd)")
+    for i, frame in enumerate(tqdm(frames, desc=f"localizing ({mode})", unit="frame", disable=not progress,
+                                   dynamic_ncols=True, mininterval=1.0)):
+        image = frame.load_image()
+        depth = frame.load_depth(image.shape[:2]) if mode == "rgbd" else None
+        res = the_map.localize(image, depth=depth, intrinsics=frame.K, pose_config=pose_config,
+                               rng=np.random.default_rng([seed, i]))
+        if not keep_points:  # dense arrays are only needed for diagnostics; drop them to save memory
+            res.pixels = res.coords = res.confidence = res.used = None
+        yield frame, res
