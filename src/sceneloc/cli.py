@@ -156,6 +156,92 @@ def _cmd_localize(args: argparse.Namespace) -> None:
           f"p95 {np.percentile(times, 95):.0f} ms; poses written to {out}")
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from .data import parse_intrinsics
+    from .evaluation import evaluate
+    K = parse_intrinsics(args.intrinsics) if args.intrinsics else None
+    m = evaluate(args.map_dir, args.dataset, args.out, split=args.split, mode=args.mode,
+                 pose_config=_pose_config(args), poses=args.poses, force=args.force, seed=args.seed,
+                 device=args.device, intrinsics=K, progress=not args.quiet)
+    rot, trans = m["median_rotation_deg"], m["median_translation_m"]
+    print(f"{m['scene']} {m['split']} ({m['mode']}): median {rot:.2f} deg, {100 * trans:.1f} cm; "
+          f"5cm/5deg {m['accuracy']['5cm_5deg']:.1%}, {m['failures']} failures of {m['frames']} frames")
+    print(f"report: {args.out}/index.html")
+
+
+def _add_evaluate_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("map_dir", help="a map written by 'sceneloc map'")
+    s.add_argument("dataset", help="dataset root with ground-truth poses (and depth for the coordinate errors)")
+    s.add_argument("--split", default="test", help="split to evaluate (default %(default)s)")
+    s.add_argument("--mode", choices=["rgb", "rgbd"], default="rgb", help="PnP on RGB, or Kabsch with the frame's depth")
+    s.add_argument("--out", required=True, metavar="REPORT_DIR",
+                   help="report folder: metrics.json, report.md, index.html, poses.txt, plots")
+    s.add_argument("--poses", metavar="POSES.txt", help="evaluate this pose file instead of localizing "
+                   "(the network still runs for the correspondence plots)")
+    s.add_argument("--intrinsics", help="override: 'fx,fy,cx,cy' or a file with a 3x3 matrix")
+    s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    s.add_argument("--force", action="store_true", help="write into a non-empty REPORT_DIR (replaces its report files)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_pose_arguments(s)
+    s.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from .data import parse_intrinsics
+    from .evaluation import export_point_cloud
+    K = parse_intrinsics(args.intrinsics) if args.intrinsics else None
+    n = export_point_cloud(args.map_dir, args.dataset, args.out, split=args.split, min_confidence=args.min_confidence,
+                           max_frames=args.max_frames, force=args.force, device=args.device, intrinsics=K,
+                           progress=not args.quiet)
+    print(f"{n} points written to {args.out}")
+
+
+def _add_export_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("map_dir", help="a map written by 'sceneloc map'")
+    s.add_argument("dataset", help="dataset whose images the map predicts (its --split)")
+    s.add_argument("--out", required=True, metavar="MAP.ply", help="binary PLY point cloud to write")
+    s.add_argument("--split", default="train", help="frames to predict (default %(default)s)")
+    s.add_argument("--min-confidence", type=float, default=0.75,
+                   help="keep points above this confidence, when the map has a confidence network (default %(default)s)")
+    s.add_argument("--max-frames", type=int, default=None, help="at most N evenly spaced frames (default all)")
+    s.add_argument("--intrinsics", help="override: 'fx,fy,cx,cy' or a file with a 3x3 matrix")
+    s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    s.add_argument("--force", action="store_true", help="overwrite --out")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_cmd_export)
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from .evaluation import run_demo
+    run_demo(args.out, data=args.data, minutes=args.minutes, force=args.force, device=args.device)
+
+
+def _add_demo_arguments(s: argparse.ArgumentParser) -> None:
+    from .evaluation import DEMO_CONFIDENCE_MINUTES, DEMO_MINUTES
+    s.add_argument("--out", default="demo_out", help="output folder (default %(default)s)")
+    s.add_argument("--data", metavar="DATASET", help="a real dataset instead of the default synthetic scene")
+    s.add_argument("--minutes", type=float, default=DEMO_MINUTES,
+                   help=f"minutes of stage-1 mapping (default %(default)s); each confidence net trains "
+                        f"{DEMO_CONFIDENCE_MINUTES:g} more")
+    s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    s.add_argument("--force", action="store_true", help="overwrite a non-empty --out (a complete synthetic scene is reused)")
+    s.set_defaults(func=_cmd_demo)
+
+
+def _cmd_table(args: argparse.Namespace) -> None:
+    from .evaluation import table
+    print(table(args.reports, args.out, force=args.force), end="")
+    if args.out:
+        print(f"table written to {args.out}")
+
+
+def _add_table_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("reports", nargs="+", metavar="REPORT_DIR", help="folders written by 'sceneloc evaluate'")
+    s.add_argument("--out", metavar="TABLE.md", help="also write the table to this file")
+    s.add_argument("--force", action="store_true", help="overwrite --out")
+    s.set_defaults(func=_cmd_table)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sceneloc", description="Camera relocalization by scene coordinate regression.")
     from . import __version__
@@ -185,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .synth import add_synth_arguments  # noqa: E402  (each stage owns its options)
     add_synth_arguments(sub.add_parser("synth", help="render a synthetic posed RGB-D scene in 7-Scenes layout"))
+    _add_evaluate_arguments(sub.add_parser("evaluate", help="localize a split against ground truth: metrics, plots, report"))
+    _add_export_arguments(sub.add_parser("export", help="write the learned map as a coloured PLY point cloud"))
+    _add_demo_arguments(sub.add_parser("demo", help="synthesise (or take) a scene, map it, evaluate it, show results"))
+    _add_table_arguments(sub.add_parser("table", help="one row per evaluated scene plus the average (paper Table II)"))
     return p
 
 

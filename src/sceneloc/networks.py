@@ -203,5 +203,5 @@ def confidence_inputs(pixels: torch.Tensor, coords: torch.Tensor, image_hw: tupl
     """PointNet input ``(..., 5)``: pixels ``(..., 2)`` scaled to [-1, 1] and normalised coordinates ``(..., 3)``."""
     H, W = image_hw
     p = torch.stack([pixels[..., 0] / (W - 1) * 2 - 1, pixels[..., 1] / (H - 1) * 2 - 1], dim=-1)
-    c = (coords - torch.as_tensor(norm.center, dtype=coords.dtype)) / norm.scale
+    c = (coords - torch.as_tensor(norm.center, dtype=coords.dtype, device=coords.device)) / norm.scale
     return torch.cat([p.to(coords.dtype), c], dim=-1)

@@ -174,7 +174,7 @@ class Map:
         g = torch.Generator().manual_seed(0)
         perm = torch.randperm(n, generator=g)
         groups = -(-n // n_k)
-        idx = torch.cat([perm, perm[: groups * n_k - n]]).view(groups, n_k).to(coords.device)
+        idx = perm[torch.arange(groups * n_k) % n].view(groups, n_k).to(coords.device)  # last group wraps around
         x = confidence_inputs(pixels.reshape(-1, 2)[idx], coords.reshape(-1, 3)[idx], image_hw, self.norm)
         c = (net or self.confidence_net).confidence(x).reshape(-1)
         out = torch.empty(n, device=coords.device)
@@ -183,7 +183,7 @@ class Map:
 
     def localize(self, image: np.ndarray, depth: np.ndarray | None = None, intrinsics: np.ndarray | None = None,
                  method: str | None = None, pose_config=None, rng: np.random.Generator | None = None,
-                 max_points: int = DEFAULT_POSE_POINTS) -> Localization:
+                 max_points: int = DEFAULT_POSE_POINTS, prediction: Prediction | None = None) -> Localization:
         """Camera-to-world pose of one RGB image (PnP), or of an RGB-D frame (Kabsch) when ``depth``
         ``(H, W)`` in metres (0 = none) is given.
 
@@ -193,13 +193,14 @@ class Map:
             intrinsics: ``(3, 3)`` K of the query image; default the mapping camera's.
             method: ``confidence`` (default when the map has a confidence network), ``random`` or ``ransac``.
             pose_config: a :class:`sceneloc.pose.PoseConfig` overriding the defaults.
+            prediction: reuse this image's ``predict`` output (to compare pose settings cheaply).
         """
         from .pose import PoseConfig, estimate_pose
         K = self._check_intrinsics(image, intrinsics)
         if depth is not None and depth.shape != image.shape[:2]:
             raise SceneLocError(f"depth map is {depth.shape[1]}x{depth.shape[0]} but the image is "
                                 f"{image.shape[1]}x{image.shape[0]}")
-        pred = self.predict(image, max_points)
+        pred = prediction if prediction is not None else self.predict(image, max_points)
         pixels, coords = pred.pixels.reshape(-1, 2), pred.coords.reshape(-1, 3)
         conf = None if pred.confidence is None else pred.confidence.reshape(-1)
         cam = None

@@ -138,7 +138,7 @@ def augment(image: np.ndarray, coords: np.ndarray, mask: np.ndarray, depth: np.n
 
 def _lr_factor(schedule: str, progress: float) -> float:
     """Learning-rate multiplier at ``progress`` in [0, 1] of the budget (short warm-up, then decay)."""
-    warm = min(1.0, progress / 0.03) if progress < 0.03 else 1.0
+    warm = min(1.0, 0.1 + 0.9 * progress / 0.03)  # linear warm-up over the first 3 %
     if schedule == "constant":
         return warm
     if schedule == "cosine":
@@ -205,12 +205,13 @@ def train_coordinates(model: torch.nn.Module, norm: SceneNormalisation, cache: F
         state = TrainState(ck["step"], ck["elapsed"], ck["history"])
         rng.bit_generator.state = ck["rng"]
         torch.set_rng_state(ck["torch_rng"])
+        order, pos = ck["order"], ck["pos"]
     budget = cfg.minutes * 60.0
     total = cfg.iterations
     bar = tqdm(total=total if total else int(budget), initial=state.step if total else int(state.elapsed),
                desc="mapping", unit="it" if total else "s", dynamic_ncols=True, mininterval=1.0)
-    order = rng.permutation(len(cache))
-    pos = 0
+    if not resume:
+        order, pos = rng.permutation(len(cache)), 0
     running_in10, running_loss = None, None
     last_ck = time.perf_counter()
     t_prev = time.perf_counter()
@@ -246,21 +247,24 @@ def train_coordinates(model: torch.nn.Module, norm: SceneNormalisation, cache: F
         bar.set_postfix(loss=f"{running_loss:.4f}", within10cm=f"{running_in10:.1%}", refresh=False)
         bar.update((state.step if total else min(int(state.elapsed), int(budget))) - bar.n)
         if checkpoint is not None and now - last_ck > cfg.checkpoint_minutes * 60:
-            save_checkpoint(checkpoint, model, opt, state, rng)
+            save_checkpoint(checkpoint, model, opt, state, rng, order, pos)
             last_ck = now
             t_prev = time.perf_counter()  # checkpoint I/O is not training time
     bar.close()
     if checkpoint is not None:
-        save_checkpoint(checkpoint, model, opt, state, rng)
+        save_checkpoint(checkpoint, model, opt, state, rng, order, pos)
     model.eval()
     return state
 
 
-def save_checkpoint(path: Path, model, opt, state: TrainState, rng: np.random.Generator) -> None:
+def save_checkpoint(path: Path, model, opt, state: TrainState, rng: np.random.Generator,
+                    order: np.ndarray, pos: int) -> None:
+    """Everything needed to continue exactly where training stopped (weights, optimiser, step,
+    elapsed time, random states and the position in the current epoch's frame order)."""
     tmp = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": state.step,
                 "elapsed": state.elapsed, "history": state.history, "rng": rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state()}, tmp)
+                "torch_rng": torch.get_rng_state(), "order": order, "pos": pos}, tmp)
     tmp.replace(path)  # atomic: an interrupted save never leaves a broken checkpoint
 
 
@@ -314,9 +318,11 @@ def train_confidence(net: ConfidencePointNet, model: torch.nn.Module, norm: Scen
         pts, dl = [], []
         for b in range(len(idx)):
             valid = mask[b].reshape(-1).nonzero().squeeze(1)
-            if len(valid) < cfg.n_k:
+            if len(valid) < 16:
                 continue
-            pick = valid[torch.from_numpy(rng.choice(len(valid), cfg.n_k, replace=False))]
+            # Small output grids (or images with little depth) hold fewer than N_k valid points:
+            # draw with replacement then, so every set has N_k points as at inference.
+            pick = valid[torch.from_numpy(rng.choice(len(valid), cfg.n_k, replace=len(valid) < cfg.n_k))]
             X_hat = pred[b].reshape(-1, 3)[pick]
             pts.append(confidence_inputs(uv_grid.reshape(-1, 2)[pick], X_hat, image_hw, norm))
             dl.append(confidence_target(X_hat, target[b].reshape(-1, 3)[pick], cfg.confidence_scale))

@@ -1,0 +1,828 @@
+"""Evaluation: pose metrics, the paper's diagnostic figures, reports, PLY export, tables and the demo.
+
+``evaluate`` localizes a dataset split (or reads a pose file) and writes into a report folder:
+
+* ``metrics.json`` -- median rotation/translation error, the share of frames within 5 cm/5 deg (the
+  paper's measure), 10/10, 2/2 and 1/1, failures (a failed frame has infinite error and stays in
+  every denominator), inlier shares of the correspondences (error < 10 cm against ground truth from
+  the frame's depth, paper IV) and time per frame split as in the paper (network, hypothesis
+  sampling, refinement). A median that is infinite (more than half the frames failed) is ``null``.
+* ``poses.txt`` (the ``sceneloc localize --out`` format), ``report.md``, ``index.html`` and PNGs:
+  error histograms (paper Fig. 2), ROC of the confidence networks (Fig. 3), example error and
+  confidence maps (Fig. 4), error CDFs and a top-down view of estimated vs ground-truth cameras.
+
+Only numpy is imported at module level so that ``sceneloc --help`` stays fast; torch, OpenCV and
+matplotlib are imported where they are used.
+"""
+
+from __future__ import annotations
+
+import html
+import inspect
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .errors import SceneLocError
+
+INLIER_THRESHOLD_M = 0.10                  # the paper's t_inlier (IV)
+#: (degrees, metres) pose accuracy thresholds; the first is the paper's (Table II).
+ACCURACY_THRESHOLDS = ((5, 0.05), (10, 0.10), (2, 0.02), (1, 0.01))
+EXAMPLE_FRAMES = 3                         # frames shown in the error/confidence map figure
+EXAMPLE_POINTS = 40_000                    # prediction grid of the example maps (denser than for poses)
+ERROR_MAP_MAX_M = 0.5                      # colour scale of the error maps; larger errors saturate
+FIG2_SAMPLES_PER_FRAME = 8                 # random N_k samples per frame for the Fig. 2 histograms
+ROC_POINTS_PER_FRAME = 2000                # correspondences per frame kept for the ROC (memory bound)
+
+DEMO_MINUTES = 5.0                         # stage-1 budget of `sceneloc demo` (the lead tunes it)
+DEMO_CONFIDENCE_MINUTES = 1.0
+DEMO_CONFIDENCE_MODE = "both"              # also train the classifier, for the ROC comparison
+
+# Report files; with --force exactly these are replaced in REPORT_DIR (nothing else is touched).
+PLOT_FILES = {
+    "histogram": "fig2_error_histogram.png",
+    "roc": "fig3_confidence_roc.png",
+    "examples": "fig4_error_confidence_maps.png",
+    "cdf": "pose_error_cdf.png",
+    "topdown": "camera_positions_topdown.png",
+}
+REPORT_FILES = ("metrics.json", "report.md", "index.html", "poses.txt", *PLOT_FILES.values())
+TIMING_KEYS = {"network": "network_ms", "sampling": "sampling_ms", "refinement": "refinement_ms", "total": "time_ms"}
+
+
+# ============================================================================================ metrics
+
+
+def pose_error_arrays(estimates: Sequence[np.ndarray | None],
+                      ground_truth: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Rotation (degrees) and translation (metres, camera-centre distance) errors ``(N,)`` of
+    camera-to-world poses; a failed frame (``None``) gets ``inf`` in both."""
+    from .geometry import pose_errors
+    rot = np.full(len(ground_truth), np.inf)
+    trans = np.full(len(ground_truth), np.inf)
+    for i, (est, gt) in enumerate(zip(estimates, ground_truth)):
+        if est is not None:
+            r, t = pose_errors(est, gt)
+            rot[i], trans[i] = float(r), float(t)
+    return rot, trans
+
+
+def accuracy_key(deg: float, m: float) -> str:
+    """``5cm_5deg`` style name of a pose accuracy threshold."""
+    return f"{round(m * 100)}cm_{deg}deg"
+
+
+def pose_metrics(rot: np.ndarray, trans: np.ndarray) -> dict:
+    """Frames, failures, medians and threshold shares of per-frame errors ``(N,)`` (inf = failed).
+
+    A frame is correct for a threshold when both errors are strictly below it (DSAC*'s test).
+    """
+    n = len(rot)
+    if n == 0:
+        raise SceneLocError("no frames to evaluate")
+    return {
+        "frames": n,
+        "failures": int(np.sum(~np.isfinite(rot))),
+        "median_rotation_deg": float(np.median(rot)),
+        "median_translation_m": float(np.median(trans)),
+        "accuracy": {accuracy_key(d, m): float(np.mean((rot < d) & (trans < m))) for d, m in ACCURACY_THRESHOLDS},
+    }
+
+
+def timing_summary(extras: Sequence[dict[str, float]]) -> dict:
+    """Median and 95th percentile (ms) of each stage over frames; None where no frame reports it."""
+    out = {}
+    for name, key in TIMING_KEYS.items():
+        vals = np.array([e.get(key, np.nan) for e in extras], dtype=float)
+        vals = vals[np.isfinite(vals)]
+        out[name] = ({"median": float(np.median(vals)), "p95": float(np.percentile(vals, 95))}
+                     if vals.size else None)
+    return out
+
+
+def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """False and true positive rates ``(M,)`` over all score thresholds (high score = positive) and
+    the area under the curve. Tied scores form one step (so equal scores give AUC 0.5)."""
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], labels[order].astype(bool)
+    last_of_run = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]
+    tp = np.cumsum(y)[last_of_run]
+    fp = last_of_run + 1 - tp
+    tpr = np.r_[0.0, tp / max(y.sum(), 1)]
+    fpr = np.r_[0.0, fp / max((~y).sum(), 1)]
+    auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+    return fpr, tpr, auc
+
+
+# ====================================================================== correspondence diagnostics
+
+
+def correspondence_errors(frame, depth: np.ndarray, pixels: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """Distance (m) ``(...)`` of predictions ``coords (..., 3)`` at full-resolution ``pixels (..., 2)``
+    to the ground truth from the frame's ``depth (H, W)`` and pose; nan where there is no depth."""
+    from .data import scene_coordinates_at
+    gt, valid = scene_coordinates_at(depth, frame.pose, frame.K, pixels)
+    err = np.linalg.norm(coords - gt, axis=-1)
+    err[~valid] = np.nan
+    return err
+
+
+def _net_label(net, role: str) -> str:
+    return f"{net.mode} ({role})"
+
+
+def confidence_scores(the_map, pixels: np.ndarray, coords: np.ndarray, image_hw: tuple[int, int],
+                      primary: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Confidences ``(N,)`` of the correspondences by every confidence net the map has, labelled
+    ``mode (role)``; the first entry is the one pose estimation uses (``primary``, already computed).
+    The inlier classifier (paper Fig. 3) is run here: it never takes part in localization."""
+    import torch
+    out = {}
+    if primary is not None and the_map.confidence_net is not None:
+        out[_net_label(the_map.confidence_net, "confidence network")] = np.asarray(primary, dtype=np.float32)
+    if the_map.classifier is not None:
+        with torch.no_grad():
+            # (1, N) grid: _confidences groups points into N_k sets whatever the grid's shape.
+            c = the_map._confidences(torch.as_tensor(pixels, dtype=torch.float32, device=the_map.device)[None],
+                                     torch.as_tensor(coords, dtype=torch.float32, device=the_map.device)[None],
+                                     image_hw, net=the_map.classifier)
+        out[_net_label(the_map.classifier, "inlier classifier")] = c.reshape(-1).cpu().numpy()
+    return out
+
+
+@dataclass
+class Diagnostics:
+    """Correspondence statistics pooled over the frames that have depth ground truth.
+
+    ``sampled``/``confident`` hold, for paper Fig. 2, the errors of random N_k samples of each
+    frame's predictions and of the N_best most confident points of each sample; ``roc_*`` a random
+    subset of every frame's predictions with their confidences (Fig. 3).
+    """
+    n_k: int
+    n_best: int
+    rng: np.random.Generator
+    frames: int = 0
+    valid: int = 0
+    inliers: int = 0
+    used_valid: int = 0
+    used_inliers: int = 0
+    used_known: bool = False
+    sampled: list = field(default_factory=list)
+    confident: list = field(default_factory=list)
+    roc_errors: list = field(default_factory=list)
+    roc_scores: dict = field(default_factory=dict)
+
+    def add(self, errors: np.ndarray, scores: dict[str, np.ndarray], used: np.ndarray | None) -> None:
+        """One frame: ``errors (N,)`` (nan = no ground truth), confidences ``(N,)`` per net (first =
+        the one poses use), ``used (M,)`` indices of the pose's correspondences (None if unknown)."""
+        ok = np.isfinite(errors)
+        self.frames += 1
+        self.valid += int(ok.sum())
+        self.inliers += int((errors[ok] < INLIER_THRESHOLD_M).sum())
+        if used is not None:
+            self.used_known = True
+            e = errors[used]
+            e = e[np.isfinite(e)]
+            self.used_valid += e.size
+            self.used_inliers += int((e < INLIER_THRESHOLD_M).sum())
+        n = len(errors)
+        primary = next(iter(scores.values()), None)
+        for _ in range(FIG2_SAMPLES_PER_FRAME):
+            # As pose estimation does: N_k random points, then the most confident of them.
+            pick = self.rng.choice(n, size=min(self.n_k, n), replace=False)
+            self.sampled.append(errors[pick])
+            if primary is not None:
+                best = pick[np.argsort(-primary[pick], kind="stable")[:self.n_best]]
+                self.confident.append(errors[best])
+        keep = np.flatnonzero(ok)
+        keep = self.rng.choice(keep, size=min(ROC_POINTS_PER_FRAME, keep.size), replace=False)
+        self.roc_errors.append(errors[keep])
+        for label, s in scores.items():
+            self.roc_scores.setdefault(label, []).append(s[keep])
+
+    def inlier_shares(self) -> dict:
+        """Share of predictions with error < 10 cm, of all and of those used for the pose (None = unknown)."""
+        return {"all_predictions": self.inliers / self.valid if self.valid else None,
+                "used_for_pose": self.used_inliers / self.used_valid if self.used_known and self.used_valid else None}
+
+
+
+def _concat_finite(parts: list[np.ndarray]) -> np.ndarray:
+    """The finite values of a list of arrays, as one flat array."""
+    x = np.concatenate(parts) if parts else np.zeros(0)
+    return x[np.isfinite(x)]
+
+
+def _add_frame(diag: Diagnostics, the_map, frame, pixels: np.ndarray, coords: np.ndarray,
+               confidence: np.ndarray | None, used: np.ndarray | None) -> None:
+    """Ground-truth errors and confidences of one frame's correspondences ``(N, 2)``/``(N, 3)`` into ``diag``."""
+    if frame.depth_path is None:
+        return
+    depth = frame.load_depth()  # the image's size (checked by localize in rgbd mode)
+    diag.add(correspondence_errors(frame, depth, pixels, coords),
+             confidence_scores(the_map, pixels, coords, depth.shape, confidence), used)
+
+
+@dataclass
+class Example:
+    """One frame of the Fig. 4 panel: image ``(H, W, 3)``, error and confidence maps ``(h, w)``
+    (nan = no ground truth; None when unavailable)."""
+    name: str
+    image: np.ndarray
+    error: np.ndarray | None
+    confidence: np.ndarray | None
+
+
+def example_maps(the_map, frames: list, count: int = EXAMPLE_FRAMES) -> list[Example]:
+    """Dense error and confidence maps of ``count`` evenly spaced frames."""
+    picks = np.unique(np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int))
+    out = []
+    for i in picks:
+        image = frames[i].load_image()
+        pred = the_map.predict(image, max_points=EXAMPLE_POINTS)
+        error = None
+        if frames[i].depth_path is not None:
+            depth = frames[i].load_depth(image.shape[:2])
+            error = correspondence_errors(frames[i], depth, pred.pixels, pred.coords)
+        out.append(Example(frames[i].name, image, error, pred.confidence))
+    return out
+
+
+# ============================================================================================= plots
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+
+
+def plot_error_histogram(diag: Diagnostics, path: Path, split: str) -> None:
+    """Paper Fig. 2: normalised histograms of the coordinate errors of randomly sampled N_k points
+    and of the most confident N_best of them (when the map has a confidence network)."""
+    plt = _pyplot()
+    sampled, confident = _concat_finite(diag.sampled), _concat_finite(diag.confident)
+    cap = max(0.5, float(np.percentile(sampled, 95))) if sampled.size else 0.5
+    bins = np.linspace(0, cap, 51)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    series = [(sampled, f"random N_k = {diag.n_k}", "tab:gray")]
+    if diag.confident:
+        series.append((confident, f"{diag.n_best} most confident of them", "tab:blue"))
+    for errs, label, colour in series:
+        if errs.size:
+            share = (errs < INLIER_THRESHOLD_M).mean()
+            ax.hist(np.minimum(errs, cap), bins=bins, weights=np.full(errs.size, 1.0 / errs.size), alpha=0.6,
+                    color=colour, label=f"{label}: {errs.size} points, {share:.0%} < 10 cm")
+    ax.axvline(INLIER_THRESHOLD_M, color="k", ls="--", lw=1, label="inlier threshold 10 cm")
+    ax.set_xlabel(f"scene coordinate error (m); last bin: >= {cap:.2f} m")
+    ax.set_ylabel("share of points")
+    note = "" if diag.confident else " (no confidence network: random only)"
+    ax.set_title(f"Errors of the points used for pose estimation ({split} split){note}")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_roc(diag: Diagnostics, path: Path, split: str) -> dict[str, float]:
+    """Paper Fig. 3: ROC of each confidence net for inlier detection (error < 10 cm); returns AUCs."""
+    plt = _pyplot()
+    labels = _concat_finite(diag.roc_errors) < INLIER_THRESHOLD_M
+    fig, ax = plt.subplots(figsize=(5.2, 5))
+    aucs = {}
+    for name, parts in diag.roc_scores.items():
+        fpr, tpr, auc = roc_curve(np.concatenate(parts), labels)
+        aucs[name] = auc
+        ax.plot(fpr, tpr, lw=1.5, label=f"{name}: AUC {auc:.3f}")
+    ax.plot([0, 1], [0, 1], color="0.6", ls=":", lw=1, label="chance")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    only = "" if len(aucs) > 1 else " (only one net in this map)"
+    ax.set_title(f"Inlier (< 10 cm) detection, {split} split{only}\n"
+                 f"{labels.size} points, {labels.mean():.1%} inliers", fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    _save(fig, path)
+    return aucs
+
+
+def plot_examples(examples: list[Example], path: Path) -> None:
+    """Paper Fig. 4: per frame a) input RGB, b) per-pixel coordinate error, c) confidence map."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(examples), 3, figsize=(12, 3.1 * len(examples)), squeeze=False)
+    for row, ex in zip(axes, examples):
+        H, W = ex.image.shape[:2]
+        extent = (-0.5, W - 0.5, H - 0.5, -0.5)  # the thinned prediction grid covers the whole image
+        row[0].imshow(ex.image)
+        row[0].set_ylabel(ex.name, fontsize=8)
+        panels = ((row[1], ex.error, "magma", ERROR_MAP_MAX_M, "error (m)", "no ground-truth depth"),
+                  (row[2], ex.confidence, "viridis", 1.0, "confidence", "no confidence network"))
+        for ax, data, cmap_name, vmax, unit, missing in panels:
+            if data is None:
+                ax.text(0.5, 0.5, missing, ha="center", va="center", transform=ax.transAxes)
+                continue
+            cmap = plt.get_cmap(cmap_name).with_extremes(bad="0.75")  # grey: no ground truth (missing depth)
+            im = ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=0, vmax=vmax, extent=extent,
+                           interpolation="nearest")
+            fig.colorbar(im, ax=ax, fraction=0.035, pad=0.02, extend="max" if unit.startswith("error") else "neither",
+                         label=unit)
+    for ax, title in zip(axes[0], ("a) input RGB", f"b) scene coordinate error (grey: no depth)", "c) predicted confidence")):
+        ax.set_title(title)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    _save(fig, path)
+
+
+def plot_error_cdf(rot: np.ndarray, trans: np.ndarray, path: Path, title: str) -> None:
+    """Cumulative share of frames below each rotation / translation error; failures (inf) keep the
+    curves below 1. Log axes, with the paper's 5 deg / 5 cm marked."""
+    plt = _pyplot()
+    n = len(rot)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, errs, floor, unit, scale in ((axes[0], rot, 1e-3, "deg", 1.0), (axes[1], trans, 1e-4, "cm", 100.0)):
+        finite = np.sort(errs[np.isfinite(errs)]) * scale
+        x = np.maximum(finite, floor * scale)  # exact zeros cannot go on a log axis
+        if x.size:
+            ax.step(np.r_[x[:1], x], np.r_[0, np.arange(1, x.size + 1) / n], where="post", color="tab:blue")
+        else:
+            ax.text(0.5, 0.5, "every frame failed", ha="center", transform=ax.transAxes)
+        ax.axvline(5.0, color="tab:red", ls="--", lw=1, label=f"5 {unit} (the paper's threshold)")
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel(f"{'rotation' if unit == 'deg' else 'translation'} error ({unit})")
+        ax.set_ylabel("share of frames")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(loc="upper left", fontsize=8)
+    fails = int(np.sum(~np.isfinite(rot)))
+    fig.suptitle(f"{title}: cumulative pose errors ({n} frames, {fails} failures counted as infinite)", fontsize=10)
+    _save(fig, path)
+
+
+def plot_topdown(gt: np.ndarray, est: list[np.ndarray | None], path: Path, title: str) -> None:
+    """Estimated vs ground-truth camera centres ``(N, 3)`` from above: the two world axes along which
+    the ground-truth positions spread most; lines join each estimate to its ground truth."""
+    plt = _pyplot()
+    a, b = sorted(np.argsort(-gt.std(axis=0))[:2])
+    names = "xyz"
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    ax.plot(gt[:, a], gt[:, b], "-", color="0.7", lw=0.8, zorder=1, label="ground-truth trajectory")
+    ax.scatter(gt[:, a], gt[:, b], s=36, facecolors="none", edgecolors="tab:green", label="ground truth", zorder=2)
+    ok = [i for i, e in enumerate(est) if e is not None]
+    failed = [i for i, e in enumerate(est) if e is None]
+    if ok:
+        E = np.stack([est[i] for i in ok])
+        lines = ax.plot(np.stack([gt[ok, a], E[:, a]]), np.stack([gt[ok, b], E[:, b]]), "-", color="tab:orange",
+                        lw=0.6, alpha=0.7, zorder=1)
+        lines[0].set_label("estimate to its ground truth")
+        ax.scatter(E[:, a], E[:, b], s=10, color="tab:blue", label="estimate", zorder=3)
+    if failed:
+        ax.scatter(gt[failed, a], gt[failed, b], s=40, marker="x", color="tab:red",
+                   label=f"failed ({len(failed)})", zorder=4)
+    # Keep the view on the trajectory: one wild estimate would otherwise shrink it to a dot.
+    lo, hi = gt[:, [a, b]].min(0), gt[:, [a, b]].max(0)
+    margin = max(1.0, 0.5 * float((hi - lo).max()))
+    ax.set_xlim(lo[0] - margin, hi[0] + margin)
+    ax.set_ylim(lo[1] - margin, hi[1] + margin)
+    outside = sum(1 for i in ok if np.any(np.abs(est[i][[a, b]] - (lo + hi) / 2) > (hi - lo) / 2 + margin))
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_xlabel(f"world {names[a]} (m)")
+    ax.set_ylabel(f"world {names[b]} (m)")
+    extra = f"\n{outside} estimates lie outside the view (their lines leave it)" if outside else ""
+    ax.set_title(f"{title}: camera positions, top-down ({names[a]}-{names[b]} plane){extra}", fontsize=10)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+# ============================================================================================ report
+
+
+def _json_number(x):
+    """JSON has no infinity: infinite medians (most frames failed) are written as null."""
+    if isinstance(x, dict):
+        return {k: _json_number(v) for k, v in x.items()}
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _num(x) -> float:
+    """Read back a metric written by :func:`_json_number` (null -> inf)."""
+    return math.inf if x is None else float(x)
+
+
+def _fmt(x, unit: str = "", scale: float = 1.0, digits: int = 2) -> str:
+    """A median as text: ``x`` scaled, with its unit; null (infinite) reads ``inf``."""
+    v = _num(x) * scale
+    return "inf" if math.isinf(v) else f"{v:.{digits}f}{unit}"
+
+
+def _scene_name(root: Path) -> str:
+    meta = root / "synth.json"
+    if meta.exists():
+        try:
+            return f"synthetic {json.loads(meta.read_text())['preset']}"
+        except (ValueError, KeyError):
+            pass
+    return root.resolve().name
+
+
+def _metric_rows(m: dict) -> list[tuple[str, str]]:
+    """(name, value) lines of the report's summary table."""
+    acc = m["accuracy"]
+    rows = [("frames", str(m["frames"])), ("failures (infinite error)", str(m["failures"])),
+            ("median rotation error", _fmt(m["median_rotation_deg"], " deg")),
+            ("median translation error", _fmt(m["median_translation_m"], " cm", 100, 1))]
+    rows += [(f"within {round(mm * 100)} cm / {d} deg", f"{acc[accuracy_key(d, mm)]:.1%}") for d, mm in ACCURACY_THRESHOLDS]
+    share = m["inlier_share"]
+    rows += [("inliers (< 10 cm) of all predictions", "n/a" if share["all_predictions"] is None else f"{share['all_predictions']:.1%}"),
+             ("inliers (< 10 cm) of the points used for the pose",
+              "n/a" if share["used_for_pose"] is None else f"{share['used_for_pose']:.1%}")]
+    for name, t in m["timing_ms"].items():
+        rows.append((f"time per frame: {name} (median / p95)",
+                     "n/a" if t is None else f"{t['median']:.1f} / {t['p95']:.1f} ms"))
+    return rows
+
+
+def write_report(out: Path, m: dict) -> None:
+    """``report.md`` and ``index.html`` from the metrics dictionary (with its ``plots`` list)."""
+    head = (f"{m['scene']}: {m['split']} split, {m['mode']} mode ({m['solver']}), poses {m['pose_source']}")
+    md = [f"# sceneloc evaluation: {m['scene']}", "", f"Map `{m['map']}`, dataset `{m['dataset']}`; {head}.", "",
+          "| metric | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in _metric_rows(m)), ""]
+    if m["notes"]:
+        md += ["Notes:", "", *(f"- {n}" for n in m["notes"]), ""]
+    for p in m["plots"]:
+        md += [f"## {p['title']}", "", p["caption"], "", f"![{p['title']}]({p['file']})", ""]
+    (out / "report.md").write_text("\n".join(md))
+
+    e = html.escape
+    rows = "\n".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in _metric_rows(m))
+    notes = "".join(f"<li>{e(n)}</li>" for n in m["notes"])
+    figs = "\n".join(f"<figure><h2>{e(p['title'])}</h2><img src=\"{e(p['file'])}\" alt=\"{e(p['title'])}\">"
+                     f"<figcaption>{e(p['caption'])}</figcaption></figure>" for p in m["plots"])
+    (out / "index.html").write_text(f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>sceneloc evaluation: {e(m['scene'])}</title>
+<style>body{{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}}
+table{{border-collapse:collapse}}td{{border:1px solid #ccc;padding:3px 8px}}img{{max-width:100%}}
+figure{{margin:2em 0}}</style></head><body>
+<h1>sceneloc evaluation: {e(m['scene'])}</h1>
+<p>{e(head)}<br>map <code>{e(m['map'])}</code>, dataset <code>{e(m['dataset'])}</code>,
+poses <a href="poses.txt">poses.txt</a>, <a href="metrics.json">metrics.json</a></p>
+<table>{rows}</table>
+{f'<ul>{notes}</ul>' if notes else ''}
+{figs}
+</body></html>
+""")
+
+
+# ========================================================================================= evaluate
+
+
+def _check_out_dir(out: Path, force: bool, ours: Sequence[str] = REPORT_FILES) -> None:
+    """Refuse a non-empty ``out`` unless ``force``; with ``force`` remove only the files we write
+    (a stale ROC of an earlier map must not survive into a report that has none)."""
+    if out.exists() and not out.is_dir():
+        raise SceneLocError(f"{out}: exists and is not a directory")
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise SceneLocError(f"{out}: directory is not empty (use --force to overwrite)")
+        for name in ours:
+            (out / name).unlink(missing_ok=True)
+
+
+def match_pose_records(records: list, frames: list, path: Path) -> tuple[list, int]:
+    """Pose-file records in split order: one ``PoseRecord`` per frame (``pose=None`` for a frame
+    the file does not list), and the number of such unlisted frames.
+
+    A record's name matches a frame's path relative to the dataset root or a trailing part of it
+    that is unique within the split (``frame-000000.color.png`` for ``seq-03/frame-000000.color.png``),
+    as DSAC*/ACE-style files name images differently.
+    """
+    from .geometry import PoseRecord
+    by_name = {f.name: f for f in frames}
+    tails: dict[str, list[str]] = {}
+    for f in frames:
+        parts = Path(f.name).parts
+        for k in range(1, len(parts)):
+            tails.setdefault(str(Path(*parts[k:])), []).append(f.name)
+
+    def resolve(image: str) -> str | None:
+        if image in by_name:
+            return image
+        candidates = tails.get(image, [])
+        return candidates[0] if len(candidates) == 1 else None
+
+    found = {}
+    for rec in records:
+        name = resolve(rec.image)
+        if name is None:
+            raise SceneLocError(f"{path}: image {rec.image!r} is not in the evaluated split")
+        if name in found:
+            raise SceneLocError(f"{path}: image {rec.image!r} is listed twice")
+        found[name] = rec
+    # Renamed to the split's names, so the report's pose file reads like one `localize` wrote.
+    matched = [PoseRecord(f.name, found[f.name].pose, found[f.name].extras) if f.name in found
+               else PoseRecord(f.name, None) for f in frames]
+    return matched, len(frames) - len(found)
+
+
+def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "test",
+             mode: str = "rgb", pose_config=None, poses: str | Path | None = None, force: bool = False,
+             seed: int = 0, device: str | None = None, intrinsics: np.ndarray | None = None,
+             progress: bool = True) -> dict:
+    """``sceneloc evaluate``: localize ``split`` (or read ``poses``) and write the report folder.
+
+    ``map_dir`` is a map directory or an already loaded :class:`sceneloc.scenemap.Map`.
+    Returns the metrics dictionary (also ``out_dir/metrics.json``, infinite medians as null there).
+    """
+    from tqdm import tqdm
+    from .data import load_scene
+    from .geometry import PoseRecord, read_pose_file, write_pose_file
+    from .pose import PoseConfig
+    from .scenemap import Map, localize_frames
+
+    out = Path(out_dir)
+    _check_out_dir(out, force)
+    if mode not in ("rgb", "rgbd"):
+        raise SceneLocError(f"unknown mode {mode!r} (choose rgb or rgbd)")
+    config = pose_config or PoseConfig()
+    the_map = map_dir if isinstance(map_dir, Map) else Map.load(map_dir, device=device)
+    map_name = "(in-memory map)" if isinstance(map_dir, Map) else str(map_dir)
+    scene = load_scene(dataset, intrinsics)
+    frames = scene.frames(split)
+    notes = []
+    if mode == "rgbd" and poses is None:
+        missing = [f for f in frames if f.depth_path is None]
+        if missing:
+            raise SceneLocError(f"{missing[0].image_path}: missing depth (rgbd mode needs a depth map per frame)")
+    diag = Diagnostics(config.n_k, config.n_best, np.random.default_rng(seed))
+
+    if poses is None:
+        records = []
+        for frame, res in localize_frames(the_map, frames, mode, config, seed, progress, keep_points=True):
+            records.append(PoseRecord(frame.name, res.pose, {
+                "time_ms": res.timings["total_ms"], "inliers": res.inliers, "network_ms": res.timings["network_ms"],
+                "sampling_ms": res.timings["sampling_ms"], "refinement_ms": res.timings["refinement_ms"]}))
+            _add_frame(diag, the_map, frame, res.pixels, res.coords, res.confidence,
+                       res.used if res.pose is not None else None)
+        source = f"localized ({config.method})"
+    else:
+        poses = Path(poses)
+        records, absent = match_pose_records(read_pose_file(poses), frames, poses)
+        if absent:
+            notes.append(f"{absent} frames of the split are not in {poses.name}: counted as failures")
+        # The file has no correspondences: run the network alone for the correspondence figures.
+        for frame in tqdm(frames, desc="predicting", unit="frame", disable=not progress, dynamic_ncols=True):
+            pred = the_map.predict(frame.load_image())
+            conf = None if pred.confidence is None else pred.confidence.reshape(-1)
+            _add_frame(diag, the_map, frame, pred.pixels.reshape(-1, 2), pred.coords.reshape(-1, 3), conf, None)
+        notes.append(f"poses read from {poses}; correspondence statistics come from running the network alone, "
+                     "so the inlier share of the points used for the pose is not available")
+        source = f"from {poses.name}"
+
+    rot, trans = pose_error_arrays([r.pose for r in records], [f.pose for f in frames])
+    metrics = {"scene": _scene_name(scene.root), "dataset": str(scene.root), "map": map_name, "split": split,
+               "mode": mode, "solver": "PnP" if mode == "rgb" else "Kabsch", "pose_source": source,
+               **pose_metrics(rot, trans), "inlier_share": diag.inlier_shares(),
+               "timing_ms": timing_summary([r.extras for r in records]), "notes": notes, "plots": []}
+    if poses is None:
+        metrics["pose_config"] = asdict(config)
+    if diag.frames < len(frames):
+        notes.append(f"{len(frames) - diag.frames} frames have no depth map: no coordinate errors for them")
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_pose_file(out / "poses.txt", records, comment=f"sceneloc evaluate {map_name} {dataset} --split {split} "
+                                                         f"--mode {mode} ({source})")
+    title = f"{metrics['scene']} ({split}, {mode})"
+    _write_plots(out, metrics, diag, the_map, frames, rot, trans, records, title)
+    (out / "metrics.json").write_text(json.dumps(_json_number(metrics), indent=2) + "\n")
+    write_report(out, metrics)
+    return metrics
+
+
+def _write_plots(out: Path, metrics: dict, diag: Diagnostics, the_map, frames: list, rot: np.ndarray,
+                 trans: np.ndarray, records: list, title: str) -> None:
+    """Every figure that the data allows, listed in ``metrics['plots']`` (``file``, ``title``,
+    ``caption``); ``metrics['notes']`` say what is missing, ``metrics['roc_auc']`` gets the AUCs."""
+    plots, notes, split = metrics["plots"], metrics["notes"], metrics["split"]
+
+    def add(key: str, heading: str, caption: str) -> None:
+        plots.append({"file": PLOT_FILES[key], "title": heading, "caption": caption})
+
+    if diag.frames:
+        plot_error_histogram(diag, out / PLOT_FILES["histogram"], split)
+        add("histogram", "Coordinate errors of the points used for pose estimation (paper Fig. 2)",
+            f"Normalised histograms of the ground-truth errors of N_k = {diag.n_k} randomly sampled predictions "
+            f"and of the {diag.n_best} most confident of them, {FIG2_SAMPLES_PER_FRAME} samples per frame.")
+        labels = _concat_finite(diag.roc_errors) < INLIER_THRESHOLD_M
+        if not diag.roc_scores:
+            notes.append("no ROC: the map has no confidence network")
+        elif labels.all() or not labels.any():
+            notes.append("no ROC: the predictions are all inliers or all outliers")
+        else:
+            aucs = metrics["roc_auc"] = plot_roc(diag, out / PLOT_FILES["roc"], split)
+            add("roc", "Confidence regression vs classification: ROC (paper Fig. 3)",
+                "Positives: predictions within 10 cm of the ground truth. " +
+                ", ".join(f"{k}: AUC {v:.3f}" for k, v in aucs.items()) +
+                ("" if the_map.classifier is not None else
+                 ". The map has no inlier classifier (map with --confidence-mode both for the comparison)."))
+    else:
+        notes.append("no depth ground truth in this split: no coordinate error histogram or ROC")
+    plot_examples(example_maps(the_map, frames), out / PLOT_FILES["examples"])
+    add("examples", "Input, coordinate error and confidence maps (paper Fig. 4)",
+        f"Evenly spaced frames of the {split} split; errors above {ERROR_MAP_MAX_M} m saturate, grey = no depth.")
+    plot_error_cdf(rot, trans, out / PLOT_FILES["cdf"], title)
+    add("cdf", "Cumulative pose errors", "Share of frames below each error; failed frames count as infinite.")
+    plot_topdown(np.stack([f.pose[:3, 3] for f in frames]),
+                 [None if r.pose is None else r.pose[:3, 3] for r in records], out / PLOT_FILES["topdown"], title)
+    add("topdown", "Estimated vs ground-truth camera positions (top-down)",
+        "Each estimate is joined to its ground truth; red crosses mark failed frames at their true position.")
+
+
+# ============================================================================================ tables
+
+
+#: Result table columns: header, value of a metrics dict (float, or str for labels), number format.
+COLUMNS: dict[str, tuple[str, Callable[[dict], object], str]] = {
+    "scene": ("scene", lambda m: m["scene"], ""),
+    "mode": ("mode", lambda m: f"{m['mode']} ({m['solver']})", ""),
+    "rotation": ("median rot. (deg)", lambda m: _num(m["median_rotation_deg"]), ".2f"),
+    "translation": ("median trans. (cm)", lambda m: 100 * _num(m["median_translation_m"]), ".1f"),
+    "5cm_5deg": ("5cm/5deg (%)", lambda m: 100 * m["accuracy"]["5cm_5deg"], ".1f"),
+    "10cm_10deg": ("10cm/10deg (%)", lambda m: 100 * m["accuracy"]["10cm_10deg"], ".1f"),
+    "failures": ("failures", lambda m: float(m["failures"]), ".0f"),
+    "ms": ("ms/frame", lambda m: m["timing_ms"]["total"]["median"] if m["timing_ms"].get("total") else math.nan, ".0f"),
+}
+TABLE_COLUMNS = ("scene", "mode", "rotation", "translation", "5cm_5deg")      # paper Table II
+DEMO_COLUMNS = ("mode", "rotation", "translation", "5cm_5deg", "10cm_10deg", "failures", "ms")
+
+
+def results_table(metrics: list[dict], columns: Sequence[str] = TABLE_COLUMNS, average: bool = True) -> str:
+    """Markdown table, one row per metrics dict, plus the mean of every numeric column (as the
+    paper's Table II averages medians and percentages)."""
+    rows = [[COLUMNS[c][1](m) for c in columns] for m in metrics]
+    if average and len(rows) > 1:
+        avg = []
+        for j, c in enumerate(columns):
+            vals = [r[j] for r in rows]
+            avg.append(float(np.mean(vals)) if isinstance(vals[0], float) else ("average" if j == 0 else ""))
+        rows.append(avg)
+
+    def cell(v, fmt: str) -> str:
+        if isinstance(v, float):
+            return "n/a" if math.isnan(v) else ("inf" if math.isinf(v) else format(v, fmt))
+        return str(v)
+
+    text = [[COLUMNS[c][0] for c in columns]] + [[cell(v, COLUMNS[c][2]) for v, c in zip(r, columns)] for r in rows]
+    widths = [max(len(r[j]) for r in text) for j in range(len(columns))]
+    lines = ["| " + " | ".join(s.ljust(w) for s, w in zip(r, widths)) + " |" for r in text]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines) + "\n"
+
+
+def load_metrics(report_dir: str | Path) -> dict:
+    """The ``metrics.json`` of a report folder written by ``sceneloc evaluate``."""
+    path = Path(report_dir) / "metrics.json"
+    try:
+        m = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SceneLocError(f"{path}: missing (not a report folder of 'sceneloc evaluate')") from None
+    except (OSError, ValueError) as e:
+        raise SceneLocError(f"{path}: unreadable metrics ({e})") from None
+    if not isinstance(m, dict) or not {"scene", "mode", "accuracy", "median_rotation_deg"} <= set(m):
+        raise SceneLocError(f"{path}: not a metrics file of 'sceneloc evaluate'")
+    return m
+
+
+def table(report_dirs: Sequence[str | Path], out: str | Path | None = None, force: bool = False) -> str:
+    """``sceneloc table``: the Table II style comparison of several reports; written to ``out`` if given."""
+    if out is not None and Path(out).exists() and not force:
+        raise SceneLocError(f"{out}: exists (use --force to overwrite)")
+    text = results_table([load_metrics(d) for d in report_dirs])
+    if out is not None:
+        Path(out).write_text(text)
+    return text
+
+
+# ============================================================================================ export
+
+
+def write_ply(path: str | Path, xyz: np.ndarray, rgb: np.ndarray) -> None:
+    """Binary little-endian PLY of points ``xyz (N, 3)`` (float32) coloured ``rgb (N, 3)`` (uint8)."""
+    v = np.empty(len(xyz), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
+                                  ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    for k, name in enumerate("xyz"):
+        v[name] = xyz[:, k]
+    for k, name in enumerate(("red", "green", "blue")):
+        v[name] = rgb[:, k]
+    header = ("ply\nformat binary_little_endian 1.0\ncomment sceneloc map export\n"
+              f"element vertex {len(v)}\n" + "".join(f"property float {a}\n" for a in "xyz") +
+              "".join(f"property uchar {c}\n" for c in ("red", "green", "blue")) + "end_header\n")
+    with open(path, "wb") as fh:
+        fh.write(header.encode("ascii"))
+        fh.write(v.tobytes())
+
+
+def export_point_cloud(map_dir: str | Path, dataset: str | Path, out: str | Path, split: str = "train",
+                       min_confidence: float = 0.75, max_frames: int | None = None, force: bool = False,
+                       device: str | None = None, intrinsics: np.ndarray | None = None,
+                       progress: bool = True) -> int:
+    """``sceneloc export``: the map's predictions on ``split`` as a coloured PLY; returns the point count.
+
+    Only points with confidence above ``min_confidence`` are kept when the map has a confidence
+    network (0.75 is the paper's inlier confidence, delta at 10 cm); otherwise every prediction.
+    """
+    from tqdm import tqdm
+    from .data import load_scene
+    from .scenemap import Map
+    out = Path(out)
+    if out.exists() and not force:
+        raise SceneLocError(f"{out}: exists (use --force to overwrite)")
+    if max_frames is not None and max_frames < 1:
+        raise SceneLocError(f"--max-frames {max_frames}: need at least 1 frame")
+    the_map = Map.load(map_dir, device=device)
+    frames = load_scene(dataset, intrinsics).frames(split)
+    if max_frames is not None and max_frames < len(frames):
+        frames = [frames[i] for i in np.linspace(0, len(frames) - 1, max_frames).round().astype(int)]
+    xyz, rgb = [], []
+    for frame in tqdm(frames, desc="exporting", unit="frame", disable=not progress, dynamic_ncols=True):
+        image = frame.load_image()
+        pred = the_map.predict(image)
+        keep = np.ones(pred.coords.shape[:2], bool) if pred.confidence is None else pred.confidence > min_confidence
+        uv = np.rint(pred.pixels[keep]).astype(int)
+        xyz.append(pred.coords[keep].astype(np.float32))
+        rgb.append(image[np.clip(uv[:, 1], 0, image.shape[0] - 1), np.clip(uv[:, 0], 0, image.shape[1] - 1)])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_ply(out, np.concatenate(xyz), np.concatenate(rgb))
+    return sum(len(p) for p in xyz)
+
+
+# ============================================================================================== demo
+
+
+def _is_demo_data(data: Path) -> bool:
+    """True if ``data`` is a complete dataset the demo generated with synth.generate's defaults
+    (synth.json is written last, so its presence means the rendering finished)."""
+    from .synth import generate
+    try:
+        meta = json.loads((data / "synth.json").read_text())
+    except (OSError, ValueError):
+        return False
+    d = {k: p.default for k, p in inspect.signature(generate).parameters.items()}
+    return (meta.get("preset") == d["preset"] and meta.get("seed") == d["seed"]
+            and meta.get("frames_per_sequence") == d["frames"] and meta.get("width") == d["width"]
+            and meta.get("height") == d["height"] and len(meta.get("train_sequences", [])) == d["train_sequences"]
+            and len(meta.get("test_sequences", [])) == d["test_sequences"])
+
+
+def run_demo(out: str | Path = "demo_out", data: str | Path | None = None, minutes: float = DEMO_MINUTES,
+             force: bool = False, device: str | None = None, log: Callable[[str], None] = print) -> Path:
+    """``sceneloc demo``: (synthesise,) map, evaluate in rgb and rgbd mode, print a results table.
+
+    Without ``data`` the default synthetic scene is rendered into ``out/data`` -- or reused if an
+    earlier demo left it complete there. Returns the path of ``out/index.html``.
+    """
+    from .synth import generate
+    from .training import MappingConfig, map_scene
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SceneLocError(f"{out}: exists and is not a directory")
+    reuse = data is None and _is_demo_data(out / "data")
+    others = [p for p in (out.iterdir() if out.exists() else []) if not (reuse and p.name == "data")]
+    if others and not force:
+        raise SceneLocError(f"{out}: directory is not empty (use --force to overwrite)")
+    if data is None:
+        data = out / "data"
+        if reuse:
+            log(f"reusing the synthetic scene in {data}")
+        else:
+            log(f"rendering the default synthetic scene into {data}")
+            generate(data, force=True)  # `out` was checked above: anything in out/data is ours to replace
+    cfg = MappingConfig(minutes=minutes, confidence_minutes=DEMO_CONFIDENCE_MINUTES,
+                        confidence_mode=DEMO_CONFIDENCE_MODE)
+    map_scene(data, out / "map", cfg, force=True, device=device, log=log)
+    results = []
+    for mode in ("rgb", "rgbd"):
+        log(f"evaluating the test split ({mode})")
+        results.append(evaluate(out / "map", data, out / f"report_{mode}", mode=mode, force=True, device=device))
+    text = results_table(results, DEMO_COLUMNS, average=False)
+    e = html.escape
+    links = "".join(f'<li><a href="report_{m["mode"]}/index.html">{e(m["mode"])} report</a></li>' for m in results)
+    (out / "index.html").write_text(
+        f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>sceneloc demo</title></head><body>"
+        f"<h1>sceneloc demo: {e(results[0]['scene'])}</h1><pre>{e(text)}</pre><ul>{links}</ul></body></html>\n")
+    log(text)
+    for m in results:
+        log(f"{m['mode']} report: {out / ('report_' + m['mode']) / 'index.html'}")
+    log(f"demo index: {out / 'index.html'}")
+    return out / "index.html"
