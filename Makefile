@@ -11,7 +11,6 @@ setup: $(STAMP)
 # torch goes in first, on its own: anything that pulled it later would fetch a CUDA build.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
-	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
 	$(PIP) install -q -e '.[test]'
 	touch $(STAMP)

@@ -70,7 +70,7 @@ def test_smoothness_loss_zero_for_constant_and_positive_otherwise():
     depth = torch.ones(1, 4, 4)
     mask = torch.ones(1, 4, 4, dtype=torch.bool)
     flat = torch.ones(1, 3, 4, 4)
-    assert smoothness_loss(flat, depth, mask).item() == pytest.approx(0.0)
+    assert smoothness_loss(flat, depth, mask).item() == pytest.approx(0.0, abs=1e-5)
     ramp = torch.zeros(1, 3, 4, 4)
     ramp[0, 0] = torch.arange(4.0).view(1, 4)  # x grows by 1 per column
     val = smoothness_loss(ramp, depth, mask, k=4).item()
@@ -96,3 +96,26 @@ def test_confidence_target_formula():
     d = confidence_target(X_hat, X)
     want = torch.tensor([1.0, 0.75, math.exp(-CONFIDENCE_SCALE * 0.5), math.exp(-CONFIDENCE_SCALE * 3)])
     assert torch.allclose(d, want, atol=1e-5)
+
+
+def test_smoothness_loss_matches_brute_force_eq5_eq6():
+    """Plain loops over pixels and neighbours, straight from the paper's equations."""
+    torch.manual_seed(1)
+    h, w = 5, 6
+    depth = torch.rand(1, h, w) * 4
+    mask = torch.rand(1, h, w) > 0.25
+    pred = torch.randn(1, 3, h, w)
+    offsets = [(-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1)]
+    total, count = 0.0, 0
+    for y in range(h):
+        for x in range(w):
+            if not mask[0, y, x]:
+                continue
+            count += 1
+            nbs = [(y + dy, x + dx) for dy, dx in offsets
+                   if 0 <= y + dy < h and 0 <= x + dx < w and mask[0, y + dy, x + dx]]
+            z = sum(math.exp(-abs(depth[0, y, x] - depth[0, j, i])) for j, i in nbs)
+            for j, i in nbs:
+                wij = math.exp(-abs(depth[0, y, x] - depth[0, j, i])) / z
+                total += wij * torch.linalg.vector_norm(pred[0, :, y, x] - pred[0, :, j, i]).item()
+    assert smoothness_loss(pred, depth, mask, k=8).item() == pytest.approx(total / count, rel=1e-5)

@@ -71,18 +71,30 @@ def smoothness_weights(depth: torch.Tensor, mask: torch.Tensor, k: int = 8) -> t
     return raw / raw.sum(1, keepdim=True).clamp_min(1e-12)
 
 
+def _overlap(dy: int, dx: int, h: int, w: int) -> tuple[slice, slice, slice, slice]:
+    """Rows/cols of pixels i whose neighbour j = i + (dy, dx) lies inside an ``h x w`` image, and of those j."""
+    ri, ci = slice(max(-dy, 0), h - max(dy, 0)), slice(max(-dx, 0), w - max(dx, 0))
+    rj, cj = slice(max(dy, 0), h + min(dy, 0)), slice(max(dx, 0), w + min(dx, 0))
+    return ri, ci, rj, cj
+
+
 def smoothness_loss(pred: torch.Tensor, depth: torch.Tensor, mask: torch.Tensor, k: int = 8) -> torch.Tensor:
     """L_smooth (paper eq. 6) ``sum_j w_ij ||X_i - X_j||``, averaged over valid pixels.
 
     The paper sums over pixels; we average so the term keeps the scale of L_coords (which the paper
-    itself averages) at any resolution.
+    itself averages) at any resolution. Differences are taken on overlapping views (no padded
+    copies): this term runs at full resolution every step.
     """
-    weights = smoothness_weights(depth, mask, k)
-    per_pixel = torch.zeros_like(depth)
+    with torch.no_grad():
+        weights = smoothness_weights(depth, mask, k)
+    h, w = depth.shape[-2:]
+    total = pred.new_zeros(())
     for n, (dy, dx) in enumerate(neighbour_offsets(k)):
-        diff = torch.linalg.vector_norm(pred - _shift(pred, dy, dx), dim=1)
-        per_pixel = per_pixel + weights[:, n] * diff
-    return _masked_mean(per_pixel, mask)
+        ri, ci, rj, cj = _overlap(dy, dx, h, w)
+        diff = pred[..., ri, ci] - pred[..., rj, cj]
+        dist = torch.sqrt((diff * diff).sum(1) + 1e-12)  # eps: finite gradient where X_i == X_j
+        total = total + (weights[:, n, ri, ci] * dist).sum()
+    return total / mask.sum().clamp_min(1)
 
 
 def coordinate_loss(name: str, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
