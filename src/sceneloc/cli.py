@@ -51,7 +51,7 @@ def _add_map_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("map_dir", help="output directory for the map")
     g = s.add_argument_group("network")
     g.add_argument("--arch", choices=["unet", "fcn"], default=d.arch, help="coordinate network (default %(default)s)")
-    g.add_argument("--width", type=int, default=d.width, help="base channel width (default %(default)s)")
+    g.add_argument("--width", type=int, default=None, help="base channel width (default 32 for fcn, 16 for unet)")
     g.add_argument("--input-height", type=int, default=d.input_height, help="network input rows (default %(default)s)")
     g = s.add_argument_group("loss and optimisation")
     g.add_argument("--loss", choices=["l1", "tukey", "tukey+smooth"], default=d.loss, help="default %(default)s (the paper's best)")

@@ -57,7 +57,9 @@ class UNet(nn.Module):
         self.bottom = _conv_block(w[3], w[4], dropout)
         self.up = nn.ModuleList([nn.ConvTranspose2d(w[i + 1], w[i], 2, stride=2) for i in reversed(range(4))])
         self.merge = nn.ModuleList([_conv_block(2 * w[i], w[i]) for i in reversed(range(4))])
-        self.features = nn.Sequential(nn.Conv2d(w[0], 8, 3, padding=1), nn.ReLU(inplace=True))
+        # Linear 8-channel feature map: a ReLU here can switch channels off for good and collapse
+        # every prediction towards the scene centre (seen in 10-minute CPU runs).
+        self.features = nn.Conv2d(w[0], 8, 3, padding=1)
         self.head = nn.Conv2d(8, 3, 1)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
