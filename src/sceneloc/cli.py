@@ -9,10 +9,10 @@ import argparse
 import os
 import sys
 
-# Pose estimation runs many small matrix products: BLAS threads only fight each other (and the
-# network's threads) on a small CPU. Set before numpy is imported.
+# Pose estimation runs many small numpy matrix products: OpenBLAS threads only fight each other
+# (and the network's threads) on a small CPU. Set before numpy is imported. Not MKL_NUM_THREADS:
+# torch's CPU build reads it and would train on one thread (measured: 2x slower).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 from .errors import SceneLocError
 
