@@ -146,9 +146,7 @@ def _cmd_localize(args: argparse.Namespace) -> None:
     records, failures = [], 0
     for frame, res in localize_frames(the_map, frames, args.mode, config, args.seed):
         failures += res.pose is None
-        records.append(PoseRecord(frame.name, res.pose, {
-            "time_ms": res.timings["total_ms"], "inliers": res.inliers, "network_ms": res.timings["network_ms"],
-            "sampling_ms": res.timings["sampling_ms"], "refinement_ms": res.timings["refinement_ms"]}))
+        records.append(PoseRecord(frame.name, res.pose, res.pose_file_columns()))
     write_pose_file(out, records, comment=f"sceneloc localize {args.map_dir} {args.dataset} --split {args.split} "
                                            f"--mode {args.mode} --method {config.method}")
     times = np.array([r.extras["time_ms"] for r in records])

@@ -570,9 +570,7 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
     if poses is None:
         records = []
         for frame, res in localize_frames(the_map, frames, mode, config, seed, progress, keep_points=True):
-            records.append(PoseRecord(frame.name, res.pose, {
-                "time_ms": res.timings["total_ms"], "inliers": res.inliers, "network_ms": res.timings["network_ms"],
-                "sampling_ms": res.timings["sampling_ms"], "refinement_ms": res.timings["refinement_ms"]}))
+            records.append(PoseRecord(frame.name, res.pose, res.pose_file_columns()))
             _add_frame(diag, the_map, frame, res.pixels, res.coords, res.confidence,
                        res.used if res.pose is not None else None)
         source = f"localized ({config.method})"

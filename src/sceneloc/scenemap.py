@@ -62,6 +62,12 @@ class Localization:
     def success(self) -> bool:
         return self.pose is not None
 
+    def pose_file_columns(self) -> dict[str, float]:
+        """The extra columns of a pose-file line for this result (time per frame and its parts, inliers)."""
+        t = self.timings
+        return {"time_ms": t["total_ms"], "inliers": self.inliers, "network_ms": t["network_ms"],
+                "sampling_ms": t["sampling_ms"], "refinement_ms": t["refinement_ms"]}
+
 
 class Map:
     """A learned scene map: coordinate network, optional confidence PointNet, scene normalisation."""
