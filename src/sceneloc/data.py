@@ -419,6 +419,13 @@ def load_scene(path: str | Path, intrinsics: np.ndarray | None = None) -> Scene:
     raise SceneLocError(f"{root}: neither 7-Scenes layout (TrainSplit.txt, seq-XX/) nor DSAC*/ACE layout (train/rgb, test/rgb)")
 
 
+def sample_nearest(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """Values of ``image (H, W, ...)`` at the pixels nearest to ``uv (..., 2)`` (clamped to the border)."""
+    col = np.clip(np.rint(uv[..., 0]).astype(int), 0, image.shape[1] - 1)
+    row = np.clip(np.rint(uv[..., 1]).astype(int), 0, image.shape[0] - 1)
+    return image[row, col]
+
+
 def scene_coordinates_at(depth: np.ndarray, pose: np.ndarray, K: np.ndarray,
                          uv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Ground-truth scene coordinates at arbitrary full-resolution pixel centres ``uv (..., 2)``.
@@ -427,10 +434,8 @@ def scene_coordinates_at(depth: np.ndarray, pose: np.ndarray, K: np.ndarray,
     projects back onto ``uv``. Returns ``coords (..., 3)`` float32 and ``valid (...)``.
     """
     H, W = depth.shape
-    col = np.clip(np.rint(uv[..., 0]).astype(int), 0, W - 1)
-    row = np.clip(np.rint(uv[..., 1]).astype(int), 0, H - 1)
     inside = (uv[..., 0] > -0.5) & (uv[..., 0] < W - 0.5) & (uv[..., 1] > -0.5) & (uv[..., 1] < H - 0.5)
-    d = np.where(inside, depth[row, col], 0.0).astype(np.float64)
+    d = np.where(inside, sample_nearest(depth, uv), 0.0).astype(np.float64)
     X = backproject(uv.astype(np.float64), d, K) @ pose[:3, :3].T + pose[:3, 3]
     valid = d > 0
     X[~valid] = 0.0

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .data import sample_nearest
 from .errors import SceneLocError
 from .geometry import backproject
 from .networks import (ConfidencePointNet, SceneNormalisation, build_coordinate_network, confidence_inputs,
@@ -211,10 +212,7 @@ class Map:
         conf = None if pred.confidence is None else pred.confidence.reshape(-1)
         cam = None
         if depth is not None:
-            d = np.asarray(depth, dtype=np.float64)
-            col = np.clip(np.rint(pixels[:, 0]).astype(int), 0, d.shape[1] - 1)
-            row = np.clip(np.rint(pixels[:, 1]).astype(int), 0, d.shape[0] - 1)
-            z = d[row, col]
+            z = sample_nearest(np.asarray(depth, dtype=np.float64), pixels)
             cam = backproject(pixels, z, K)
             cam[z <= 0] = np.nan
         if pose_config is None:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .data import Frame, Scene, scene_coordinates_at
+from .data import Frame, sample_nearest, scene_coordinates_at
 from .errors import SceneLocError
 from .losses import CONFIDENCE_SCALE, confidence_target, coordinate_loss
 from .networks import (ConfidencePointNet, SceneNormalisation, build_coordinate_network, input_size,
@@ -105,9 +105,7 @@ class FrameCache:
                                     f"other frames are {image_hw[1]}x{image_hw[0]}")
             images[i] = cv2.resize(fd.image, (w_in, h_in), interpolation=cv2.INTER_AREA)
             coords[i], masks[i] = scene_coordinates_at(fd.depth, fd.pose, fd.K, uv)
-            col = np.clip(np.rint(uv[..., 0]).astype(int), 0, image_hw[1] - 1)
-            row = np.clip(np.rint(uv[..., 1]).astype(int), 0, image_hw[0] - 1)
-            depths[i] = fd.depth[row, col]
+            depths[i] = sample_nearest(fd.depth, uv)
         return cls([f.name for f in frames], images, coords, masks, depths, stride)
 
     def __len__(self) -> int:
