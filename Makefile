@@ -21,7 +21,9 @@ test: setup
 demo: setup
 	.venv/bin/sceneloc demo
 
+# the bench extra adds poselib, one of the RANSAC backends of benchmarks/bench_peers.py
 bench: setup
+	$(PIP) install -q -e '.[test,bench]'
 	$(PY) benchmarks/run_all.py
 
 clean:

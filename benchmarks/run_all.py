@@ -28,6 +28,9 @@ def main() -> None:
         [py, str(HERE / "bench_synth.py")],
         [py, str(HERE / "bench_mapping.py"), "--data", args.data, "--runs", args.runs, "--run", "--write", "BENCHMARKS.md"],
         [py, str(HERE / "bench_pose_table.py"), "--data", args.data, "--maps", *maps, "--write", "BENCHMARKS.md"],
+        # sceneloc beside feature matching, PoseNet and other RANSAC backends, on this scene and the synthetic room
+        [py, str(HERE / "bench_peers.py"), "--data", args.data, "synth", "--work", f"{args.runs}/peers",
+         "--out", str(HERE / "results"), "--write", "BENCHMARKS.md"],
     ]
     for cmd in steps:
         print("+", " ".join(cmd), flush=True)

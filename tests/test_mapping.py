@@ -123,3 +123,23 @@ def test_map_needs_depth(tiny_scene, tmp_path, capsys):
     next(data.glob("seq-01/*.depth.png")).unlink()
     assert main(["map", str(data), str(tmp_path / "m"), "--iterations", "1"]) == 2
     assert "missing depth" in capsys.readouterr().err
+
+
+def test_confidence_stage_retrains_stage_two_only(tiny_map, overfit_scene, tmp_path, capsys):
+    import shutil
+    import torch
+    from sceneloc.cli import main
+    from sceneloc.scenemap import Map
+    m = tmp_path / "map"
+    shutil.copytree(tiny_map, m)
+    before = torch.load(m / "coordinates.pt", weights_only=True)
+    old_conf = (m / "confidence.pt").read_bytes()
+    args = ["map", str(overfit_scene), str(m), "--stage", "confidence", "--confidence-minutes", "0.05"]
+    assert main(args) == 2
+    assert "already has a confidence network" in capsys.readouterr().err
+    assert main(args + ["--force", "--seed", "3"]) == 0
+    assert (m / "confidence.pt").read_bytes() != old_conf
+    after = Map.load(m)
+    assert after.confidence_net is not None
+    for k, v in before.items():  # the coordinate network is untouched
+        assert torch.equal(after.coord_net.state_dict()[k], v)

@@ -37,24 +37,51 @@ def _cmd_info(args: argparse.Namespace) -> None:
 def _cmd_map(args: argparse.Namespace) -> None:
     from dataclasses import fields
     from .data import parse_intrinsics
-    from .training import MappingConfig, map_scene
-    cfg = MappingConfig(**{f.name: getattr(args, f.name) for f in fields(MappingConfig) if hasattr(args, f.name)})
+    from .training import MappingConfig, map_scene, retrain_confidence
     K = parse_intrinsics(args.intrinsics) if args.intrinsics else None
+    if args.stage == "dsac":
+        _finetune_dsac(args, K)
+        return
+    if args.stage == "confidence":
+        cfg = MappingConfig(**{f.name: getattr(args, f.name) for f in fields(MappingConfig)
+                               if hasattr(args, f.name) and f.name != "minutes"})
+        retrain_confidence(args.dataset, args.map_dir, cfg, force=args.force, device=args.device, intrinsics=K)
+        return
+    if args.minutes is None:
+        args.minutes = MappingConfig.minutes
+    cfg = MappingConfig(**{f.name: getattr(args, f.name) for f in fields(MappingConfig) if hasattr(args, f.name)})
     map_scene(args.dataset, args.map_dir, cfg, force=args.force, resume=args.resume, device=args.device,
               intrinsics=K, evaluate_test=not args.no_test_eval)
 
 
+def _finetune_dsac(args: argparse.Namespace, K) -> None:
+    from .dsac import DSACConfig, finetune_dsac
+    if args.resume:
+        raise SceneLocError("--resume does not apply to --stage dsac (fine-tuning always starts from the base map)")
+    budget = {} if args.minutes is None else {"minutes": args.minutes}
+    cfg = DSACConfig(mode=args.dsac_mode, score=args.dsac_score, objective=args.dsac_objective,
+                     hypotheses=args.dsac_hypotheses, iterations=args.iterations, seed=args.seed, **budget)
+    finetune_dsac(args.dataset, args.map_dir, cfg, force=args.force, device=args.device, intrinsics=K)
+
+
 def _add_map_arguments(s: argparse.ArgumentParser) -> None:
+    from .dsac import DSACConfig, MODES, OBJECTIVES, SCORES
     from .training import MappingConfig
     d = MappingConfig()
+    dd = DSACConfig()
     s.add_argument("dataset", help="dataset root (its train split is mapped)")
     s.add_argument("map_dir", help="output directory for the map")
     g = s.add_argument_group("network")
     g.add_argument("--arch", choices=["unet", "fcn"], default=d.arch, help="coordinate network (default %(default)s)")
     g.add_argument("--width", type=int, default=None, help="base channel width (default 32 for fcn, 16 for unet)")
+    g.add_argument("--stride", type=int, choices=[4, 8, 16], default=d.stride, help="fcn output stride (default %(default)s)")
+    g.add_argument("--stem", choices=["strided", "full"], default=d.stem,
+                   help="fcn first layer: stride 2, or full resolution as DSAC* (default %(default)s)")
+    g.add_argument("--blocks", type=int, default=d.blocks, help="fcn residual blocks (default %(default)s)")
     g.add_argument("--input-height", type=int, default=d.input_height, help="network input rows (default %(default)s)")
     g = s.add_argument_group("loss and optimisation")
-    g.add_argument("--loss", choices=["l1", "tukey", "tukey+smooth"], default=d.loss, help="default %(default)s (the paper's best)")
+    g.add_argument("--loss", choices=["l1", "tukey", "tukey+smooth"], default=d.loss,
+                   help="default %(default)s (measured best under a CPU budget; the paper's best is tukey+smooth)")
     g.add_argument("--tukey-c", type=float, default=None, help="Tukey constant in metres (default half the scene diameter)")
     g.add_argument("--smooth-weight", type=float, default=d.smooth_weight)
     g.add_argument("--neighbourhood", type=int, choices=[4, 8], default=d.neighbourhood)
@@ -62,13 +89,16 @@ def _add_map_arguments(s: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=d.lr, help="learning rate (default %(default)s, the paper's)")
     g.add_argument("--schedule", choices=["constant", "cosine"], default=d.schedule)
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step (default %(default)s; the paper's 20)")
-    g.add_argument("--minutes", type=float, default=d.minutes, help="wall-clock budget of stage 1 (default %(default)s)")
+    g.add_argument("--minutes", type=float, default=None,
+                   help=f"wall-clock budget of stage 1 (default {d.minutes:g}), or of --stage dsac (default {dd.minutes:g})")
     g.add_argument("--iterations", type=int, default=None, help="train for exactly N steps instead (repeatable)")
     g.add_argument("--aug-scale", type=float, default=d.aug_scale, help="random zoom in [1/a, a] (1 = off)")
     g.add_argument("--aug-rotation", type=float, default=d.aug_rotation, help="random roll in degrees (0 = off)")
     g.add_argument("--aug-brightness", type=float, default=d.aug_brightness)
     g.add_argument("--aug-contrast", type=float, default=d.aug_contrast)
     g.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes)
+    g.add_argument("--snapshot-minutes", type=float, nargs="+", default=d.snapshot_minutes,
+                   help="also save the weights after these training minutes (MAP_DIR/snapshots/)")
     g.add_argument("--seed", type=int, default=d.seed)
     g = s.add_argument_group("confidence (stage 2)")
     g.add_argument("--no-confidence", dest="confidence", action="store_false", help="skip stage 2")
@@ -81,22 +111,42 @@ def _add_map_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--resume", action="store_true", help="continue from MAP_DIR/checkpoint.pt")
     s.add_argument("--force", action="store_true", help="overwrite a non-empty MAP_DIR")
     s.add_argument("--no-test-eval", action="store_true", help="skip the coordinate accuracy on the test split")
+    g = s.add_argument_group("DSAC fine-tuning (--stage dsac: end to end through differentiable RANSAC)")
+    g.add_argument("--stage", choices=["base", "confidence", "dsac"], default="base",
+                   help="base: stages 1 and 2, a new map (default); confidence: (re)train stage 2 of the existing "
+                        "map in MAP_DIR (--force replaces its confidence network); dsac: fine-tune the existing map, "
+                        "writing coordinates_dsac.pt, score.pt and dsac_config.json beside it (--force replaces them)")
+    g.add_argument("--mode", dest="dsac_mode", choices=MODES, default=dd.mode,
+                   help="hypotheses by PnP (rgb) or Kabsch with depth (rgbd) (default %(default)s)")
+    g.add_argument("--score", dest="dsac_score", choices=SCORES, default=dd.score,
+                   help="learned Score CNN (DSAC) or soft inlier count (DSAC*) (default %(default)s)")
+    g.add_argument("--objective", dest="dsac_objective", choices=OBJECTIVES, default=dd.objective,
+                   help="exact expected loss over all hypotheses, or sampled REINFORCE (default %(default)s)")
+    g.add_argument("--hypotheses", dest="dsac_hypotheses", type=int, default=dd.hypotheses,
+                   help="hypotheses per training image (default %(default)s)")
     s.set_defaults(func=_cmd_map)
 
 
 def _pose_config(args: argparse.Namespace):
-    from .pose import PoseConfig
-    return PoseConfig(method=args.method, hypotheses=args.hypotheses, n_k=args.n_k_pose, best_fraction=args.best_fraction,
+    from .pose import METHODS, PoseConfig
+    # dsac/softam are not PoseConfig methods: Map.localize takes them as `method` (see _cmd_localize)
+    method = args.method if args.method in METHODS else PoseConfig.method
+    return PoseConfig(method=method, hypotheses=args.hypotheses, n_k=args.n_k_pose, best_fraction=args.best_fraction,
                       refine_rounds=args.refine_rounds, pnp_method=args.pnp_method, score=args.score,
                       inlier_threshold_px=args.threshold_px, inlier_threshold_m=args.threshold_m,
                       polish=args.polish, min_inliers=args.min_inliers)
 
 
 def _add_pose_arguments(s: argparse.ArgumentParser) -> None:
-    from .pose import PoseConfig
+    from .dsac import DSAC_METHODS, SCORES
+    from .pose import METHODS, PoseConfig
     d = PoseConfig()
     g = s.add_argument_group("pose estimation (paper III-C; defaults are the paper's)")
-    g.add_argument("--method", choices=["confidence", "random", "ransac"], default=d.method)
+    g.add_argument("--method", choices=list(METHODS) + list(DSAC_METHODS), default=d.method,
+                   help="dsac|softam: DSAC's argmax|SoftAM selection with the map's --stage dsac (they use "
+                        "--hypotheses and --min-inliers; the other options are the stage's)")
+    g.add_argument("--dsac-score", choices=SCORES, default=None,
+                   help="hypothesis score of dsac|softam (default: the stage's); soft-inliers needs no DSAC stage")
     g.add_argument("--hypotheses", type=int, default=d.hypotheses, help="h_p (default %(default)s)")
     g.add_argument("--n-k", dest="n_k_pose", type=int, default=d.n_k, help="N_k points sampled per hypothesis (default %(default)s)")
     g.add_argument("--best-fraction", type=float, default=d.best_fraction, help="most confident share kept (default %(default)s)")
@@ -117,13 +167,18 @@ def _cmd_localize(args: argparse.Namespace) -> None:
     from .data import load_scene, parse_intrinsics, read_depth, read_image
     from .geometry import PoseRecord, invert_pose, matrix_to_quaternion, write_pose_file
     from .scenemap import Map, localize_frames
+    from .dsac import DSAC_METHODS, resolve_stage
     the_map = Map.load(args.map_dir, device=args.device)
     config = _pose_config(args)
+    options = {"method": args.method, "dsac_score": args.dsac_score}
+    if args.method in DSAC_METHODS:
+        resolve_stage(the_map, args.dsac_score)  # a missing stage fails here, before any frame
     K = parse_intrinsics(args.intrinsics) if args.intrinsics else None
     if args.image:
         image = read_image(Path(args.image))
         depth = read_depth(Path(args.depth), image.shape[:2]) if args.depth else None
-        res = the_map.localize(image, depth=depth, intrinsics=K, pose_config=config, rng=np.random.default_rng(args.seed))
+        res = the_map.localize(image, depth=depth, intrinsics=K, pose_config=config, rng=np.random.default_rng(args.seed),
+                               **options)
         if res.pose is None:
             raise SceneLocError(f"{args.image}: no pose found ({res.failure})")
         T_cw = invert_pose(res.pose)
@@ -144,11 +199,11 @@ def _cmd_localize(args: argparse.Namespace) -> None:
         raise SceneLocError(f"{out}: exists (use --force to overwrite)")
     frames = load_scene(args.dataset, K).frames(args.split)
     records, failures = [], 0
-    for frame, res in localize_frames(the_map, frames, args.mode, config, args.seed):
+    for frame, res in localize_frames(the_map, frames, args.mode, config, args.seed, **options):
         failures += res.pose is None
         records.append(PoseRecord(frame.name, res.pose, res.pose_file_columns()))
     write_pose_file(out, records, comment=f"sceneloc localize {args.map_dir} {args.dataset} --split {args.split} "
-                                           f"--mode {args.mode} --method {config.method}")
+                                           f"--mode {args.mode} --method {args.method}")
     times = np.array([r.extras["time_ms"] for r in records])
     print(f"{len(records)} frames localized, {failures} failures; time per frame median {np.median(times):.0f} ms, "
           f"p95 {np.percentile(times, 95):.0f} ms; poses written to {out}")
@@ -160,7 +215,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     K = parse_intrinsics(args.intrinsics) if args.intrinsics else None
     m = evaluate(args.map_dir, args.dataset, args.out, split=args.split, mode=args.mode,
                  pose_config=_pose_config(args), poses=args.poses, force=args.force, seed=args.seed,
-                 device=args.device, intrinsics=K, progress=not args.quiet)
+                 device=args.device, intrinsics=K, progress=not args.quiet, method=args.method,
+                 dsac_score=args.dsac_score)
     rot, trans = m["median_rotation_deg"], m["median_translation_m"]
     print(f"{m['scene']} {m['split']} ({m['mode']}): median {rot:.2f} deg, {100 * trans:.1f} cm; "
           f"5cm/5deg {m['accuracy']['5cm_5deg']:.1%}, {m['failures']} failures of {m['frames']} frames")

@@ -38,7 +38,7 @@ ERROR_MAP_MAX_M = 0.5                      # colour scale of the error maps; lar
 FIG2_SAMPLES_PER_FRAME = 8                 # random N_k samples per frame for the Fig. 2 histograms
 ROC_POINTS_PER_FRAME = 2000                # correspondences per frame kept for the ROC (memory bound)
 
-DEMO_MINUTES = 5.0                         # stage-1 budget of `sceneloc demo` (the lead tunes it)
+DEMO_MINUTES = 7.0                         # stage-1 budget of `sceneloc demo`: make demo stays under 15 min
 DEMO_CONFIDENCE_MINUTES = 1.0
 DEMO_CONFIDENCE_MODE = "both"              # also train the classifier, for the ROC comparison
 
@@ -539,15 +539,17 @@ def match_pose_records(records: list, frames: list, path: Path) -> tuple[list, i
 def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "test",
              mode: str = "rgb", pose_config=None, poses: str | Path | None = None, force: bool = False,
              seed: int = 0, device: str | None = None, intrinsics: np.ndarray | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, method: str | None = None, dsac_score: str | None = None) -> dict:
     """``sceneloc evaluate``: localize ``split`` (or read ``poses``) and write the report folder.
 
-    ``map_dir`` is a map directory or an already loaded :class:`sceneloc.scenemap.Map`.
+    ``map_dir`` is a map directory or an already loaded :class:`sceneloc.scenemap.Map`. ``method``
+    ``dsac`` or ``softam`` localizes with the map's DSAC stage (default: ``pose_config.method``).
     Returns the metrics dictionary (also ``out_dir/metrics.json``, infinite medians as null there).
     """
     from tqdm import tqdm
     from .data import load_scene
     from .geometry import PoseRecord, read_pose_file, write_pose_file
+    from .dsac import DSAC_METHODS, resolve_stage
     from .pose import PoseConfig
     from .scenemap import Map, localize_frames
 
@@ -569,11 +571,15 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
 
     if poses is None:
         records = []
-        for frame, res in localize_frames(the_map, frames, mode, config, seed, progress, keep_points=True):
+        method = method or config.method
+        if method in DSAC_METHODS:
+            resolve_stage(the_map, dsac_score)  # a missing stage fails here, before any frame
+        for frame, res in localize_frames(the_map, frames, mode, config, seed, progress, keep_points=True,
+                                          method=method, dsac_score=dsac_score):
             records.append(PoseRecord(frame.name, res.pose, res.pose_file_columns()))
             _add_frame(diag, the_map, frame, res.pixels, res.coords, res.confidence,
                        res.used if res.pose is not None else None)
-        source = f"localized ({config.method})"
+        source = f"localized ({method})"
     else:
         poses = Path(poses)
         records, absent = match_pose_records(read_pose_file(poses), frames, poses)

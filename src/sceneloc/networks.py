@@ -9,6 +9,7 @@ config dict (``build_coordinate_network``) that is saved in the map directory.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -86,23 +87,38 @@ class _ResBlock(nn.Module):
 
 
 class FCN(nn.Module):
-    """DSAC*/ACE-style fully convolutional regressor with output stride 8.
+    """DSAC*/ACE-style fully convolutional regressor with output stride 8 (4 and 16 as options).
 
     A strided convolutional encoder (receptive field of a few dozen pixels, so each prediction
     depends on a local patch; errors are then local and easy for RANSAC to reject) followed by a
     per-pixel MLP head of 1x1 convolutions, as in ACE.
-    """
-    stride = 8
-    multiple = 8
 
-    def __init__(self, width: int = 32, blocks: int = 2, head_width: int = 256, head_layers: int = 3):
+    ``stem="strided"`` (default) makes the first convolution stride 2; ``"full"`` keeps a
+    full-resolution first layer (DSAC*'s). On a CPU the full-resolution layer and the one after it
+    are memory-bound and cost ~40 % of a training step for little accuracy (BENCHMARKS.md).
+    """
+    def __init__(self, width: int = 32, blocks: int = 2, head_width: int = 256, head_layers: int = 3,
+                 stride: int = 8, max_width: int | None = None, stem: str = "strided"):
         super().__init__()
-        w = width
-        enc = [nn.Conv2d(3, w, 3, padding=1), nn.ReLU(inplace=True)]
-        c = w
-        for i in range(3):  # three stride-2 stages -> stride 8
-            enc += [nn.Conv2d(c, 2 * c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(2 * c), nn.ReLU(inplace=True)]
-            c *= 2
+        max_width = max_width or 8 * width  # the channel count reached at stride 8 (256 for width 32)
+        if stride not in (4, 8, 16):
+            raise ValueError(f"FCN output stride must be 4, 8 or 16, not {stride}")
+        if stem not in ("strided", "full"):
+            raise ValueError(f"FCN stem must be 'strided' or 'full', not {stem!r}")
+        self.stride = self.multiple = stride
+        halvings = int(math.log2(stride))
+        if stem == "strided":
+            enc, halvings = [nn.Conv2d(3, width, 3, stride=2, padding=1), nn.ReLU(inplace=True)], halvings - 1
+        else:
+            enc = [nn.Conv2d(3, width, 3, padding=1), nn.ReLU(inplace=True)]
+        c = width
+        for _ in range(halvings):  # one stride-2 stage per remaining factor of two
+            c_out = min(2 * c, max_width)
+            enc += [nn.Conv2d(c, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+            c = c_out
+        if c < max_width:  # widen to max_width at the output stride (the strided stem ends one doubling short)
+            enc += [nn.Conv2d(c, max_width, 3, padding=1, bias=False), nn.BatchNorm2d(max_width), nn.ReLU(inplace=True)]
+            c = max_width
         enc += [_ResBlock(c) for _ in range(blocks)]
         self.encoder = nn.Sequential(*enc)
         head = []

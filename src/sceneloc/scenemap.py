@@ -2,7 +2,8 @@
 
 A map directory holds ``config.json`` (format version, networks, input size, scene normalisation,
 the camera of the mapping images), ``coordinates.pt`` (coordinate network weights) and, when
-stage 2 ran, ``confidence.pt``. Nothing from the dataset is stored.
+stage 2 ran, ``confidence.pt``; the optional DSAC stage (dsac.py) adds its own files beside them.
+Nothing from the dataset is stored.
 
 >>> m = Map.load("maps/kitchen")                                   # doctest: +SKIP
 >>> result = m.localize(image, depth=None, intrinsics=K)           # doctest: +SKIP
@@ -32,6 +33,11 @@ DEFAULT_POSE_POINTS = 4800
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def grid_step(out_hw: tuple[int, int], max_points: int) -> int:
+    """Stride of the regular sub-grid of an ``out_hw`` output grid that keeps at most ~``max_points`` cells."""
+    return max(1, int(np.ceil(np.sqrt(out_hw[0] * out_hw[1] / max_points))))
 
 
 @dataclass
@@ -82,17 +88,25 @@ class Map:
         # Optional inlier classifier trained beside the regressor (paper Fig. 3); never used for poses.
         self.classifier = classifier.to(self.device).eval() if classifier is not None else None
         self.norm = SceneNormalisation(tuple(config["normalisation"]["center"]), config["normalisation"]["scale"])
+        self.map_dir: Path | None = None  # set by load: where the DSAC stage is looked up
+        self.dsac = None                  # the DSAC stage (dsac.DSACStage), loaded on first use by dsac/softam
 
     # ------------------------------------------------------------------------------------ files
 
-    def save(self, map_dir: str | Path) -> None:
+    def save(self, map_dir: str | Path, keep_dsac_stage: bool = False) -> None:
+        """Write the map directory; a DSAC stage in it is deleted unless ``keep_dsac_stage`` (it was
+        fine-tuned from the previous coordinate network, so a new one makes it stale)."""
         d = Path(map_dir)
         d.mkdir(parents=True, exist_ok=True)
         torch.save(self.coord_net.state_dict(), d / "coordinates.pt")
-        if self.confidence_net is not None:
-            torch.save(self.confidence_net.state_dict(), d / "confidence.pt")
-        if self.classifier is not None:
-            torch.save(self.classifier.state_dict(), d / "confidence_classifier.pt")
+        for net, name in ((self.confidence_net, "confidence.pt"), (self.classifier, "confidence_classifier.pt")):
+            if net is not None:
+                torch.save(net.state_dict(), d / name)
+            else:
+                (d / name).unlink(missing_ok=True)
+        from .dsac import STAGE_FILES
+        for name in STAGE_FILES if not keep_dsac_stage else ():
+            (d / name).unlink(missing_ok=True)
         cfg = dict(self.config, has_confidence=self.confidence_net is not None)
         (d / "config.json").write_text(json.dumps(cfg, indent=2))
 
@@ -127,7 +141,9 @@ class Map:
         if (d / "confidence_classifier.pt").exists():
             classifier = ConfidencePointNet(mode="classification")
             classifier.load_state_dict(torch.load(d / "confidence_classifier.pt", map_location=device, weights_only=True))
-        return cls(config, net, conf, device, classifier)
+        the_map = cls(config, net, conf, device, classifier)
+        the_map.map_dir = d
+        return the_map
 
     # ------------------------------------------------------------------------------- inference
 
@@ -148,24 +164,27 @@ class Map:
         return np.asarray(self.config["intrinsics"], dtype=np.float64)
 
     @torch.no_grad()
-    def predict(self, image: np.ndarray, max_points: int = DEFAULT_POSE_POINTS) -> Prediction:
+    def predict(self, image: np.ndarray, max_points: int = DEFAULT_POSE_POINTS,
+                net: torch.nn.Module | None = None) -> Prediction:
         """Scene coordinates (and confidences) for an ``(H, W, 3)`` uint8 RGB image of any size.
 
         A dense output grid (the U-Net predicts every input pixel) is thinned to a regular sub-grid
         of at most ~``max_points`` cells: far more than pose estimation needs, and the confidence
-        network's cost grows with the number of points.
+        network's cost grows with the number of points. ``net`` replaces the coordinate network
+        (the DSAC stage's fine-tuned one); its predictions get no confidences.
         """
+        net = self.coord_net if net is None else net
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise SceneLocError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} with shape {image.shape}")
         t0 = time.perf_counter()
-        h_in, w_in, _ = input_size(image.shape[:2], self.config["input_height"], self.coord_net.multiple)
+        h_in, w_in, _ = input_size(image.shape[:2], self.config["input_height"], net.multiple)
         x = image_to_tensor(image, (h_in, w_in)).to(self.device)
-        y = self.norm.to_metres(self.coord_net(x))[0].permute(1, 2, 0).float()
-        pixels = output_pixel_centres(y.shape[:2], self.coord_net.stride, image.shape[:2], (h_in, w_in))
-        step = max(1, int(np.ceil(np.sqrt(y.shape[0] * y.shape[1] / max_points))))
+        y = self.norm.to_metres(net(x))[0].permute(1, 2, 0).float()
+        pixels = output_pixel_centres(y.shape[:2], net.stride, image.shape[:2], (h_in, w_in))
+        step = grid_step(y.shape[:2], max_points)
         y, pixels = y[::step, ::step], pixels[::step, ::step]
         conf = None
-        if self.confidence_net is not None:
+        if self.confidence_net is not None and net is self.coord_net:
             conf = self._confidences(pixels.float().to(self.device), y, image.shape[:2])
         if self.device != "cpu":
             torch.cuda.synchronize()
@@ -190,7 +209,8 @@ class Map:
 
     def localize(self, image: np.ndarray, depth: np.ndarray | None = None, intrinsics: np.ndarray | None = None,
                  method: str | None = None, pose_config=None, rng: np.random.Generator | None = None,
-                 max_points: int = DEFAULT_POSE_POINTS, prediction: Prediction | None = None) -> Localization:
+                 max_points: int = DEFAULT_POSE_POINTS, prediction: Prediction | None = None,
+                 dsac_score: str | None = None) -> Localization:
         """Camera-to-world pose of one RGB image (PnP), or of an RGB-D frame (Kabsch) when ``depth``
         ``(H, W)`` in metres (0 = none) is given.
 
@@ -198,16 +218,24 @@ class Map:
             image: ``(H, W, 3)`` uint8 RGB; any size if ``intrinsics`` are given.
             depth: optional ``(H, W)`` metres aligned with ``image``.
             intrinsics: ``(3, 3)`` K of the query image; default the mapping camera's.
-            method: ``confidence`` (default when the map has a confidence network), ``random`` or ``ransac``.
+            method: ``confidence`` (default when the map has a confidence network), ``random``, ``ransac``,
+                or ``dsac`` / ``softam``: DSAC's argmax / SoftAM selection (dsac.py) with the map's DSAC
+                stage, of which ``pose_config`` gives only ``hypotheses`` and ``min_inliers``.
             pose_config: a :class:`sceneloc.pose.PoseConfig` overriding the defaults.
-            prediction: reuse this image's ``predict`` output (to compare pose settings cheaply).
+            prediction: reuse this image's ``predict`` output (to compare pose settings cheaply; for
+                dsac/softam it must come from the DSAC stage's network).
+            dsac_score: ``cnn`` or ``soft-inliers`` for dsac/softam (default: the stage's); soft
+                inliers need no DSAC stage (the base network is used then).
         """
+        from .dsac import DSAC_METHODS, estimate_pose_dsac, resolve_stage
         from .pose import PoseConfig, estimate_pose
         K = self._check_intrinsics(image, intrinsics)
         if depth is not None and depth.shape != image.shape[:2]:
             raise SceneLocError(f"depth map is {depth.shape[1]}x{depth.shape[0]} but the image is "
                                 f"{image.shape[1]}x{image.shape[0]}")
-        pred = prediction if prediction is not None else self.predict(image, max_points)
+        stage = resolve_stage(self, dsac_score) if method in DSAC_METHODS else None
+        pred = prediction if prediction is not None else self.predict(image, max_points,
+                                                                      None if stage is None else stage.coord_net)
         pixels, coords = pred.pixels.reshape(-1, 2), pred.coords.reshape(-1, 3)
         conf = None if pred.confidence is None else pred.confidence.reshape(-1)
         cam = None
@@ -217,12 +245,16 @@ class Map:
             cam[z <= 0] = np.nan
         if pose_config is None:
             pose_config = PoseConfig()
-        if method is not None:
-            pose_config = PoseConfig(**{**asdict(pose_config), "method": method})
-        if pose_config.method == "confidence" and conf is None:
-            raise SceneLocError("this map has no confidence network (mapped with --no-confidence): "
-                                "use --method random or ransac")
-        res = estimate_pose(pixels, coords, K, confidence=conf, camera_points=cam, config=pose_config, rng=rng)
+        if stage is not None:
+            res = estimate_pose_dsac(pixels, coords, K, pred.coords.shape[:2], cam, stage.config, stage.score_net,
+                                     DSAC_METHODS[method], pose_config.hypotheses, pose_config.min_inliers, rng)
+        else:
+            if method is not None:
+                pose_config = PoseConfig(**{**asdict(pose_config), "method": method})
+            if pose_config.method == "confidence" and conf is None:
+                raise SceneLocError("this map has no confidence network (mapped with --no-confidence): "
+                                    "use --method random or ransac")
+            res = estimate_pose(pixels, coords, K, confidence=conf, camera_points=cam, config=pose_config, rng=rng)
         timings = {"network_ms": pred.network_ms, "sampling_ms": res.timings_ms.get("sampling", 0.0),
                    "refinement_ms": res.timings_ms.get("refinement", 0.0)}
         timings["total_ms"] = sum(timings.values())
@@ -230,11 +262,12 @@ class Map:
 
 
 def localize_frames(the_map: Map, frames: list, mode: str = "rgb", pose_config=None, seed: int = 0,
-                    progress: bool = True, keep_points: bool = False):
+                    progress: bool = True, keep_points: bool = False, **options):
     """Localize dataset frames one by one; yields ``(frame, Localization)``.
 
     ``mode`` is ``rgb`` (PnP on the image alone) or ``rgbd`` (Kabsch with the frame's depth).
     The random generator is seeded per frame, so a frame's result does not depend on the others.
+    ``options`` (e.g. ``method``, ``dsac_score``) go to :meth:`Map.localize`.
     """
     from tqdm import tqdm
     if mode not in ("rgb", "rgbd"):
@@ -244,7 +277,7 @@ def localize_frames(the_map: Map, frames: list, mode: str = "rgb", pose_config=N
         image = frame.load_image()
         depth = frame.load_depth(image.shape[:2]) if mode == "rgbd" else None
         res = the_map.localize(image, depth=depth, intrinsics=frame.K, pose_config=pose_config,
-                               rng=np.random.default_rng([seed, i]))
+                               rng=np.random.default_rng([seed, i]), **options)
         if not keep_points:  # dense arrays are only needed for diagnostics; drop them to save memory
             res.pixels = res.coords = res.confidence = res.used = None
         yield frame, res

@@ -40,8 +40,14 @@ class MappingConfig:
     # CPU-minute than the paper's U-Net (BENCHMARKS.md); ``unet`` is the paper's network.
     arch: str = "fcn"
     width: int | None = None          # None: 32 for fcn; 16 for unet (32 trains ~5x slower on 2 cores)
+    stride: int = 8                   # fcn output stride (DSAC*/ACE: 8)
+    stem: str = "strided"             # fcn first layer: 'strided' (fast on CPU) or 'full' (DSAC*)
+    blocks: int = 1                   # fcn residual blocks at the output stride (1 beat 2 at equal time)
     input_height: int = 240           # 240x320 input: a quarter of the pixels of 480x640, 4x faster
-    loss: str = "tukey+smooth"        # the paper's best (P_smooth)
+    # l1, not the paper's tukey+smooth: with c = half the scene diameter Tukey is ~l2 for errors
+    # of decimetres, whose gradient fades as they shrink; under a CPU budget l1 halves the test
+    # error and doubles RGB-D poses within 5 cm / 5 deg (BENCHMARKS.md, ablation).
+    loss: str = "l1"
     tukey_c: float | None = None      # None: half the scene diameter (paper)
     smooth_weight: float = 1.0
     neighbourhood: int = 8
@@ -49,13 +55,14 @@ class MappingConfig:
     lr: float = 5e-4                  # the paper's
     schedule: str = "cosine"          # decay over the budget; 'constant' = the paper
     batch_size: int = 8               # paper: 20; on 2 cores a budget buys ~2.5x more updates at 8
-    minutes: float = 10.0
+    minutes: float = 16.0             # + 2 min stage 2 + caching: a map in under 20 minutes on 2 cores
     iterations: int | None = None     # exact step count instead of a time budget (repeatable runs)
     aug_scale: float = 1.25           # random zoom in [1/a, a]
     aug_rotation: float = 15.0        # random in-plane rotation in [-r, r] degrees
     aug_brightness: float = 0.2
     aug_contrast: float = 0.2
     checkpoint_minutes: float = 2.0
+    snapshot_minutes: tuple[float, ...] = ()  # also save the weights at these training minutes (snapshots/)
     seed: int = 0
     # stage 2
     confidence: bool = True
@@ -68,7 +75,10 @@ class MappingConfig:
         default_width = {"unet": 16, "fcn": 32}
         if self.arch not in default_width:
             raise SceneLocError(f"unknown architecture {self.arch!r} (choose unet or fcn)")
-        return {"arch": self.arch, "width": self.width or default_width[self.arch]}
+        net = {"arch": self.arch, "width": self.width or default_width[self.arch]}
+        if self.arch == "fcn":
+            net.update(stride=self.stride, stem=self.stem, blocks=self.blocks)
+        return net
 
 
 # ------------------------------------------------------------------------------------ frame cache
@@ -161,7 +171,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _batch(cache: FrameCache, idx: np.ndarray, cfg: MappingConfig, rng: np.random.Generator, train: bool):
+def make_batch(cache: FrameCache, idx: np.ndarray, cfg: MappingConfig, rng: np.random.Generator, train: bool):
     imgs, crds, msks, dpts = [], [], [], []
     for i in idx:
         img, c, m, d = cache.images[i], cache.coords[i], cache.masks[i], cache.depths[i]
@@ -214,6 +224,7 @@ def train_coordinates(model: torch.nn.Module, norm: SceneNormalisation, cache: F
     if not resume:
         order, pos = rng.permutation(len(cache)), 0
     running_in10, running_loss = None, None
+    snapshots = sorted(m for m in cfg.snapshot_minutes if m * 60 > state.elapsed) if checkpoint is not None else []
     last_ck = time.perf_counter()
     t_prev = time.perf_counter()
     while True:
@@ -224,7 +235,7 @@ def train_coordinates(model: torch.nn.Module, norm: SceneNormalisation, cache: F
             order, pos = rng.permutation(len(cache)), 0
         idx = order[pos:pos + cfg.batch_size]
         pos += cfg.batch_size
-        image, target, mask, depth = _batch(cache, idx, cfg, rng, train=True)
+        image, target, mask, depth = make_batch(cache, idx, cfg, rng, train=True)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * _lr_factor(cfg.schedule, progress)
         # contiguous: the losses' elementwise work is several times slower on channels-last tensors
@@ -248,6 +259,9 @@ def train_coordinates(model: torch.nn.Module, norm: SceneNormalisation, cache: F
             state.history.append((round(state.elapsed, 1), state.step, round(running_loss, 5), round(running_in10, 4)))
         bar.set_postfix(loss=f"{running_loss:.4f}", within10cm=f"{running_in10:.1%}", refresh=False)
         bar.update((state.step if total else min(int(state.elapsed), int(budget))) - bar.n)
+        while snapshots and state.elapsed >= snapshots[0] * 60:
+            _save_snapshot(checkpoint, model, snapshots.pop(0))
+            t_prev = time.perf_counter()
         if checkpoint is not None and now - last_ck > cfg.checkpoint_minutes * 60:
             save_checkpoint(checkpoint, model, opt, state, rng, order, pos)
             last_ck = now
@@ -257,6 +271,13 @@ def train_coordinates(model: torch.nn.Module, norm: SceneNormalisation, cache: F
         save_checkpoint(checkpoint, model, opt, state, rng, order, pos)
     model.eval()
     return state
+
+
+def _save_snapshot(checkpoint: Path, model: torch.nn.Module, minutes: float) -> None:
+    """Weights after ``minutes`` of training, for accuracy-against-time curves (benchmarks/)."""
+    d = checkpoint.parent / "snapshots"
+    d.mkdir(exist_ok=True)
+    torch.save(model.state_dict(), d / f"coordinates_{minutes:g}min.pt")
 
 
 def save_checkpoint(path: Path, model, opt, state: TrainState, rng: np.random.Generator,
@@ -313,7 +334,7 @@ def train_confidence(net: ConfidencePointNet, model: torch.nn.Module, norm: Scen
     bar = tqdm(total=int(budget), desc="confidence", unit="s", dynamic_ncols=True, mininterval=1.0)
     while time.perf_counter() - t0 < budget:
         idx = rng.choice(len(cache), size=min(cfg.batch_size, len(cache)), replace=False)
-        image, target, mask, _ = _batch(cache, idx, cfg, rng, train=True)
+        image, target, mask, _ = make_batch(cache, idx, cfg, rng, train=True)
         with torch.no_grad():
             pred = norm.to_metres(model(image.to(device))).float().permute(0, 2, 3, 1).cpu()
         target = target.permute(0, 2, 3, 1)
@@ -350,6 +371,49 @@ def train_confidence(net: ConfidencePointNet, model: torch.nn.Module, norm: Scen
 
 
 # -------------------------------------------------------------------------------- whole mapping
+
+
+def train_confidence_stage(model: torch.nn.Module, norm: SceneNormalisation, cache: FrameCache,
+                           image_hw: tuple[int, int], cfg: MappingConfig, device: str = "cpu"):
+    """Stage 2 as configured: the PointNet (``regression`` or ``classification``) and, with
+    ``confidence_mode='both'``, the classifier beside it. Returns ``(net, classifier | None, info)``."""
+    primary = "classification" if cfg.confidence_mode == "classification" else "regression"
+    conf_net, classifier = ConfidencePointNet(mode=primary), None
+    info = {primary: train_confidence(conf_net, model, norm, cache, image_hw, cfg, device)}
+    if cfg.confidence_mode == "both":
+        classifier = ConfidencePointNet(mode="classification")
+        info["classification"] = train_confidence(classifier, model, norm, cache, image_hw, cfg, device)
+    return conf_net, classifier, info
+
+
+def retrain_confidence(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, force: bool = False,
+                       device: str | None = None, intrinsics: np.ndarray | None = None, log=print) -> dict:
+    """``sceneloc map --stage confidence``: (re)train stage 2 on an existing map's coordinate network.
+
+    The coordinate network is untouched; an existing confidence network is replaced only with ``force``.
+    """
+    from .data import load_scene
+    from .scenemap import Map
+    the_map = Map.load(map_dir, device=device)
+    if the_map.confidence_net is not None and not force:
+        raise SceneLocError(f"{map_dir}: the map already has a confidence network (use --force to retrain it)")
+    seed_everything(cfg.seed)
+    scene = load_scene(dataset, intrinsics)
+    net = the_map.coord_net
+    cache = FrameCache.build(scene.frames("train"), the_map.config["input_height"], net.stride, net.multiple,
+                             "caching train frames")
+    conf_net, classifier, info = train_confidence_stage(net, the_map.norm, cache, tuple(the_map.config["image_size"]),
+                                                        cfg, the_map.device)
+    the_map.confidence_net, the_map.classifier = conf_net.eval(), classifier.eval() if classifier else None
+    the_map.config["confidence_network"] = {"mode": conf_net.mode}
+    the_map.config["confidence"] = {"n_k": cfg.n_k, "scale": cfg.confidence_scale}
+    the_map.save(map_dir, keep_dsac_stage=True)
+    report_path = Path(map_dir) / "mapping_report.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    report["confidence_training"] = info
+    report_path.write_text(json.dumps(report, indent=2))
+    log(f"confidence network written to {map_dir}")
+    return info
 
 
 def _check_map_dir(map_dir: Path, force: bool, resume: bool) -> None:
@@ -401,14 +465,8 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
     cache_s = time.perf_counter() - t0
     state = train_coordinates(model, norm, cache, cfg, tukey_c, ck_path, resume, device)
     image_hw = stats.image_size
-    conf_net, classifier, conf_info = None, None, {}
-    if cfg.confidence:
-        primary = "classification" if cfg.confidence_mode == "classification" else "regression"
-        conf_net = ConfidencePointNet(mode=primary)
-        conf_info[primary] = train_confidence(conf_net, model, norm, cache, image_hw, cfg, device)
-        if cfg.confidence_mode == "both":
-            classifier = ConfidencePointNet(mode="classification")
-            conf_info["classification"] = train_confidence(classifier, model, norm, cache, image_hw, cfg, device)
+    conf_net, classifier, conf_info = (train_confidence_stage(model, norm, cache, image_hw, cfg, device)
+                                       if cfg.confidence else (None, None, {}))
     K0 = train_frames[0].K
     config = {
         "format_version": MAP_FORMAT_VERSION, "sceneloc_version": __version__,
