@@ -408,7 +408,7 @@ def run_features(label: str, data: str, work: Path, args, detector: str) -> list
 
 def run_posenet(label: str, data: str, work: Path, args) -> list[dict]:
     map_dir = work / "posenet"
-    minutes = args.minutes + args.confidence_minutes
+    minutes = args.posenet_minutes if args.posenet_minutes is not None else args.minutes + args.confidence_minutes
     mapping = run_job("posenet-train", work, "posenet-train", data=data, map_dir=str(map_dir), minutes=minutes)
     if "error" not in mapping:
         mapping["map_mb"] = mapping["map_bytes"] / 2**20
@@ -455,9 +455,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sceneloc-map", nargs="+", default=[], metavar="[LABEL=]MAP_DIR",
                     help="evaluate existing sceneloc maps instead of running `sceneloc map` (LABEL: the dataset "
                          "folder name, or synth-room; a bare MAP_DIR goes with the first dataset)")
-    ap.add_argument("--minutes", type=float, default=None, help="sceneloc stage-1 budget (default 10; --quick 0.02)")
+    ap.add_argument("--minutes", type=float, default=None, help="sceneloc stage-1 budget (default: sceneloc map's; --quick 0.02)")
     ap.add_argument("--confidence-minutes", type=float, default=None,
-                    help="sceneloc stage-2 budget (default 2; --quick 0.01); PoseNet trains for both budgets together")
+                    help="sceneloc stage-2 budget (default: sceneloc map's; --quick 0.01); PoseNet trains for both together")
+    ap.add_argument("--posenet-minutes", type=float, default=None,
+                    help="PoseNet's training budget (default: sceneloc's two stages together, the same time)")
     ap.add_argument("--features", nargs="+", default=["sift"], choices=["sift", "orb"], help="feature localizer rows")
     ap.add_argument("--methods", nargs="+", default=["sceneloc", "features", "posenet"],
                     choices=["sceneloc", "features", "posenet"], help="which method families to run")
@@ -473,10 +475,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.data is None:
         args.data = ["synth"] if args.quick else [str(REDKITCHEN), "synth"]
+    from sceneloc.training import MappingConfig  # the library's own defaults, so the rows follow them
     if args.minutes is None:
-        args.minutes = QUICK["minutes"] if args.quick else 10.0
+        args.minutes = QUICK["minutes"] if args.quick else MappingConfig.minutes
     if args.confidence_minutes is None:
-        args.confidence_minutes = QUICK["confidence_minutes"] if args.quick else 2.0
+        args.confidence_minutes = QUICK["confidence_minutes"] if args.quick else MappingConfig.confidence_minutes
     if args.work is None:
         args.work = str(REPO / "runs" / ("peers-quick" if args.quick else "peers"))
     return args
@@ -519,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += run_posenet(label, info["path"], d, run_args)
     results = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": command_line(argv),
                "quick": args.quick, "minutes": args.minutes, "confidence_minutes": args.confidence_minutes,
+               "posenet_minutes": (args.posenet_minutes if args.posenet_minutes is not None
+                                   else args.minutes + args.confidence_minutes),
                "seconds": round(time.time() - t_start, 1), "machine": machine_info(baseline),
                "datasets": {label: info for label, info in datasets}, "row_fields": list(ROW_FIELDS), "rows": rows}
     md = render(results)
@@ -670,7 +675,7 @@ def render(results: dict) -> str:
     if results["quick"]:
         lines += ["**--quick smoke run**: tiny data and seconds-scale budgets; the numbers say nothing about the methods.", ""]
     lines += [f"Budgets: sceneloc {results['minutes']:g} min stage 1 + {results['confidence_minutes']:g} min stage 2; "
-              f"PoseNet {results['minutes'] + results['confidence_minutes']:g} min; the feature map is one pass over the "
+              f"PoseNet {results['posenet_minutes']:g} min; the feature map is one pass over the "
               f"training images. Times per frame are the localize call on a decoded image (the sceneloc rows include "
               f"the network and its confidence PointNet). Map MB: the files localization reads. Peak MB: peak resident "
               f"memory of the process that mapped / localized, including the interpreter and libraries: an idle process "

@@ -19,6 +19,8 @@ import argparse
 import json
 import os
 import platform
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -82,7 +84,10 @@ def run(the_map: Map, frames, configs: dict[str, PoseConfig | tuple[PoseConfig, 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
-    ap.add_argument("--maps", nargs="+", required=True, help="name=MAP_DIR with names l1, tukey, smooth")
+    ap.add_argument("--maps", nargs="+", required=True,
+                    help="name=MAP_DIR; the names l1, tukey, smooth and confidence fill Table I")
+    ap.add_argument("--full", nargs="*", default=None,
+                    help="map names that also get every full estimator (default: all maps)")
     ap.add_argument("--split", default="test")
     ap.add_argument("--write", help="append/replace the section in this markdown file")
     ap.add_argument("--json", default="benchmarks/results/pose_table.json")
@@ -90,6 +95,7 @@ def main() -> None:
     maps = dict(m.split("=", 1) for m in args.maps)
     if "confidence" not in maps and "smooth" in maps:
         maps["confidence"] = maps["smooth"]
+    full = set(maps) if args.full is None else set(args.full)
     frames = load_scene(args.data).frames(args.split)
     results = {}
     t0 = time.time()
@@ -99,22 +105,31 @@ def main() -> None:
             results[name] = results[done]
             continue
         the_map = Map.load(path)
+        aliases = {n for n, p in maps.items() if p == path}
+        stage = Path(path) / "dsac_config.json"
+        stage_mode = json.loads(stage.read_text())["mode"] if stage.exists() else None
         configs = {}
         for mode in ("rgbd", "rgb"):
             configs[f"{mode}/table1-random"] = PoseConfig(method="random", **TABLE1)
-            configs[f"{mode}/full-random"] = PoseConfig(method="random")
             if the_map.confidence_net is not None:
                 configs[f"{mode}/table1-confidence"] = PoseConfig(method="confidence", **TABLE1)
+            if mode == stage_mode:  # a DSAC stage is fine-tuned for one mode: PnP (rgb) or Kabsch (rgbd)
+                for method in ("dsac", "softam"):
+                    configs[f"{mode}/{method}-finetuned"] = (PoseConfig(), {"method": method})
+            if not aliases & full:
+                continue
+            configs[f"{mode}/full-random"] = PoseConfig(method="random")
+            if the_map.confidence_net is not None:
                 configs[f"{mode}/full-confidence"] = PoseConfig(method="confidence")
                 configs[f"{mode}/full-confidence-paper"] = PoseConfig(method="confidence", polish=False)
             configs[f"{mode}/ransac"] = PoseConfig(method="ransac")
             configs[f"{mode}/dsac-soft-inliers"] = (PoseConfig(), {"method": "dsac", "dsac_score": "soft-inliers"})
-            if (Path(path) / "dsac_config.json").exists():
-                for method in ("dsac", "softam"):
-                    configs[f"{mode}/{method}-finetuned"] = (PoseConfig(), {"method": method})
         print(f"{name}: {path} ({len(frames)} frames, {len(configs)} settings)", flush=True)
         results[name] = run(the_map, frames, configs)
         results[name]["_mapping_report"] = json.loads((Path(path) / "mapping_report.json").read_text())
+        if stage_mode:
+            results[name]["_dsac"] = {**json.loads(stage.read_text()),
+                                      **json.loads((Path(path) / "dsac_report.json").read_text())}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=2))
     md = render(results, args, time.time() - t0)
@@ -128,7 +143,7 @@ def _fmt(r: dict) -> str:
 
 
 def render(results: dict, args, seconds: float) -> str:
-    cmd = "python benchmarks/bench_pose_table.py --data " + args.data + " --maps " + " ".join(args.maps)
+    cmd = "python benchmarks/bench_pose_table.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     lines = ["## Pose estimation: paper Table I and the full estimator", "",
              f"Command: `{cmd}`  ", f"Machine: {platform.machine()} {os.cpu_count()}-core CPU, no GPU; "
              f"date {time.strftime('%Y-%m-%d')}; {seconds / 60:.1f} min; split: {args.split}.", "",
@@ -159,6 +174,13 @@ def render(results: dict, args, seconds: float) -> str:
             mode, est = key.split("/")
             lines.append(f"| {m} | {mode} | {est} | {_fmt(r)} | {100 * r['within_5cm_5deg']:.1f} % | "
                          f"{100 * r['within_10cm_10deg']:.1f} % | {r['failures']} | {r['ms_median']:.0f} / {r['ms_p95']:.0f} |")
+    for m, res in results.items():
+        d = res.get("_dsac")
+        if d and not any(res is results[n] for n in list(results)[:list(results).index(m)]):
+            lines.append(f"\nDSAC stage of `{m}`: `--mode {d['mode']} --score {d['score']}`, {d['hypotheses']} hypotheses, "
+                         f"{d['steps']} fine-tuning steps in {d['seconds'] / 60:.1f} min; expected pose loss on "
+                         f"{d['frames_evaluated']} training frames {d['initial_expected_loss']:.2f} -> "
+                         f"{d['final_expected_loss']:.2f}.")
     return "\n".join(lines) + "\n"
 
 

@@ -228,3 +228,20 @@ def test_cli_dsac_without_stage_is_a_one_line_error(tiny_map, overfit_scene, tmp
     assert main(["localize", str(the_map), "--image", str(frame.image_path), "--method", "dsac"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "score.pt" in err[0] and "missing" in err[0], err
+
+
+@pytest.mark.slow
+def test_evaluate_with_dsac_soft_inliers_scores_its_own_pose_file(tiny_map, overfit_scene, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["evaluate", str(tiny_map), str(overfit_scene), "--split", "train", "--mode", "rgbd",
+                 "--method", "dsac", "--dsac-score", "soft-inliers", "--min-inliers", "20", "--out", str(out),
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["pose_source"] == "localized (dsac)"
+    frames = load_scene(overfit_scene).frames("train")
+    recs = read_pose_file(out / "poses.txt")
+    errors = [pose_errors(r.pose, f.pose) for r, f in zip(recs, frames)]
+    assert m["frames"] == len(frames) and m["failures"] == 0
+    assert m["median_translation_m"] == pytest.approx(float(np.median([e[1] for e in errors])), abs=1e-5)
+    assert m["median_translation_m"] < 0.05  # the over-fitted training frames localize

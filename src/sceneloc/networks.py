@@ -164,10 +164,14 @@ class ConfidencePointNet(nn.Module):
         self.head = nn.Sequential(nn.Linear(2 * width + global_width, 2 * width), nn.ReLU(inplace=True),
                                   nn.Linear(2 * width, width), nn.ReLU(inplace=True), nn.Linear(width, 1))
 
-    def forward(self, points: torch.Tensor) -> torch.Tensor:
+    def logits(self, points: torch.Tensor) -> torch.Tensor:
+        """The pre-activation ``z``, ``(B, N)``."""
         f = self.local(points)
         g = self.glob(f).max(dim=1, keepdim=True).values.expand(-1, f.shape[1], -1)
-        z = self.head(torch.cat([f, g], dim=-1)).squeeze(-1)
+        return self.head(torch.cat([f, g], dim=-1)).squeeze(-1)
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        z = self.logits(points)
         return torch.relu(torch.tanh(z)) if self.mode == "regression" else z
 
     def confidence(self, points: torch.Tensor) -> torch.Tensor:

@@ -352,12 +352,15 @@ def train_confidence(net: ConfidencePointNet, model: torch.nn.Module, norm: Scen
         if not pts:
             continue
         x, delta = torch.stack(pts).to(device), torch.stack(dl).to(device)
-        out = net(x)
+        z = net.logits(x)
         if net.mode == "regression":
-            loss = ((out - delta) ** 2).mean()  # paper eq. 7 (squared l2, averaged)
+            # Paper eq. 7 (squared l2, averaged) on tanh(z): the ReLU of the output is left to
+            # inference, since through it a net pushed below zero gets no gradient and stays dead
+            # (relu(tanh) training collapsed to all-zero confidences in a redkitchen run).
+            loss = ((torch.tanh(z) - delta) ** 2).mean()
         else:  # classification variant: inlier iff error < t_inlier
             inlier = (delta > math.exp(-cfg.confidence_scale * INLIER_THRESHOLD_M)).float()
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(out, inlier)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(z, inlier)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
