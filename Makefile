@@ -9,10 +9,11 @@ TORCH   := torch==2.13.0
 setup: $(STAMP)
 
 # torch goes in first, on its own: anything that pulled it later would fetch a CUDA build.
+# The bench extra (poselib, a RANSAC backend of benchmarks/bench_peers.py) goes in too, so its test runs.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[test,bench]'
 	touch $(STAMP)
 
 test: setup
@@ -21,9 +22,7 @@ test: setup
 demo: setup
 	.venv/bin/sceneloc demo
 
-# the bench extra adds poselib, one of the RANSAC backends of benchmarks/bench_peers.py
 bench: setup
-	$(PIP) install -q -e '.[test,bench]'
 	$(PY) benchmarks/run_all.py
 
 clean:
