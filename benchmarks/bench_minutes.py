@@ -28,17 +28,15 @@ from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from sceneloc.data import load_scene  # noqa: E402
-from sceneloc.geometry import pose_errors  # noqa: E402
 from sceneloc.pose import PoseConfig  # noqa: E402
 from sceneloc.scenemap import Map  # noqa: E402
 from sceneloc.training import FrameCache, coordinate_accuracy, predict_cache  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_pose_table import replace_section  # noqa: E402
+from bench_pose_table import replace_section, run  # noqa: E402
 
 
 def train(data: str, map_dir: Path, args: str, minutes: float, snapshots: list[float]) -> None:
@@ -57,27 +55,9 @@ def evaluate_map(the_map: Map, frames, test_cache: FrameCache, method: str, seed
     """Test coordinate accuracy and pose accuracy (RGB-D and RGB) of one set of weights."""
     out = {"coords": coordinate_accuracy(predict_cache(the_map.coord_net, the_map.norm, test_cache, the_map.device),
                                          test_cache)}
-    cfg = PoseConfig(method=method)
-    modes = {"rgbd": {"rot": [], "trans": [], "ms": []}, "rgb": {"rot": [], "trans": [], "ms": []}}
-    for i, frame in enumerate(frames):
-        image = frame.load_image()
-        depth = frame.load_depth(image.shape[:2])
-        t0 = time.perf_counter()
-        pred = the_map.predict(image)
-        t_net = time.perf_counter() - t0
-        for mode, r in modes.items():
-            t1 = time.perf_counter()
-            res = the_map.localize(image, depth=depth if mode == "rgbd" else None, intrinsics=frame.K,
-                                   pose_config=cfg, rng=np.random.default_rng([seed, i]), prediction=pred)
-            r["ms"].append(1000 * (t_net + time.perf_counter() - t1))
-            e_r, e_t = pose_errors(res.pose, frame.pose) if res.pose is not None else (np.inf, np.inf)
-            r["rot"].append(float(e_r)), r["trans"].append(float(e_t))
-    for mode, r in modes.items():
-        rot, trans = np.array(r["rot"]), np.array(r["trans"])
-        out[mode] = {"median_rot_deg": float(np.median(rot)), "median_trans_m": float(np.median(trans)),
-                     "within_5cm_5deg": float(np.mean((rot < 5) & (trans < 0.05))),
-                     "within_10cm_10deg": float(np.mean((rot < 10) & (trans < 0.10))),
-                     "failures": int(np.sum(~np.isfinite(rot))), "ms_median": float(np.median(r["ms"]))}
+    poses = run(the_map, frames, {f"{mode}/{method}": PoseConfig(method=method) for mode in ("rgbd", "rgb")}, seed)
+    for mode in ("rgbd", "rgb"):
+        out[mode] = poses[f"{mode}/{method}"]
     return out
 
 

@@ -29,6 +29,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from sceneloc.data import load_scene, scene_coordinates_at  # noqa: E402
+from sceneloc.evaluation import pose_metrics  # noqa: E402
 from sceneloc.geometry import pose_errors  # noqa: E402
 from sceneloc.pose import PoseConfig  # noqa: E402
 from sceneloc.scenemap import Map  # noqa: E402
@@ -71,13 +72,12 @@ def run(the_map: Map, frames, configs: dict[str, PoseConfig | tuple[PoseConfig, 
             r["ms"].append(res.timings["total_ms"])
     summary = {}
     for key, r in out.items():
-        rot, trans = np.array(r["rot"]), np.array(r["trans"])
-        summary[key] = {"median_rot_deg": float(np.median(rot)), "median_trans_m": float(np.median(trans)),
-                        "within_5cm_5deg": float(np.mean((rot < 5) & (trans < 0.05))),
-                        "within_10cm_10deg": float(np.mean((rot < 10) & (trans < 0.10))),
+        m = pose_metrics(np.array(r["rot"]), np.array(r["trans"]))
+        summary[key] = {"median_rot_deg": m["median_rotation_deg"], "median_trans_m": m["median_translation_m"],
+                        "within_5cm_5deg": m["accuracy"]["5cm_5deg"], "within_10cm_10deg": m["accuracy"]["10cm_10deg"],
                         "inlier_share": float(np.mean(r["inlier_share"])) if r["inlier_share"] else 0.0,
                         "ms_median": float(np.median(r["ms"])), "ms_p95": float(np.percentile(r["ms"], 95)),
-                        "failures": int(np.sum(~np.isfinite(rot)))}
+                        "failures": m["failures"]}
     return summary
 
 

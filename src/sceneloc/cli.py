@@ -42,14 +42,12 @@ def _cmd_map(args: argparse.Namespace) -> None:
     if args.stage == "dsac":
         _finetune_dsac(args, K)
         return
-    if args.stage == "confidence":
-        cfg = MappingConfig(**{f.name: getattr(args, f.name) for f in fields(MappingConfig)
-                               if hasattr(args, f.name) and f.name != "minutes"})
-        retrain_confidence(args.dataset, args.map_dir, cfg, force=args.force, device=args.device, intrinsics=K)
-        return
     if args.minutes is None:
         args.minutes = MappingConfig.minutes
     cfg = MappingConfig(**{f.name: getattr(args, f.name) for f in fields(MappingConfig) if hasattr(args, f.name)})
+    if args.stage == "confidence":
+        retrain_confidence(args.dataset, args.map_dir, cfg, force=args.force, device=args.device, intrinsics=K)
+        return
     map_scene(args.dataset, args.map_dir, cfg, force=args.force, resume=args.resume, device=args.device,
               intrinsics=K, evaluate_test=not args.no_test_eval)
 
@@ -167,12 +165,9 @@ def _cmd_localize(args: argparse.Namespace) -> None:
     from .data import load_scene, parse_intrinsics, read_depth, read_image
     from .geometry import PoseRecord, invert_pose, matrix_to_quaternion, write_pose_file
     from .scenemap import Map, localize_frames
-    from .dsac import DSAC_METHODS, resolve_stage
     the_map = Map.load(args.map_dir, device=args.device)
     config = _pose_config(args)
     options = {"method": args.method, "dsac_score": args.dsac_score}
-    if args.method in DSAC_METHODS:
-        resolve_stage(the_map, args.dsac_score)  # a missing stage fails here, before any frame
     K = parse_intrinsics(args.intrinsics) if args.intrinsics else None
     if args.image:
         image = read_image(Path(args.image))

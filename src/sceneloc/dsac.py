@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from .data import load_scene
 from .errors import SceneLocError
-from .geometry import backproject, kabsch, solve_pnp
+from .geometry import backproject, invert_pose, kabsch, make_pose, rotation_error_deg, solve_pnp
 from .networks import SceneNormalisation, build_coordinate_network, output_pixel_centres
 from .pose import MIN_POINTS, PoseResult, sample_subsets, spans_a_plane
 from .scenemap import DEFAULT_POSE_POINTS, Map, grid_step
@@ -171,19 +171,6 @@ def make_matches(pixels, scene, K, grid_hw: tuple[int, int], camera=None) -> Mat
 # ------------------------------------------------------------------------------ torch pose helpers
 
 
-def _make_pose(R: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """``R (..., 3, 3)``, ``t (..., 3)`` -> ``(..., 4, 4)``."""
-    bottom = torch.zeros(R.shape[:-2] + (1, 4), dtype=R.dtype, device=R.device)
-    bottom[..., 0, 3] = 1.0
-    return torch.cat([torch.cat([R, t[..., None]], -1), bottom], -2)
-
-
-def _invert(T: torch.Tensor) -> torch.Tensor:
-    """Inverse of rigid transforms ``(..., 4, 4)``."""
-    Rt = T[..., :3, :3].transpose(-1, -2)
-    return _make_pose(Rt, -(Rt @ T[..., :3, 3:])[..., 0])
-
-
 def _skew(v: torch.Tensor) -> torch.Tensor:
     """Cross-product matrices ``(..., 3, 3)`` of ``v (..., 3)``."""
     x, y, z = v.unbind(-1)
@@ -238,7 +225,7 @@ def sample_minimal_sets(valid: np.ndarray, count: int, solver: str, rng: np.rand
 def kabsch_hypotheses(m: Matches, sets: np.ndarray) -> torch.Tensor:
     """Camera-to-world poses ``(B, 4, 4)`` from 3D-3D minimal sets ``(B, 3)``; differentiable (SVD)."""
     R, t = kabsch(m.camera[sets], m.scene[sets])
-    return _make_pose(R, t)
+    return make_pose(R, t)
 
 
 def refine_pnp_gauss_newton(poses: torch.Tensor, scene: torch.Tensor, pixels: torch.Tensor, K: torch.Tensor,
@@ -255,7 +242,7 @@ def refine_pnp_gauss_newton(poses: torch.Tensor, scene: torch.Tensor, pixels: to
         ``(B, 4, 4)`` camera-to-world poses. Converged steps make the gradient w.r.t. ``scene``
         that of the least-squares optimum (implicit function), whatever the start's gradient.
     """
-    T = _invert(poses)
+    T = invert_pose(poses)
     R, t = T[:, :3, :3], T[:, :3, 3]
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
     eye = torch.eye(6, dtype=poses.dtype, device=poses.device)
@@ -280,7 +267,7 @@ def refine_pnp_gauss_newton(poses: torch.Tensor, scene: torch.Tensor, pixels: to
         delta = -torch.linalg.solve(A, g)[..., 0]
         R = so3_exp(delta[:, :3]) @ R
         t = t + delta[:, 3:]
-    return _invert(_make_pose(R, t))
+    return invert_pose(make_pose(R, t))
 
 
 def pnp_hypotheses(m: Matches, sets: np.ndarray, steps: int = 2) -> tuple[torch.Tensor, np.ndarray]:
@@ -335,7 +322,7 @@ def hypothesis_errors(poses: torch.Tensor, m: Matches) -> torch.Tensor:
         X = m.camera @ poses[:, :3, :3].transpose(-1, -2) + poses[:, None, :3, 3]
         err = torch.linalg.vector_norm(X - m.scene, dim=-1)
     else:
-        T = _invert(poses)
+        T = invert_pose(poses)
         Xc = m.scene @ T[:, :3, :3].transpose(-1, -2) + T[:, None, :3, 3]
         front = Xc[..., 2] > MIN_DEPTH
         z = torch.where(front, Xc[..., 2], torch.ones_like(Xc[..., 2]))   # finite gradients behind the camera
@@ -410,7 +397,7 @@ def softam(poses: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     M = torch.einsum("b,bij->ij", w, poses[:, :3, :3])
     t = torch.einsum("b,bi->i", w, poses[:, :3, 3])
     R = nearest_rotation(M) if torch.linalg.det(M) > 1e-6 else poses[int(torch.argmax(w)), :3, :3]
-    return _make_pose(R, t)
+    return make_pose(R, t)
 
 
 # ---------------------------------------------------------------------------------- refinement
@@ -433,7 +420,7 @@ def refine_on_inliers(poses: torch.Tensor, m: Matches, threshold: float, rounds:
         if m.solver == "kabsch":
             n = len(fit)
             R, t = kabsch(m.camera.expand(n, -1, -1), m.scene.expand(n, -1, -1), w[fit])
-            new = _make_pose(R, t)
+            new = make_pose(R, t)
         else:
             new = refine_pnp_gauss_newton(poses[fit], m.scene, m.pixels, m.K, w[fit], steps)
         poses = poses.index_put((fit,), new)
@@ -447,14 +434,6 @@ def refine(poses: torch.Tensor, m: Matches, config: DSACConfig) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------- loss
-
-
-def rotation_error_deg(R_est: torch.Tensor, R_gt: torch.Tensor) -> torch.Tensor:
-    """Differentiable ``geometry.rotation_error_deg``: angle of ``R_est R_gt^T`` ``(...)`` in degrees."""
-    R = R_est @ R_gt.transpose(-1, -2)
-    cos = (R.diagonal(dim1=-2, dim2=-1).sum(-1) - 1.0) / 2.0
-    axis = torch.stack([R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], -1)
-    return torch.rad2deg(torch.atan2(torch.linalg.vector_norm(axis, dim=-1) / 2.0, cos))
 
 
 def pose_loss(T_est: torch.Tensor, T_gt: torch.Tensor, kind: str = "max", clamp: float | None = None) -> torch.Tensor:

@@ -336,7 +336,7 @@ def plot_examples(examples: list[Example], path: Path) -> None:
                            interpolation="nearest")
             fig.colorbar(im, ax=ax, fraction=0.035, pad=0.02, extend="max" if unit.startswith("error") else "neither",
                          label=unit)
-    for ax, title in zip(axes[0], ("a) input RGB", f"b) scene coordinate error (grey: no depth)", "c) predicted confidence")):
+    for ax, title in zip(axes[0], ("a) input RGB", "b) scene coordinate error (grey: no depth)", "c) predicted confidence")):
         ax.set_title(title)
     for ax in axes.ravel():
         ax.set_xticks([])
@@ -549,7 +549,6 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
     from tqdm import tqdm
     from .data import load_scene
     from .geometry import PoseRecord, read_pose_file, write_pose_file
-    from .dsac import DSAC_METHODS, resolve_stage
     from .pose import PoseConfig
     from .scenemap import Map, localize_frames
 
@@ -572,8 +571,6 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
     if poses is None:
         records = []
         method = method or config.method
-        if method in DSAC_METHODS:
-            resolve_stage(the_map, dsac_score)  # a missing stage fails here, before any frame
         for frame, res in localize_frames(the_map, frames, mode, config, seed, progress, keep_points=True,
                                           method=method, dsac_score=dsac_score):
             records.append(PoseRecord(frame.name, res.pose, res.pose_file_columns()))

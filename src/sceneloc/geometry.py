@@ -29,8 +29,15 @@ from .errors import SceneLocError
 # ----------------------------------------------------------------------------- rigid transforms
 
 
-def make_pose(R: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Stack ``R (..., 3, 3)`` and ``t (..., 3)`` into homogeneous ``(..., 4, 4)`` matrices."""
+def make_pose(R, t):
+    """Stack ``R (..., 3, 3)`` and ``t (..., 3)`` into homogeneous ``(..., 4, 4)`` matrices.
+
+    numpy (float64) or torch (dtype kept; differentiable, for DSAC) in, the same out.
+    """
+    if isinstance(R, torch.Tensor):
+        bottom = torch.zeros(R.shape[:-2] + (1, 4), dtype=R.dtype, device=R.device)
+        bottom[..., 0, 3] = 1.0
+        return torch.cat([torch.cat([R, t[..., None]], -1), bottom], -2)
     R = np.asarray(R, dtype=np.float64)
     T = np.zeros(R.shape[:-2] + (4, 4))
     T[..., :3, :3] = R
@@ -39,12 +46,10 @@ def make_pose(R: np.ndarray, t: np.ndarray) -> np.ndarray:
     return T
 
 
-def invert_pose(T: np.ndarray) -> np.ndarray:
-    """Inverse of rigid transforms ``(..., 4, 4)`` (camera-to-world <-> world-to-camera)."""
-    R = T[..., :3, :3]
-    t = T[..., :3, 3]
-    Rt = np.swapaxes(R, -1, -2)
-    return make_pose(Rt, -np.einsum("...ij,...j->...i", Rt, t))
+def invert_pose(T):
+    """Inverse of rigid transforms ``(..., 4, 4)`` (camera-to-world <-> world-to-camera); numpy or torch."""
+    Rt = T[..., :3, :3].swapaxes(-1, -2)
+    return make_pose(Rt, -(Rt @ T[..., :3, 3:])[..., 0])
 
 
 def transform_points(T: np.ndarray, X: np.ndarray) -> np.ndarray:
@@ -154,17 +159,18 @@ def backproject(uv: np.ndarray, depth: np.ndarray, K: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------- pose errors
 
 
-def rotation_error_deg(R_est: np.ndarray, R_gt: np.ndarray) -> np.ndarray:
-    """Angle of ``R_est R_gt^T`` in degrees, for ``(..., 3, 3)`` inputs.
+def rotation_error_deg(R_est, R_gt):
+    """Angle of ``R_est R_gt^T`` in degrees, for ``(..., 3, 3)`` inputs (numpy, or torch: differentiable).
 
     atan2(sin, cos) rather than arccos(cos): arccos loses precision near 0, where identical
-    rotations read up to ~2e-6 degrees.
+    rotations read up to ~2e-6 degrees (and its gradient is infinite there).
     """
-    R = R_est @ np.swapaxes(R_gt, -1, -2)
-    cos = (np.trace(R, axis1=-2, axis2=-1) - 1.0) / 2.0
-    axis = np.stack([R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], -1)
-    sin = np.linalg.norm(axis, axis=-1) / 2.0
-    return np.degrees(np.arctan2(sin, cos))
+    xp = torch if isinstance(R_est, torch.Tensor) else np
+    R = R_est @ R_gt.swapaxes(-1, -2)
+    cos = (R[..., 0, 0] + R[..., 1, 1] + R[..., 2, 2] - 1.0) / 2.0
+    axis = xp.stack([R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], -1)
+    sin = (torch.linalg.vector_norm(axis, dim=-1) if xp is torch else np.linalg.norm(axis, axis=-1)) / 2.0
+    return xp.arctan2(sin, cos) * (180.0 / math.pi)
 
 
 def pose_errors(T_est: np.ndarray, T_gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

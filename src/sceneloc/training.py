@@ -389,6 +389,12 @@ def train_confidence_stage(model: torch.nn.Module, norm: SceneNormalisation, cac
     return conf_net, classifier, info
 
 
+def confidence_config(conf_net: ConfidencePointNet | None, cfg: MappingConfig) -> dict:
+    """The map-configuration entries of stage 2 (``config.json``)."""
+    return {"confidence_network": {"mode": conf_net.mode if conf_net is not None else "regression"},
+            "confidence": {"n_k": cfg.n_k, "scale": cfg.confidence_scale}}
+
+
 def retrain_confidence(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, force: bool = False,
                        device: str | None = None, intrinsics: np.ndarray | None = None, log=print) -> dict:
     """``sceneloc map --stage confidence``: (re)train stage 2 on an existing map's coordinate network.
@@ -408,8 +414,7 @@ def retrain_confidence(dataset: str | Path, map_dir: str | Path, cfg: MappingCon
     conf_net, classifier, info = train_confidence_stage(net, the_map.norm, cache, tuple(the_map.config["image_size"]),
                                                         cfg, the_map.device)
     the_map.confidence_net, the_map.classifier = conf_net.eval(), classifier.eval() if classifier else None
-    the_map.config["confidence_network"] = {"mode": conf_net.mode}
-    the_map.config["confidence"] = {"n_k": cfg.n_k, "scale": cfg.confidence_scale}
+    the_map.config.update(confidence_config(conf_net, cfg))
     the_map.save(map_dir, keep_dsac_stage=True)
     report_path = Path(map_dir) / "mapping_report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
@@ -475,8 +480,7 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
         "format_version": MAP_FORMAT_VERSION, "sceneloc_version": __version__,
         "network": net_cfg, "input_height": cfg.input_height, "image_size": list(image_hw),
         "intrinsics": K0.tolist(), "normalisation": {"center": list(norm.center), "scale": norm.scale},
-        "confidence_network": {"mode": conf_net.mode if conf_net is not None else "regression"},
-        "confidence": {"n_k": cfg.n_k, "scale": cfg.confidence_scale},
+        **confidence_config(conf_net, cfg),
         "tukey_c": tukey_c,
     }
     the_map = Map(config, model, conf_net, device, classifier=classifier)
