@@ -119,3 +119,19 @@ def test_smoothness_loss_matches_brute_force_eq5_eq6():
                 wij = math.exp(-abs(depth[0, y, x] - depth[0, j, i])) / z
                 total += wij * torch.linalg.vector_norm(pred[0, :, y, x] - pred[0, :, j, i]).item()
     assert smoothness_loss(pred, depth, mask, k=8).item() == pytest.approx(total / count, rel=1e-5)
+
+
+def test_context_normalised_pointnet_is_permutation_equivariant_and_set_relative():
+    import torch
+    from sceneloc.networks import ConfidencePointNet
+    torch.manual_seed(0)
+    net = ConfidencePointNet(blocks=2).eval()
+    x = torch.randn(2, 100, 5)
+    perm = torch.randperm(100)
+    with torch.no_grad():
+        y = net.confidence(x)
+        assert y.shape == (2, 100) and ((y >= 0) & (y <= 1)).all()
+        assert torch.allclose(net.confidence(x[:, perm]), y[:, perm], atol=1e-5)
+        # context normalisation: the same point in another set gets another confidence
+        other = torch.cat([x[:, :50], 3 * torch.randn(2, 50, 5)], dim=1)
+        assert not torch.allclose(net.confidence(other)[:, :50], y[:, :50], atol=1e-3)

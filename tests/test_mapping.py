@@ -137,9 +137,11 @@ def test_confidence_stage_retrains_stage_two_only(tiny_map, overfit_scene, tmp_p
     args = ["map", str(overfit_scene), str(m), "--stage", "confidence", "--confidence-minutes", "0.05"]
     assert main(args) == 2
     assert "already has a confidence network" in capsys.readouterr().err
-    assert main(args + ["--force", "--seed", "3"]) == 0
+    # a context-normalised PointNet this time: its architecture travels with the map
+    assert main(args + ["--force", "--seed", "3", "--confidence-blocks", "2", "--confidence-mode", "both"]) == 0
     assert (m / "confidence.pt").read_bytes() != old_conf
     after = Map.load(m)
     assert after.confidence_net is not None
+    assert len(after.confidence_net.local) == 4 + 2 and after.classifier.arch["blocks"] == 2
     for k, v in before.items():  # the coordinate network is untouched
         assert torch.equal(after.coord_net.state_dict()[k], v)

@@ -223,3 +223,33 @@ def test_same_seed_same_result(method, rgbd):
     if method != "ransac":   # RANSAC ends on all inliers, the same set whatever the samples
         other = estimate_pose(s.pixels, s.scene, K, confidence, s.camera if rgbd else None, config, rng=7)
         assert not np.array_equal(other.used, runs[0].used)
+
+
+def test_spread_selection_takes_each_cells_most_confident_share():
+    from sceneloc.pose import grid_cells, most_confident
+    rng = np.random.default_rng(0)
+    pixels = np.stack([rng.uniform(0, 640, 1000), rng.uniform(0, 480, 1000)], axis=1)
+    confidence = rng.uniform(size=1000) + (pixels[:, 0] < 160)     # the left quarter is the most confident
+    cells = grid_cells(pixels, 4)
+    samples = np.stack([rng.choice(1000, 500, replace=False) for _ in range(3)])
+    assert (pixels[most_confident(samples, confidence, 50)][..., 0] < 160).all()   # global: one region
+    spread = most_confident(samples, confidence, 50, cells)
+    assert spread.shape == (3, 50)
+    for row, picked in zip(samples, spread):
+        counts = np.bincount(cells[picked], minlength=16)
+        share = np.bincount(cells[row], minlength=16) / len(row) * 50
+        assert np.abs(counts - share).max() <= 1.5                      # each cell its share of the 50
+        for cell in range(16):                                          # and its own most confident ones
+            mine = row[cells[row] == cell]
+            chosen = picked[cells[picked] == cell]
+            assert set(chosen) == set(mine[np.argsort(-confidence[mine])[:len(chosen)]])
+
+
+@pytest.mark.parametrize("rgbd", [False, True], ids=["pnp", "kabsch"])
+def test_spread_confidence_estimator_survives_70_percent_outliers(rgbd):
+    s = make_scene(1, outlier_ratio=0.7, noise_px=0.5, noise_m=0.002)
+    confidence = noisy_confidences(s.outlier, 1, separated=False)
+    result = estimate_pose(s.pixels, s.scene, K, confidence, s.camera if rgbd else None,
+                           PoseConfig(spread_cells=4), rng=3)
+    rot, trans = errors(result, s.T_wc)
+    assert rot < 0.5 and trans < 0.01, (rot, trans)

@@ -103,6 +103,8 @@ def _add_map_arguments(s: argparse.ArgumentParser) -> None:
     g.add_argument("--confidence-mode", choices=["regression", "classification", "both"], default=d.confidence_mode,
                    help="both: also train the inlier classifier for the ROC comparison (paper Fig. 3)")
     g.add_argument("--confidence-minutes", type=float, default=d.confidence_minutes)
+    g.add_argument("--confidence-blocks", type=int, default=d.confidence_blocks,
+                   help="context-normalised residual blocks in the PointNet (Yi et al.; 0: plain PointNet)")
     g.add_argument("--n-k", type=int, default=d.n_k, help="points per PointNet set (default %(default)s)")
     s.add_argument("--intrinsics", help="override: 'fx,fy,cx,cy' or a file with a 3x3 matrix")
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -132,7 +134,7 @@ def _pose_config(args: argparse.Namespace):
     return PoseConfig(method=method, hypotheses=args.hypotheses, n_k=args.n_k_pose, best_fraction=args.best_fraction,
                       refine_rounds=args.refine_rounds, pnp_method=args.pnp_method, score=args.score,
                       inlier_threshold_px=args.threshold_px, inlier_threshold_m=args.threshold_m,
-                      polish=args.polish, min_inliers=args.min_inliers)
+                      polish=args.polish, min_inliers=args.min_inliers, spread_cells=args.spread_cells)
 
 
 def _add_pose_arguments(s: argparse.ArgumentParser) -> None:
@@ -148,6 +150,9 @@ def _add_pose_arguments(s: argparse.ArgumentParser) -> None:
     g.add_argument("--hypotheses", type=int, default=d.hypotheses, help="h_p (default %(default)s)")
     g.add_argument("--n-k", dest="n_k_pose", type=int, default=d.n_k, help="N_k points sampled per hypothesis (default %(default)s)")
     g.add_argument("--best-fraction", type=float, default=d.best_fraction, help="most confident share kept (default %(default)s)")
+    g.add_argument("--spread-cells", type=int, default=d.spread_cells,
+                   help="G > 0: keep the most confident per cell of a G x G image grid, not globally "
+                        "(default %(default)s, the paper's global top share)")
     g.add_argument("--refine-rounds", type=int, default=d.refine_rounds, help="default %(default)s")
     g.add_argument("--pnp-method", choices=["epnp", "sqpnp"], default=d.pnp_method)
     g.add_argument("--score", choices=["confidence", "inliers", "confident_inliers"], default=d.score,

@@ -143,23 +143,44 @@ def build_coordinate_network(config: dict) -> nn.Module:
     raise ValueError(f"unknown architecture {arch!r} (choose unet or fcn)")
 
 
+class ContextNormBlock(nn.Module):
+    """Residual block of Yi et al. ("Learning to find good correspondences", the paper's [21]):
+    per-point linear layers, each followed by context normalisation, i.e. normalising every channel
+    over the set's points, so a point is judged by how it sits among the others (``(B, N, C)``)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(width, width), nn.Linear(width, width)
+
+    @staticmethod
+    def context_norm(x: torch.Tensor) -> torch.Tensor:
+        return (x - x.mean(dim=1, keepdim=True)) / (x.std(dim=1, keepdim=True) + 1e-5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.context_norm(self.fc1(x)))
+        return torch.relu(x + self.context_norm(self.fc2(y)))
+
+
 class ConfidencePointNet(nn.Module):
     """PointNet (segmentation variant) regressing a confidence per 2D-3D correspondence.
 
     Input ``(B, N, 5)``: normalised pixel position (2) and normalised predicted scene coordinate (3).
     Each point's feature is concatenated with the max-pooled global feature, so a point is judged
-    against the set it comes with. Output ``(B, N)``: for regression ``relu(tanh(z))`` in [0, 1]
-    (the paper, after Yi et al.: an exact 0 is easy to reach for gross outliers); for the
-    classification variant the raw logit ``z``.
+    against the set it comes with. ``blocks`` context-normalised residual blocks (Yi et al., whom
+    the paper follows for the output) come before the pooling; 0 gives the plain PointNet.
+    Output ``(B, N)``: for regression ``relu(tanh(z))`` in [0, 1] (the paper, after Yi et al.: an
+    exact 0 is easy to reach for gross outliers); for the classification variant the raw logit ``z``.
     """
 
-    def __init__(self, width: int = 64, global_width: int = 256, mode: str = "regression"):
+    def __init__(self, width: int = 64, global_width: int = 256, mode: str = "regression", blocks: int = 0):
         super().__init__()
         if mode not in ("regression", "classification"):
             raise ValueError(f"unknown confidence mode {mode!r}")
         self.mode = mode
+        self.arch = {"width": width, "global_width": global_width, "mode": mode, "blocks": blocks}
         self.local = nn.Sequential(nn.Linear(5, width), nn.ReLU(inplace=True),
-                                   nn.Linear(width, 2 * width), nn.ReLU(inplace=True))
+                                   nn.Linear(width, 2 * width), nn.ReLU(inplace=True),
+                                   *[ContextNormBlock(2 * width) for _ in range(blocks)])
         self.glob = nn.Sequential(nn.Linear(2 * width, global_width), nn.ReLU(inplace=True))
         self.head = nn.Sequential(nn.Linear(2 * width + global_width, 2 * width), nn.ReLU(inplace=True),
                                   nn.Linear(2 * width, width), nn.ReLU(inplace=True), nn.Linear(width, 1))

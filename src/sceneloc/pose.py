@@ -62,6 +62,10 @@ class PoseConfig:
             the points used), ``inliers`` (DSAC*: inlier count over all points) or
             ``confident_inliers`` (sum of the confidences of the inliers: consistency weighted by
             confidence). ``random`` always scores by inlier count.
+        spread_cells: 0 keeps the globally most confident N_best of the N_k points (paper); G > 0
+            keeps the most confident within each cell of a G x G image grid, in proportion to the
+            cell's share of the sample: confident points cluster in a few regions, and a pose fitted
+            to one patch is badly conditioned (measured in BENCHMARKS.md, Table I).
         refine_rounds: rounds of the paper's refinement of the best hypothesis (8).
         pnp_method: solver for hypotheses and refinement: ``epnp`` (paper) or ``sqpnp`` (or any
             of ``geometry.PNP_METHODS`` that accepts many points).
@@ -81,6 +85,7 @@ class PoseConfig:
     best_fraction: float = 0.1
     subset_size: int | None = None
     score: str = "confidence"
+    spread_cells: int = 0
     refine_rounds: int = 8
     pnp_method: str = "epnp"
     inlier_threshold_px: float = 10.0
@@ -109,8 +114,8 @@ class PoseConfig:
                 raise ValueError(f"PoseConfig.{name}={value} must be positive")
         if self.subset_size is not None and self.subset_size < 3:
             raise ValueError(f"PoseConfig.subset_size={self.subset_size}: a pose needs at least 3 points")
-        if self.refine_rounds < 0 or self.polish_iterations < 0 or self.min_inliers < 0:
-            raise ValueError("PoseConfig.refine_rounds, polish_iterations and min_inliers must be >= 0")
+        if min(self.refine_rounds, self.polish_iterations, self.min_inliers, self.spread_cells) < 0:
+            raise ValueError("PoseConfig.refine_rounds, polish_iterations, min_inliers and spread_cells must be >= 0")
         if not 0.0 < self.ransac_confidence < 1.0:
             raise ValueError(f"PoseConfig.ransac_confidence={self.ransac_confidence} must be in (0, 1)")
 
@@ -327,18 +332,49 @@ def sample_subsets(n: int, count: int, size: int, rng: np.random.Generator) -> n
     return np.stack([rng.choice(n, size, replace=False) for _ in range(count)])
 
 
+def grid_cells(pixels: np.ndarray, cells: int) -> np.ndarray:
+    """Cell index ``(n,)`` of each pixel ``(n, 2)`` in a ``cells x cells`` grid over their bounding box."""
+    lo, hi = pixels.min(0), pixels.max(0)
+    ij = np.minimum((pixels - lo) / np.maximum(hi - lo, 1e-9) * cells, cells - 1).astype(np.int64)
+    return ij[:, 1] * cells + ij[:, 0]
+
+
+def most_confident(samples: np.ndarray, confidence: np.ndarray, k: int,
+                   cells: np.ndarray | None = None) -> np.ndarray:
+    """The ``k`` most confident of each row of ``samples (B, N)`` (indices into ``confidence (n,)``) -> ``(B, k)``.
+
+    With ``cells (n,)`` (``grid_cells``) a point's rank within its own cell, relative to the cell's
+    size, decides first, so every cell gives its share of the k points (its most confident ones).
+    """
+    c = confidence[samples]
+    if cells is None:
+        return np.take_along_axis(samples, top_k(c, k), axis=1)
+    g = cells[samples]
+    order = np.lexsort((-c, g), axis=-1)                            # by cell, most confident first
+    g_sorted = np.take_along_axis(g, order, axis=1)
+    pos = np.broadcast_to(np.arange(g.shape[1]), g.shape)
+    first = np.concatenate([np.ones_like(g_sorted[:, :1], bool), g_sorted[:, 1:] != g_sorted[:, :-1]], axis=1)
+    rank = pos - np.maximum.accumulate(np.where(first, pos, 0), axis=1)  # rank within the cell
+    size = np.zeros((len(g), int(cells.max()) + 1))
+    np.add.at(size, (np.arange(len(g))[:, None], g), 1)
+    share = (rank + 1) / np.take_along_axis(size, g_sorted, axis=1)  # 1/size for a cell's best point
+    c_sorted = np.take_along_axis(c, order, axis=1)
+    keep = top_k(-(share - 1e-6 * c_sorted), k)                      # ties: the more confident
+    return np.take_along_axis(np.take_along_axis(samples, order, axis=1), keep, axis=1)
+
+
 def sample_hypotheses(n: int, config: PoseConfig, confidence: np.ndarray | None,
-                      rng: np.random.Generator) -> np.ndarray:
+                      rng: np.random.Generator, cells: np.ndarray | None = None) -> np.ndarray:
     """Index subsets ``(h_p, N_best)``, one per hypothesis.
 
     With confidences (paper): sample N_k correspondences and keep the N_best most confident of
-    them, for all hypotheses at once. Without: N_best random correspondences.
+    them (per image cell with ``cells``, see ``most_confident``), for all hypotheses at once.
+    Without: N_best random correspondences.
     """
     if confidence is None:
         return sample_subsets(n, config.hypotheses, config.n_best, rng)
     samples = sample_subsets(n, config.hypotheses, config.n_k, rng)
-    best = top_k(confidence[samples], config.n_best)
-    return np.take_along_axis(samples, best, axis=1)
+    return most_confident(samples, confidence, config.n_best, cells)
 
 
 def mean_confidence(subsets: np.ndarray, confidence: np.ndarray) -> np.ndarray:
@@ -360,7 +396,7 @@ def score_hypotheses(corr: Correspondences, poses: np.ndarray, ok: np.ndarray,
 
 
 def refine_pose(corr: Correspondences, pose: np.ndarray, used: np.ndarray, config: PoseConfig,
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+                rng: np.random.Generator, cells: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The paper's refinement: ``refine_rounds`` times, sample N_k random correspondences, add the
     N_best most confident of them to the accumulated set ``used`` and re-solve on the set.
 
@@ -372,7 +408,7 @@ def refine_pose(corr: Correspondences, pose: np.ndarray, used: np.ndarray, confi
     for _ in range(config.refine_rounds):
         sample = sample_subsets(len(corr), 1, config.n_k, rng)[0]
         if config.method == "confidence":
-            picked = sample[top_k(corr.confidence[sample], config.n_best)]
+            picked = most_confident(sample[None], corr.confidence, config.n_best, cells)[0]
             candidate = np.union1d(used, picked)
         else:
             r_sample = residuals(corr, pose, sample)
@@ -507,7 +543,8 @@ def estimate_pose(pixels: np.ndarray, scene_coords: np.ndarray, K: np.ndarray,
             score = float(count)
     else:
         by_confidence = config.method == "confidence"
-        subsets = sample_hypotheses(len(corr), config, corr.confidence if by_confidence else None, rng)
+        cells = grid_cells(corr.pixels, config.spread_cells) if by_confidence and config.spread_cells else None
+        subsets = sample_hypotheses(len(corr), config, corr.confidence if by_confidence else None, rng, cells)
         poses, ok = solve_hypotheses(corr, subsets, config.pnp_method)
         # Without confidences the paper's mean-confidence score is meaningless: 'random' scores by
         # inlier count, as RANSAC does.
@@ -521,7 +558,7 @@ def estimate_pose(pixels: np.ndarray, scene_coords: np.ndarray, K: np.ndarray,
     # --- refinement (paper), then the re-fit on all inliers (DSAC*/ACE; always part of RANSAC)
     start = time.perf_counter()
     if config.method != "ransac":
-        pose, used = refine_pose(corr, pose, used, config, rng)
+        pose, used = refine_pose(corr, pose, used, config, rng, cells)
     if config.polish or config.method == "ransac":
         pose, used = polish_pose(corr, pose, used, config)
     inliers = np.flatnonzero(residuals(corr, pose) < corr.threshold)

@@ -139,7 +139,7 @@ class Map:
             conf.load_state_dict(torch.load(d / "confidence.pt", map_location=device, weights_only=True))
         classifier = None
         if (d / "confidence_classifier.pt").exists():
-            classifier = ConfidencePointNet(mode="classification")
+            classifier = ConfidencePointNet(**{**config.get("confidence_network", {}), "mode": "classification"})
             classifier.load_state_dict(torch.load(d / "confidence_classifier.pt", map_location=device, weights_only=True))
         the_map = cls(config, net, conf, device, classifier)
         the_map.map_dir = d

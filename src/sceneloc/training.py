@@ -68,6 +68,7 @@ class MappingConfig:
     confidence: bool = True
     confidence_mode: str = "regression"   # or classification, or both (classifier kept for Fig. 3's ROC)
     confidence_minutes: float = 2.0
+    confidence_blocks: int = 0           # context-normalised residual blocks of the PointNet (Yi et al.)
     n_k: int = 500
     confidence_scale: float = CONFIDENCE_SCALE
 
@@ -381,17 +382,17 @@ def train_confidence_stage(model: torch.nn.Module, norm: SceneNormalisation, cac
     """Stage 2 as configured: the PointNet (``regression`` or ``classification``) and, with
     ``confidence_mode='both'``, the classifier beside it. Returns ``(net, classifier | None, info)``."""
     primary = "classification" if cfg.confidence_mode == "classification" else "regression"
-    conf_net, classifier = ConfidencePointNet(mode=primary), None
+    conf_net, classifier = ConfidencePointNet(mode=primary, blocks=cfg.confidence_blocks), None
     info = {primary: train_confidence(conf_net, model, norm, cache, image_hw, cfg, device)}
     if cfg.confidence_mode == "both":
-        classifier = ConfidencePointNet(mode="classification")
+        classifier = ConfidencePointNet(mode="classification", blocks=cfg.confidence_blocks)
         info["classification"] = train_confidence(classifier, model, norm, cache, image_hw, cfg, device)
     return conf_net, classifier, info
 
 
 def confidence_config(conf_net: ConfidencePointNet | None, cfg: MappingConfig) -> dict:
     """The map-configuration entries of stage 2 (``config.json``)."""
-    return {"confidence_network": {"mode": conf_net.mode if conf_net is not None else "regression"},
+    return {"confidence_network": conf_net.arch if conf_net is not None else {"mode": "regression"},
             "confidence": {"n_k": cfg.n_k, "scale": cfg.confidence_scale}}
 
 
