@@ -4,7 +4,7 @@ PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
 TORCH   := torch==2.13.0
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench bench-all clean
 
 setup: $(STAMP)
 
@@ -22,8 +22,12 @@ test: setup
 demo: setup
 	.venv/bin/sceneloc demo
 
+# sceneloc beside its peers on redkitchen and the synthetic room (~65 min); bench-all: every study (~3 h)
 bench: setup
 	$(PY) benchmarks/run_all.py
+
+bench-all: setup
+	$(PY) benchmarks/run_all.py --all
 
 clean:
 	rm -rf .venv build *.egg-info src/*.egg-info .pytest_cache

@@ -408,8 +408,7 @@ def run_features(label: str, data: str, work: Path, args, detector: str) -> list
 
 def run_posenet(label: str, data: str, work: Path, args) -> list[dict]:
     map_dir = work / "posenet"
-    minutes = args.posenet_minutes if args.posenet_minutes is not None else args.minutes + args.confidence_minutes
-    mapping = run_job("posenet-train", work, "posenet-train", data=data, map_dir=str(map_dir), minutes=minutes)
+    mapping = run_job("posenet-train", work, "posenet-train", data=data, map_dir=str(map_dir), minutes=args.posenet_minutes)
     if "error" not in mapping:
         mapping["map_mb"] = mapping["map_bytes"] / 2**20
         loc = run_job("posenet-localize", work, "posenet-localize", data=data, map_dir=str(map_dir))
@@ -460,6 +459,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="sceneloc stage-2 budget (default: sceneloc map's; --quick 0.01); PoseNet trains for both together")
     ap.add_argument("--posenet-minutes", type=float, default=None,
                     help="PoseNet's training budget (default: sceneloc's two stages together, the same time)")
+    ap.add_argument("--synth-minutes", type=float, nargs=2, default=None, metavar=("STAGE1", "STAGE2"),
+                    help="sceneloc budgets on the synthetic room (default: `sceneloc demo`'s, 7 + 1 min, the "
+                         "budget a user meets on that scene; PoseNet gets their sum)")
     ap.add_argument("--features", nargs="+", default=["sift"], choices=["sift", "orb"], help="feature localizer rows")
     ap.add_argument("--methods", nargs="+", default=["sceneloc", "features", "posenet"],
                     choices=["sceneloc", "features", "posenet"], help="which method families to run")
@@ -480,9 +482,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.minutes = QUICK["minutes"] if args.quick else MappingConfig.minutes
     if args.confidence_minutes is None:
         args.confidence_minutes = QUICK["confidence_minutes"] if args.quick else MappingConfig.confidence_minutes
+    if args.synth_minutes is None:
+        from sceneloc.evaluation import DEMO_CONFIDENCE_MINUTES, DEMO_MINUTES
+        args.synth_minutes = [args.minutes, args.confidence_minutes] if args.quick else [DEMO_MINUTES, DEMO_CONFIDENCE_MINUTES]
     if args.work is None:
         args.work = str(REPO / "runs" / ("peers-quick" if args.quick else "peers"))
     return args
+
+
+def budgets(args, label: str) -> dict:
+    """Training minutes for one dataset: sceneloc's two stages and PoseNet's (by default their sum)."""
+    minutes, confidence = args.synth_minutes if label.startswith("synth") else (args.minutes, args.confidence_minutes)
+    posenet = args.posenet_minutes if args.posenet_minutes is not None else minutes + confidence
+    return {"minutes": minutes, "confidence_minutes": confidence, "posenet_minutes": posenet}
 
 
 def given_maps(args, labels: list[str]) -> dict[str, str]:
@@ -512,7 +524,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label}: {info['path']} ({info['train']} train / {info['test']} test frames)", flush=True)
         d = work / label
         modes = [m for m in args.modes if m == "rgb" or info["test_has_depth"]]  # no RGB-D rows without test depth
-        run_args = argparse.Namespace(**{**vars(args), "modes": modes})
+        budget = budgets(args, label)
+        info["budget"] = budget
+        run_args = argparse.Namespace(**{**vars(args), "modes": modes, **budget})
         if "sceneloc" in args.methods:
             rows += run_sceneloc(label, info["path"], d, run_args, maps.get(label))
         if "features" in args.methods:
@@ -521,10 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         if "posenet" in args.methods:
             rows += run_posenet(label, info["path"], d, run_args)
     results = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": command_line(argv),
-               "quick": args.quick, "minutes": args.minutes, "confidence_minutes": args.confidence_minutes,
-               "posenet_minutes": (args.posenet_minutes if args.posenet_minutes is not None
-                                   else args.minutes + args.confidence_minutes),
-               "seconds": round(time.time() - t_start, 1), "machine": machine_info(baseline),
+               "quick": args.quick, "seconds": round(time.time() - t_start, 1), "machine": machine_info(baseline),
                "datasets": {label: info for label, info in datasets}, "row_fields": list(ROW_FIELDS), "rows": rows}
     md = render(results)
     print(md)
@@ -674,9 +685,10 @@ def render(results: dict) -> str:
              f"numpy {v.get('numpy')}, poselib {v.get('poselib', 'not installed')}; {env}.", ""]
     if results["quick"]:
         lines += ["**--quick smoke run**: tiny data and seconds-scale budgets; the numbers say nothing about the methods.", ""]
-    lines += [f"Budgets: sceneloc {results['minutes']:g} min stage 1 + {results['confidence_minutes']:g} min stage 2; "
-              f"PoseNet {results['posenet_minutes']:g} min; the feature map is one pass over the "
-              f"training images. Times per frame are the localize call on a decoded image (the sceneloc rows include "
+    lines += ["Budgets (training minutes): " + "; ".join(
+              f"{label}: sceneloc {b['minutes']:g} stage 1 + {b['confidence_minutes']:g} stage 2, PoseNet {b['posenet_minutes']:g}"
+              for label, b in ((label, info["budget"]) for label, info in results["datasets"].items())) +
+              f"; the feature map is one pass over the training images. Times per frame are the localize call on a decoded image (the sceneloc rows include "
               f"the network and its confidence PointNet). Map MB: the files localization reads. Peak MB: peak resident "
               f"memory of the process that mapped / localized, including the interpreter and libraries: an idle process "
               f"with numpy, OpenCV, torch and sceneloc loaded takes {_num(m['baseline_peak_rss_mb'])} MB. Failures count "

@@ -1,11 +1,13 @@
-"""`make bench`: every benchmark of benchmarks/ in sequence (each writes its own BENCHMARKS.md section
-or prints its table). They train on the real data in ../shared/data and take long: run them alone
-on the machine, since concurrent torch processes oversubscribe a small CPU.
+"""`make bench` (about 65 min on 2 cores): sceneloc beside its peers on redkitchen and the default
+synthetic room (bench_peers.py, which writes its BENCHMARKS.md section). `make bench-all` (``--all``,
+about 3 h) adds the studies behind the other sections: rendering speed, accuracy against minutes,
+the U-Net, Table I, the DSAC stages and the pose table. They train on the real data in ../shared/data: run them alone on
+the machine, since concurrent torch processes oversubscribe a small CPU.
 
-The minutes and pose-table sections print their tables (written into BENCHMARKS.md by hand with
-their commands, since they combine runs); the peers section is written directly.
+The minutes and pose-table studies print their tables (written into BENCHMARKS.md by hand with
+their commands, since they combine runs); the other sections are written directly.
 
-Usage: python benchmarks/run_all.py [--data ../shared/data/7scenes-redkitchen] [--runs runs] [--with-unet-losses]
+Usage: python benchmarks/run_all.py [--data ../shared/data/7scenes-redkitchen] [--runs runs] [--all] [--with-unet-losses]
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "7scenes-redkitchen"))
     ap.add_argument("--runs", default="runs")
-    ap.add_argument("--with-unet-losses", action="store_true", help="also the U-Net loss comparison (30 min)")
+    ap.add_argument("--all", action="store_true", help="also every study behind the other sections (about 3 h)")
+    ap.add_argument("--with-unet-losses", action="store_true", help="with --all: the U-Net loss comparison (30 min)")
     args = ap.parse_args()
     if not (Path(args.data) / "TrainSplit.txt").exists():
         sys.exit(f"benchmarks need the real data: {args.data} not found")
@@ -30,6 +33,10 @@ def main() -> None:
     sceneloc = [py, "-m", "sceneloc.cli"]
     table1 = [(name, f"{runs}/table1_{name}", loss) for name, loss in (("l1", "l1"), ("tukey", "tukey"),
                                                                        ("smooth", "tukey+smooth"))]
+    peers = [py, str(HERE / "bench_peers.py"), "--data", d, "synth", "--work", f"{runs}/peers",
+             "--out", str(HERE / "results"), "--write", "BENCHMARKS.md"]
+    if not args.all:
+        return run([peers])
     steps = [
         [py, str(HERE / "bench_synth.py")],
         # accuracy against minutes: the default map (snapshots) and the paper's U-Net
@@ -54,13 +61,14 @@ def main() -> None:
          *[f"{name}={path}" for name, path, _ in table1], f"confidence={runs}/table1_l1",
          f"default={runs}/final/default", f"dsac_rgb={runs}/final/dsac_rgb", f"dsac_rgbd={runs}/final/dsac_rgbd",
          "--full", "default"],
-        # sceneloc beside feature matching, PoseNet and other RANSAC backends, on this scene and the synthetic room
-        [py, str(HERE / "bench_peers.py"), "--data", d, "synth", "--work", f"{runs}/peers",
-         "--sceneloc-map", f"{Path(d).name}={runs}/final/default",
-         "--out", str(HERE / "results"), "--write", "BENCHMARKS.md"],
     ]
+    steps.append(peers)
     if args.with_unet_losses:  # the U-Net loss comparison (3 x 10 min)
         steps.append([py, str(HERE / "bench_mapping.py"), "--data", d, "--runs", runs, "--run", "--write", "BENCHMARKS.md"])
+    run(steps)
+
+
+def run(steps: list[list[str]]) -> None:
     for cmd in steps:
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
