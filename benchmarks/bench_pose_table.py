@@ -1,10 +1,12 @@
 """Paper Table I (+ the full estimator) on a real scene: one command, one BENCHMARKS.md section.
 
-Rows: P_1 (l1 map), P_tukey, P_smooth (random sampling) and P_confidence (tukey+smooth map with its
-confidence network); columns: Kabsch (RGB-D) and PnP (RGB) median rotation / translation error, and
-the inlier share (< 10 cm) of the points the pose was computed from. Table I's protocol is the
-paper's: "only one pose hypothesis without any further refinement" (h_p = 1, N_k = 500, the 10 %
-most confident). Then the full estimator (h_p = 256, 8 refinement rounds, final inlier re-fit) for
+Rows: P_1 (l1 map), P_tukey, P_smooth (random sampling) and P_confidence (a map with its
+confidence network); columns: Kabsch (RGB-D) and PnP (RGB) median rotation / translation error, the
+inlier share (< 10 cm) of the points the pose was computed from and their spread in the image (mean
+standard deviation of their pixel coordinates). Table I's protocol is the paper's: "only one pose
+hypothesis without any further refinement" (h_p = 1, N_k = 500, the 10 % most confident). The random
+rows are given twice: from 50 random points (as many as P_confidence uses) and from all N_k = 500
+(the paper's wording for P_1); P_confidence also with the per-cell selection (``--spread-cells 4``). Then the full estimator (h_p = 256, 8 refinement rounds, final inlier re-fit) for
 every map, with the 5 cm / 5 deg share and time per frame, compared with the paper's Kitchen row.
 
 Usage:
@@ -37,8 +39,15 @@ from sceneloc.scenemap import Map  # noqa: E402
 TABLE1 = dict(hypotheses=1, refine_rounds=0, polish=False, min_inliers=0)
 # The paper puts its confidence network on its best map (smooth); here it goes on the map named
 # ``confidence`` (``--maps confidence=DIR``; by default the smooth map's).
-ROWS = [("P_1", "l1", "random"), ("P_tukey", "tukey", "random"), ("P_smooth", "smooth", "random"),
-        ("P_confidence", "confidence", "confidence")]
+ROWS = [("P_1", "l1", "random"), ("P_1 (500 points)", "l1", "random500"), ("P_tukey", "tukey", "random"),
+        ("P_smooth", "smooth", "random"), ("P_confidence", "confidence", "confidence"),
+        ("P_confidence (4x4 cells)", "confidence", "confidence-spread"),
+        ("P_confidence, CN PointNet", "confidence_cn", "confidence"),
+        ("P_confidence, CN PointNet (4x4 cells)", "confidence_cn", "confidence-spread")]
+#: Table I estimators: name -> PoseConfig options (random ones need no confidence network).
+TABLE1_ESTIMATORS = {"random": dict(method="random"), "random500": dict(method="random", subset_size=500),
+                     "confidence": dict(method="confidence"),
+                     "confidence-spread": dict(method="confidence", spread_cells=4)}
 PAPER_KITCHEN = "RGB 2.7 deg / 5 cm; RGB-D 1.3 deg / 4 cm, 66.4 % within 5 cm / 5 deg"
 
 
@@ -47,7 +56,7 @@ def run(the_map: Map, frames, configs: dict[str, PoseConfig | tuple[PoseConfig, 
 
     A config may come with ``Map.localize`` options, e.g. ``{"method": "dsac"}`` (which runs its own network).
     """
-    out = {key: {"rot": [], "trans": [], "inlier_share": [], "ms": []} for key in configs}
+    out = {key: {"rot": [], "trans": [], "inlier_share": [], "spread": [], "ms": []} for key in configs}
     for i, frame in enumerate(frames):
         image = frame.load_image()
         depth = frame.load_depth(image.shape[:2])
@@ -65,6 +74,7 @@ def run(the_map: Map, frames, configs: dict[str, PoseConfig | tuple[PoseConfig, 
                 e_r, e_t = pose_errors(res.pose, frame.pose)
                 r["rot"].append(float(e_r)), r["trans"].append(float(e_t))
             if res.used is not None and len(res.used):
+                r["spread"].append(float(np.std(res.pixels[res.used], axis=0).mean()))
                 X, valid = scene_coordinates_at(depth, frame.pose, frame.K, res.pixels[res.used])
                 err = np.linalg.norm(res.coords[res.used] - X, axis=1)[valid]
                 if err.size:
@@ -76,6 +86,7 @@ def run(the_map: Map, frames, configs: dict[str, PoseConfig | tuple[PoseConfig, 
         summary[key] = {"median_rot_deg": m["median_rotation_deg"], "median_trans_m": m["median_translation_m"],
                         "within_5cm_5deg": m["accuracy"]["5cm_5deg"], "within_10cm_10deg": m["accuracy"]["10cm_10deg"],
                         "inlier_share": float(np.mean(r["inlier_share"])) if r["inlier_share"] else 0.0,
+                        "spread_px": float(np.mean(r["spread"])) if r["spread"] else 0.0,
                         "ms_median": float(np.median(r["ms"])), "ms_p95": float(np.percentile(r["ms"], 95)),
                         "failures": m["failures"]}
     return summary
@@ -85,7 +96,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
     ap.add_argument("--maps", nargs="+", required=True,
-                    help="name=MAP_DIR; the names l1, tukey, smooth and confidence fill Table I")
+                    help="name=MAP_DIR; the names l1, tukey, smooth, confidence and confidence_cn (the l1 map "
+                         "with a context-normalised PointNet, --confidence-blocks) fill Table I")
     ap.add_argument("--full", nargs="*", default=None,
                     help="map names that also get every full estimator (default: all maps)")
     ap.add_argument("--split", default="test")
@@ -110,9 +122,9 @@ def main() -> None:
         stage_mode = json.loads(stage.read_text())["mode"] if stage.exists() else None
         configs = {}
         for mode in ("rgbd", "rgb"):
-            configs[f"{mode}/table1-random"] = PoseConfig(method="random", **TABLE1)
-            if the_map.confidence_net is not None:
-                configs[f"{mode}/table1-confidence"] = PoseConfig(method="confidence", **TABLE1)
+            for est, options in TABLE1_ESTIMATORS.items():
+                if options["method"] == "random" or the_map.confidence_net is not None:
+                    configs[f"{mode}/table1-{est}"] = PoseConfig(**options, **TABLE1)
             if mode == stage_mode:  # a DSAC stage is fine-tuned for one mode: PnP (rgb) or Kabsch (rgbd)
                 for method in ("dsac", "softam"):
                     configs[f"{mode}/{method}-finetuned"] = (PoseConfig(), {"method": method})
@@ -122,6 +134,7 @@ def main() -> None:
             if the_map.confidence_net is not None:
                 configs[f"{mode}/full-confidence"] = PoseConfig(method="confidence")
                 configs[f"{mode}/full-confidence-paper"] = PoseConfig(method="confidence", polish=False)
+                configs[f"{mode}/full-confidence-spread"] = PoseConfig(method="confidence", spread_cells=4)
             configs[f"{mode}/ransac"] = PoseConfig(method="ransac")
             configs[f"{mode}/dsac-soft-inliers"] = (PoseConfig(), {"method": "dsac", "dsac_score": "soft-inliers"})
         print(f"{name}: {path} ({len(frames)} frames, {len(configs)} settings)", flush=True)
@@ -132,7 +145,7 @@ def main() -> None:
                                       **json.loads((Path(path) / "dsac_report.json").read_text())}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=2))
-    md = render(results, args, time.time() - t0)
+    md = render(results, args, time.time() - t0, full)
     print(md)
     if args.write:
         replace_section(Path(args.write), "## Pose estimation: paper Table I and the full estimator", md)
@@ -142,12 +155,13 @@ def _fmt(r: dict) -> str:
     return f"{r['median_rot_deg']:.2f} deg, {100 * r['median_trans_m']:.1f} cm"
 
 
-def render(results: dict, args, seconds: float) -> str:
+def render(results: dict, args, seconds: float, full: set[str] = frozenset()) -> str:
     cmd = "python benchmarks/bench_pose_table.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     lines = ["## Pose estimation: paper Table I and the full estimator", "",
              f"Command: `{cmd}`  ", f"Machine: {platform.machine()} {os.cpu_count()}-core CPU, no GPU; "
              f"date {time.strftime('%Y-%m-%d')}; {seconds / 60:.1f} min; split: {args.split}.", "",
-             "Table I protocol (one hypothesis from the 50 most confident / 50 random of N_k = 500 points, no refinement):", "",
+             "Table I protocol (one hypothesis, no refinement: from the 50 most confident of N_k = 500 random "
+             "points, or from 50 / 500 random points):", "",
              "| | " + " | ".join(r[0] for r in ROWS) + " |", "|---" * (len(ROWS) + 1) + "|"]
     for label, mode in (("Kabsch", "rgbd"), ("PnP", "rgb")):
         cells = []
@@ -155,11 +169,21 @@ def render(results: dict, args, seconds: float) -> str:
             r = results.get(m, {}).get(f"{mode}/table1-{method}")
             cells.append(_fmt(r) if r else "n/a")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    cells = []
-    for _, m, method in ROWS:
-        r = results.get(m, {}).get(f"rgbd/table1-{method}")
-        cells.append(f"{100 * r['inlier_share']:.1f} %" if r else "n/a")
-    lines += ["| Inliers | " + " | ".join(cells) + " |", "",
+    for label, fmt in (("Inliers", lambda r: f"{100 * r['inlier_share']:.1f} %"),
+                       ("Spread", lambda r: f"{r['spread_px']:.0f} px")):
+        cells = [fmt(r) if (r := results.get(m, {}).get(f"rgbd/table1-{method}")) else "n/a" for _, m, method in ROWS]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "The same protocol on the --full maps (inliers and spread of the Kabsch points):", "",
+              "| map | estimator | Kabsch | PnP | inliers | spread |", "|---|---|---|---|---|---|"]
+    listed = []
+    for m, res in results.items():
+        if m not in full or "rgbd/table1-confidence" not in res or any(res is other for other in listed):
+            continue
+        listed.append(res)
+        for est in TABLE1_ESTIMATORS:
+            r, p = res[f"rgbd/table1-{est}"], res[f"rgb/table1-{est}"]
+            lines.append(f"| {m} | {est} | {_fmt(r)} | {_fmt(p)} | {100 * r['inlier_share']:.1f} % | {r['spread_px']:.0f} px |")
+    lines += ["",
               f"Full estimators (paper Kitchen: {PAPER_KITCHEN}):", "",
               "| map | mode | estimator | median error | 5cm/5deg | 10cm/10deg | failures | ms/frame (median / p95) |",
               "|---|---|---|---|---|---|---|---|"]
