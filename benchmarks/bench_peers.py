@@ -54,6 +54,8 @@ import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from peers import map_size_bytes  # noqa: E402
+
 REPO = HERE.parent
 REDKITCHEN = REPO.parent / "shared" / "data" / "7scenes-redkitchen"
 HEADING = "## Peers: sceneloc beside feature matching, PoseNet and other RANSAC backends"
@@ -199,9 +201,9 @@ def job_features_localize(job: dict) -> dict:
 
 
 def job_posenet_train(job: dict) -> dict:
-    from peers.posenet import PoseNetConfig, map_size_bytes, train_posenet
+    from peers.posenet import MAP_FILES, PoseNetConfig, train_posenet
     report = train_posenet(_load_frames(job["data"], "train"), job["map_dir"], PoseNetConfig(minutes=job["minutes"]))
-    return {**report, "map_bytes": map_size_bytes(job["map_dir"])}
+    return {**report, "map_bytes": map_size_bytes(job["map_dir"], MAP_FILES)}
 
 
 def job_posenet_localize(job: dict) -> dict:
@@ -332,10 +334,6 @@ def make_row(dataset: str, method: str, mode: str, mapping: dict | None, localiz
     return row
 
 
-def dir_mb(path: Path, files: tuple[str, ...]) -> float:
-    return sum((path / f).stat().st_size for f in files if (path / f).exists()) / 2**20
-
-
 # ===================================================================================== the runs
 
 
@@ -372,7 +370,7 @@ def run_sceneloc(label: str, data: str, work: Path, args, given_map: str | None)
         mapping = run_job("sceneloc-map", work, "sceneloc-map", data=data, map_dir=str(map_dir),
                           minutes=args.minutes, confidence_minutes=args.confidence_minutes)
     if "error" not in mapping:
-        mapping["map_mb"] = dir_mb(map_dir, ("config.json", "coordinates.pt", "confidence.pt"))
+        mapping["map_mb"] = map_size_bytes(map_dir, ("config.json", "coordinates.pt", "confidence.pt")) / 2**20
     loc = run_job("sceneloc-localize", work, "sceneloc-localize", data=data, map_dir=str(map_dir),
                   modes=list(args.modes), seed=args.seed) if "error" not in mapping else mapping
     rows = []

@@ -7,3 +7,10 @@ loading, geometry and robust estimators rather than copying them.
   training depth, image retrieval, ratio-test matching, PnP- or Kabsch-RANSAC.
 * ``posenet`` -- direct pose regression by a small CNN trained from scratch (PoseNet-style).
 """
+
+from pathlib import Path
+
+
+def map_size_bytes(map_dir: str | Path, files: tuple[str, ...]) -> int:
+    """Bytes on disk of the map files localization reads (those present)."""
+    return sum((Path(map_dir) / f).stat().st_size for f in files if (Path(map_dir) / f).exists())

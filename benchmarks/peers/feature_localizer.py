@@ -35,9 +35,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sceneloc.data import Frame, sample_nearest, scene_coordinates_at
-from sceneloc.geometry import backproject
+from sceneloc.data import Frame, camera_points, scene_coordinates_at
 from sceneloc.pose import PoseConfig, estimate_pose
+
+from . import map_size_bytes
 
 MAP_FILES = ("features.npz", "config.json")
 
@@ -173,15 +174,10 @@ def build_map(frames: Sequence[Frame], out_dir: str | Path, cfg: FeatureConfig |
              names=np.array([f.name for f in frames]))
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     stats = {"images": len(frames), "keypoints_detected": detected, "keypoints_kept": int(offsets[-1]),
-             "map_bytes": map_size_bytes(out), "seconds": round(time.perf_counter() - t0, 2)}
+             "map_bytes": map_size_bytes(out, MAP_FILES), "seconds": round(time.perf_counter() - t0, 2)}
     log(f"feature map ({cfg.detector}): {stats['images']} images, {stats['keypoints_kept']} of "
         f"{detected} keypoints with depth, {stats['map_bytes'] / 2**20:.1f} MB, {stats['seconds']:.1f} s")
     return stats
-
-
-def map_size_bytes(map_dir: str | Path) -> int:
-    """Bytes on disk of the files localization reads."""
-    return sum((Path(map_dir) / f).stat().st_size for f in MAP_FILES)
 
 
 # ---------------------------------------------------------------------------------- localization
@@ -248,11 +244,7 @@ class FeatureLocalizer:
         q_idx, rows = np.concatenate(q_idx), np.concatenate(rows)
         pixels, points = uv[q_idx], self.points3d[rows].astype(np.float64)
         t3 = time.perf_counter()
-        cam = None
-        if depth is not None:
-            z = sample_nearest(np.asarray(depth, dtype=np.float64), pixels)
-            cam = backproject(pixels, z, K)
-            cam[z <= 0] = np.nan           # no query depth: estimate_pose drops the match
+        cam = None if depth is None else camera_points(depth, pixels, K)
         res = estimate_pose(pixels, points, K, camera_points=cam, config=self.pose_config, rng=rng)
         t4 = time.perf_counter()
         timings = {"detect_ms": (t1 - t0) * 1e3, "retrieval_ms": (t2 - t1) * 1e3, "matching_ms": (t3 - t2) * 1e3,

@@ -200,8 +200,3 @@ class PoseNetLocalizer:
         x, q = self.model(_to_tensor(crop).to(self.device))
         x, q = x[0].double().cpu().numpy(), q[0].double().cpu().numpy()
         return make_pose(quaternion_to_matrix(q), self.center + x)
-
-
-def map_size_bytes(map_dir: str | Path) -> int:
-    """Bytes on disk of the files localization reads (weights and configuration)."""
-    return sum((Path(map_dir) / f).stat().st_size for f in MAP_FILES)

@@ -426,6 +426,15 @@ def sample_nearest(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
     return image[row, col]
 
 
+def camera_points(depth: np.ndarray, uv: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Camera-frame points ``(n, 3)`` of a query's depth map ``(H, W)`` (metres, 0 = none) at the
+    pixels ``uv (n, 2)``; NaN where there is no depth, so pose estimation drops those matches."""
+    z = sample_nearest(np.asarray(depth, dtype=np.float64), uv)
+    cam = backproject(uv, z, K)
+    cam[z <= 0] = np.nan
+    return cam
+
+
 def scene_coordinates_at(depth: np.ndarray, pose: np.ndarray, K: np.ndarray,
                          uv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Ground-truth scene coordinates at arbitrary full-resolution pixel centres ``uv (..., 2)``.

@@ -42,7 +42,7 @@ from .errors import SceneLocError
 from .geometry import backproject, invert_pose, kabsch, make_pose, rotation_error_deg, solve_pnp
 from .networks import SceneNormalisation, build_coordinate_network, output_pixel_centres
 from .pose import MIN_POINTS, PoseResult, sample_subsets, spans_a_plane
-from .scenemap import DEFAULT_POSE_POINTS, Map, grid_step
+from .scenemap import DEFAULT_POSE_POINTS, Map, grid_step, load_weights
 # make_batch: the cached-frame batch with stage 1's photometric jitter (reused, not copied)
 from .training import FrameCache, MappingConfig, make_batch, seed_everything
 
@@ -575,14 +575,7 @@ def load_stage(map_dir: str | Path, map_config: dict, device: str = "cpu") -> DS
         raise SceneLocError(f"{cfg_path}: corrupt DSAC configuration ({str(e).splitlines()[0]}); {rerun}") from None
 
     def weights(net: nn.Module, name: str) -> nn.Module:
-        path = d / name
-        if not path.exists():
-            raise SceneLocError(f"{path}: missing DSAC weights; {rerun}")
-        try:
-            net.load_state_dict(torch.load(path, map_location=device, weights_only=True))
-        except (RuntimeError, KeyError) as e:
-            raise SceneLocError(f"{path}: weights do not match the DSAC configuration ({str(e).splitlines()[0]})") from None
-        return net.to(device).eval()
+        return load_weights(net, d / name, device, "DSAC", f"; {rerun}").to(device).eval()
 
     coord_net = weights(build_coordinate_network(map_config["network"]), "coordinates_dsac.pt")
     score_net = weights(ScoreCNN(config.score_width, config.beta), "score.pt") if config.score == "cnn" else None

@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import sample_nearest
+from .data import camera_points
 from .errors import SceneLocError
-from .geometry import backproject
 from .networks import (ConfidencePointNet, SceneNormalisation, build_coordinate_network, confidence_inputs,
                        image_to_tensor, input_size, output_pixel_centres)
 
@@ -33,6 +32,18 @@ DEFAULT_POSE_POINTS = 4800
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_weights(net: torch.nn.Module, path: Path, device: str, what: str, hint: str = "") -> torch.nn.Module:
+    """``net`` with the state dict in ``path``; a missing or mismatched file is a one-line
+    SceneLocError naming the file (``what``: whose configuration it must match; ``hint``: what to do)."""
+    if not path.exists():
+        raise SceneLocError(f"{path}: missing {what} weights{hint}")
+    try:
+        net.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    except (RuntimeError, KeyError) as e:
+        raise SceneLocError(f"{path}: weights do not match the {what} configuration ({str(e).splitlines()[0]}){hint}") from None
+    return net
 
 
 def grid_step(out_hw: tuple[int, int], max_points: int) -> int:
@@ -124,23 +135,16 @@ class Map:
         if version != MAP_FORMAT_VERSION:
             raise SceneLocError(f"{cfg_path}: map format version {version} is not supported by this sceneloc "
                                 f"(expects {MAP_FORMAT_VERSION}); re-run 'sceneloc map'")
-        weights = d / "coordinates.pt"
-        if not weights.exists():
-            raise SceneLocError(f"{weights}: missing coordinate network weights")
         device = device or default_device()
-        net = build_coordinate_network(config["network"])
-        try:
-            net.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
-        except (RuntimeError, KeyError) as e:
-            raise SceneLocError(f"{weights}: weights do not match the network in config.json ({str(e).splitlines()[0]})") from None
-        conf = None
+        net = load_weights(build_coordinate_network(config["network"]), d / "coordinates.pt", device,
+                           "coordinate network")
+        arch = config.get("confidence_network", {})
+        conf = classifier = None
         if config.get("has_confidence") and (d / "confidence.pt").exists():
-            conf = ConfidencePointNet(**config["confidence_network"])
-            conf.load_state_dict(torch.load(d / "confidence.pt", map_location=device, weights_only=True))
-        classifier = None
+            conf = load_weights(ConfidencePointNet(**arch), d / "confidence.pt", device, "confidence network")
         if (d / "confidence_classifier.pt").exists():
-            classifier = ConfidencePointNet(**{**config.get("confidence_network", {}), "mode": "classification"})
-            classifier.load_state_dict(torch.load(d / "confidence_classifier.pt", map_location=device, weights_only=True))
+            classifier = load_weights(ConfidencePointNet(**{**arch, "mode": "classification"}),
+                                      d / "confidence_classifier.pt", device, "confidence network")
         the_map = cls(config, net, conf, device, classifier)
         the_map.map_dir = d
         return the_map
@@ -238,11 +242,7 @@ class Map:
                                                                       None if stage is None else stage.coord_net)
         pixels, coords = pred.pixels.reshape(-1, 2), pred.coords.reshape(-1, 3)
         conf = None if pred.confidence is None else pred.confidence.reshape(-1)
-        cam = None
-        if depth is not None:
-            z = sample_nearest(np.asarray(depth, dtype=np.float64), pixels)
-            cam = backproject(pixels, z, K)
-            cam[z <= 0] = np.nan
+        cam = None if depth is None else camera_points(depth, pixels, K)
         if pose_config is None:
             pose_config = PoseConfig()
         if stage is not None:
