@@ -42,8 +42,6 @@ def _cmd_map(args: argparse.Namespace) -> None:
     if args.stage == "dsac":
         _finetune_dsac(args, K)
         return
-    if args.minutes is None:
-        args.minutes = MappingConfig.minutes
     cfg = MappingConfig(**{f.name: getattr(args, f.name) for f in fields(MappingConfig) if hasattr(args, f.name)})
     if args.stage == "confidence":
         retrain_confidence(args.dataset, args.map_dir, cfg, force=args.force, device=args.device, intrinsics=K)
@@ -64,33 +62,53 @@ def _finetune_dsac(args: argparse.Namespace, K) -> None:
 
 def _add_map_arguments(s: argparse.ArgumentParser) -> None:
     from .dsac import DSACConfig, MODES, OBJECTIVES, SCORES
-    from .training import MappingConfig
+    from .head_training import LOSSES as HEAD_LOSSES
+    from .training import ARCH_DEFAULTS, MappingConfig
     d = MappingConfig()
+
+    def per_arch(key: str) -> str:
+        return ", ".join(f"{arch} {v[key]:g}" if isinstance(v[key], float) else f"{arch} {v[key]}"
+                         for arch, v in ARCH_DEFAULTS.items())
     dd = DSACConfig()
     s.add_argument("dataset", help="dataset root (its train split is mapped)")
     s.add_argument("map_dir", help="output directory for the map")
     g = s.add_argument_group("network")
-    g.add_argument("--arch", choices=["unet", "fcn"], default=d.arch, help="coordinate network (default %(default)s)")
+    g.add_argument("--arch", choices=list(ARCH_DEFAULTS), default=d.arch,
+                   help="xfeat: frozen pretrained XFeat encoder + per-pixel head trained from a pixel buffer (ACE); "
+                        "fcn: DSAC*-style network learned from scratch; unet: the paper's (default %(default)s)")
+    g.add_argument("--head-width", type=int, default=d.head_width, help="xfeat head width (default %(default)s)")
+    g.add_argument("--head-blocks", type=int, default=d.head_blocks,
+                   help="xfeat head residual blocks (default %(default)s)")
+    g.add_argument("--head-loss", choices=list(HEAD_LOSSES), default=d.head_loss,
+                   help="xfeat head loss (default %(default)s)")
+    g.add_argument("--buffer-mb", type=float, default=d.buffer_mb,
+                   help="xfeat training buffer size in MB (default %(default)s)")
+    g.add_argument("--buffer-copies", type=int, default=d.buffer_copies,
+                   help="views of each mapping image in the buffer, the first unaugmented (default %(default)s)")
+    g.add_argument("--pixel-batch", type=int, default=d.pixel_batch,
+                   help="buffer pixels per head step (default %(default)s)")
     g.add_argument("--width", type=int, default=None, help="base channel width (default 32 for fcn, 16 for unet)")
     g.add_argument("--stride", type=int, choices=[4, 8, 16], default=d.stride, help="fcn output stride (default %(default)s)")
     g.add_argument("--stem", choices=["strided", "full"], default=d.stem,
                    help="fcn first layer: stride 2, or full resolution as DSAC* (default %(default)s)")
     g.add_argument("--blocks", type=int, default=d.blocks, help="fcn residual blocks (default %(default)s)")
-    g.add_argument("--input-height", type=int, default=d.input_height, help="network input rows (default %(default)s)")
+    g.add_argument("--input-height", type=int, default=None, help=f"network input rows (default {per_arch('input_height')})")
     g = s.add_argument_group("loss and optimisation")
     g.add_argument("--loss", choices=["l1", "tukey", "tukey+smooth"], default=d.loss,
                    help="default %(default)s (measured best under a CPU budget; the paper's best is tukey+smooth)")
     g.add_argument("--tukey-c", type=float, default=None, help="Tukey constant in metres (default half the scene diameter)")
     g.add_argument("--smooth-weight", type=float, default=d.smooth_weight)
     g.add_argument("--neighbourhood", type=int, choices=[4, 8], default=d.neighbourhood)
-    g.add_argument("--optimizer", choices=["rmsprop", "adamw"], default=d.optimizer)
-    g.add_argument("--lr", type=float, default=d.lr, help="learning rate (default %(default)s, the paper's)")
+    g.add_argument("--optimizer", choices=["rmsprop", "adamw"], default=None,
+                   help=f"fcn/unet optimiser (default {per_arch('optimizer')}; the xfeat head uses adamw)")
+    g.add_argument("--lr", type=float, default=None, help=f"learning rate (default {per_arch('lr')}; the paper's 5e-4)")
     g.add_argument("--schedule", choices=["constant", "cosine"], default=d.schedule)
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step (default %(default)s; the paper's 20)")
     g.add_argument("--minutes", type=float, default=None,
-                   help=f"wall-clock budget of stage 1 (default {d.minutes:g}), or of --stage dsac (default {dd.minutes:g})")
+                   help=f"wall-clock budget of stage 1, the head for xfeat (default {per_arch('minutes')}), "
+                        f"or of --stage dsac (default {dd.minutes:g})")
     g.add_argument("--iterations", type=int, default=None, help="train for exactly N steps instead (repeatable)")
-    g.add_argument("--aug-scale", type=float, default=d.aug_scale, help="random zoom in [1/a, a] (1 = off)")
+    g.add_argument("--aug-scale", type=float, default=None, help=f"random zoom in [1/a, a] (1 = off; default {per_arch('aug_scale')})")
     g.add_argument("--aug-rotation", type=float, default=d.aug_rotation, help="random roll in degrees (0 = off)")
     g.add_argument("--aug-brightness", type=float, default=d.aug_brightness)
     g.add_argument("--aug-contrast", type=float, default=d.aug_contrast)
@@ -102,7 +120,7 @@ def _add_map_arguments(s: argparse.ArgumentParser) -> None:
     g.add_argument("--no-confidence", dest="confidence", action="store_false", help="skip stage 2")
     g.add_argument("--confidence-mode", choices=["regression", "classification", "both"], default=d.confidence_mode,
                    help="both: also train the inlier classifier for the ROC comparison (paper Fig. 3)")
-    g.add_argument("--confidence-minutes", type=float, default=d.confidence_minutes)
+    g.add_argument("--confidence-minutes", type=float, default=None, help=f"default {per_arch('confidence_minutes')}")
     g.add_argument("--confidence-blocks", type=int, default=d.confidence_blocks,
                    help="context-normalised residual blocks in the PointNet (Yi et al.; 0: plain PointNet)")
     g.add_argument("--n-k", type=int, default=d.n_k, help="points per PointNet set (default %(default)s)")

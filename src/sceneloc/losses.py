@@ -10,6 +10,7 @@ import math
 import torch
 
 #: Confidence scale s of delta = exp(-s ||X - X_hat||): a 10 cm error gets 0.75 (paper III-D).
+INLIER_THRESHOLD_M = 0.10  # the paper's t_inlier (IV): a scene coordinate within 10 cm is correct
 CONFIDENCE_SCALE = -math.log(0.75) / 0.1  # = 2.8768
 
 

@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .encoders import load_encoder
+
 # ImageNet-free input normalisation: nothing is pretrained, so a fixed mean/std is enough.
 _MEAN, _STD = 0.45, 0.25
 
@@ -132,15 +134,80 @@ class FCN(nn.Module):
         return self.head(self.encoder((image - _MEAN) / _STD))
 
 
+class CoordinateHead(nn.Module):
+    """ACE's per-pixel regression head: features ``(N, C)`` -> normalised scene coordinates ``(N, 3)``.
+
+    A linear layer to ``width``, ``blocks`` residual blocks of two linear layers, a linear output.
+    Pixels are independent, so it trains on shuffled pixels of many images at once (buffer.py).
+    """
+    def __init__(self, in_channels: int, width: int = 256, blocks: int = 2):
+        super().__init__()
+        self.inp = nn.Linear(in_channels, width)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True),
+                                                  nn.Linear(width, width)) for _ in range(blocks))
+        self.out = nn.Linear(width, 3)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.inp(features))
+        for block in self.blocks:
+            x = F.relu(x + block(x))
+        return self.out(x)
+
+
+class EncoderHeadNet(nn.Module):
+    """A frozen pretrained encoder (encoders.py) and a learned :class:`CoordinateHead`:
+    ``(B, 3, H, W)`` -> normalised coordinates ``(B, 3, H / 8, W / 8)``.
+
+    The encoder is deliberately *not* a registered sub-module: its weights belong to an installed
+    package, so the map's ``state_dict`` (and file) holds the head alone and ``parameters()`` --
+    what every optimiser sees, the DSAC stage's included -- are the head's. ``_apply`` still moves
+    the encoder with the head (``.to(device)``).
+    """
+    def __init__(self, encoder: str = "xfeat", head_width: int = 256, head_blocks: int = 2,
+                 encoder_sha256: str | None = None):
+        super().__init__()
+        self._encoder = [load_encoder(encoder, encoder_sha256)]  # a list hides it from nn.Module registration
+        enc = self._encoder[0]
+        self.stride, self.multiple = enc.stride, enc.multiple
+        self.head = CoordinateHead(enc.channels, head_width, head_blocks)
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self._encoder[0]
+
+    def _apply(self, fn, *args, **kwargs):
+        self._encoder[0]._apply(fn)
+        return super()._apply(fn, *args, **kwargs)
+
+    @torch.no_grad()
+    def features(self, image: torch.Tensor) -> torch.Tensor:
+        """Frozen encoder features ``(B, C, H / 8, W / 8)`` of images in [0, 1]."""
+        return self.encoder(image)
+
+    def regress(self, features: torch.Tensor) -> torch.Tensor:
+        """Head on dense features: ``(B, C, h, w)`` -> ``(B, 3, h, w)`` normalised coordinates."""
+        y = self.head(features.permute(0, 2, 3, 1).float())
+        return y.permute(0, 3, 1, 2)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.regress(self.features(image))
+
+
+ARCHITECTURES = ("xfeat", "fcn", "unet")
+
+
 def build_coordinate_network(config: dict) -> nn.Module:
-    """``{"arch": "unet", "width": 16, "dropout": 0.1}`` or ``{"arch": "fcn", "width": 32, ...}``."""
+    """``{"arch": "xfeat", "head_width": 256, ...}``, ``{"arch": "fcn", "width": 32, ...}`` or
+    ``{"arch": "unet", "width": 16, "dropout": 0.1}``."""
     cfg = dict(config)
     arch = cfg.pop("arch")
+    if arch == "xfeat":
+        return EncoderHeadNet(**cfg)
     if arch == "unet":
         return UNet(**cfg)
     if arch == "fcn":
         return FCN(**cfg)
-    raise ValueError(f"unknown architecture {arch!r} (choose unet or fcn)")
+    raise ValueError(f"unknown architecture {arch!r} (choose {', '.join(ARCHITECTURES)})")
 
 
 class ContextNormBlock(nn.Module):

@@ -25,7 +25,10 @@ from .errors import SceneLocError
 from .networks import (ConfidencePointNet, SceneNormalisation, build_coordinate_network, confidence_inputs,
                        image_to_tensor, input_size, output_pixel_centres)
 
-MAP_FORMAT_VERSION = 1
+#: 2: the network may be a frozen pretrained encoder + head (the file holds the head; the config the
+#: encoder's name and weights hash). Version-1 maps (fcn, unet) are read unchanged.
+MAP_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 #: Correspondences handed to pose estimation per image: the ~4800 of a stride-8 net at 480x640.
 DEFAULT_POSE_POINTS = 4800
 
@@ -132,9 +135,10 @@ class Map:
         except json.JSONDecodeError as e:
             raise SceneLocError(f"{cfg_path}: corrupt map configuration ({e.msg})") from None
         version = config.get("format_version")
-        if version != MAP_FORMAT_VERSION:
+        if version not in READABLE_FORMAT_VERSIONS:
             raise SceneLocError(f"{cfg_path}: map format version {version} is not supported by this sceneloc "
-                                f"(expects {MAP_FORMAT_VERSION}); re-run 'sceneloc map'")
+                                f"(reads {', '.join(map(str, READABLE_FORMAT_VERSIONS))}); re-map with "
+                                f"'sceneloc map DATASET {d} --force'")
         device = device or default_device()
         net = load_weights(build_coordinate_network(config["network"]), d / "coordinates.pt", device,
                            "coordinate network")

@@ -16,7 +16,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -24,26 +24,55 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .buffer import entries_for_memory, fill_buffer
 from .data import Frame, sample_nearest, scene_coordinates_at
+from .encoders import encoder_identity
 from .errors import SceneLocError
-from .losses import CONFIDENCE_SCALE, confidence_target, coordinate_loss
+from .head_training import buffer_accuracy, train_head
+from .loop import lr_factor
+from .losses import CONFIDENCE_SCALE, INLIER_THRESHOLD_M, confidence_target, coordinate_loss
 from .networks import (ConfidencePointNet, SceneNormalisation, build_coordinate_network, input_size,
                        output_pixel_centres, confidence_inputs)
 
-INLIER_THRESHOLD_M = 0.10  # the paper's t_inlier
+
+
+#: Defaults that depend on the architecture (a ``None`` field of MappingConfig takes these).
+ARCH_DEFAULTS = {
+    # Frozen XFeat encoder + per-pixel head trained from a buffer (ACE's design): full-resolution
+    # input (the encoder was trained on it), AdamW at ACE's order of learning rate, a few minutes.
+    "xfeat": {"input_height": 480, "lr": 3e-3, "optimizer": "adamw", "minutes": 3.0, "aug_scale": 1.5,
+              "confidence_minutes": 0.5},
+    # DSAC*/ACE-style stride-8 FCN: on redkitchen it learns several times faster per CPU-minute
+    # than the paper's U-Net (BENCHMARKS.md); 240x320 input is 4x faster than 480x640.
+    "fcn": {"input_height": 240, "lr": 5e-4, "optimizer": "rmsprop", "minutes": 16.0, "aug_scale": 1.25,
+            "confidence_minutes": 2.0},
+    "unet": {"input_height": 240, "lr": 5e-4, "optimizer": "rmsprop", "minutes": 16.0, "aug_scale": 1.25,
+             "confidence_minutes": 2.0},
+}
 
 
 @dataclass
 class MappingConfig:
-    """Every option of ``sceneloc map``; paper values are the defaults where the paper gives one."""
-    # DSAC*/ACE-style stride-8 FCN by default: on redkitchen it learns several times faster per
-    # CPU-minute than the paper's U-Net (BENCHMARKS.md); ``unet`` is the paper's network.
-    arch: str = "fcn"
+    """Every option of ``sceneloc map``; paper values are the defaults where the paper gives one.
+    ``None`` fields take their architecture's value from ARCH_DEFAULTS (see ``resolved``)."""
+    # A frozen pretrained encoder and a head trained on a pixel buffer (ACE) by default: it maps in
+    # minutes and localizes better than the from-scratch FCN (BENCHMARKS.md); ``fcn`` and the
+    # paper's ``unet`` learn the whole network per scene.
+    arch: str = "xfeat"
+    # xfeat: encoder and head
+    encoder: str = "xfeat"
+    head_width: int = 256
+    head_blocks: int = 2
+    head_loss: str = "euclidean"
+    buffer_mb: float = 1536.0         # training buffer size (fp16 features): ~3 M pixels
+    buffer_copies: int = 4            # views of each mapping image in the buffer (1 plain + augmented)
+    pixel_batch: int = 4096           # buffer entries per head step
+    # fcn / unet
     width: int | None = None          # None: 32 for fcn; 16 for unet (32 trains ~5x slower on 2 cores)
     stride: int = 8                   # fcn output stride (DSAC*/ACE: 8)
     stem: str = "strided"             # fcn first layer: 'strided' (fast on CPU) or 'full' (DSAC*)
     blocks: int = 1                   # fcn residual blocks at the output stride (1 beat 2 at equal time)
-    input_height: int = 240           # 240x320 input: a quarter of the pixels of 480x640, 4x faster
+    input_height: int | None = None   # network input rows
     # l1, not the paper's tukey+smooth: with c = half the scene diameter Tukey is ~l2 for errors
     # of decimetres, whose gradient fades as they shrink; under a CPU budget l1 halves the test
     # error and doubles RGB-D poses within 5 cm / 5 deg (BENCHMARKS.md, ablation).
@@ -51,13 +80,13 @@ class MappingConfig:
     tukey_c: float | None = None      # None: half the scene diameter (paper)
     smooth_weight: float = 1.0
     neighbourhood: int = 8
-    optimizer: str = "rmsprop"        # the paper's
-    lr: float = 5e-4                  # the paper's
+    optimizer: str | None = None      # fcn/unet: the paper's rmsprop; the xfeat head always uses adamw
+    lr: float | None = None           # fcn/unet: the paper's 5e-4
     schedule: str = "cosine"          # decay over the budget; 'constant' = the paper
-    batch_size: int = 8               # paper: 20; on 2 cores a budget buys ~2.5x more updates at 8
-    minutes: float = 16.0             # + 2 min stage 2 + caching: a map in under 20 minutes on 2 cores
+    batch_size: int = 8               # fcn/unet images per step (paper: 20; on 2 cores 8 buys ~2.5x the updates)
+    minutes: float | None = None      # training budget of stage 1 (the head for xfeat)
     iterations: int | None = None     # exact step count instead of a time budget (repeatable runs)
-    aug_scale: float = 1.25           # random zoom in [1/a, a]
+    aug_scale: float | None = None    # random zoom in [1/a, a]
     aug_rotation: float = 15.0        # random in-plane rotation in [-r, r] degrees
     aug_brightness: float = 0.2
     aug_contrast: float = 0.2
@@ -67,15 +96,25 @@ class MappingConfig:
     # stage 2
     confidence: bool = True
     confidence_mode: str = "regression"   # or classification, or both (classifier kept for Fig. 3's ROC)
-    confidence_minutes: float = 2.0
+    confidence_minutes: float | None = None
     confidence_blocks: int = 0           # context-normalised residual blocks of the PointNet (Yi et al.)
     n_k: int = 500
     confidence_scale: float = CONFIDENCE_SCALE
 
+    def resolved(self) -> "MappingConfig":
+        """A copy with every ``None`` architecture default filled in."""
+        if self.arch not in ARCH_DEFAULTS:
+            raise SceneLocError(f"unknown architecture {self.arch!r} (choose {', '.join(ARCH_DEFAULTS)})")
+        fill = {k: v for k, v in ARCH_DEFAULTS[self.arch].items() if getattr(self, k) is None}
+        return replace(self, **fill)
+
     def network_config(self) -> dict:
+        if self.arch == "xfeat":
+            return {"arch": "xfeat", "encoder": self.encoder, "head_width": self.head_width,
+                    "head_blocks": self.head_blocks, "encoder_sha256": encoder_identity(self.encoder)["weights_sha256"]}
         default_width = {"unet": 16, "fcn": 32}
         if self.arch not in default_width:
-            raise SceneLocError(f"unknown architecture {self.arch!r} (choose unet or fcn)")
+            raise SceneLocError(f"unknown architecture {self.arch!r} (choose {', '.join(ARCH_DEFAULTS)})")
         net = {"arch": self.arch, "width": self.width or default_width[self.arch]}
         if self.arch == "fcn":
             net.update(stride=self.stride, stem=self.stem, blocks=self.blocks)
@@ -146,16 +185,6 @@ def augment(image: np.ndarray, coords: np.ndarray, mask: np.ndarray, depth: np.n
 
 
 # -------------------------------------------------------------------------------------- training
-
-
-def _lr_factor(schedule: str, progress: float) -> float:
-    """Learning-rate multiplier at ``progress`` in [0, 1] of the budget (short warm-up, then decay)."""
-    warm = min(1.0, 0.1 + 0.9 * progress / 0.03)  # linear warm-up over the first 3 %
-    if schedule == "constant":
-        return warm
-    if schedule == "cosine":
-        return warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
-    raise ValueError(f"unknown schedule {schedule!r} (choose constant or cosine)")
 
 
 def _make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
@@ -238,7 +267,7 @@ def train_coordinates(model: torch.nn.Module, norm: SceneNormalisation, cache: F
         pos += cfg.batch_size
         image, target, mask, depth = make_batch(cache, idx, cfg, rng, train=True)
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * _lr_factor(cfg.schedule, progress)
+            g["lr"] = cfg.lr * lr_factor(cfg.schedule, progress)
         # contiguous: the losses' elementwise work is several times slower on channels-last tensors
         pred = norm.to_metres(model(image.to(device))).float().contiguous()
         target, mask, depth = target.to(device), mask.to(device), depth.to(device)
@@ -405,6 +434,7 @@ def retrain_confidence(dataset: str | Path, map_dir: str | Path, cfg: MappingCon
     from .data import load_scene
     from .scenemap import Map
     the_map = Map.load(map_dir, device=device)
+    cfg = replace(cfg, arch=the_map.config["network"]["arch"]).resolved()
     if the_map.confidence_net is not None and not force:
         raise SceneLocError(f"{map_dir}: the map already has a confidence network (use --force to retrain it)")
     seed_everything(cfg.seed)
@@ -453,6 +483,7 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
             raise SceneLocError(f"{map_dir}: nothing to resume (no checkpoint.pt / mapping_config.json)")
         budget = {"minutes": cfg.minutes, "iterations": cfg.iterations}
         cfg = MappingConfig(**{**json.loads(saved.read_text()), **budget})
+    cfg = cfg.resolved()
     seed_everything(cfg.seed)
     scene = load_scene(dataset, intrinsics)
     train_frames = scene.frames("train")
@@ -470,9 +501,27 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
     (map_dir / "mapping_config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
     t0 = time.perf_counter()
-    cache = FrameCache.build(train_frames, cfg.input_height, model.stride, model.multiple, "caching train frames")
-    cache_s = time.perf_counter() - t0
-    state = train_coordinates(model, norm, cache, cfg, tukey_c, ck_path, resume, device)
+    if cfg.arch == "xfeat":
+        model.to(device)
+        entries = entries_for_memory(cfg.buffer_mb, model.encoder.channels)
+        buffer = fill_buffer(train_frames, model, cfg.input_height, entries, cfg.buffer_copies, cfg.seed,
+                             cfg.aug_scale, cfg.aug_rotation, cfg.aug_brightness, cfg.aug_contrast, device)
+        buffer_s = time.perf_counter() - t0
+        log(f"training buffer: {len(buffer) / 1e6:.2f} M pixels, {buffer.nbytes / 2 ** 20:.0f} MB, {buffer_s:.0f} s")
+        state = train_head(model, norm, buffer, cfg.minutes, cfg.iterations, cfg.pixel_batch, cfg.lr, cfg.schedule,
+                           cfg.head_loss, cfg.seed, ck_path, resume, cfg.checkpoint_minutes, device)
+        buffer_report = {"entries": len(buffer), "megabytes": round(buffer.nbytes / 2 ** 20, 1),
+                         "seconds": round(buffer_s, 1), **buffer_accuracy(model, norm, buffer, device=device)}
+        del buffer  # the largest allocation of mapping: free it before stage 2
+        t1 = time.perf_counter()
+        cache = (FrameCache.build(train_frames, cfg.input_height, model.stride, model.multiple, "caching train frames")
+                 if cfg.confidence else None)
+        cache_s = time.perf_counter() - t1
+    else:
+        cache = FrameCache.build(train_frames, cfg.input_height, model.stride, model.multiple, "caching train frames")
+        cache_s = time.perf_counter() - t0
+        state = train_coordinates(model, norm, cache, cfg, tukey_c, ck_path, resume, device)
+        buffer_report = None
     image_hw = stats.image_size
     conf_net, classifier, conf_info = (train_confidence_stage(model, norm, cache, image_hw, cfg, device)
                                        if cfg.confidence else (None, None, {}))
@@ -487,16 +536,23 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
     the_map = Map(config, model, conf_net, device, classifier=classifier)
     the_map.save(map_dir)
 
+    per_step = cfg.pixel_batch if cfg.arch == "xfeat" else cfg.batch_size
     report = {"training": {"steps": state.step, "seconds": round(state.elapsed, 1), "cache_seconds": round(cache_s, 1),
-                           "images_per_second": round(state.step * cfg.batch_size / max(state.elapsed, 1e-9), 2),
+                           f"{'pixels' if cfg.arch == 'xfeat' else 'images'}_per_second":
+                               round(state.step * per_step / max(state.elapsed, 1e-9), 2),
                            "history": state.history},
-              "confidence_training": conf_info,
-              "train": coordinate_accuracy(predict_cache(model, norm, cache, device), cache)}
+              "confidence_training": conf_info}
+    if buffer_report is not None:
+        report["buffer"] = buffer_report
+    if cache is not None:
+        report["train"] = coordinate_accuracy(predict_cache(model, norm, cache, device), cache)
+    del cache
     if evaluate_test and "test" in scene.splits and scene.splits["test"] and all(f.depth_path for f in scene.splits["test"]):
         test_cache = FrameCache.build(scene.frames("test"), cfg.input_height, model.stride, model.multiple,
                                       "caching test frames")
         report["test"] = coordinate_accuracy(predict_cache(model, norm, test_cache, device), test_cache)
     (map_dir / "mapping_report.json").write_text(json.dumps(report, indent=2))
+    report["wall_seconds"] = round(time.perf_counter() - t0, 1)
     for split in ("train", "test"):
         if split in report:
             r = report[split]

@@ -1,0 +1,164 @@
+"""ACE's training buffer: frozen-encoder features of augmented mapping images, with exact targets.
+
+Every mapping image is seen as ``copies`` versions (the first as it is, the others zoomed, rolled
+and photometrically jittered); each version goes through the frozen encoder once, and a random
+share of its valid output cells is kept: the cell's feature (fp16), the *source pixel* it looks at
+in the original image, and that pixel's ground-truth scene coordinate from depth and pose. The
+per-pixel head then trains on shuffled batches of buffer entries from many images at once
+(decorrelated gradients, no encoder backward pass).
+
+Targets are exact under augmentation: a cell's source pixel is the inverse augmentation of the
+cell centre, and its target lies on the ray through that pixel, so it projects back onto it.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from .data import Frame, scene_coordinates_at
+from .errors import SceneLocError
+from .networks import EncoderHeadNet, input_size
+from .progress import progress
+
+#: Bytes per buffer entry besides the features: target (3 x f32), source pixel (2 x f32), frame (i32).
+_ENTRY_OVERHEAD_BYTES = 24
+
+
+@dataclass
+class PixelBuffer:
+    """``features (N, C)`` fp16, ``targets (N, 3)`` metres, ``pixels (N, 2)`` source pixel (u, v)
+    in the original image, ``frames (N,)`` index into the mapping frames; ``T_cw (F, 3, 4)`` and
+    ``K (F, 3, 3)`` of those frames (for reprojection losses)."""
+    features: torch.Tensor
+    targets: torch.Tensor
+    pixels: torch.Tensor
+    frames: torch.Tensor
+    T_cw: torch.Tensor
+    K: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.features, self.targets, self.pixels, self.frames))
+
+
+def entries_for_memory(megabytes: float, channels: int) -> int:
+    """How many buffer entries fit in ``megabytes`` (features fp16 plus per-entry bookkeeping)."""
+    return int(megabytes * 2 ** 20 // (2 * channels + _ENTRY_OVERHEAD_BYTES))
+
+
+def resize_matrix(image_hw: tuple[int, int], input_hw: tuple[int, int]) -> np.ndarray:
+    """``(3, 3)`` map of full-resolution pixel centres to network-input pixel centres (a resize)."""
+    fy, fx = input_hw[0] / image_hw[0], input_hw[1] / image_hw[1]
+    return np.array([[fx, 0, 0.5 * fx - 0.5], [0, fy, 0.5 * fy - 0.5], [0, 0, 1]])
+
+
+def augmentation_matrix(input_hw: tuple[int, int], scale: float, angle_deg: float) -> np.ndarray:
+    """``(3, 3)`` zoom by ``scale`` and roll by ``angle_deg`` about the centre of an ``input_hw`` image."""
+    h, w = input_hw
+    M = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle_deg, scale)
+    return np.vstack([M, [0, 0, 1]])
+
+
+def cell_source_pixels(full_to_input: np.ndarray, out_hw: tuple[int, int], stride: int) -> np.ndarray:
+    """Original-image pixel ``(h, w, 2)`` (u, v) that each output cell's centre looks at, given the
+    ``(3, 3)`` map from original pixels to (augmented) input pixels. Cell ``j`` is centred on input
+    pixel ``stride j + (stride - 1) / 2``."""
+    h, w = out_hw
+    v, u = np.meshgrid(np.arange(h) * stride + (stride - 1) / 2, np.arange(w) * stride + (stride - 1) / 2,
+                       indexing="ij")
+    p = np.stack([u, v, np.ones_like(u)], axis=-1) @ np.linalg.inv(full_to_input).T
+    return p[..., :2]
+
+
+def augmented_views(image: np.ndarray, input_hw: tuple[int, int], copies: int, rng: np.random.Generator,
+                    aug_scale: float, aug_rotation: float, aug_brightness: float,
+                    aug_contrast: float) -> tuple[torch.Tensor, list[np.ndarray]]:
+    """``copies`` network inputs ``(copies, 3, H_in, W_in)`` in [0, 1] of one ``(H, W, 3)`` uint8 image
+    (the first unaugmented) and, per copy, the ``(3, 3)`` map from original to input pixels."""
+    h_in, w_in = input_hw
+    base = image if image.shape[:2] == input_hw else cv2.resize(image, (w_in, h_in), interpolation=cv2.INTER_AREA)
+    R = resize_matrix(image.shape[:2], input_hw)
+    views, maps = [], []
+    for k in range(copies):
+        if k == 0:
+            views.append(base)
+            maps.append(R)
+            continue
+        s = math.exp(rng.uniform(-math.log(aug_scale), math.log(aug_scale))) if aug_scale > 1 else 1.0
+        A = augmentation_matrix(input_hw, s, rng.uniform(-aug_rotation, aug_rotation))
+        views.append(cv2.warpAffine(base, A[:2], (w_in, h_in), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0)))
+        maps.append(A @ R)
+    x = torch.from_numpy(np.stack(views)).permute(0, 3, 1, 2).float().div_(255.0)
+    if copies > 1:  # photometric jitter on the augmented copies only
+        n = copies - 1
+        b = torch.from_numpy(rng.uniform(-aug_brightness, aug_brightness, (n, 1, 1, 1))).float()
+        c = torch.from_numpy(rng.uniform(1 - aug_contrast, 1 + aug_contrast, (n, 1, 1, 1))).float()
+        mean = x[1:].mean(dim=(1, 2, 3), keepdim=True)
+        x[1:] = ((x[1:] - mean) * c + mean + b).clamp_(0, 1)
+    return x, maps
+
+
+def _prefetched(frames: list[Frame]):
+    """Decoded frames (images and depth), the next one decoded in a thread while the encoder runs
+    (OpenCV releases the GIL while decoding)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(frames[0].load, True)
+        for nxt in frames[1:]:
+            fd = pending.result()
+            pending = pool.submit(nxt.load, True)
+            yield fd
+        yield pending.result()
+
+
+@torch.no_grad()
+def fill_buffer(frames: list[Frame], net: EncoderHeadNet, input_height: int, entries: int, copies: int,
+                seed: int, aug_scale: float = 1.5, aug_rotation: float = 15.0, aug_brightness: float = 0.2,
+                aug_contrast: float = 0.2, device: str = "cpu") -> PixelBuffer:
+    """Features and exact targets of ~``entries`` random valid cells of ``copies`` views of every frame."""
+    if not frames:
+        raise SceneLocError("no mapping frames to fill the training buffer with")
+    rng = np.random.default_rng(seed)
+    per_view = max(1, math.ceil(entries / (len(frames) * copies)))
+    n_max = len(frames) * copies * per_view
+    channels = net.encoder.channels
+    features = torch.empty((n_max, channels), dtype=torch.float16)
+    targets = torch.empty((n_max, 3), dtype=torch.float32)
+    pixels = torch.empty((n_max, 2), dtype=torch.float32)
+    frame_ids = torch.empty(n_max, dtype=torch.int32)
+    T_cw, Ks = [], []
+    n = 0
+    for i, fd in enumerate(progress(_prefetched(frames), total=len(frames), desc="filling buffer", unit="frame")):
+        h_in, w_in, _ = input_size(fd.image.shape[:2], input_height, net.multiple)
+        x, maps = augmented_views(fd.image, (h_in, w_in), copies, rng, aug_scale, aug_rotation,
+                                  aug_brightness, aug_contrast)
+        feats = net.features(x.to(device)).permute(0, 2, 3, 1).cpu()  # (copies, h, w, C)
+        out_hw = feats.shape[1:3]
+        for k, M in enumerate(maps):
+            uv = cell_source_pixels(M, out_hw, net.stride)
+            X, valid = scene_coordinates_at(fd.depth, fd.pose, fd.K, uv)
+            cells = np.flatnonzero(valid)
+            if len(cells) == 0:
+                continue
+            pick = rng.choice(cells, size=min(per_view, len(cells)), replace=False)
+            m = len(pick)
+            features[n:n + m] = feats[k].reshape(-1, channels)[torch.from_numpy(pick)].half()
+            targets[n:n + m] = torch.from_numpy(X.reshape(-1, 3)[pick])
+            pixels[n:n + m] = torch.from_numpy(uv.reshape(-1, 2)[pick].astype(np.float32))
+            frame_ids[n:n + m] = i
+            n += m
+        T_cw.append(np.linalg.inv(fd.pose)[:3])
+        Ks.append(fd.K)
+    if n == 0:
+        raise SceneLocError(f"{frames[0].image_path.parent}: no valid depth in any mapping frame, nothing to train on")
+    # Views, not copies: a copy of the features would double the peak memory for a moment.
+    return PixelBuffer(features[:n], targets[:n], pixels[:n], frame_ids[:n],
+                       torch.from_numpy(np.stack(T_cw)).float(), torch.from_numpy(np.stack(Ks)).float())

@@ -1,0 +1,123 @@
+"""Train the per-pixel head of an :class:`~sceneloc.networks.EncoderHeadNet` on a training buffer (ACE).
+
+Batches are shuffled buffer entries from all mapping images. The loss is the Euclidean distance
+between predicted and ground-truth scene coordinates (metres), clamped so that a few wild targets
+(depth edges, misregistered depth) cannot dominate; ``euclidean+reprojection`` adds ACE's
+tanh-robust reprojection error in the mapping frame, which sharpens the 2D-3D geometry that PnP
+uses, while the depth term keeps points from drifting along their rays.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .buffer import PixelBuffer
+from .errors import SceneLocError
+from .loop import Budget, lr_factor
+from .losses import INLIER_THRESHOLD_M
+from .networks import EncoderHeadNet, SceneNormalisation
+
+LOSSES = ("euclidean", "euclidean+reprojection")
+EUCLIDEAN_CLAMP_M = 5.0   # beyond this error a target is likely an outlier (depth edge, misregistration)
+
+
+def reprojection_error(X_w: torch.Tensor, T_cw: torch.Tensor, K: torch.Tensor, uv: torch.Tensor,
+                       min_depth: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel distance ``(N,)`` between the projection of world points ``X_w (N, 3)`` into cameras
+    ``T_cw (N, 3, 4)``, ``K (N, 3, 3)`` and pixels ``uv (N, 2)``, and whether each point is in front
+    (depth > ``min_depth`` metres)."""
+    X_c = torch.einsum("nij,nj->ni", T_cw[:, :, :3], X_w) + T_cw[:, :, 3]
+    z = X_c[:, 2]
+    front = z > min_depth
+    p = torch.einsum("nij,nj->ni", K, X_c)
+    proj = p[:, :2] / z.clamp(min=min_depth).unsqueeze(1)
+    return torch.linalg.vector_norm(proj - uv, dim=1), front
+
+
+def head_loss(kind: str, pred: torch.Tensor, target: torch.Tensor, buffer: PixelBuffer, idx: torch.Tensor,
+              fraction: float, reprojection_weight: float = 0.02, max_px: float = 50.0, min_px: float = 1.0) -> torch.Tensor:
+    """Mean loss over a batch: ``pred``/``target`` ``(B, 3)`` metres; ``idx`` the batch's buffer entries."""
+    err = torch.linalg.vector_norm(pred - target, dim=1)
+    # Beyond the clamp the loss grows as a square root: outliers weigh less, yet a prediction that
+    # ran far away still gets pulled back (a hard clamp leaves it with no gradient at all).
+    loss = torch.where(err < EUCLIDEAN_CLAMP_M, err, (EUCLIDEAN_CLAMP_M * err.clamp(min=EUCLIDEAN_CLAMP_M)).sqrt())
+    if kind == "euclidean":
+        return loss.mean()
+    if kind != "euclidean+reprojection":
+        raise SceneLocError(f"unknown head loss {kind!r} (choose {', '.join(LOSSES)})")
+    f = buffer.frames[idx].long()
+    px, front = reprojection_error(pred, buffer.T_cw[f].to(pred.device), buffer.K[f].to(pred.device),
+                                   buffer.pixels[idx].to(pred.device))
+    # ACE: the robust threshold shrinks from max_px to min_px over training (sqrt schedule).
+    tau = max_px * (1 - fraction) ** 0.5 + min_px
+    robust = tau * torch.tanh(px / tau)
+    reproj = torch.where(front, robust, torch.zeros_like(robust))
+    return (loss + reprojection_weight * reproj).mean()
+
+
+def train_head(net: EncoderHeadNet, norm: SceneNormalisation, buffer: PixelBuffer, minutes: float | None,
+               iterations: int | None, batch: int = 4096, lr: float = 3e-3, schedule: str = "cosine",
+               loss: str = "euclidean", seed: int = 0, checkpoint: Path | None = None, resume: bool = False,
+               checkpoint_minutes: float = 2.0, device: str = "cpu") -> Budget:
+    """Fit ``net.head`` to ``buffer`` under a time or step budget; returns the finished :class:`Budget`
+    (steps, seconds, history). Checkpoints hold the head, optimiser, step, time and random state."""
+    head = net.head.to(device).train()
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
+    gen = torch.Generator().manual_seed(seed)
+    step, elapsed, history = 0, 0.0, None
+    if resume:
+        if checkpoint is None or not checkpoint.exists():
+            raise SceneLocError(f"{checkpoint}: no checkpoint to resume from")
+        ck = torch.load(checkpoint, map_location=device, weights_only=False)
+        head.load_state_dict(ck["head"])
+        opt.load_state_dict(ck["optimizer"])
+        step, elapsed, history = ck["step"], ck["elapsed"], ck["history"]
+        gen.set_state(ck["generator"])
+    budget = Budget("training head", minutes, iterations, step, elapsed, history)
+    n = len(buffer)
+    center = torch.as_tensor(norm.center, dtype=torch.float32, device=device)
+    last_ck = time.perf_counter()
+    while not budget.done:
+        idx = torch.randint(n, (min(batch, n),), generator=gen)
+        for g in opt.param_groups:
+            g["lr"] = lr * lr_factor(schedule, budget.fraction)
+        x = buffer.features[idx].to(device).float()
+        target = buffer.targets[idx].to(device)
+        pred = center + norm.scale * head(x)
+        value = head_loss(loss, pred, target, buffer, idx, budget.fraction)
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        opt.step()
+        with torch.no_grad():
+            within = (torch.linalg.vector_norm(pred - target, dim=1) < INLIER_THRESHOLD_M).float().mean().item()
+        budget.tick(loss=value.item(), within10cm=within)
+        if checkpoint is not None and time.perf_counter() - last_ck > checkpoint_minutes * 60:
+            with budget.paused():
+                _save(checkpoint, head, opt, budget, gen)
+            last_ck = time.perf_counter()
+    budget.close()
+    if checkpoint is not None:
+        _save(checkpoint, head, opt, budget, gen)
+    head.eval()
+    return budget
+
+
+def _save(path: Path, head: torch.nn.Module, opt: torch.optim.Optimizer, budget: Budget, gen: torch.Generator) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"head": head.state_dict(), "optimizer": opt.state_dict(), "step": budget.step,
+                "elapsed": budget.elapsed, "history": budget.history, "generator": gen.get_state()}, tmp)
+    tmp.replace(path)  # atomic: an interrupted save never leaves a broken checkpoint
+
+
+def buffer_accuracy(net: EncoderHeadNet, norm: SceneNormalisation, buffer: PixelBuffer, samples: int = 50000,
+                    device: str = "cpu") -> dict:
+    """Median error (m) and share within 10 cm of the head on a random sample of buffer entries."""
+    idx = torch.from_numpy(np.random.default_rng(0).choice(len(buffer), min(samples, len(buffer)), replace=False))
+    with torch.no_grad():
+        pred = norm.scale * net.head(buffer.features[idx].to(device).float()) + torch.as_tensor(norm.center, device=device)
+    err = torch.linalg.vector_norm(pred.cpu() - buffer.targets[idx], dim=1).numpy()
+    return {"median_error_m": float(np.median(err)), "within_10cm": float((err < INLIER_THRESHOLD_M).mean())}
