@@ -546,7 +546,7 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
     ``dsac`` or ``softam`` localizes with the map's DSAC stage (default: ``pose_config.method``).
     Returns the metrics dictionary (also ``out_dir/metrics.json``, infinite medians as null there).
     """
-    from tqdm import tqdm
+    from .progress import progress as progress_bar
     from .data import load_scene
     from .geometry import PoseRecord, read_pose_file, write_pose_file
     from .pose import PoseConfig
@@ -583,7 +583,7 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
         if absent:
             notes.append(f"{absent} frames of the split are not in {poses.name}: counted as failures")
         # The file has no correspondences: run the network alone for the correspondence figures.
-        for frame in tqdm(frames, desc="predicting", unit="frame", disable=not progress, dynamic_ncols=True):
+        for frame in progress_bar(frames, desc="predicting", unit="frame", disable=not progress, dynamic_ncols=True):
             pred = the_map.predict(frame.load_image())
             conf = None if pred.confidence is None else pred.confidence.reshape(-1)
             _add_frame(diag, the_map, frame, pred.pixels.reshape(-1, 2), pred.coords.reshape(-1, 3), conf, None)
@@ -743,7 +743,7 @@ def export_point_cloud(map_dir: str | Path, dataset: str | Path, out: str | Path
     Only points with confidence above ``min_confidence`` are kept when the map has a confidence
     network (0.75 is the paper's inlier confidence, delta at 10 cm); otherwise every prediction.
     """
-    from tqdm import tqdm
+    from .progress import progress as progress_bar
     from .data import load_scene
     from .scenemap import Map
     out = Path(out)
@@ -756,7 +756,7 @@ def export_point_cloud(map_dir: str | Path, dataset: str | Path, out: str | Path
     if max_frames is not None and max_frames < len(frames):
         frames = [frames[i] for i in np.linspace(0, len(frames) - 1, max_frames).round().astype(int)]
     xyz, rgb = [], []
-    for frame in tqdm(frames, desc="exporting", unit="frame", disable=not progress, dynamic_ncols=True):
+    for frame in progress_bar(frames, desc="exporting", unit="frame", disable=not progress, dynamic_ncols=True):
         image = frame.load_image()
         pred = the_map.predict(image)
         keep = np.ones(pred.coords.shape[:2], bool) if pred.confidence is None else pred.confidence > min_confidence

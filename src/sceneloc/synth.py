@@ -1010,7 +1010,7 @@ def generate(out_dir: str | Path, preset: str = DEFAULT_PRESET, seed: int = 0, f
             rescaled to this size.
         sensor: which imperfections to simulate (:meth:`SensorOptions.clean` for exact data).
         preview: optional PNG path for a contact sheet of colour and depth frames.
-        progress: show a tqdm progress bar on stderr.
+        progress: show progress on stderr (a bar on a terminal, a few lines otherwise).
     """
     scene = make_scene(preset)
     if frames < 1:
@@ -1035,8 +1035,8 @@ def generate(out_dir: str | Path, preset: str = DEFAULT_PRESET, seed: int = 0, f
     renderer = Renderer(scene, K, width, height)
     n_seq = train_sequences + test_sequences
     sheet: list[list[np.ndarray]] = []    # preview tiles per sequence
-    from tqdm import tqdm
-    with tqdm(total=n_seq * frames, desc=f"synth {preset}", unit="frame", file=sys.stderr,
+    from .progress import progress as progress_bar
+    with progress_bar(total=n_seq * frames, desc=f"synth {preset}", unit="frame", file=sys.stderr,
               disable=not progress, leave=False) as bar:
         for s in range(n_seq):
             is_test = s >= train_sequences
