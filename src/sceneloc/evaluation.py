@@ -93,6 +93,38 @@ def pose_metrics(rot: np.ndarray, trans: np.ndarray) -> dict:
     }
 
 
+#: A test frame counts as "near training" when one training frame is within both of these.
+NEAR_TRAINING_M, NEAR_TRAINING_DEG = 0.30, 30.0
+
+
+def nearest_training_distances(train_poses: np.ndarray, test_poses: np.ndarray,
+                               max_deg: float = NEAR_TRAINING_DEG) -> np.ndarray:
+    """Per test frame, the camera-centre distance (m) to the nearest training frame whose viewing
+    rotation differs by less than ``max_deg`` degrees (inf when none does). Poses are
+    camera-to-world ``(N, 4, 4)`` and ``(M, 4, 4)``; returns ``(M,)``.
+
+    Rotation and position are tested on the same training frame: a training frame 10 cm away
+    looking the other way does not make a test view an interpolation.
+    """
+    train_poses, test_poses = np.asarray(train_poses, float), np.asarray(test_poses, float)
+    if len(train_poses) == 0:
+        return np.full(len(test_poses), np.inf)
+    # relative rotation angle of every pair from the trace of R_test^T R_train, (M, N)
+    trace = np.einsum("mji,nji->mn", test_poses[:, :3, :3], train_poses[:, :3, :3])
+    angle = np.degrees(np.arccos(np.clip((trace - 1) / 2, -1.0, 1.0)))
+    dist = np.linalg.norm(test_poses[:, None, :3, 3] - train_poses[None, :, :3, 3], axis=-1)
+    return np.where(angle < max_deg, dist, np.inf).min(axis=1)
+
+
+def near_training_share(train_poses: np.ndarray, test_poses: np.ndarray, max_m: float = NEAR_TRAINING_M,
+                        max_deg: float = NEAR_TRAINING_DEG) -> float:
+    """Share of test frames with a training frame within ``max_m`` metres and ``max_deg`` degrees
+    (both on the same training frame). Near 1 means the test set mostly re-visits training views."""
+    if len(test_poses) == 0:
+        raise SceneLocError("no test frames to compare with the training frames")
+    return float(np.mean(nearest_training_distances(train_poses, test_poses, max_deg) < max_m))
+
+
 def timing_summary(extras: Sequence[dict[str, float]]) -> dict:
     """Median and 95th percentile (ms) of each stage over frames; None where no frame reports it."""
     out = {}
@@ -444,6 +476,10 @@ def _metric_rows(m: dict) -> list[tuple[str, str]]:
             ("median rotation error", _fmt(m["median_rotation_deg"], " deg")),
             ("median translation error", _fmt(m["median_translation_m"], " cm", 100, 1))]
     rows += [(f"within {round(mm * 100)} cm / {d} deg", f"{acc[accuracy_key(d, mm)]:.1%}") for d, mm in ACCURACY_THRESHOLDS]
+    near = m.get("near_training")
+    if near:
+        rows.append((f"frames with a training frame within {round(near['max_m'] * 100)} cm / {near['max_deg']:g} deg",
+                     f"{near['share']:.1%}"))
     share = m["inlier_share"]
     rows += [("inliers (< 10 cm) of all predictions", "n/a" if share["all_predictions"] is None else f"{share['all_predictions']:.1%}"),
              ("inliers (< 10 cm) of the points used for the pose",
@@ -595,7 +631,8 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
     metrics = {"scene": _scene_name(scene.root), "dataset": str(scene.root), "map": map_name, "split": split,
                "mode": mode, "solver": "PnP" if mode == "rgb" else "Kabsch", "pose_source": source,
                **pose_metrics(rot, trans), "inlier_share": diag.inlier_shares(),
-               "timing_ms": timing_summary([r.extras for r in records]), "notes": notes, "plots": []}
+               "timing_ms": timing_summary([r.extras for r in records]), "notes": notes, "plots": [],
+               "near_training": _near_training(scene, split, frames)}
     if poses is None:
         metrics["pose_config"] = asdict(config)
     if diag.frames < len(frames):
@@ -609,6 +646,19 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
     (out / "metrics.json").write_text(json.dumps(_json_number(metrics), indent=2) + "\n")
     write_report(out, metrics)
     return metrics
+
+
+def _near_training(scene, split: str, frames: list) -> dict | None:
+    """``near_training`` of the metrics: how many evaluated frames have a training frame within
+    30 cm / 30 deg (None for the training split itself or a dataset without one)."""
+    if split == "train":
+        return None
+    try:
+        train = scene.frames("train")
+    except SceneLocError:
+        return None
+    share = near_training_share(np.stack([f.pose for f in train]), np.stack([f.pose for f in frames]))
+    return {"max_m": NEAR_TRAINING_M, "max_deg": NEAR_TRAINING_DEG, "share": share}
 
 
 def _write_plots(out: Path, metrics: dict, diag: Diagnostics, the_map, frames: list, rot: np.ndarray,
