@@ -21,8 +21,13 @@ image noise, exposure and lighting change between sequences, mild motion blur.
 
 Presets (:data:`PRESETS`; room size, camera region):
 
-* ``room`` (default): 3.2 x 3.0 x 2.5 m living room with posters, table, cabinet, bookshelf, sofa;
-  the camera moves in about 2.1 x 1.9 x 0.7 m. Moderate; what ``make demo`` maps.
+* ``living`` (the demo's scene, ``sceneloc demo``): 4.4 x 3.8 x 2.6 m living room full of
+  furniture, pictures and clutter, patterned wallpaper on every wall; the camera stays in the
+  middle (about 1.6 x 1.4 x 0.6 m), at least ~0.8 m from what it sees, and looks at furniture
+  and pictures 1-3.2 m away. A fair stand-in for a real capture.
+* ``room`` (``sceneloc synth``'s default): 3.2 x 3.0 x 2.5 m living room with posters, table,
+  cabinet, bookshelf, sofa and bare walls; the camera moves in about 2.1 x 1.9 x 0.7 m and sees
+  close-ups of brick and plain wall. Moderate to hard.
 * ``desk``: 2.2 x 1.8 x 2.4 m study, a desk corner seen from a chair; about 1 x 0.6 x 0.5 m of
   camera motion (like 7-Scenes' Heads). Small and easy.
 * ``kitchen``: 4.4 x 3.4 x 2.6 m, six identical cabinet doors, low-texture walls and fridge,
@@ -32,7 +37,9 @@ Presets (:data:`PRESETS`; room size, camera region):
 
 Everything is deterministic from ``seed``: the scene itself depends only on the preset; each
 sequence draws its trajectory and noise from its own random stream, test sequences from a stream
-separate from the training ones.
+separate from the training ones. Test sequences are separate walks through the space the training walks
+mapped (``test_walk="inside"``: every waypoint is a view near a training frame), or anywhere in
+the camera region (``"free"``).
 """
 
 from __future__ import annotations
@@ -95,21 +102,44 @@ def surface_samples(scene: Scene, rng: np.random.Generator, n: int = 3000) -> tu
     return pts, np.array([q.normal for q in quads])[idx]
 
 
-def _waypoints(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+#: A test walk's waypoints lie within this distance (m) and view angle (deg) of a training frame.
+ANCHOR_M, ANCHOR_DEG = 0.4, 25.0
+ANCHORED_ATTEMPTS = 5            # anchored walks tried before a free one
+
+
+def _anchored_views(c: np.ndarray, d: np.ndarray, dist: np.ndarray, anchors: np.ndarray) -> np.ndarray:
+    """Which viewing directions ``d (n, 3)`` (lengths ``dist (n,)``) from camera centre ``c (3,)``
+    some training frame of ``anchors (N, 4, 4)`` (camera-to-world) within ``ANCHOR_M`` of ``c``
+    looks along to within ``ANCHOR_DEG``: ``(n,)`` bool (all False when no frame is that close)."""
+    near = np.linalg.norm(anchors[:, :3, 3] - c, axis=1) < ANCHOR_M
+    if not near.any():
+        return np.zeros(len(d), bool)
+    forward = anchors[near, :3, 2]                                 # optical axes (k, 3)
+    return ((d / dist[:, None]) @ forward.T).max(axis=1) > math.cos(math.radians(ANCHOR_DEG))
+
+
+def _waypoints(scene: Scene, rng: np.random.Generator,
+               anchors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """Camera waypoints ``(K, 3)`` in free space, 0.5-1.6 m apart, each with a look-at point
     ``(K, 3)`` on a surface facing it, within the scene's view range and not too steep.
 
     The view turns at most 60 degrees between waypoints (a hand-held camera pans smoothly); in a
     ``sweep`` scene it turns 15-75 degrees each time, always the same way round, so that a
-    sequence scans the whole room as people do when they film one.
+    sequence scans the whole room as people do when they film one. With ``anchors`` (training
+    poses ``(N, 4, 4)``) every waypoint is a view near a training frame (:func:`_anchored_views`):
+    a separate walk, but through the space the training walks mapped; None when no such walk is
+    found (too few training frames).
     """
     pts, normals = surface_samples(scene, rng)
     lo, hi = scene.camera_region
     sense = rng.choice([-1.0, 1.0])
     cams, targets = [], []
     while len(cams) < scene.waypoints:
-        for _ in range(10000):
-            c = lo + rng.random(3) * (hi - lo)
+        for _ in range(10000 if anchors is None else 2000):
+            if anchors is None:
+                c = lo + rng.random(3) * (hi - lo)
+            else:  # near a training camera: far likelier to pass _anchored_views than anywhere
+                c = anchors[rng.integers(len(anchors)), :3, 3] + (2 * rng.random(3) - 1) * ANCHOR_M
             if not free_space(scene, c):
                 continue
             if cams and not 0.5 <= np.linalg.norm(c - cams[-1]) <= 1.6:
@@ -117,6 +147,8 @@ def _waypoints(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.n
             d = pts - c
             dist = np.linalg.norm(d, axis=1)
             ok = (dist > scene.view_range[0]) & (dist < scene.view_range[1])
+            if anchors is not None:
+                ok &= _anchored_views(c, d, dist, anchors)
             ok &= -np.einsum("ij,ij->i", d, normals) > 0.35 * dist      # seen at most ~70 deg off-normal
             ok &= (d[:, 2] / dist > -0.7) & (d[:, 2] / dist < 0.25)      # at most 45 deg down, 15 deg up
             if targets:
@@ -132,6 +164,8 @@ def _waypoints(scene: Scene, rng: np.random.Generator) -> tuple[np.ndarray, np.n
                 targets.append(pts[rng.choice(np.flatnonzero(ok))])
                 break
         else:
+            if anchors is not None:
+                return None
             raise RuntimeError(f"preset {scene.name}: no camera waypoint found (scene description bug)")
     return np.array(cams), np.array(targets)
 
@@ -170,7 +204,8 @@ def _rotvec(w: np.ndarray) -> np.ndarray:
     return cv2.Rodrigues(np.asarray(w, np.float64).reshape(3, 1))[0]
 
 
-def sample_trajectory(scene: Scene, n_frames: int, rng: np.random.Generator) -> np.ndarray:
+def sample_trajectory(scene: Scene, n_frames: int, rng: np.random.Generator,
+                      anchors: np.ndarray | None = None) -> np.ndarray:
     """A hand-held-like walk: ``(n_frames, 4, 4)`` camera-to-world poses.
 
     Camera centres follow a Catmull-Rom spline through random waypoints; the
@@ -178,10 +213,15 @@ def sample_trajectory(scene: Scene, n_frames: int, rng: np.random.Generator) -> 
     surface point (:func:`_waypoints`); frames are evenly spaced in walking plus turning; roll
     drifts a few degrees and a
     small tremor shakes position (1 cm) and orientation (0.5 deg). Trajectories that leave free
-    space (the spline can swing out) are redrawn from the same stream.
+    space (the spline can swing out) are redrawn from the same stream. ``anchors`` (training
+    poses ``(N, 4, 4)``) keep the waypoints near training views (:func:`_waypoints`); when they
+    are too few for that (a handful of training frames), the walk goes anywhere.
     """
-    for _ in range(200):
-        cams, targets = _waypoints(scene, rng)
+    for attempt in range(200):
+        found = _waypoints(scene, rng, anchors if attempt < ANCHORED_ATTEMPTS else None)
+        if found is None:
+            continue
+        cams, targets = found
         dense_t = np.linspace(0, len(cams) - 1, 64 * len(cams))
         dense = _catmull_rom(cams, dense_t)
         if not free_space(scene, dense, slack=0.1).all():
@@ -305,11 +345,15 @@ def _default_intrinsics(width: int, height: int) -> tuple[float, float, float, f
     return fx * sx, fy * sx, (cx + 0.5) * sx - 0.5, (cy + 0.5) * sy - 0.5
 
 
+#: where test walks go (see generate)
+TEST_WALKS = ("inside", "free")
+
+
 def generate(out_dir: str | Path, preset: str = DEFAULT_PRESET, seed: int = 0, frames: int = 60,
              train_sequences: int = 3, test_sequences: int = 1, width: int = 640, height: int = 480,
              intrinsics: tuple[float, float, float, float] | None = None,
              sensor: SensorOptions = SensorOptions(), force: bool = False,
-             preview: str | Path | None = None, progress: bool = True) -> Path:
+             preview: str | Path | None = None, progress: bool = True, test_walk: str = "inside") -> Path:
     """Render a posed RGB-D dataset in 7-Scenes layout and return its root.
 
     Writes ``seq-XX/frame-XXXXXX.{color.png, depth.png, pose.txt}`` (colour ``(H, W, 3)`` uint8,
@@ -327,6 +371,9 @@ def generate(out_dir: str | Path, preset: str = DEFAULT_PRESET, seed: int = 0, f
         sensor: which imperfections to simulate (:meth:`SensorOptions.clean` for exact data).
         preview: optional PNG path for a contact sheet of colour and depth frames.
         progress: show progress on stderr (a bar on a terminal, a few lines otherwise).
+        test_walk: ``inside`` (test walks are separate walks whose waypoints are views near
+            training frames, as a test capture of a mapped room is) or ``free`` (anywhere in the
+            camera region, views the training walks may never have seen).
     """
     scene = make_scene(preset)
     if frames < 1:
@@ -341,6 +388,8 @@ def generate(out_dir: str | Path, preset: str = DEFAULT_PRESET, seed: int = 0, f
     fx, fy, cx, cy = intrinsics if intrinsics is not None else _default_intrinsics(width, height)
     if fx <= 0 or fy <= 0:
         raise SceneLocError(f"--intrinsics {fx},{fy},{cx},{cy}: focal lengths must be positive")
+    if test_walk not in TEST_WALKS:
+        raise SceneLocError(f"--test-walk {test_walk!r}: choose from {', '.join(TEST_WALKS)}")
     if preview is not None and Path(preview).suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise SceneLocError(f"--preview {preview}: the contact sheet must be a .png or .jpg file")
     out = Path(out_dir)
@@ -351,15 +400,20 @@ def generate(out_dir: str | Path, preset: str = DEFAULT_PRESET, seed: int = 0, f
     renderer = Renderer(scene, K, width, height)
     n_seq = train_sequences + test_sequences
     sheet: list[list[np.ndarray]] = []    # preview tiles per sequence
+    trained: list[np.ndarray] = []        # training poses: where test walks may go
     from .progress import progress as progress_bar
     with progress_bar(total=n_seq * frames, desc=f"synth {preset}", unit="frame", file=sys.stderr,
-              disable=not progress, leave=False) as bar:
+                      disable=not progress, leave=False) as bar:
         for s in range(n_seq):
             is_test = s >= train_sequences
             # independent streams: (seed, split, index) -> trajectory, lighting, blur, per-frame noise
             ss = np.random.SeedSequence([seed, int(is_test), s])
             traj_ss, light_ss, blur_ss, noise_ss = ss.spawn(4)
-            poses = [_as_written(T) for T in sample_trajectory(scene, frames, np.random.default_rng(traj_ss))]
+            anchors = np.stack(trained) if is_test and test_walk == "inside" else None
+            walk = sample_trajectory(scene, frames, np.random.default_rng(traj_ss), anchors)
+            poses = [_as_written(T) for T in walk]
+            if not is_test:
+                trained += poses
             lights = _sequence_lighting(sensor, np.random.default_rng(light_ss), frames)
             travel = np.random.default_rng(blur_ss).uniform(0.003, 0.008)
             seq_dir = out / f"seq-{s + 1:02d}"
@@ -383,7 +437,7 @@ def generate(out_dir: str | Path, preset: str = DEFAULT_PRESET, seed: int = 0, f
         (out / "TestSplit.txt").write_text("".join(f"sequence{s + 1}\n" for s in range(train_sequences, n_seq)))
     (out / "camera-intrinsics.txt").write_text(format_matrix(K))
     meta = {"generator": "sceneloc synth", "preset": preset, "description": scene.description,
-            "seed": seed, "frames_per_sequence": frames,
+            "seed": seed, "frames_per_sequence": frames, "test_walk": test_walk,
             "train_sequences": [f"seq-{s + 1:02d}" for s in range(train_sequences)],
             "test_sequences": [f"seq-{s + 1:02d}" for s in range(train_sequences, n_seq)],
             "width": width, "height": height, "intrinsics": [fx, fy, cx, cy],
@@ -447,6 +501,8 @@ def add_synth_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--no-{name}", action="store_true", help=f"turn off {what}")
     p.add_argument("--clean", action="store_true", help="turn off all sensor effects (exact depth and poses)")
     p.add_argument("--force", action="store_true", help="write into a non-empty OUT_DIR (replaces an earlier dataset)")
+    p.add_argument("--test-walk", choices=TEST_WALKS, default="inside",
+                   help="test walks near the training views (inside, default) or anywhere (free)")
     p.add_argument("--preview", metavar="PNG", help="also write a contact sheet of colour and depth frames")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_synth)
@@ -463,7 +519,7 @@ def _cmd_synth(args: argparse.Namespace) -> None:
         not args.no_lighting_change, not args.no_blur)
     out = generate(args.out_dir, args.preset, args.seed, args.frames, args.train_sequences,
                    args.test_sequences, args.width, args.height, intr, sensor, args.force,
-                   args.preview, progress=not args.quiet)
+                   args.preview, progress=not args.quiet, test_walk=args.test_walk)
     n = args.train_sequences + args.test_sequences
     print(f"wrote {out}: preset {args.preset}, {n} sequences x {args.frames} frames "
           f"({args.train_sequences} train, {args.test_sequences} test)")

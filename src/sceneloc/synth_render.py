@@ -111,7 +111,33 @@ def _procedural(name: str) -> np.ndarray:
                 img[y1 - h + 6:y1 - h + 9, x + 1:min(x + w, n - 4) - 1] = 230
                 x += w + 1
         return np.clip(img + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8)
+    if name == "wallpaper":  # scattered motifs of a few colours: texture everywhere, no short period
+        return _wallpaper(rng, TEXTURE_MAX_SIDE)
     raise KeyError(name)
+
+
+def _wallpaper(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Tileable ``(n, n, 3)`` wallpaper: a light background with ~70 random ellipses, diamonds and
+    leaves in four colours, each drawn at its 9 wrap-around offsets so the tile is seamless."""
+    palette = rng.integers(60, 200, (4, 3)).astype(float)
+    img = np.full((n, n, 3), 228.0) * rng.uniform(0.92, 1.0, 3)
+    for _ in range(70):
+        colour = tuple(palette[rng.integers(4)] * rng.uniform(0.8, 1.1))
+        cx, cy = rng.integers(0, n, 2)
+        size = int(rng.integers(6, 26))
+        kind, angle = rng.integers(3), float(rng.uniform(0, 180))
+        for dx in (-n, 0, n):
+            for dy in (-n, 0, n):
+                c = (int(cx + dx), int(cy + dy))
+                if kind == 0:
+                    cv2.ellipse(img, c, (size, size // 2), angle, 0, 360, colour, -1)
+                elif kind == 1:
+                    d = np.array([[0, -size], [size // 2, 0], [0, size], [-size // 2, 0]]) + c
+                    cv2.fillConvexPoly(img, d.astype(np.int32), colour)
+                else:
+                    cv2.circle(img, c, size // 2, colour, 2)
+    g = 4 * _smooth_noise(rng, (n, n), 6)[:, :, None]
+    return np.clip(img + g + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8)
 
 
 def texture_image(name: str) -> np.ndarray:

@@ -285,9 +285,103 @@ def _preset_stairs() -> Scene:
                  clearance=0.6, view_range=(0.7, 2.6), light=(sx / 2, sy / 2, sz - 0.1), waypoints=6)
 
 
+def _shelf_unit(lo, hi, front: tuple[int, int, int], tint=(0.5, 0.6, 0.7)) -> list[Quad]:
+    """A bookshelf box whose ``front`` face (outward normal) shows book spines."""
+    return box(lo, hi, {front: ("books", (0.9, 0.9), (1, 1, 1)), "default": ("wood", (0.8, 0.8), tint)})
+
+
+def _clutter(x: float, y: float, z: float, items: list[tuple[float, float, float, str]]) -> list[Quad]:
+    """Small boxes standing side by side along x from ``(x, y, z)``: ``(w, d, h, texture)`` each,
+    a photo texture stretched over every face (mugs, boxes, books on a surface)."""
+    quads = []
+    for w, d, h, tex in items:
+        quads += box((x, y - d / 2, z), (x + w, y + d / 2, z + h), tex, (max(w, d), h))
+        x += w + 0.05
+    return quads
+
+
+def _preset_living() -> Scene:
+    """The demo's scene: a 4.4 x 3.8 x 2.6 m living room full of things to recognise.
+
+    Every wall has patterned wallpaper, pictures and furniture (bookshelves, a TV unit, a sofa,
+    a desk, a cabinet) with clutter on it; the camera stays in the middle of the room, at least
+    about 0.8 m from any surface, and looks at furniture and pictures 1-3.2 m away (the walls
+    themselves draw little attention), as someone filming a room would.
+    """
+    sx, sy, sz = 4.4, 3.8, 2.6
+    q = _room_shell(sx, sy, sz, {
+        (0, 1, 0): ("wallpaper", (1.3, 1.3), (0.95, 0.9, 0.85)),    # wall y=0: shelves, TV
+        (1, 0, 0): ("stripes", (0.6, 2.6), (0.95, 0.9, 0.85)),      # wall x=0: sofa
+        (0, -1, 0): ("wallpaper", (1.3, 1.3), (0.8, 0.95, 0.95)),   # wall y=sy: desk
+        (-1, 0, 0): ("wallpaper", (1.3, 1.3), (0.9, 0.85, 0.95)),   # wall x=sx: door, cabinet
+    }, floor=("wood", (1.2, 1.2), (0.9, 0.9, 0.9)), ceiling=("plain", (1.0, 1.0), WHITE))
+    for quad in q:
+        quad.interest = 0.1     # the camera looks at the things in the room, not at bare wall
+    q += [
+        _poster((0, 1, 0), (0.9, 0, 2.05), 0.9, 0.55, "hubble"),
+        _poster((0, 1, 0), (3.2, 0, 1.75), 1.2, 0.7, "rocket"),         # the "TV" above the unit
+        _poster((1, 0, 0), (0, 1.3, 1.55), 0.9, 0.9, "astronaut"),
+        _poster((1, 0, 0), (0, 2.6, 1.5), 0.8, 0.6, "coffee"),
+        _poster((0, -1, 0), (1.3, sy, 1.7), 0.8, 0.6, "chelsea"),
+        _poster((0, -1, 0), (3.4, sy, 1.65), 0.9, 0.65, "moon"),
+        _poster((-1, 0, 0), (sx, 2.7, 1.55), 0.8, 0.8, "retina"),
+        _poster((-1, 0, 0), (sx, 0.7, 1.9), 0.5, 0.5, "colorwheel"),
+        rect((sx - 0.005, 1.55, 1.0), (-1, 0, 0), 0.85, 2.0, "panel", tint=(0.55, 0.7, 0.8)),   # door
+        rect((2.2, 1.9, 0.004), (0, 0, 1), 2.0, 1.4, "ihc", up=(0, 1, 0)),                      # rug
+    ]
+    # wall y=0: a tall bookshelf and a low TV unit with things on it
+    shelf = ((0.3, 0.02, 0.0), (1.6, 0.37, 1.8))
+    q += _shelf_unit(*shelf, front=(0, 1, 0))
+    tv_unit = ((2.4, 0.02, 0.0), (4.0, 0.47, 0.5))
+    q += box(*tv_unit, {(0, 1, 0): ("panel", (0.4, 0.5), (0.6, 0.55, 0.5)),
+                        "default": ("wood", (0.8, 0.8), (0.5, 0.55, 0.6))})
+    q += _clutter(2.55, 0.25, 0.5, [(0.25, 0.2, 0.3, "camera"), (0.15, 0.15, 0.12, "coins"),
+                                    (0.3, 0.25, 0.22, "text"), (0.2, 0.2, 0.35, "clock")])
+    # wall x=0: a sofa with a side table
+    sofa = ((0.05, 0.9, 0.0), (0.85, 2.9, 0.45))
+    q += box(*sofa, "carpet", (0.5, 0.5), (0.45, 0.5, 0.8))
+    q += box((0.05, 0.9, 0.45), (0.25, 2.9, 0.85), "carpet", (0.5, 0.5), (0.45, 0.5, 0.8))   # backrest
+    q += box((0.1, 2.95, 0.0), (0.6, 3.45, 0.55), "wood", (0.5, 0.5), (0.7, 0.8, 0.9))       # side table
+    q += _clutter(0.15, 3.2, 0.55, [(0.2, 0.2, 0.25, "coffee"), (0.15, 0.15, 0.3, "page")])
+    # wall y=sy: a desk with a monitor, a lamp box and books
+    desk = ((0.9, 3.2, 0.0), (2.5, 3.78, 0.75))
+    q += table(1.7, 3.49, 1.6, 0.58, 0.75, "wood", (0.8, 0.75, 0.7))
+    q += box((1.3, 3.6, 0.75), (2.0, 3.66, 1.15), {(0, -1, 0): ("immunohistochemistry", None, (1, 1, 1)),
+                                                   "default": ("plain", (0.3, 0.3), (0.15, 0.15, 0.15))})
+    q += _clutter(1.0, 3.35, 0.75, [(0.2, 0.28, 0.06, "text"), (0.1, 0.1, 0.12, "clock")])
+    q += _clutter(2.1, 3.45, 0.75, [(0.3, 0.22, 0.2, "coins")])
+    shelf2 = ((2.9, 3.43, 0.0), (4.1, 3.78, 1.2))
+    q += _shelf_unit(*shelf2, front=(0, -1, 0), tint=(0.7, 0.6, 0.5))
+    q += _clutter(3.0, 3.6, 1.2, [(0.3, 0.2, 0.3, "astronaut"), (0.2, 0.2, 0.2, "gravel"),
+                                  (0.35, 0.25, 0.25, "chelsea")])
+    # wall x=sx: a cabinet beside the door
+    cabinet = ((3.95, 2.2, 0.0), (4.38, 3.3, 0.9))
+    q += box(*cabinet, {(-1, 0, 0): ("panel", (0.55, 0.9), (0.5, 0.75, 0.9)),
+                        "default": ("wood", (0.8, 0.8), (0.6, 0.7, 0.8))})
+    q += _clutter(4.0, 2.5, 0.9, [(0.25, 0.3, 0.35, "rocket")])
+    # the middle: a coffee table with books and boxes
+    q += table(2.2, 1.9, 1.0, 0.6, 0.45, "wood", (0.6, 0.7, 0.85))
+    q += _clutter(1.85, 1.9, 0.45, [(0.25, 0.3, 0.05, "page"), (0.15, 0.15, 0.15, "coins"),
+                                    (0.2, 0.14, 0.1, "camera")])
+    for quad in q:
+        if quad.interest == 1.0 and quad.normal[2] < 0.9:   # furniture sides and fronts
+            quad.interest = 1.5
+    obstacles = [(_v(*shelf[0]), _v(*shelf[1])), (_v(*tv_unit[0]), _v(4.0, 0.47, 0.9)),
+                 (_v(*sofa[0]), _v(0.85, 2.9, 0.85)), (_v(*desk[0]), _v(2.5, 3.78, 1.15)),
+                 (_v(*shelf2[0]), _v(4.1, 3.78, 1.5)), (_v(*cabinet[0]), _v(4.38, 3.3, 1.25)),
+                 (_v(1.7, 1.6, 0.0), _v(2.7, 2.2, 0.6))]
+    return Scene("living", "4.4 x 3.8 x 2.6 m living room full of furniture, pictures and clutter "
+                 "(the demo's scene; a fair test of a real capture)",
+                 (sx, sy, sz), q, (_v(1.4, 1.2, 1.1), _v(3.0, 2.6, 1.7)), obstacles, clearance=0.5,
+                 view_range=(1.0, 3.2), light=(2.2, 1.9, 2.55), waypoints=9, sweep=True)
+
+
 PRESETS: dict[str, Callable[[], Scene]] = {
-    "room": _preset_room, "desk": _preset_desk, "kitchen": _preset_kitchen, "stairs": _preset_stairs,
+    "living": _preset_living, "room": _preset_room, "desk": _preset_desk, "kitchen": _preset_kitchen,
+    "stairs": _preset_stairs,
 }
+#: the demo's scene (``sceneloc demo``); ``sceneloc synth`` keeps ``room`` as its default
+DEMO_PRESET = "living"
 DEFAULT_PRESET = "room"
 
 
