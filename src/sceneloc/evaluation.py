@@ -1,4 +1,4 @@
-"""Evaluation: pose metrics, the paper's diagnostic figures, reports, PLY export, tables and the demo.
+"""Evaluation: pose metrics, the paper's diagnostic figures, reports, PLY export and tables.
 
 ``evaluate`` localizes a dataset split (or reads a pose file) and writes into a report folder:
 
@@ -18,7 +18,6 @@ matplotlib are imported where they are used.
 from __future__ import annotations
 
 import html
-import inspect
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -38,9 +37,6 @@ ERROR_MAP_MAX_M = 0.5                      # colour scale of the error maps; lar
 FIG2_SAMPLES_PER_FRAME = 8                 # random N_k samples per frame for the Fig. 2 histograms
 ROC_POINTS_PER_FRAME = 2000                # correspondences per frame kept for the ROC (memory bound)
 
-DEMO_MINUTES = 7.0                         # stage-1 budget of `sceneloc demo`: make demo stays under 15 min
-DEMO_CONFIDENCE_MINUTES = 1.0
-DEMO_CONFIDENCE_MODE = "both"              # also train the classifier, for the ROC comparison
 
 # Report files; with --force exactly these are replaced in REPORT_DIR (nothing else is touched).
 PLOT_FILES = {
@@ -816,64 +812,3 @@ def export_point_cloud(map_dir: str | Path, dataset: str | Path, out: str | Path
     out.parent.mkdir(parents=True, exist_ok=True)
     write_ply(out, np.concatenate(xyz), np.concatenate(rgb))
     return sum(len(p) for p in xyz)
-
-
-# ============================================================================================== demo
-
-
-def _is_demo_data(data: Path) -> bool:
-    """True if ``data`` is a complete dataset the demo generated with synth.generate's defaults
-    (synth.json is written last, so its presence means the rendering finished)."""
-    from .synth import generate
-    try:
-        meta = json.loads((data / "synth.json").read_text())
-    except (OSError, ValueError):
-        return False
-    d = {k: p.default for k, p in inspect.signature(generate).parameters.items()}
-    return (meta.get("preset") == d["preset"] and meta.get("seed") == d["seed"]
-            and meta.get("frames_per_sequence") == d["frames"] and meta.get("width") == d["width"]
-            and meta.get("height") == d["height"] and len(meta.get("train_sequences", [])) == d["train_sequences"]
-            and len(meta.get("test_sequences", [])) == d["test_sequences"])
-
-
-def run_demo(out: str | Path = "demo_out", data: str | Path | None = None, minutes: float = DEMO_MINUTES,
-             force: bool = False, device: str | None = None, log: Callable[[str], None] = print) -> Path:
-    """``sceneloc demo``: (synthesise,) map, evaluate in rgb and rgbd mode, print a results table.
-
-    Without ``data`` the default synthetic scene is rendered into ``out/data`` -- or reused if an
-    earlier demo left it complete there. Returns the path of ``out/index.html``.
-    """
-    from .synth import generate
-    from .training import MappingConfig, map_scene
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise SceneLocError(f"{out}: exists and is not a directory")
-    reuse = data is None and _is_demo_data(out / "data")
-    others = [p for p in (out.iterdir() if out.exists() else []) if not (reuse and p.name == "data")]
-    if others and not force:
-        raise SceneLocError(f"{out}: directory is not empty (use --force to overwrite)")
-    if data is None:
-        data = out / "data"
-        if reuse:
-            log(f"reusing the synthetic scene in {data}")
-        else:
-            log(f"rendering the default synthetic scene into {data}")
-            generate(data, force=True)  # `out` was checked above: anything in out/data is ours to replace
-    cfg = MappingConfig(minutes=minutes, confidence_minutes=DEMO_CONFIDENCE_MINUTES,
-                        confidence_mode=DEMO_CONFIDENCE_MODE)
-    map_scene(data, out / "map", cfg, force=True, device=device, log=log)
-    results = []
-    for mode in ("rgb", "rgbd"):
-        log(f"evaluating the test split ({mode})")
-        results.append(evaluate(out / "map", data, out / f"report_{mode}", mode=mode, force=True, device=device))
-    text = results_table(results, DEMO_COLUMNS, average=False)
-    e = html.escape
-    links = "".join(f'<li><a href="report_{m["mode"]}/index.html">{e(m["mode"])} report</a></li>' for m in results)
-    (out / "index.html").write_text(
-        f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>sceneloc demo</title></head><body>"
-        f"<h1>sceneloc demo: {e(results[0]['scene'])}</h1><pre>{e(text)}</pre><ul>{links}</ul></body></html>\n")
-    log(text)
-    for m in results:
-        log(f"{m['mode']} report: {out / ('report_' + m['mode']) / 'index.html'}")
-    log(f"demo index: {out / 'index.html'}")
-    return out / "index.html"
