@@ -107,3 +107,19 @@ def test_demo_bad_input_is_one_line_exit_2(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "file")]) == 2
     assert "not a directory" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_page_shows_the_peer_comparison_when_it_was_run(demo_run):
+    from sceneloc.demo import PEERS_FILE, write_demo_page
+    from sceneloc.evaluation import load_metrics
+    out = demo_run[0]
+    row = {"dataset": "data", "method": "features-sift", "mode": "rgbd", "applicable": True, "within_5cm_5deg": 0.625,
+           "median_rot_deg": 1.5, "median_trans_m": 0.042, "loc_ms_median": 80.0}
+    skipped = {**row, "method": "posenet", "applicable": False}
+    (out / PEERS_FILE).parent.mkdir(exist_ok=True)
+    (out / PEERS_FILE).write_text(json.dumps({"rows": [row, skipped]}))
+    write_demo_page(out, [load_metrics(out / f"report_{m}") for m in ("rgb", "rgbd")],
+                    json.loads((out / "demo.json").read_text()))
+    text = (out / "index.html").read_text()
+    assert "<td>features-sift</td><td>rgbd</td><td>62.5 %</td><td>1.50</td><td>4.2</td>" in text
+    assert "posenet" not in text and "Not run" not in text

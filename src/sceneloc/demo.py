@@ -249,7 +249,7 @@ minutes of mapping; every test frame localized in RGB (PnP) and RGB-D (Kabsch). 
 <pre>{e(table)}</pre>
 <p>{'<br>'.join(e(x) for x in lines)}</p>
 <h2>Trajectory: estimated against ground truth, from above</h2>{pair('topdown', 'top-down trajectory')}
-<h2>Pose error CDFs</h2>{pair('cdf', 'cumulative pose errors')}
+<h2>Pose error CDFs</h2>{''.join(figure(m['mode'], 'cdf', 'cumulative pose errors') for m in results)}
 <h2>Query images, coordinate error and confidence maps</h2>
 <table><tr><th>query</th>{''.join(f'<th>pose error ({e(m["mode"])})</th>' for m in results)}</tr>{example_rows}</table>
 {figure(results[-1]['mode'], 'examples', 'query images with error and confidence maps')}
