@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml
 test: setup
 	$(PY) -m pytest -q
 
+# --force: a second `make demo` replaces the previous run in demo_out/ (reusing its rendered scene);
+# `sceneloc demo` on its own refuses to overwrite an earlier run.
 demo: setup
-	.venv/bin/sceneloc demo
+	.venv/bin/sceneloc demo --force
 
 # sceneloc beside its peers on redkitchen and the synthetic room (~65 min); bench-all: every study (~3 h)
 bench: setup

@@ -481,7 +481,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.confidence_minutes is None:
         args.confidence_minutes = QUICK["confidence_minutes"] if args.quick else MappingConfig.confidence_minutes
     if args.synth_minutes is None:
-        from sceneloc.evaluation import DEMO_CONFIDENCE_MINUTES, DEMO_MINUTES
+        from sceneloc.demo import DEMO_CONFIDENCE_MINUTES, DEMO_MINUTES
         args.synth_minutes = [args.minutes, args.confidence_minutes] if args.quick else [DEMO_MINUTES, DEMO_CONFIDENCE_MINUTES]
     if args.work is None:
         args.work = str(REPO / "runs" / ("peers-quick" if args.quick else "peers"))

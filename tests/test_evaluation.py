@@ -228,6 +228,32 @@ def test_report_files_and_oracle_accuracy(oracle_map, tiny_data, tmp_path):
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["accuracy"] == m["accuracy"] and len(saved["plots"]) == len(PLOT_FILES)
     assert set(saved["roc_auc"]) == {"regression (confidence network)", "classification (inlier classifier)"}
+    near = saved["near_training"]
+    assert near["max_m"] == 0.3 and near["max_deg"] == 30 and 0.0 <= near["share"] <= 1.0
+    assert "training frame within 30 cm / 30 deg" in html_text
+
+
+def test_near_training_share_on_a_handmade_case():
+    from sceneloc.evaluation import nearest_training_distances, near_training_share
+    from sceneloc.geometry import make_pose
+
+    def rot_z(deg: float) -> np.ndarray:
+        c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
+        return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]])
+
+    train = np.stack([make_pose(np.eye(3), [0, 0, 0]), make_pose(rot_z(90), [2, 0, 0])])
+    test = np.stack([
+        make_pose(rot_z(10), [0.2, 0, 0]),     # 20 cm, 10 deg from training frame 0: near
+        make_pose(rot_z(45), [0.1, 0, 0]),     # 10 cm from frame 0 but 45 deg turned: not near
+        make_pose(rot_z(80), [1.75, 0, 0]),    # 25 cm, 10 deg from frame 1: near
+        make_pose(np.eye(3), [1.0, 0, 0]),     # 1 m from frame 0 (same view), 1 m from frame 1
+        make_pose(rot_z(90), [2.0, 0.35, 0]),  # 35 cm behind the 30 cm limit
+    ])
+    d = nearest_training_distances(train, test)
+    np.testing.assert_allclose(d, [0.2, np.inf, 0.25, 1.0, 0.35], atol=1e-9)
+    assert near_training_share(train, test) == pytest.approx(2 / 5)
+    assert near_training_share(train, test, max_m=0.4) == pytest.approx(3 / 5)
+    assert near_training_share(train, test, max_deg=50) == pytest.approx(3 / 5)   # the 45 deg view joins
 
 
 def test_roc_curve():

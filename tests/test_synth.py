@@ -186,6 +186,40 @@ def test_presets_give_handheld_views_of_content(preset):
         assert 0.4 < np.median(d) < 3.5, np.median(d)                  # looking at things 0.5-3 m away
 
 
+def test_living_preset_keeps_its_distance_and_shows_things():
+    """The demo's scene: no close-ups (the nearest 5 % of every view lie beyond ~0.8 m), and the
+    room's furniture and pictures, not its walls, floor and ceiling, fill most views."""
+    scene = synth.make_scene("living")
+    shell = [i for i, q in enumerate(scene.quads) if q.interest < 0.3]
+    assert len(shell) == 6
+    r = synth.Renderer(scene, intrinsics_matrix(48.75, 48.75, 26.2, 19.5), 53, 40)
+    near, content = [], []
+    for seed in range(2):
+        for T in synth.sample_trajectory(scene, 30, np.random.default_rng(seed)):
+            rr = r.render(T)
+            near.append(np.percentile(rr.depth, 5))
+            content.append(1 - np.isin(rr.quad, shell).mean())
+    assert min(near) > 0.75, min(near)
+    assert np.median(content) > 0.35 and np.mean(np.array(content) < 0.1) < 0.1
+
+
+def test_test_walks_go_where_the_training_walks_went():
+    """``inside`` test walks: separate walks (no training pose repeated) whose views mostly have a
+    training view within 30 cm / 30 deg -- more often than walks drawn anywhere (``free``)."""
+    from sceneloc.evaluation import nearest_training_distances, near_training_share
+    scene = synth.make_scene("living")
+    inside, free = [], []
+    for seed in range(3):
+        train = np.concatenate([synth.sample_trajectory(scene, 40, np.random.default_rng([seed, k]))
+                                for k in range(3)])
+        rng_args = [seed, 9]
+        walk = synth.sample_trajectory(scene, 40, np.random.default_rng(rng_args), anchors=train)
+        assert nearest_training_distances(train, walk).min() > 0.01
+        inside.append(near_training_share(train, walk))
+        free.append(near_training_share(train, synth.sample_trajectory(scene, 40, np.random.default_rng(rng_args))))
+    assert min(inside) >= 0.5 and np.mean(inside) > np.mean(free) + 0.1, (inside, free)
+
+
 def test_cli_writes_dataset_preview_and_info_reads_it(tmp_path, capsys):
     out, png = tmp_path / "s", tmp_path / "sheet.png"
     assert main(["synth", str(out), "--frames", "3", "--width", "64", "--height", "48", "--preview", str(png),

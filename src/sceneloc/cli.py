@@ -284,19 +284,24 @@ def _add_export_arguments(s: argparse.ArgumentParser) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from .evaluation import run_demo
-    run_demo(args.out, data=args.data, minutes=args.minutes, force=args.force, device=args.device)
+    from .demo import run_demo
+    run_demo(args.out, data=args.data, minutes=args.minutes, force=args.force, device=args.device,
+             preset=args.preset)
 
 
 def _add_demo_arguments(s: argparse.ArgumentParser) -> None:
-    from .evaluation import DEMO_CONFIDENCE_MINUTES, DEMO_MINUTES
+    from .demo import DEMO_CONFIDENCE_MINUTES, DEMO_MINUTES
+    from .synth_scenes import DEMO_PRESET, PRESETS
     s.add_argument("--out", default="demo_out", help="output folder (default %(default)s)")
-    s.add_argument("--data", metavar="DATASET", help="a real dataset instead of the default synthetic scene")
+    s.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help=f"synthetic scene to render (default {DEMO_PRESET}; room and stairs are harder)")
+    s.add_argument("--data", metavar="DATASET", help="a real dataset instead of a synthetic scene")
     s.add_argument("--minutes", type=float, default=DEMO_MINUTES,
                    help=f"minutes of stage-1 mapping (default %(default)s); each confidence net trains "
                         f"{DEMO_CONFIDENCE_MINUTES:g} more")
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    s.add_argument("--force", action="store_true", help="overwrite a non-empty --out (a complete synthetic scene is reused)")
+    s.add_argument("--force", action="store_true",
+                   help="replace an earlier run in --out (its rendered scene is reused when it matches)")
     s.set_defaults(func=_cmd_demo)
 
 

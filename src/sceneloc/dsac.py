@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm import tqdm
+from .progress import progress as progress_bar
 
 from .data import load_scene
 from .errors import SceneLocError
@@ -679,7 +679,7 @@ def train_dsac(net: nn.Module, norm: SceneNormalisation, score_net: ScoreCNN | N
                                 aug_contrast=config.aug_contrast)
     rng = np.random.default_rng(config.seed)
     total, budget = config.iterations, config.minutes * 60.0
-    bar = tqdm(total=total if total else int(budget), desc="DSAC fine-tuning", unit="it" if total else "s",
+    bar = progress_bar(total=total if total else int(budget), desc="DSAC fine-tuning", unit="it" if total else "s",
                dynamic_ncols=True, mininterval=1.0)
     order, pos = rng.permutation(len(data)), 0
     steps, skipped, elapsed, running, history = 0, 0, 0.0, None, []

@@ -1,4 +1,4 @@
-"""Evaluation: pose metrics, the paper's diagnostic figures, reports, PLY export, tables and the demo.
+"""Evaluation: pose metrics, the paper's diagnostic figures, reports, PLY export and tables.
 
 ``evaluate`` localizes a dataset split (or reads a pose file) and writes into a report folder:
 
@@ -18,7 +18,6 @@ matplotlib are imported where they are used.
 from __future__ import annotations
 
 import html
-import inspect
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -38,9 +37,6 @@ ERROR_MAP_MAX_M = 0.5                      # colour scale of the error maps; lar
 FIG2_SAMPLES_PER_FRAME = 8                 # random N_k samples per frame for the Fig. 2 histograms
 ROC_POINTS_PER_FRAME = 2000                # correspondences per frame kept for the ROC (memory bound)
 
-DEMO_MINUTES = 7.0                         # stage-1 budget of `sceneloc demo`: make demo stays under 15 min
-DEMO_CONFIDENCE_MINUTES = 1.0
-DEMO_CONFIDENCE_MODE = "both"              # also train the classifier, for the ROC comparison
 
 # Report files; with --force exactly these are replaced in REPORT_DIR (nothing else is touched).
 PLOT_FILES = {
@@ -91,6 +87,38 @@ def pose_metrics(rot: np.ndarray, trans: np.ndarray) -> dict:
         "median_translation_m": float(np.median(trans)),
         "accuracy": {accuracy_key(d, m): float(np.mean((rot < d) & (trans < m))) for d, m in ACCURACY_THRESHOLDS},
     }
+
+
+#: A test frame counts as "near training" when one training frame is within both of these.
+NEAR_TRAINING_M, NEAR_TRAINING_DEG = 0.30, 30.0
+
+
+def nearest_training_distances(train_poses: np.ndarray, test_poses: np.ndarray,
+                               max_deg: float = NEAR_TRAINING_DEG) -> np.ndarray:
+    """Per test frame, the camera-centre distance (m) to the nearest training frame whose viewing
+    rotation differs by less than ``max_deg`` degrees (inf when none does). Poses are
+    camera-to-world ``(N, 4, 4)`` and ``(M, 4, 4)``; returns ``(M,)``.
+
+    Rotation and position are tested on the same training frame: a training frame 10 cm away
+    looking the other way does not make a test view an interpolation.
+    """
+    train_poses, test_poses = np.asarray(train_poses, float), np.asarray(test_poses, float)
+    if len(train_poses) == 0:
+        return np.full(len(test_poses), np.inf)
+    # relative rotation angle of every pair from the trace of R_test^T R_train, (M, N)
+    trace = np.einsum("mji,nji->mn", test_poses[:, :3, :3], train_poses[:, :3, :3])
+    angle = np.degrees(np.arccos(np.clip((trace - 1) / 2, -1.0, 1.0)))
+    dist = np.linalg.norm(test_poses[:, None, :3, 3] - train_poses[None, :, :3, 3], axis=-1)
+    return np.where(angle < max_deg, dist, np.inf).min(axis=1)
+
+
+def near_training_share(train_poses: np.ndarray, test_poses: np.ndarray, max_m: float = NEAR_TRAINING_M,
+                        max_deg: float = NEAR_TRAINING_DEG) -> float:
+    """Share of test frames with a training frame within ``max_m`` metres and ``max_deg`` degrees
+    (both on the same training frame). Near 1 means the test set mostly re-visits training views."""
+    if len(test_poses) == 0:
+        raise SceneLocError("no test frames to compare with the training frames")
+    return float(np.mean(nearest_training_distances(train_poses, test_poses, max_deg) < max_m))
 
 
 def timing_summary(extras: Sequence[dict[str, float]]) -> dict:
@@ -444,6 +472,10 @@ def _metric_rows(m: dict) -> list[tuple[str, str]]:
             ("median rotation error", _fmt(m["median_rotation_deg"], " deg")),
             ("median translation error", _fmt(m["median_translation_m"], " cm", 100, 1))]
     rows += [(f"within {round(mm * 100)} cm / {d} deg", f"{acc[accuracy_key(d, mm)]:.1%}") for d, mm in ACCURACY_THRESHOLDS]
+    near = m.get("near_training")
+    if near:
+        rows.append((f"frames with a training frame within {round(near['max_m'] * 100)} cm / {near['max_deg']:g} deg",
+                     f"{near['share']:.1%}"))
     share = m["inlier_share"]
     rows += [("inliers (< 10 cm) of all predictions", "n/a" if share["all_predictions"] is None else f"{share['all_predictions']:.1%}"),
              ("inliers (< 10 cm) of the points used for the pose",
@@ -546,7 +578,7 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
     ``dsac`` or ``softam`` localizes with the map's DSAC stage (default: ``pose_config.method``).
     Returns the metrics dictionary (also ``out_dir/metrics.json``, infinite medians as null there).
     """
-    from tqdm import tqdm
+    from .progress import progress as progress_bar
     from .data import load_scene
     from .geometry import PoseRecord, read_pose_file, write_pose_file
     from .pose import PoseConfig
@@ -583,7 +615,7 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
         if absent:
             notes.append(f"{absent} frames of the split are not in {poses.name}: counted as failures")
         # The file has no correspondences: run the network alone for the correspondence figures.
-        for frame in tqdm(frames, desc="predicting", unit="frame", disable=not progress, dynamic_ncols=True):
+        for frame in progress_bar(frames, desc="predicting", unit="frame", disable=not progress, dynamic_ncols=True):
             pred = the_map.predict(frame.load_image())
             conf = None if pred.confidence is None else pred.confidence.reshape(-1)
             _add_frame(diag, the_map, frame, pred.pixels.reshape(-1, 2), pred.coords.reshape(-1, 3), conf, None)
@@ -595,7 +627,8 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
     metrics = {"scene": _scene_name(scene.root), "dataset": str(scene.root), "map": map_name, "split": split,
                "mode": mode, "solver": "PnP" if mode == "rgb" else "Kabsch", "pose_source": source,
                **pose_metrics(rot, trans), "inlier_share": diag.inlier_shares(),
-               "timing_ms": timing_summary([r.extras for r in records]), "notes": notes, "plots": []}
+               "timing_ms": timing_summary([r.extras for r in records]), "notes": notes, "plots": [],
+               "near_training": _near_training(scene, split, frames)}
     if poses is None:
         metrics["pose_config"] = asdict(config)
     if diag.frames < len(frames):
@@ -609,6 +642,19 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
     (out / "metrics.json").write_text(json.dumps(_json_number(metrics), indent=2) + "\n")
     write_report(out, metrics)
     return metrics
+
+
+def _near_training(scene, split: str, frames: list) -> dict | None:
+    """``near_training`` of the metrics: how many evaluated frames have a training frame within
+    30 cm / 30 deg (None for the training split itself or a dataset without one)."""
+    if split == "train":
+        return None
+    try:
+        train = scene.frames("train")
+    except SceneLocError:
+        return None
+    share = near_training_share(np.stack([f.pose for f in train]), np.stack([f.pose for f in frames]))
+    return {"max_m": NEAR_TRAINING_M, "max_deg": NEAR_TRAINING_DEG, "share": share}
 
 
 def _write_plots(out: Path, metrics: dict, diag: Diagnostics, the_map, frames: list, rot: np.ndarray,
@@ -743,7 +789,7 @@ def export_point_cloud(map_dir: str | Path, dataset: str | Path, out: str | Path
     Only points with confidence above ``min_confidence`` are kept when the map has a confidence
     network (0.75 is the paper's inlier confidence, delta at 10 cm); otherwise every prediction.
     """
-    from tqdm import tqdm
+    from .progress import progress as progress_bar
     from .data import load_scene
     from .scenemap import Map
     out = Path(out)
@@ -756,7 +802,7 @@ def export_point_cloud(map_dir: str | Path, dataset: str | Path, out: str | Path
     if max_frames is not None and max_frames < len(frames):
         frames = [frames[i] for i in np.linspace(0, len(frames) - 1, max_frames).round().astype(int)]
     xyz, rgb = [], []
-    for frame in tqdm(frames, desc="exporting", unit="frame", disable=not progress, dynamic_ncols=True):
+    for frame in progress_bar(frames, desc="exporting", unit="frame", disable=not progress, dynamic_ncols=True):
         image = frame.load_image()
         pred = the_map.predict(image)
         keep = np.ones(pred.coords.shape[:2], bool) if pred.confidence is None else pred.confidence > min_confidence
@@ -766,64 +812,3 @@ def export_point_cloud(map_dir: str | Path, dataset: str | Path, out: str | Path
     out.parent.mkdir(parents=True, exist_ok=True)
     write_ply(out, np.concatenate(xyz), np.concatenate(rgb))
     return sum(len(p) for p in xyz)
-
-
-# ============================================================================================== demo
-
-
-def _is_demo_data(data: Path) -> bool:
-    """True if ``data`` is a complete dataset the demo generated with synth.generate's defaults
-    (synth.json is written last, so its presence means the rendering finished)."""
-    from .synth import generate
-    try:
-        meta = json.loads((data / "synth.json").read_text())
-    except (OSError, ValueError):
-        return False
-    d = {k: p.default for k, p in inspect.signature(generate).parameters.items()}
-    return (meta.get("preset") == d["preset"] and meta.get("seed") == d["seed"]
-            and meta.get("frames_per_sequence") == d["frames"] and meta.get("width") == d["width"]
-            and meta.get("height") == d["height"] and len(meta.get("train_sequences", [])) == d["train_sequences"]
-            and len(meta.get("test_sequences", [])) == d["test_sequences"])
-
-
-def run_demo(out: str | Path = "demo_out", data: str | Path | None = None, minutes: float = DEMO_MINUTES,
-             force: bool = False, device: str | None = None, log: Callable[[str], None] = print) -> Path:
-    """``sceneloc demo``: (synthesise,) map, evaluate in rgb and rgbd mode, print a results table.
-
-    Without ``data`` the default synthetic scene is rendered into ``out/data`` -- or reused if an
-    earlier demo left it complete there. Returns the path of ``out/index.html``.
-    """
-    from .synth import generate
-    from .training import MappingConfig, map_scene
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise SceneLocError(f"{out}: exists and is not a directory")
-    reuse = data is None and _is_demo_data(out / "data")
-    others = [p for p in (out.iterdir() if out.exists() else []) if not (reuse and p.name == "data")]
-    if others and not force:
-        raise SceneLocError(f"{out}: directory is not empty (use --force to overwrite)")
-    if data is None:
-        data = out / "data"
-        if reuse:
-            log(f"reusing the synthetic scene in {data}")
-        else:
-            log(f"rendering the default synthetic scene into {data}")
-            generate(data, force=True)  # `out` was checked above: anything in out/data is ours to replace
-    cfg = MappingConfig(minutes=minutes, confidence_minutes=DEMO_CONFIDENCE_MINUTES,
-                        confidence_mode=DEMO_CONFIDENCE_MODE)
-    map_scene(data, out / "map", cfg, force=True, device=device, log=log)
-    results = []
-    for mode in ("rgb", "rgbd"):
-        log(f"evaluating the test split ({mode})")
-        results.append(evaluate(out / "map", data, out / f"report_{mode}", mode=mode, force=True, device=device))
-    text = results_table(results, DEMO_COLUMNS, average=False)
-    e = html.escape
-    links = "".join(f'<li><a href="report_{m["mode"]}/index.html">{e(m["mode"])} report</a></li>' for m in results)
-    (out / "index.html").write_text(
-        f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>sceneloc demo</title></head><body>"
-        f"<h1>sceneloc demo: {e(results[0]['scene'])}</h1><pre>{e(text)}</pre><ul>{links}</ul></body></html>\n")
-    log(text)
-    for m in results:
-        log(f"{m['mode']} report: {out / ('report_' + m['mode']) / 'index.html'}")
-    log(f"demo index: {out / 'index.html'}")
-    return out / "index.html"

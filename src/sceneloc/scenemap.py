@@ -273,13 +273,13 @@ def localize_frames(the_map: Map, frames: list, mode: str = "rgb", pose_config=N
     The random generator is seeded per frame, so a frame's result does not depend on the others.
     ``options`` (e.g. ``method``, ``dsac_score``) go to :meth:`Map.localize`.
     """
-    from tqdm import tqdm
+    from .progress import progress as progress_bar
     from .dsac import DSAC_METHODS, resolve_stage
     if mode not in ("rgb", "rgbd"):
         raise SceneLocError(f"unknown mode {mode!r} (choose rgb or rgbd)")
     if options.get("method") in DSAC_METHODS:  # a missing DSAC stage fails here, before any frame
         resolve_stage(the_map, options.get("dsac_score"))
-    for i, frame in enumerate(tqdm(frames, desc=f"localizing ({mode})", unit="frame", disable=not progress,
+    for i, frame in enumerate(progress_bar(frames, desc=f"localizing ({mode})", unit="frame", disable=not progress,
                                    dynamic_ncols=True, mininterval=1.0)):
         image = frame.load_image()
         depth = frame.load_depth(image.shape[:2]) if mode == "rgbd" else None

@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from tqdm import tqdm
+from .progress import progress as progress_bar
 
 from .buffer import entries_for_memory, fill_buffer
 from .data import Frame, sample_nearest, scene_coordinates_at
@@ -148,7 +148,7 @@ class FrameCache:
         coords = np.empty((n, *out_hw, 3), np.float32)
         masks = np.empty((n, *out_hw), bool)
         depths = np.empty((n, *out_hw), np.float32)
-        for i, frame in enumerate(tqdm(frames, desc=desc, unit="frame", leave=False)):
+        for i, frame in enumerate(progress_bar(frames, desc=desc, unit="frame", leave=False)):
             fd = frame.load(need_depth=True)
             if fd.image.shape[:2] != image_hw:
                 raise SceneLocError(f"{frame.image_path}: image is {fd.image.shape[1]}x{fd.image.shape[0]}, "
@@ -249,7 +249,7 @@ def train_coordinates(model: torch.nn.Module, norm: SceneNormalisation, cache: F
         order, pos = ck["order"], ck["pos"]
     budget = cfg.minutes * 60.0
     total = cfg.iterations
-    bar = tqdm(total=total if total else int(budget), initial=state.step if total else int(state.elapsed),
+    bar = progress_bar(total=total if total else int(budget), initial=state.step if total else int(state.elapsed),
                desc="mapping", unit="it" if total else "s", dynamic_ncols=True, mininterval=1.0)
     if not resume:
         order, pos = rng.permutation(len(cache)), 0
@@ -361,7 +361,7 @@ def train_confidence(net: ConfidencePointNet, model: torch.nn.Module, norm: Scen
     net.to(device).train()
     model.eval()
     steps, running = 0, None
-    bar = tqdm(total=int(budget), desc="confidence", unit="s", dynamic_ncols=True, mininterval=1.0)
+    bar = progress_bar(total=int(budget), desc="confidence", unit="s", dynamic_ncols=True, mininterval=1.0)
     while time.perf_counter() - t0 < budget:
         idx = rng.choice(len(cache), size=min(cfg.batch_size, len(cache)), replace=False)
         image, target, mask, _ = make_batch(cache, idx, cfg, rng, train=True)
