@@ -1,0 +1,178 @@
+"""The pretrained-encoder map: encoder, training buffer (exact targets under augmentation), head
+training, and a tiny map that maps and localizes end to end."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sceneloc.buffer import (augmentation_matrix, cell_source_pixels, entries_for_memory, fill_buffer,
+                             resize_matrix)
+from sceneloc.data import load_scene
+from sceneloc.encoders import encoder_identity, load_encoder
+from sceneloc.errors import SceneLocError
+from sceneloc.geometry import pose_errors
+from sceneloc.head_training import head_loss, reprojection_error, train_head
+from sceneloc.networks import EncoderHeadNet, SceneNormalisation, build_coordinate_network
+from sceneloc.scenemap import Map
+from sceneloc.training import MappingConfig, map_scene
+
+
+@pytest.fixture(scope="module")
+def net() -> EncoderHeadNet:
+    return EncoderHeadNet("xfeat", head_width=32, head_blocks=1)
+
+
+def test_encoder_loads_offline_with_documented_shape():
+    enc = load_encoder("xfeat")
+    with torch.no_grad():
+        f = enc(torch.rand(2, 3, 96, 128))
+    assert f.shape == (2, 256, 12, 16)
+    assert torch.isfinite(f).all() and f.std() > 0.1
+    assert not any(p.requires_grad for p in enc.parameters())
+    ident = encoder_identity("xfeat")
+    assert ident["name"] == "xfeat" and len(ident["weights_sha256"]) == 64
+
+
+def test_encoder_is_frozen_and_outside_the_state_dict(net):
+    keys = set(net.state_dict())
+    assert keys and all(k.startswith("head.") for k in keys)
+    assert all(p.requires_grad for p in net.parameters())
+    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in net.head.parameters())
+    out = net(torch.rand(1, 3, 64, 96))
+    assert out.shape == (1, 3, 8, 12)
+
+
+def test_wrong_encoder_weights_are_refused():
+    with pytest.raises(SceneLocError, match="encoder weights"):
+        load_encoder("xfeat", expected_sha256="0" * 64)
+    with pytest.raises(SceneLocError, match="unknown encoder"):
+        encoder_identity("resnet")
+
+
+def test_cell_source_pixels_closed_form():
+    # no resize, no augmentation: cell j looks at pixel 8 j + 3.5
+    M = resize_matrix((64, 96), (64, 96))
+    uv = cell_source_pixels(M, (8, 12), 8)
+    assert np.allclose(uv[2, 5], [8 * 5 + 3.5, 8 * 2 + 3.5])
+    # zoom by s about the input centre c: source = c + (p - c) / s
+    s, c = 1.25, np.array([(96 - 1) / 2, (64 - 1) / 2])
+    uv = cell_source_pixels(augmentation_matrix((64, 96), s, 0.0) @ M, (8, 12), 8)
+    p = np.array([8 * 5 + 3.5, 8 * 2 + 3.5])
+    assert np.allclose(uv[2, 5], c + (p - c) / s)
+    # a 90 degree roll of a square image maps the top-left cell onto a corner of the original
+    uv = cell_source_pixels(augmentation_matrix((64, 64), 1.0, 90.0), (8, 8), 8)
+    assert np.allclose(np.sort(uv[0, 0]), [3.5, 64 - 1 - 3.5])
+    # halving the resolution: input pixel p is full-resolution pixel 2 p + 0.5
+    uv = cell_source_pixels(resize_matrix((128, 192), (64, 96)), (8, 12), 8)
+    assert np.allclose(uv[0, 0], [2 * 3.5 + 0.5] * 2)
+
+
+def test_buffer_targets_project_onto_their_source_pixels(tiny_scene, net):
+    frames = load_scene(tiny_scene).frames("train")[:3]
+    buf = fill_buffer(frames, net, input_height=96, entries=3000, copies=3, seed=0, aug_scale=1.5,
+                      aug_rotation=20.0, aug_brightness=0.2, aug_contrast=0.2)
+    assert len(buf) > 1000 and buf.features.dtype == torch.float16 and buf.features.shape[1] == 256
+    assert set(buf.frames.unique().tolist()) == {0, 1, 2}
+    f = buf.frames.long()
+    px, front = reprojection_error(buf.targets, buf.T_cw[f], buf.K[f], buf.pixels)
+    assert front.all() and px.max() < 1e-2
+    # and each target is the scene point of the nearest depth pixel on that ray
+    for i in torch.randint(len(buf), (20,)).tolist():
+        fd = frames[int(f[i])].load()
+        u, v = buf.pixels[i].tolist()
+        z = fd.depth[int(round(v)), int(round(u))]
+        X_c = np.linalg.inv(fd.pose) @ np.append(buf.targets[i].numpy(), 1.0)
+        assert abs(X_c[2] - z) < 1e-4
+
+
+def test_buffer_is_reproducible(tiny_scene, net):
+    frames = load_scene(tiny_scene).frames("train")[:2]
+    a = fill_buffer(frames, net, 96, 500, 2, seed=3)
+    b = fill_buffer(frames, net, 96, 500, 2, seed=3)
+    assert torch.equal(a.targets, b.targets) and torch.equal(a.features, b.features)
+
+
+def test_entries_for_memory():
+    assert entries_for_memory(1.0, 256) == 2 ** 20 // (512 + 24)
+
+
+def test_head_loss_hand_computed():
+    pred = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    target = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 20.0]])  # errors 5 m and 20 m
+    loss = head_loss("euclidean", pred, target, None, None, 0.0)
+    assert loss.item() == pytest.approx((5.0 + np.sqrt(5.0 * 20.0)) / 2)
+    with pytest.raises(SceneLocError, match="unknown head loss"):
+        head_loss("l7", pred, target, None, None, 0.0)
+
+
+def test_reprojection_error_closed_form():
+    K = torch.tensor([[[100.0, 0, 50], [0, 100.0, 40], [0, 0, 1]]])
+    T_cw = torch.tensor([[[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 1.0]]])  # camera 1 m behind the origin
+    X = torch.tensor([[0.1, -0.2, 1.0]])                                        # depth 2 m
+    px, front = reprojection_error(X, T_cw, K, torch.tensor([[55.0, 30.0]]))
+    assert front.item() and px.item() == pytest.approx(0.0, abs=1e-5)
+    px, front = reprojection_error(torch.tensor([[0.0, 0.0, -1.5]]), T_cw, K, torch.tensor([[50.0, 40.0]]))
+    assert not front.item()
+
+
+def test_head_fits_a_buffer(tiny_scene, net):
+    frames = load_scene(tiny_scene).frames("train")[:2]
+    buf = fill_buffer(frames, net, 96, 2000, 1, seed=0)
+    norm = SceneNormalisation(tuple(buf.targets.mean(0).tolist()), 2.0)
+    head = EncoderHeadNet("xfeat", head_width=64, head_blocks=1)
+    before = torch.linalg.vector_norm(norm.scale * head.head(buf.features.float()) +
+                                      torch.tensor(norm.center) - buf.targets, dim=1).median()
+    budget = train_head(head, norm, buf, minutes=None, iterations=150, batch=512, lr=3e-3)
+    after = torch.linalg.vector_norm(norm.scale * head.head(buf.features.float()) +
+                                     torch.tensor(norm.center) - buf.targets, dim=1).median()
+    assert budget.step == 150 and after < 0.5 * before
+
+
+@pytest.mark.slow
+def test_tiny_xfeat_map_maps_and_localizes(overfit_scene, tmp_path):
+    cfg = MappingConfig(arch="xfeat", head_width=64, head_blocks=1, input_height=128, buffer_mb=4, buffer_copies=2,
+                        iterations=300, pixel_batch=1024, confidence_minutes=0.05)
+    map_scene(overfit_scene, tmp_path / "map", cfg, device="cpu", evaluate_test=False, log=lambda *a: None)
+    config = json.loads((tmp_path / "map" / "config.json").read_text())
+    assert config["format_version"] == 2 and config["network"]["arch"] == "xfeat"
+    assert config["network"]["encoder_sha256"] == encoder_identity("xfeat")["weights_sha256"]
+    assert (tmp_path / "map" / "coordinates.pt").stat().st_size < 200_000  # the head alone
+    the_map = Map.load(tmp_path / "map")
+    frame = load_scene(overfit_scene).frames("train")[0]
+    res = the_map.localize(frame.load_image(), depth=frame.load_depth(), method="ransac",
+                           rng=np.random.default_rng(0))
+    assert res.success, res.failure
+    rot, trans = pose_errors(res.pose, frame.pose)
+    assert rot < 5 and trans < 0.05, (rot, trans)
+
+
+def test_map_with_other_encoder_weights_fails_in_one_line(overfit_scene, tmp_path):
+    cfg = MappingConfig(arch="xfeat", head_width=16, head_blocks=0, input_height=64, buffer_mb=1, buffer_copies=1,
+                        iterations=2, pixel_batch=64, confidence=False)
+    map_scene(overfit_scene, tmp_path / "map", cfg, device="cpu", evaluate_test=False, log=lambda *a: None)
+    path = tmp_path / "map" / "config.json"
+    config = json.loads(path.read_text())
+    config["network"]["encoder_sha256"] = "f" * 64
+    path.write_text(json.dumps(config))
+    with pytest.raises(SceneLocError, match="re-map"):
+        Map.load(tmp_path / "map")
+
+
+def test_version_1_maps_still_load(tiny_map):
+    path = tiny_map / "config.json"
+    config = json.loads(path.read_text())
+    assert config["network"]["arch"] == "fcn"
+    config["format_version"] = 1
+    path.write_text(json.dumps(config))
+    try:
+        assert Map.load(tiny_map).config["format_version"] == 1
+    finally:
+        config["format_version"] = 2
+        path.write_text(json.dumps(config))
+
+
+def test_build_network_unknown_arch():
+    with pytest.raises(ValueError, match="xfeat"):
+        build_coordinate_network({"arch": "vit"})
