@@ -1,0 +1,132 @@
+"""The joint RGB-D estimator (``PoseConfig(method='joint')``, sceneloc.pose_ransac) on exact
+synthetic geometry whose query depth is corrupted the way a Kinect's is: shifted against the
+image by a few pixels, biased along the rays, or plain wrong."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from sceneloc import geometry as g
+from sceneloc.pose import PoseConfig, estimate_pose
+from sceneloc.pose_ransac import gauss_newton_pose, joint_scores, random_subsets
+
+K = g.intrinsics_matrix(585.0, 585.0, 320.0, 240.0)  # 7-Scenes-like 640x480 camera
+JOINT = PoseConfig(method="joint")
+PNP = PoseConfig(method="ransac")                     # MAGSAC PnP without depth, Kabsch-RANSAC with
+
+
+def depth_at(uv: np.ndarray) -> np.ndarray:
+    """A room seen from inside, depth ``(N,)`` in metres at pixels ``uv (N, 2)``: a slanted back
+    wall 3-4 m away and a box 1.5 m away in the middle of the image (depth edges 2 m deep)."""
+    z = 3.0 + uv[:, 0] / 640.0 + 0.5 * uv[:, 1] / 480.0
+    box = (uv[:, 0] > 220) & (uv[:, 0] < 420) & (uv[:, 1] > 140) & (uv[:, 1] < 340)
+    return np.where(box, 1.5, z)
+
+
+@dataclass
+class Frame:
+    T_wc: np.ndarray        # (4, 4) ground truth
+    pixels: np.ndarray      # (N, 2)
+    scene: np.ndarray       # (N, 3) exact for inliers, ~1 m off for outliers
+    outlier: np.ndarray     # (N,) bool
+
+
+def make_frame(seed: int, n: int = 3000, outlier_ratio: float = 0.4) -> Frame:
+    rng = np.random.default_rng(seed)
+    T_wc = g.make_pose(g.project_to_so3(rng.normal(size=(3, 3))), rng.uniform(-2, 2, 3))
+    uv = np.stack([rng.uniform(0, 639, n), rng.uniform(0, 479, n)], axis=1)
+    scene = g.transform_points(T_wc, g.backproject(uv, depth_at(uv), K))
+    outlier = rng.random(n) < outlier_ratio
+    scene[outlier] += rng.normal(scale=1.0, size=(outlier.sum(), 3))
+    return Frame(T_wc, uv, scene, outlier)
+
+
+def query_depth(f: Frame, shift_px=(0.0, 0.0), scale: float = 1.0, offset_m: float = 0.0,
+                random_fraction: float = 0.0, seed: int = 0) -> np.ndarray:
+    """Camera points ``(N, 3)`` from a depth map registered ``shift_px`` off the image, with depth
+    ``scale * z + offset_m`` (a bias along the rays), and ``random_fraction`` of the depths random."""
+    rng = np.random.default_rng(seed)
+    z = scale * depth_at(f.pixels + np.asarray(shift_px)) + offset_m
+    wrong = rng.random(len(z)) < random_fraction
+    z[wrong] = rng.uniform(0.5, 5.0, wrong.sum())
+    return g.backproject(f.pixels, z, K)
+
+
+def errors(result, T_wc) -> tuple[float, float]:
+    assert result.pose is not None, result.failure
+    rot, trans = g.pose_errors(result.pose, T_wc)
+    return float(rot), float(trans)
+
+
+CORRUPTIONS = {
+    "shifted-4px": dict(shift_px=(4.0, -3.0)),
+    "shifted-and-biased": dict(shift_px=(5.0, 3.0), scale=1.03, offset_m=0.03),
+    "30pc-random": dict(random_fraction=0.3),
+    "all-corrupt": dict(shift_px=(3.0, 4.0), scale=0.98, offset_m=0.05, random_fraction=0.3),
+}
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_joint_recovers_the_exact_pose_whatever_the_depth(corruption):
+    f = make_frame(0)
+    camera = query_depth(f, **CORRUPTIONS[corruption])
+    result = estimate_pose(f.pixels, f.scene, K, camera_points=camera, config=JOINT, rng=0)
+    rot, trans = errors(result, f.T_wc)
+    assert rot < 0.05 and trans < 0.001, (rot, trans)
+    assert abs(result.n_inliers - (~f.outlier).sum()) <= 0.01 * len(f.outlier)
+    assert f.outlier[result.used].mean() < 0.01
+
+
+def test_corrupted_depth_does_mislead_kabsch():
+    # The corruption the test above survives is real: Kabsch on that depth is centimetres off.
+    f = make_frame(0)
+    camera = query_depth(f, **CORRUPTIONS["shifted-and-biased"])
+    rot, trans = errors(estimate_pose(f.pixels, f.scene, K, camera_points=camera, config=PNP, rng=0), f.T_wc)
+    assert trans > 0.01
+
+
+def test_joint_with_clean_depth_is_as_accurate_as_kabsch():
+    # Noisy predictions (2 cm) and exact depth: depth determines the pose better than the pixels,
+    # and the joint refinement must use it (PnP alone is worse here).
+    f = make_frame(1)
+    rng = np.random.default_rng(1)
+    scene = f.scene + rng.normal(scale=0.02, size=f.scene.shape)
+    camera = query_depth(f)
+    kabsch = errors(estimate_pose(f.pixels, scene, K, camera_points=camera, config=PNP, rng=0), f.T_wc)
+    pnp = errors(estimate_pose(f.pixels, scene, K, config=PNP, rng=0), f.T_wc)
+    joint = errors(estimate_pose(f.pixels, scene, K, camera_points=camera, config=JOINT, rng=0), f.T_wc)
+    assert joint[1] <= 1.1 * kabsch[1] + 1e-4 and joint[0] <= 1.1 * kabsch[0] + 1e-3, (joint, kabsch)
+    assert joint[1] < pnp[1], (joint, pnp)
+
+
+def test_joint_with_shifted_depth_is_no_worse_than_pnp_on_noisy_predictions():
+    f = make_frame(2)
+    rng = np.random.default_rng(2)
+    scene = f.scene + rng.normal(scale=0.02, size=f.scene.shape)
+    camera = query_depth(f, **CORRUPTIONS["all-corrupt"])
+    pnp = errors(estimate_pose(f.pixels, scene, K, config=PNP, rng=0), f.T_wc)
+    joint = errors(estimate_pose(f.pixels, scene, K, camera_points=camera, config=JOINT, rng=0), f.T_wc)
+    kabsch = errors(estimate_pose(f.pixels, scene, K, camera_points=camera, config=PNP, rng=0), f.T_wc)
+    print(pnp, joint, kabsch)
+    assert joint[1] <= 1.2 * pnp[1] + 1e-3 and joint[0] <= 1.2 * pnp[0] + 0.02, (joint, pnp)
+
+
+def test_joint_without_depth_is_pnp_ransac():
+    f = make_frame(3, outlier_ratio=0.6)
+    result = estimate_pose(f.pixels, f.scene, K, config=JOINT, rng=0)
+    rot, trans = errors(result, f.T_wc)
+    assert rot < 1e-4 and trans < 1e-5
+
+
+def test_missing_depth_rows_are_kept_as_2d_matches():
+    f = make_frame(4)
+    camera = query_depth(f)
+    camera[::2] = np.nan                    # no depth on half the matches
+    camera[1::4, 2] = 0.0                   # Kinect's "no depth" is 0
+    result = estimate_pose(f.pixels, f.scene, K, camera_points=camera, config=JOINT, rng=0)
+    errors(result, f.T_wc)
+    assert result.n_inliers >= (~f.outlier).sum() - 0.01 * len(f.outlier)   # every inlier counts, depth or not
+    assert np.isin(np.flatnonzero(~f.outlier)[::2], result.used).mean() > 0.99
