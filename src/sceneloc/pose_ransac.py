@@ -39,6 +39,11 @@ MEDIAN_NORM_3D = 1.5382
 # otherwise give infinite weights.
 MIN_SIGMA_PX = 0.1
 MIN_SIGMA_M = 0.001
+# Preemptive scoring (Nister): a batch's hypotheses are counted on this many random correspondences
+# and only the best few on all of them. A clean hypothesis has ~ratio * 500 inliers there (75 at
+# 15 % inliers), a wrong one a handful: the preview loses nothing and cuts scoring ~6x.
+PREVIEW_POINTS = 500
+PREVIEW_KEEP = 8
 # Most that depth may raise the reprojection cost (in squared sigmas) over the PnP solution, see
 # ``refine_joint``. A pose within the noise raises it by chi-square with 6 degrees of freedom (99 %:
 # 16.8) if one sigma fits every point; with prediction errors of 2 cm at depths of 1.5-4 m (pixel
@@ -129,10 +134,15 @@ def kabsch_hypotheses(camera: np.ndarray, scene: np.ndarray,
 def random_subsets(pool: np.ndarray, count: int, size: int, rng: np.random.Generator) -> np.ndarray:
     """``count`` subsets ``(count, size)`` of distinct entries of ``pool (n,)`` (n >= size).
 
-    Vectorised: the ``size`` smallest of ``count x n`` random keys (argpartition) instead of a
-    ``rng.choice`` per subset, which costs ~20 us each."""
-    keys = rng.random((count, len(pool)), dtype=np.float32)
-    return pool[np.argpartition(keys, size - 1, axis=1)[:, :size]]
+    Vectorised (a ``rng.choice`` per subset costs ~20 us): draw with replacement and redraw the
+    rows that repeat an entry, rare for minimal sets out of thousands."""
+    idx = rng.integers(0, len(pool), (count, size))
+    while True:
+        s = np.sort(idx, axis=1)
+        repeats = (s[:, 1:] == s[:, :-1]).any(1)
+        if not repeats.any():
+            return pool[idx]
+        idx[repeats] = rng.integers(0, len(pool), (int(repeats.sum()), size))
 
 
 def hypotheses_needed(inlier_ratio: float, sample_size: int, confidence: float) -> float:
@@ -166,7 +176,8 @@ def joint_ransac(scene: np.ndarray, pixels: np.ndarray, K: np.ndarray, camera: n
     Args:
         scene ``(N, 3)``, pixels ``(N, 2)``, K ``(3, 3)``; camera ``(N, 3)`` or None, NaN where
         there is no depth. ``batch`` hypotheses are drawn per round (half of each kind with
-        depth), until either kind has drawn enough for ``confidence`` at the best inlier ratios
+        depth), each scored on ``PREVIEW_POINTS`` random correspondences and the best
+        ``PREVIEW_KEEP`` on all, until either kind has drawn enough for ``confidence`` at the best inlier ratios
         seen so far (either kind finding a clean set is enough), or ``max_hypotheses`` in all.
     Returns:
         ``T_wc (4, 4)`` or None, its score (2D + 3D inliers) and the number of hypotheses drawn.
@@ -178,6 +189,7 @@ def joint_ransac(scene: np.ndarray, pixels: np.ndarray, K: np.ndarray, camera: n
     best_pose, best_score, drawn = None, -1.0, 0
     ratio_2d = ratio_3d = 0.0
     drawn_pnp = drawn_kabsch = 0
+    preview = rng.permutation(n)[:PREVIEW_POINTS] if n > 2 * PREVIEW_POINTS else None
     while drawn < max_hypotheses:
         size = min(batch, max_hypotheses - drawn)
         n_kabsch = size // 2 if use_kabsch else 0
@@ -188,19 +200,24 @@ def joint_ransac(scene: np.ndarray, pixels: np.ndarray, K: np.ndarray, camera: n
             parts.append(kabsch_hypotheses(camera, scene, random_subsets(with_depth, n_kabsch, 3, rng)))
         if not parts:
             break
-        poses = np.concatenate([p for p, _ in parts])
-        ok = np.concatenate([o for _, o in parts])
-        n2, n3 = joint_scores(poses, scene, pixels, K, cam, threshold_px, threshold_m)
-        scores = np.where(ok, n2 + n3, -1)
-        b = int(np.argmax(scores))
-        if scores[b] > best_score:
-            best_pose, best_score = poses[b], float(scores[b])
+        poses = np.concatenate([p for p, _ in parts])[np.concatenate([o for _, o in parts])]
         drawn += size
         drawn_pnp += size - n_kabsch
         drawn_kabsch += n_kabsch
-        ratio_2d = max(ratio_2d, float(np.where(ok, n2, 0).max()) / n)
+        if not len(poses):
+            continue
+        if preview is not None and len(poses) > PREVIEW_KEEP:
+            # Preemptive scoring: all on a random subset, the most promising on everything.
+            s2, s3 = joint_scores(poses, scene[preview], pixels[preview], K, None if cam is None else cam[preview],
+                                  threshold_px, threshold_m)
+            poses = poses[np.argpartition(-(s2 + s3), PREVIEW_KEEP - 1)[:PREVIEW_KEEP]]
+        n2, n3 = joint_scores(poses, scene, pixels, K, cam, threshold_px, threshold_m)
+        b = int(np.argmax(n2 + n3))
+        if n2[b] + n3[b] > best_score:
+            best_pose, best_score = poses[b], float(n2[b] + n3[b])
+        ratio_2d = max(ratio_2d, float(n2.max()) / n)
         if use_kabsch:
-            ratio_3d = max(ratio_3d, float(np.where(ok, n3, 0).max()) / len(with_depth))
+            ratio_3d = max(ratio_3d, float(n3.max()) / len(with_depth))
         if (drawn_pnp >= hypotheses_needed(ratio_2d, 4, confidence)
                 or (use_kabsch and drawn_kabsch >= hypotheses_needed(ratio_3d, 3, confidence))):
             break
@@ -218,25 +235,38 @@ def _skew(p: np.ndarray) -> np.ndarray:
     return S
 
 
-def robust_sigma(residuals: np.ndarray, dims: int, floor: float) -> float:
-    """Per-axis sigma of ``dims``-dimensional residual norms ``(n,)`` from their median (robust to
-    the few outliers left among inliers), at least ``floor``."""
-    if len(residuals) == 0:
-        return floor
-    return max(float(np.median(residuals)) / (MEDIAN_NORM_2D if dims == 2 else MEDIAN_NORM_3D), floor)
+def reprojection_jacobian(p: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """``(N, 2, 6)``: derivative of the pixels of camera-frame points ``p (N, 3)`` with respect to a
+    left perturbation ``(w, v)`` of ``T_cw`` (``p' = p + w x p + v``), in closed form."""
+    x, y, iz = p[:, 0], p[:, 1], 1.0 / p[:, 2]
+    xz, yz = x * iz, y * iz
+    zero = np.zeros_like(x)
+    J_u = K[0, 0] * np.stack([-xz * yz, 1.0 + xz * xz, -yz, iz, zero, -xz * iz], axis=1)
+    J_v = K[1, 1] * np.stack([-(1.0 + yz * yz), xz * yz, xz, zero, iz, -yz * iz], axis=1)
+    return np.stack([J_u, J_v], axis=1)
+
+
+def _normal_equations(J: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``H (6, 6)`` and ``g (6,)`` of residuals ``r (N, k)`` (in sigmas) with Jacobians ``J (N, k, 6)``."""
+    J2 = J.reshape(-1, 6)
+    return J2.T @ J2, J2.T @ r.reshape(-1)
 
 
 def gauss_newton_pose(T_wc: np.ndarray, scene: np.ndarray, pixels: np.ndarray, K: np.ndarray,
                       idx_2d: np.ndarray, sigma_px: float, camera: np.ndarray | None = None,
                       idx_3d: np.ndarray | None = None, sigma_m: float = 1.0,
-                      iterations: int = 10, huber: float = 3.0) -> np.ndarray:
-    """Pose ``T_wc (4, 4)`` minimising robust (Huber at ``huber`` sigmas) reprojection errors of
-    ``idx_2d`` in units of ``sigma_px`` plus, with ``camera``, 3D distances of ``idx_3d`` in units of
-    ``sigma_m``: Gauss-Newton on ``T_cw``, perturbed on the left (``p' = exp(w) p + v``, camera frame).
+                      iterations: int = 10) -> np.ndarray:
+    """Pose ``T_wc (4, 4)`` minimising the squared reprojection errors of ``idx_2d`` in units of
+    ``sigma_px`` plus, with ``camera``, the squared 3D distances of ``idx_3d`` in units of ``sigma_m``:
+    Gauss-Newton on ``T_cw``, perturbed on the left (``p' = exp(w) p + v``, camera frame).
+
+    Least squares, not a robust loss: the callers' thresholds have removed the outliers, and a
+    robust loss with one sigma for all would down-weight the nearest points, whose pixel errors
+    are largest and which determine the pose best (measured: 40 % larger errors with Huber).
 
     The 3D residual is taken in the camera frame, ``T_cw X - x``: the same length as in the world.
+    Stops when a step moves by less than 1e-9 (rad and m): far below any error that matters.
     """
-    fx, fy = K[0, 0], K[1, 1]
     T_cw = invert_pose(T_wc)
     X2, u2 = scene[idx_2d], pixels[idx_2d]
     X3 = x3 = None
@@ -245,25 +275,18 @@ def gauss_newton_pose(T_wc: np.ndarray, scene: np.ndarray, pixels: np.ndarray, K
     for _ in range(iterations):
         R, t = T_cw[:3, :3], T_cw[:3, 3]
         H, g = np.zeros((6, 6)), np.zeros(6)
-        p = X2 @ R.T + t                                               # (n, 3) camera frame
-        z = p[:, 2]
-        if np.any(z <= 1e-6):
-            break                                                      # a point behind: stop where we are
-        r = (np.stack([fx * p[:, 0] / z + K[0, 2], fy * p[:, 1] / z + K[1, 2]], 1) - u2) / sigma_px  # (n, 2)
-        J_p = np.zeros((len(p), 2, 3))                                 # d(pixel) / d(camera point)
-        J_p[:, 0, 0], J_p[:, 0, 2] = fx / z, -fx * p[:, 0] / z ** 2
-        J_p[:, 1, 1], J_p[:, 1, 2] = fy / z, -fy * p[:, 1] / z ** 2
-        J = np.concatenate([J_p @ -_skew(p), J_p], axis=2) / sigma_px  # (n, 2, 6)
-        w = np.minimum(1.0, huber / np.maximum(np.linalg.norm(r, axis=1), 1e-12))
-        H += np.einsum("n,nki,nkj->ij", w, J, J)
-        g += np.einsum("n,nki,nk->i", w, J, r)
+        if len(X2):
+            p = X2 @ R.T + t                                           # (n, 3) camera frame
+            if np.any(p[:, 2] <= 1e-6):
+                break                                                  # a point behind: stop where we are
+            uv = p[:, :2] / p[:, 2:] * K[[0, 1], [0, 1]] + K[[0, 1], [2, 2]]
+            H2, g2 = _normal_equations(reprojection_jacobian(p, K) / sigma_px, (uv - u2) / sigma_px)
+            H, g = H + H2, g + g2
         if X3 is not None:
             q = X3 @ R.T + t
-            r3 = (q - x3) / sigma_m                                    # (m, 3)
-            J3 = np.concatenate([-_skew(q), np.broadcast_to(np.eye(3), (len(q), 3, 3))], axis=2) / sigma_m
-            w3 = np.minimum(1.0, huber / np.maximum(np.linalg.norm(r3, axis=1), 1e-12))
-            H += np.einsum("n,nki,nkj->ij", w3, J3, J3)
-            g += np.einsum("n,nki,nk->i", w3, J3, r3)
+            J3 = np.concatenate([-_skew(q), np.broadcast_to(np.eye(3), (len(q), 3, 3))], axis=2)
+            H3, g3 = _normal_equations(J3 / sigma_m, (q - x3) / sigma_m)
+            H, g = H + H3, g + g3
         try:
             step = -np.linalg.solve(H, g)
         except np.linalg.LinAlgError:
@@ -272,14 +295,17 @@ def gauss_newton_pose(T_wc: np.ndarray, scene: np.ndarray, pixels: np.ndarray, K
             break
         dR, _ = cv2.Rodrigues(step[:3])
         T_cw = make_pose(dR @ R, dR @ t + step[3:])
-        if np.abs(step).max() < 1e-12:
+        if np.abs(step).max() < 1e-9:
             break
     return invert_pose(T_cw)
 
 
-def huber_cost(r: np.ndarray, huber: float = 3.0) -> float:
-    """Sum of Huber losses of normalised residual norms ``r (n,)`` (squares below ``huber``)."""
-    return float(np.where(r < huber, r * r, 2.0 * huber * r - huber * huber).sum())
+def robust_sigma(residuals: np.ndarray, dims: int, floor: float) -> float:
+    """Per-axis sigma of ``dims``-dimensional residual norms ``(n,)`` from their median (robust to
+    the few outliers left among inliers), at least ``floor``."""
+    if len(residuals) == 0:
+        return floor
+    return max(float(np.median(residuals)) / (MEDIAN_NORM_2D if dims == 2 else MEDIAN_NORM_3D), floor)
 
 
 def refine_joint(T_wc: np.ndarray, scene: np.ndarray, pixels: np.ndarray, K: np.ndarray,
@@ -297,7 +323,7 @@ def refine_joint(T_wc: np.ndarray, scene: np.ndarray, pixels: np.ndarray, K: np.
        weighted by the inverse variance of its residuals under ``T_2d``; the sets are re-selected
        each round (selecting them under ``T_2d`` only would pull the result towards ``T_2d``).
     3. Depth is trusted only if it is consistent with the image: the joint pose may raise the
-       reprojection cost of ``T_2d``'s inliers (Huber, in sigmas of ``T_2d``) by at most
+       reprojection cost of ``T_2d``'s inliers (squared errors in sigmas of ``T_2d``) by at most
        ``depth_gate``. Depth biased along the rays, moved by the camera's motion between depth
        and colour capture, or shifted against the image raises it far more: then ``T_2d``.
     """
@@ -307,7 +333,7 @@ def refine_joint(T_wc: np.ndarray, scene: np.ndarray, pixels: np.ndarray, K: np.
         if len(inliers) < 4 or (previous is not None and np.array_equal(inliers, previous)):
             break
         r = reprojection_residuals(T_wc, scene[inliers], pixels[inliers], K)
-        T_wc = gauss_newton_pose(T_wc, scene, pixels, K, inliers, robust_sigma(r, 2, MIN_SIGMA_PX), iterations=5)
+        T_wc = gauss_newton_pose(T_wc, scene, pixels, K, inliers, robust_sigma(r, 2, MIN_SIGMA_PX), iterations=10)
         previous = inliers
         inliers = np.flatnonzero(reprojection_residuals(T_wc, scene, pixels, K) < threshold_px)
     if camera is None or len(inliers) < 4:
@@ -328,9 +354,9 @@ def refine_joint(T_wc: np.ndarray, scene: np.ndarray, pixels: np.ndarray, K: np.
         flat = np.flatnonzero(~has_depth & (reprojection_residuals(T_joint, scene, pixels, K) < threshold_px))
         if len(agree) < 3 or (previous is not None and np.array_equal(agree, previous)):
             break
-        T_joint = gauss_newton_pose(T_joint, scene, pixels, K, flat, sigma_px, camera, agree, sigma_m, iterations=5)
+        T_joint = gauss_newton_pose(T_joint, scene, pixels, K, flat, sigma_px, camera, agree, sigma_m, iterations=10)
         previous, used = agree, np.union1d(agree, flat)
     r_joint = reprojection_residuals(T_joint, scene[inliers], pixels[inliers], K)
-    if not huber_cost(r_joint / sigma_px) - huber_cost(r_2d / sigma_px) <= depth_gate:
+    if not (np.square(r_joint).sum() - np.square(r_2d).sum()) / sigma_px ** 2 <= depth_gate:
         return T_wc, inliers
     return T_joint, used
