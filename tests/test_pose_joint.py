@@ -133,3 +133,75 @@ def test_missing_depth_rows_are_kept_as_2d_matches():
     errors(result, f.T_wc)
     assert result.n_inliers >= (~f.outlier).sum() - 0.01 * len(f.outlier)   # every inlier counts, depth or not
     assert np.isin(np.flatnonzero(~f.outlier)[::2], result.used).mean() > 0.99
+
+
+# ------------------------------------------------------------------------------------ the parts
+
+
+def test_depth_that_disagrees_with_the_image_is_ignored_and_consistent_depth_is_used():
+    from sceneloc.pose_ransac import refine_joint
+    f = make_frame(6)
+    rng = np.random.default_rng(6)
+    scene = f.scene + rng.normal(scale=0.02, size=f.scene.shape)
+    start = g.make_pose(g.project_to_so3(np.eye(3) + 0.002 * rng.normal(size=(3, 3))), np.zeros(3)) @ f.T_wc
+    T_2d, _ = refine_joint(start, scene, f.pixels, K, None, 10.0, 0.1)
+    biased, _ = refine_joint(start, scene, f.pixels, K, query_depth(f, scale=1.03, offset_m=0.03), 10.0, 0.1)
+    np.testing.assert_array_equal(biased, T_2d)                   # the gate fell back to PnP
+    clean, used = refine_joint(start, scene, f.pixels, K, query_depth(f), 10.0, 0.1)
+    assert g.pose_errors(clean, f.T_wc)[1] < 0.7 * g.pose_errors(T_2d, f.T_wc)[1]
+    assert f.outlier[used].mean() < 0.002           # the final fit used inliers (an outlier may land within 10 cm)
+    # With the gate shut (0), depth is never used.
+    shut, _ = refine_joint(start, scene, f.pixels, K, query_depth(f), 10.0, 0.1, depth_gate=0.0)
+    np.testing.assert_array_equal(shut, T_2d)
+
+
+def test_sampling_stops_as_soon_as_a_clean_set_is_certain():
+    from sceneloc.pose_ransac import joint_ransac
+    f = make_frame(7, outlier_ratio=0.0)
+    _, score, drawn = joint_ransac(f.scene, f.pixels, K, query_depth(f), 10.0, 0.1, 64, 1024, 0.9999,
+                                   np.random.default_rng(0))
+    assert drawn == 64 and score == 2 * len(f.scene)             # every point a 2D and a 3D inlier
+    rng = np.random.default_rng(7)
+    _, _, drawn = joint_ransac(rng.uniform(-3, 3, (1000, 3)), f.pixels[:1000], K, None, 10.0, 0.1, 64, 320,
+                               0.9999, rng)
+    assert drawn == 320                                          # no structure: up to the cap
+
+
+def test_gauss_newton_converges_to_the_exact_pose_with_and_without_depth():
+    f = make_frame(8, outlier_ratio=0.0)
+    start = g.make_pose(g.project_to_so3(np.eye(3) + 0.02 * np.random.default_rng(8).normal(size=(3, 3))),
+                        np.array([0.05, -0.03, 0.04])) @ f.T_wc
+    idx = np.arange(len(f.scene))
+    for camera in (None, query_depth(f)):
+        T = gauss_newton_pose(start, f.scene, f.pixels, K, idx, 1.0, camera, idx[::2], 0.01)
+        rot, trans = g.pose_errors(T, f.T_wc)
+        assert rot < 1e-7 and trans < 1e-9
+
+
+@pytest.mark.parametrize("rgbd", [False, True], ids=["rgb", "rgbd"])
+def test_frames_without_a_trustworthy_pose_fail_with_a_reason(rgbd):
+    rng = np.random.default_rng(9)
+    pixels = np.stack([rng.uniform(0, 640, 4800), rng.uniform(0, 480, 4800)], axis=1)
+    scene = rng.uniform(-3, 3, (4800, 3))                      # belongs to no pose
+    camera = g.backproject(pixels, rng.uniform(1, 4, 4800), K) if rgbd else None
+    result = estimate_pose(pixels, scene, K, camera_points=camera, config=JOINT, rng=0)
+    assert result.pose is None and "inliers" in result.failure
+    few = estimate_pose(pixels[:3], scene[:3], K, camera_points=None if camera is None else camera[:3],
+                        config=JOINT, rng=0)
+    assert few.pose is None and "valid correspondences" in few.failure
+
+
+def test_joint_scores_count_2d_and_3d_inliers_separately():
+    f = make_frame(10, n=100, outlier_ratio=0.0)
+    camera = query_depth(f)
+    camera[:30] = np.nan                                       # no depth
+    camera[30:40] += 0.5                                       # depth 50 cm off
+    n2, n3 = joint_scores(f.T_wc[None], f.scene, f.pixels, K, camera, 10.0, 0.1)
+    assert n2[0] == 100 and n3[0] == 60
+
+
+def test_random_subsets_are_distinct_and_from_the_pool():
+    pool = np.array([3, 5, 7, 11, 13])
+    subsets = random_subsets(pool, 2000, 4, np.random.default_rng(0))
+    assert subsets.shape == (2000, 4) and np.isin(subsets, pool).all()
+    assert (np.diff(np.sort(subsets, axis=1), axis=1) > 0).all()

@@ -260,9 +260,9 @@ def gauss_newton_pose(T_wc: np.ndarray, scene: np.ndarray, pixels: np.ndarray, K
     ``sigma_px`` plus, with ``camera``, the squared 3D distances of ``idx_3d`` in units of ``sigma_m``:
     Gauss-Newton on ``T_cw``, perturbed on the left (``p' = exp(w) p + v``, camera frame).
 
-    Least squares, not a robust loss: the callers' thresholds have removed the outliers, and a
-    robust loss with one sigma for all would down-weight the nearest points, whose pixel errors
-    are largest and which determine the pose best (measured: 40 % larger errors with Huber).
+    Least squares, not a robust loss: the callers' thresholds have removed the outliers (as in
+    DSAC*/ACE's final fit), and a robust loss with one sigma for all would down-weight the nearest
+    points, whose pixel errors are largest and which determine the pose best.
 
     The 3D residual is taken in the camera frame, ``T_cw X - x``: the same length as in the world.
     Stops when a step moves by less than 1e-9 (rad and m): far below any error that matters.
