@@ -527,7 +527,7 @@ def estimate_pose(pixels: np.ndarray, scene_coords: np.ndarray, K: np.ndarray,
     if config.method == "joint":
         pose, score, _ = joint_ransac(corr.scene, corr.pixels, corr.K, corr.camera, config.inlier_threshold_px,
                                       config.inlier_threshold_m, config.joint_batch, config.joint_max_hypotheses,
-                                      config.ransac_confidence, rng)
+                                      config.ransac_confidence, rng, corr.confidence)
         used = None
     elif config.method == "ransac":
         if corr.solver == "pnp":

@@ -44,6 +44,9 @@ MIN_SIGMA_M = 0.001
 # 15 % inliers), a wrong one a handful: the preview loses nothing and cuts scoring ~6x.
 PREVIEW_POINTS = 500
 PREVIEW_KEEP = 8
+# Added to every confidence before sampling in proportion to it: an overconfident network still
+# leaves every correspondence a chance (with confidences in [0, 1], at least ~1/20 of the best's).
+CONFIDENCE_FLOOR = 0.05
 # Most that depth may raise the reprojection cost (in squared sigmas) over the PnP solution, see
 # ``refine_joint``. A pose within the noise raises it by chi-square with 6 degrees of freedom (99 %:
 # 16.8) if one sigma fits every point; with prediction errors of 2 cm at depths of 1.5-4 m (pixel
@@ -131,18 +134,27 @@ def kabsch_hypotheses(camera: np.ndarray, scene: np.ndarray,
     return poses, ok
 
 
-def random_subsets(pool: np.ndarray, count: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """``count`` subsets ``(count, size)`` of distinct entries of ``pool (n,)`` (n >= size).
+def random_subsets(pool: np.ndarray, count: int, size: int, rng: np.random.Generator,
+                   weights: np.ndarray | None = None) -> np.ndarray:
+    """``count`` subsets ``(count, size)`` of distinct entries of ``pool (n,)`` (n >= size), each
+    entry drawn with probability proportional to ``weights (n,)`` (uniform when None).
 
     Vectorised (a ``rng.choice`` per subset costs ~20 us): draw with replacement and redraw the
     rows that repeat an entry, rare for minimal sets out of thousands."""
-    idx = rng.integers(0, len(pool), (count, size))
+    if len(pool) < size:
+        raise ValueError(f"cannot draw {size} distinct entries out of {len(pool)}")
+    if weights is None:
+        def draw(shape): return rng.integers(0, len(pool), shape)
+    else:
+        cdf = np.cumsum(weights, dtype=np.float64)
+        def draw(shape): return np.minimum(np.searchsorted(cdf, rng.random(shape) * cdf[-1], side="right"), len(pool) - 1)
+    idx = draw((count, size))
     while True:
         s = np.sort(idx, axis=1)
         repeats = (s[:, 1:] == s[:, :-1]).any(1)
         if not repeats.any():
             return pool[idx]
-        idx[repeats] = rng.integers(0, len(pool), (int(repeats.sum()), size))
+        idx[repeats] = draw((int(repeats.sum()), size))
 
 
 def hypotheses_needed(inlier_ratio: float, sample_size: int, confidence: float) -> float:
@@ -168,17 +180,39 @@ def joint_scores(T_wc: np.ndarray, scene: np.ndarray, pixels: np.ndarray, K: np.
     return n2, n3
 
 
+def hypotheses_to_draw(T_wc: np.ndarray, scene: np.ndarray, pixels: np.ndarray, K: np.ndarray,
+                       camera: np.ndarray | None, weights: np.ndarray, threshold_px: float, threshold_m: float,
+                       success_prob: float) -> dict[str, float]:
+    """P3P (``pnp``) and Kabsch (``kabsch``) minimal sets needed to find a clean one with probability
+    ``success_prob`` if ``T_wc``'s inliers are all there are, for sets drawn in proportion to
+    ``weights (N,)``; ``kabsch`` is inf without ``camera (N, 3)``."""
+    inlier_2d = reprojection_residuals(T_wc, scene, pixels, K) < threshold_px
+    needed = {"pnp": hypotheses_needed(weights[inlier_2d].sum() / weights.sum(), 4, success_prob),
+              "kabsch": math.inf}
+    if camera is not None:
+        has_depth = np.isfinite(camera).all(1)
+        with np.errstate(invalid="ignore"):
+            inlier_3d = distance_residuals(T_wc, camera, scene) < threshold_m
+        needed["kabsch"] = hypotheses_needed(weights[inlier_3d].sum() / weights[has_depth].sum(), 3, success_prob)
+    return needed
+
+
 def joint_ransac(scene: np.ndarray, pixels: np.ndarray, K: np.ndarray, camera: np.ndarray | None,
                  threshold_px: float, threshold_m: float, batch: int, max_hypotheses: int,
-                 confidence: float, rng: np.random.Generator) -> tuple[np.ndarray | None, float, int]:
+                 success_prob: float, rng: np.random.Generator,
+                 confidence: np.ndarray | None = None) -> tuple[np.ndarray | None, float, int]:
     """Best hypothesis by joint inlier count, from batches of P3P and (with depth) Kabsch minimal sets.
 
     Args:
         scene ``(N, 3)``, pixels ``(N, 2)``, K ``(3, 3)``; camera ``(N, 3)`` or None, NaN where
         there is no depth. ``batch`` hypotheses are drawn per round (half of each kind with
         depth), each scored on ``PREVIEW_POINTS`` random correspondences and the best
-        ``PREVIEW_KEEP`` on all, until either kind has drawn enough for ``confidence`` at the best inlier ratios
-        seen so far (either kind finding a clean set is enough), or ``max_hypotheses`` in all.
+        ``PREVIEW_KEEP`` on all, until either kind has drawn enough to have found a clean set
+        with probability ``success_prob`` at the inlier ratio of the best pose so far (either
+        kind finding one is enough), or ``max_hypotheses`` in all.
+        confidence: optional ``(N,)`` confidences (the map's confidence network): minimal sets
+        are then drawn with probability proportional to ``confidence + CONFIDENCE_FLOOR`` (PROSAC's
+        idea: likely inliers first), which finds a clean set far sooner at low inlier ratios.
     Returns:
         ``T_wc (4, 4)`` or None, its score (2D + 3D inliers) and the number of hypotheses drawn.
     """
@@ -186,24 +220,26 @@ def joint_ransac(scene: np.ndarray, pixels: np.ndarray, K: np.ndarray, camera: n
     with_depth = np.flatnonzero(np.isfinite(camera).all(1)) if camera is not None else np.zeros(0, np.int64)
     use_kabsch = len(with_depth) >= 3
     cam = camera if use_kabsch else None
-    best_pose, best_score, drawn = None, -1.0, 0
-    ratio_2d = ratio_3d = 0.0
-    drawn_pnp = drawn_kabsch = 0
+    weights = np.ones(n) if confidence is None else np.clip(confidence, 0.0, None) + CONFIDENCE_FLOOR
     preview = rng.permutation(n)[:PREVIEW_POINTS] if n > 2 * PREVIEW_POINTS else None
-    while drawn < max_hypotheses:
-        size = min(batch, max_hypotheses - drawn)
-        n_kabsch = size // 2 if use_kabsch else 0
-        parts = []
-        if size - n_kabsch > 0 and n >= 4:
-            parts.append(p3p_hypotheses(scene, pixels, K, random_subsets(np.arange(n), size - n_kabsch, 4, rng)))
-        if n_kabsch:
-            parts.append(kabsch_hypotheses(camera, scene, random_subsets(with_depth, n_kabsch, 3, rng)))
-        if not parts:
+    best_pose, best_score = None, -1.0
+    drawn = {"pnp": 0, "kabsch": 0}
+    needed = {"pnp": math.inf, "kabsch": math.inf}
+    while sum(drawn.values()) < max_hypotheses:
+        size = min(batch, max_hypotheses - sum(drawn.values()))
+        counts = {"kabsch": size // 2 if use_kabsch else 0}
+        counts["pnp"] = size - counts["kabsch"] if n >= 4 else 0
+        if not any(counts.values()):
             break
+        parts = []
+        if counts["pnp"]:
+            parts.append(p3p_hypotheses(scene, pixels, K, random_subsets(np.arange(n), counts["pnp"], 4, rng, weights)))
+        if counts["kabsch"]:
+            parts.append(kabsch_hypotheses(camera, scene, random_subsets(with_depth, counts["kabsch"], 3, rng,
+                                                                         weights[with_depth])))
+        for kind in drawn:
+            drawn[kind] += counts[kind]
         poses = np.concatenate([p for p, _ in parts])[np.concatenate([o for _, o in parts])]
-        drawn += size
-        drawn_pnp += size - n_kabsch
-        drawn_kabsch += n_kabsch
         if not len(poses):
             continue
         if preview is not None and len(poses) > PREVIEW_KEEP:
@@ -215,13 +251,11 @@ def joint_ransac(scene: np.ndarray, pixels: np.ndarray, K: np.ndarray, camera: n
         b = int(np.argmax(n2 + n3))
         if n2[b] + n3[b] > best_score:
             best_pose, best_score = poses[b], float(n2[b] + n3[b])
-        ratio_2d = max(ratio_2d, float(n2.max()) / n)
-        if use_kabsch:
-            ratio_3d = max(ratio_3d, float(n3.max()) / len(with_depth))
-        if (drawn_pnp >= hypotheses_needed(ratio_2d, 4, confidence)
-                or (use_kabsch and drawn_kabsch >= hypotheses_needed(ratio_3d, 3, confidence))):
+            needed = hypotheses_to_draw(best_pose, scene, pixels, K, camera if use_kabsch else None, weights,
+                                        threshold_px, threshold_m, success_prob)
+        if any(drawn[kind] >= needed[kind] for kind in drawn):
             break
-    return best_pose, best_score, drawn
+    return best_pose, best_score, sum(drawn.values())
 
 
 # ----------------------------------------------------------------------------------- refinement
