@@ -102,12 +102,20 @@ def distance_residuals(T_wc: np.ndarray, camera: np.ndarray, scene: np.ndarray,
 # ----------------------------------------------------------------------------------- hypotheses
 
 
+def rotation_from_rvec(rvec: np.ndarray) -> np.ndarray:
+    """Rodrigues' formula for many axis-angle vectors: ``rvec (B, 3)`` -> rotations ``(B, 3, 3)``."""
+    theta = np.linalg.norm(rvec, axis=1)[:, None, None]
+    k = _skew(rvec / np.maximum(theta[:, :, 0], 1e-12))
+    return np.eye(3) + np.sin(theta) * k + (1.0 - np.cos(theta)) * (k @ k)
+
+
 def p3p_hypotheses(scene: np.ndarray, pixels: np.ndarray, K: np.ndarray,
                    subsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Poses ``T_wc (B, 4, 4)`` and success flags ``(B,)`` from 4-point subsets ``(B, 4)``: P3P on
-    the first three, the fourth choosing among its solutions (OpenCV, ~10 us a call)."""
+    the first three, the fourth choosing among its solutions (OpenCV, ~10 us a call; everything
+    else is batched, since per-hypothesis numpy calls would cost several times the solve)."""
     B = len(subsets)
-    poses = np.tile(np.eye(4), (B, 1, 1))
+    rvecs, tvecs = np.zeros((B, 3)), np.zeros((B, 3))
     ok = np.zeros(B, dtype=bool)
     obj = np.ascontiguousarray(scene[subsets]).reshape(B, 4, 1, 3)
     img = np.ascontiguousarray(pixels[subsets]).reshape(B, 4, 1, 2)
@@ -116,11 +124,12 @@ def p3p_hypotheses(scene: np.ndarray, pixels: np.ndarray, K: np.ndarray,
             found, rvec, tvec = cv2.solvePnP(obj[b], img[b], K, None, flags=cv2.SOLVEPNP_P3P)
         except cv2.error:
             continue
-        if found and np.isfinite(tvec).all():
-            R_cw, _ = cv2.Rodrigues(rvec)
-            poses[b] = invert_pose(make_pose(R_cw, tvec.reshape(3)))
-            ok[b] = True
-    return poses, ok
+        if found:
+            rvecs[b], tvecs[b], ok[b] = rvec[:, 0], tvec[:, 0], True
+    ok &= np.isfinite(rvecs).all(1) & np.isfinite(tvecs).all(1)
+    rvecs[~ok], tvecs[~ok] = 0.0, 0.0
+    R_wc = rotation_from_rvec(rvecs).swapaxes(1, 2)                   # inverse of R_cw
+    return make_pose(R_wc, -(R_wc @ tvecs[:, :, None])[:, :, 0]), ok
 
 
 def kabsch_hypotheses(camera: np.ndarray, scene: np.ndarray,
