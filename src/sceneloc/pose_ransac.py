@@ -376,7 +376,7 @@ def refine_joint(T_wc: np.ndarray, scene: np.ndarray, pixels: np.ndarray, K: np.
         if len(inliers) < 4 or (previous is not None and np.array_equal(inliers, previous)):
             break
         r = reprojection_residuals(T_wc, scene[inliers], pixels[inliers], K)
-        T_wc = gauss_newton_pose(T_wc, scene, pixels, K, inliers, robust_sigma(r, 2, MIN_SIGMA_PX), iterations=10)
+        T_wc = gauss_newton_pose(T_wc, scene, pixels, K, inliers, robust_sigma(r, 2, MIN_SIGMA_PX), iterations=2)
         previous = inliers
         inliers = np.flatnonzero(reprojection_residuals(T_wc, scene, pixels, K) < threshold_px)
     if camera is None or len(inliers) < 4:
@@ -397,7 +397,7 @@ def refine_joint(T_wc: np.ndarray, scene: np.ndarray, pixels: np.ndarray, K: np.
         flat = np.flatnonzero(~has_depth & (reprojection_residuals(T_joint, scene, pixels, K) < threshold_px))
         if len(agree) < 3 or (previous is not None and np.array_equal(agree, previous)):
             break
-        T_joint = gauss_newton_pose(T_joint, scene, pixels, K, flat, sigma_px, camera, agree, sigma_m, iterations=10)
+        T_joint = gauss_newton_pose(T_joint, scene, pixels, K, flat, sigma_px, camera, agree, sigma_m, iterations=2)
         previous, used = agree, np.union1d(agree, flat)
     r_joint = reprojection_residuals(T_joint, scene[inliers], pixels[inliers], K)
     if not (np.square(r_joint).sum() - np.square(r_2d).sum()) / sigma_px ** 2 <= depth_gate:
