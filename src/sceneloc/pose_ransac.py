@@ -13,12 +13,18 @@ such depth is worse than PnP on the image alone. Here depth is *evidence*, never
   below ``threshold_m``. A sum rather than "both tests at once": where depth is wrong, an AND would
   take inliers away from the right pose, whereas a pose bent towards wrong depth still loses its
   2D inliers, and frames or regions without depth still count through their reprojection;
-* the best hypothesis is refined on reprojection alone (the PnP solution, ``T_2d``), then jointly
-  on reprojection and on 3D distance, the 3D terms only for points whose depth agrees with
-  ``T_2d`` (within ``threshold_m``), each kind weighted by the inverse variance of its residuals
-  under ``T_2d``: consistent depth then pins down what PnP determines poorly (the distance along
-  the optical axis), and depth that is biased or noisy gets a weight that lets it move the pose
-  by less than its own error.
+* the best hypothesis is refined on reprojection alone (the PnP solution, ``T_2d``), then on the
+  3D distances of the points whose depth agrees with the pose (within ``threshold_m``) and the
+  reprojection errors of those without depth, each kind weighted by the inverse variance of its
+  residuals under ``T_2d``: consistent depth pins down what PnP determines poorly (the distance
+  along the optical axis). That joint pose is kept only if it is consistent with the image (it
+  raises ``T_2d``'s reprojection cost by no more than noise would, ``DEPTH_GATE``); depth that
+  is biased along the rays or moved against the image fails that test, and the result is ``T_2d``:
+  never worse than PnP, as accurate as Kabsch when the depth is right (``refine_joint``).
+* speed: minimal sets are sampled in one vectorised draw (in proportion to the map's confidences
+  when given), P3P is one OpenCV call per set and everything else is batched; hypotheses are
+  scored preemptively on 500 points, and sampling stops as soon as either kind has found a clean
+  set with ``success_prob``.
 
 Poses are camera-to-world ``T_wc (4, 4)`` (``geometry`` convention); ``T_cw`` is its inverse.
 """
@@ -152,11 +158,13 @@ def random_subsets(pool: np.ndarray, count: int, size: int, rng: np.random.Gener
     rows that repeat an entry, rare for minimal sets out of thousands."""
     if len(pool) < size:
         raise ValueError(f"cannot draw {size} distinct entries out of {len(pool)}")
-    if weights is None:
-        def draw(shape): return rng.integers(0, len(pool), shape)
-    else:
-        cdf = np.cumsum(weights, dtype=np.float64)
-        def draw(shape): return np.minimum(np.searchsorted(cdf, rng.random(shape) * cdf[-1], side="right"), len(pool) - 1)
+    cdf = None if weights is None else np.cumsum(weights, dtype=np.float64)
+
+    def draw(shape: tuple[int, int]) -> np.ndarray:
+        if cdf is None:
+            return rng.integers(0, len(pool), shape)
+        return np.minimum(np.searchsorted(cdf, rng.random(shape) * cdf[-1], side="right"), len(pool) - 1)
+
     idx = draw((count, size))
     while True:
         s = np.sort(idx, axis=1)
