@@ -163,8 +163,8 @@ def _add_pose_arguments(s: argparse.ArgumentParser) -> None:
     g.add_argument("--no-polish", dest="polish", action="store_false", help="skip the final re-fit on all inliers (pure paper)")
     g.add_argument("--min-inliers", type=int, default=d.min_inliers, help="fewer inliers report a failure")
     g.add_argument("--depth-gate", type=float, default=d.depth_gate,
-                   help="--method joint: ignore the query depth when it raises the PnP solution's reprojection "
-                        "cost by more than this (squared sigmas; 0 = never use depth) (default %(default)s)")
+                   help="--method joint: ignore the query depth when the pose refined with it fits the image "
+                        "worse than PnP by more than this fraction (0: never) (default %(default)s)")
     g.add_argument("--seed", type=int, default=0)
 
 

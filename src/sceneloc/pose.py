@@ -88,9 +88,10 @@ class PoseConfig:
         joint_batch: hypotheses per round of ``joint`` (half P3P, half Kabsch with depth); it stops
             after the round in which either kind reaches ``ransac_confidence``. ACE/DSAC* draw 64.
         joint_max_hypotheses: most hypotheses of ``joint`` (bounds its time at low inlier ratios).
-        depth_gate: ``joint`` ignores the query depth when the pose refined with it raises the
-            reprojection cost of the PnP solution's inliers (squared sigmas) by more than this:
-            depth is trusted only where it is consistent with the image (``pose_ransac.refine_joint``).
+        depth_gate: ``joint`` ignores the query depth when the pose refined with it fits the
+            image worse than the PnP solution by more than this fraction (truncated reprojection
+            cost): depth is trusted only where it is consistent with the image
+            (``pose_ransac.refine_joint``); 0 never uses depth in the refinement.
     """
     method: str = "confidence"
     solver: str = "auto"
