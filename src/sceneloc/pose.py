@@ -5,7 +5,7 @@ intrinsics ``K (3, 3)``, optionally per-correspondence confidences ``(N,)`` from
 network and camera-frame points ``(N, 3)`` from the query's depth (RGB-D mode). Output: a
 camera-to-world pose (``geometry`` convention) or ``None`` -- never a silently wrong pose.
 
-Three estimators share one pipeline (``estimate_pose``):
+Four estimators share one pipeline (``estimate_pose``):
 
 * ``confidence`` -- the paper's P_confidence. ``h_p`` hypotheses, each solved (PnP from 2D-3D,
   or Kabsch from 3D-3D when depth is given) on the ``N_best`` most confident of ``N_k`` randomly
