@@ -17,10 +17,11 @@ such depth is worse than PnP on the image alone. Here depth is *evidence*, never
   3D distances of the points whose depth agrees with the pose (within ``threshold_m``) and the
   reprojection errors of those without depth, each kind weighted by the inverse variance of its
   residuals under ``T_2d``: consistent depth pins down what PnP determines poorly (the distance
-  along the optical axis). That joint pose is kept only if it is consistent with the image (it
-  raises ``T_2d``'s reprojection cost by no more than noise would, ``DEPTH_GATE``); depth that
-  is biased along the rays or moved against the image fails that test, and the result is ``T_2d``:
-  never worse than PnP, as accurate as Kabsch when the depth is right (``refine_joint``).
+  along the optical axis). That joint pose is kept only if it fits the image at most
+  ``DEPTH_GATE`` (10 %) worse than ``T_2d`` (truncated reprojection cost); depth biased along the
+  rays by several cm or moved against the image by the camera's motion fails that test, and the
+  result is ``T_2d``: as accurate as Kabsch when the depth is right (``refine_joint``). A bias of
+  the size of the prediction errors cannot be told from them by the image; it can pass.
 * speed: minimal sets are sampled in one vectorised draw (in proportion to the map's confidences
   when given), P3P is one OpenCV call per set and everything else is batched; hypotheses are
   scored preemptively on 500 points, and sampling stops as soon as either kind has found a clean
