@@ -152,7 +152,8 @@ def _pose_config(args: argparse.Namespace):
     return PoseConfig(method=method, hypotheses=args.hypotheses, n_k=args.n_k_pose, best_fraction=args.best_fraction,
                       refine_rounds=args.refine_rounds, pnp_method=args.pnp_method, score=args.score,
                       inlier_threshold_px=args.threshold_px, inlier_threshold_m=args.threshold_m,
-                      polish=args.polish, min_inliers=args.min_inliers, spread_cells=args.spread_cells)
+                      polish=args.polish, min_inliers=args.min_inliers, spread_cells=args.spread_cells,
+                      depth_gate=args.depth_gate)
 
 
 def _add_pose_arguments(s: argparse.ArgumentParser) -> None:
@@ -179,6 +180,9 @@ def _add_pose_arguments(s: argparse.ArgumentParser) -> None:
     g.add_argument("--threshold-m", type=float, default=d.inlier_threshold_m, help="Kabsch inlier threshold (m)")
     g.add_argument("--no-polish", dest="polish", action="store_false", help="skip the final re-fit on all inliers (pure paper)")
     g.add_argument("--min-inliers", type=int, default=d.min_inliers, help="fewer inliers report a failure")
+    g.add_argument("--depth-gate", type=float, default=d.depth_gate,
+                   help="--method joint: ignore the query depth when the pose refined with it fits the image "
+                        "worse than PnP by more than this fraction (0: never) (default %(default)s)")
     g.add_argument("--seed", type=int, default=0)
 
 

@@ -5,7 +5,7 @@ intrinsics ``K (3, 3)``, optionally per-correspondence confidences ``(N,)`` from
 network and camera-frame points ``(N, 3)`` from the query's depth (RGB-D mode). Output: a
 camera-to-world pose (``geometry`` convention) or ``None`` -- never a silently wrong pose.
 
-Three estimators share one pipeline (``estimate_pose``):
+Four estimators share one pipeline (``estimate_pose``):
 
 * ``confidence`` -- the paper's P_confidence. ``h_p`` hypotheses, each solved (PnP from 2D-3D,
   or Kabsch from 3D-3D when depth is given) on the ``N_best`` most confident of ``N_k`` randomly
@@ -16,6 +16,10 @@ Three estimators share one pipeline (``estimate_pose``):
   minimal size (4 for PnP, 3 for Kabsch) it is classic RANSAC.
 * ``ransac`` -- standard robust estimation on all correspondences: OpenCV's USAC MAGSAC++ for PnP,
   a batched Kabsch-RANSAC for RGB-D.
+* ``joint`` -- RANSAC on P3P and (with depth) Kabsch minimal sets, scored on the sum of 2D and 3D
+  inlier counts and refined on reprojection, then with depth only where depth agrees
+  (``pose_ransac``): query depth is evidence, never the only truth, so depth that is shifted
+  against the image cannot make the pose worse than PnP alone. Without depth it is a fast PnP-RANSAC.
 
 Unless ``PoseConfig.polish`` is off, every estimator ends with DSAC*/ACE's final step: re-fit on
 all inliers of the current pose a few times. The paper does not have it; it is what makes
@@ -36,11 +40,13 @@ import cv2
 import numpy as np
 
 from .geometry import PNP_METHODS, invert_pose, is_rigid, kabsch, make_pose, pnp_ransac, solve_pnp
+from .pose_ransac import (DEPTH_GATE, distance_residuals, hypotheses_needed, joint_ransac, refine_joint,
+                          reprojection_residuals)
 
 # Points needed to determine a pose: EPnP (OpenCV) needs 4 2D-3D matches, Kabsch 3 3D-3D matches.
 MIN_POINTS = {"pnp": 4, "kabsch": 3}
 
-METHODS = ("confidence", "random", "ransac")
+METHODS = ("confidence", "random", "ransac", "joint")
 SOLVERS = ("auto", "pnp", "kabsch")
 SCORES = ("confidence", "inliers", "confident_inliers")
 
@@ -50,9 +56,10 @@ class PoseConfig:
     """Every number of the pose stage; defaults are the paper's (section III-C, after DSAC [12]).
 
     Attributes:
-        method: ``confidence`` (paper), ``random`` (paper baselines) or ``ransac`` (standard).
+        method: ``confidence`` (paper), ``random`` (paper baselines), ``ransac`` (standard) or
+            ``joint`` (2D-3D and 3D-3D hypotheses on one joint score; ``pose_ransac``).
         solver: ``pnp`` (2D-3D), ``kabsch`` (3D-3D, needs ``camera_points``) or ``auto``:
-            Kabsch when ``camera_points`` are given, PnP otherwise.
+            Kabsch when ``camera_points`` are given, PnP otherwise. ``joint`` ignores it (both).
         hypotheses: h_p, pose hypotheses sampled; for ``ransac`` with Kabsch, hypotheses per batch.
         n_k: N_k, correspondences randomly sampled per hypothesis and per refinement round.
         best_fraction: fraction of the N_k points kept (the most confident ones): N_best = 10 % = 50.
@@ -76,7 +83,15 @@ class PoseConfig:
         min_inliers: fewer inliers than this (over all correspondences) reports failure (pose None).
             Unrelated (random) 2D-3D matches reach ~15 inliers at 10 px out of 4800 by chance.
         ransac_iterations: most hypotheses for ``ransac`` (stops earlier at ``ransac_confidence``).
-        ransac_confidence: probability of having drawn one all-inlier minimal set, to stop early.
+        ransac_confidence: probability of having drawn one all-inlier minimal set, to stop early
+            (``ransac`` with Kabsch, and ``joint``).
+        joint_batch: hypotheses per round of ``joint`` (half P3P, half Kabsch with depth); it stops
+            after the round in which either kind reaches ``ransac_confidence``. ACE/DSAC* draw 64.
+        joint_max_hypotheses: most hypotheses of ``joint`` (bounds its time at low inlier ratios).
+        depth_gate: ``joint`` ignores the query depth when the pose refined with it fits the
+            image worse than the PnP solution by more than this fraction (truncated reprojection
+            cost): depth is trusted only where it is consistent with the image
+            (``pose_ransac.refine_joint``); 0 never uses depth in the refinement.
     """
     method: str = "confidence"
     solver: str = "auto"
@@ -95,6 +110,9 @@ class PoseConfig:
     min_inliers: int = 30
     ransac_iterations: int = 10000
     ransac_confidence: float = 0.9999
+    joint_batch: int = 64
+    joint_max_hypotheses: int = 1024
+    depth_gate: float = DEPTH_GATE
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("method", self.method, METHODS), ("solver", self.solver, SOLVERS),
@@ -108,7 +126,9 @@ class PoseConfig:
             raise ValueError(f"PoseConfig.best_fraction={self.best_fraction} must be in (0, 1]")
         positive = {"hypotheses": self.hypotheses, "n_k": self.n_k,
                     "inlier_threshold_px": self.inlier_threshold_px,
-                    "inlier_threshold_m": self.inlier_threshold_m, "ransac_iterations": self.ransac_iterations}
+                    "inlier_threshold_m": self.inlier_threshold_m, "ransac_iterations": self.ransac_iterations,
+                    "joint_batch": self.joint_batch, "joint_max_hypotheses": self.joint_max_hypotheses,
+                    "depth_gate": self.depth_gate}
         for name, value in positive.items():
             if not value > 0:
                 raise ValueError(f"PoseConfig.{name}={value} must be positive")
@@ -158,13 +178,15 @@ class PoseResult:
 class Correspondences:
     """The valid correspondences of one image, with what the solvers and residuals need.
 
-    ``index (n,)`` maps back to the caller's arrays; ``camera`` is None for PnP.
+    ``index (n,)`` maps back to the caller's arrays; ``camera`` is None for PnP. For ``joint``
+    the solver is ``pnp`` (its inliers and threshold are 2D) and ``camera`` holds every row, NaN
+    where depth is missing: depth is optional evidence there, not a reason to drop a match.
     """
     pixels: np.ndarray          # (n, 2)
     scene: np.ndarray           # (n, 3)
     K: np.ndarray               # (3, 3)
     confidence: np.ndarray | None  # (n,)
-    camera: np.ndarray | None   # (n, 3), Kabsch only
+    camera: np.ndarray | None   # (n, 3), Kabsch (all valid) and joint (NaN rows without depth)
     index: np.ndarray           # (n,)
     solver: str                 # 'pnp' or 'kabsch'
     threshold: float            # inlier threshold: pixels for PnP, metres for Kabsch
@@ -195,13 +217,16 @@ def select_correspondences(pixels: np.ndarray, scene_coords: np.ndarray, K: np.n
         raise ValueError(f"K must be 3x3, got {K.shape}")
 
     solver = config.solver
-    if solver == "auto":
+    joint = config.method == "joint"
+    if joint:
+        solver = "pnp"
+    elif solver == "auto":
         solver = "pnp" if camera_points is None else "kabsch"
     if solver == "kabsch" and camera_points is None:
         raise ValueError("solver 'kabsch' needs camera_points (the query's depth)")
     if config.method == "confidence" and confidence is None:
         raise ValueError("method 'confidence' needs per-correspondence confidences")
-    if config.method != "ransac" and config.n_best < MIN_POINTS[solver]:
+    if config.method not in ("ransac", "joint") and config.n_best < MIN_POINTS[solver]:
         raise ValueError(f"subset_size={config.n_best} is too small: {solver} needs {MIN_POINTS[solver]} points")
 
     valid = np.isfinite(pixels).all(1) & np.isfinite(scene).all(1)
@@ -211,12 +236,16 @@ def select_correspondences(pixels: np.ndarray, scene_coords: np.ndarray, K: np.n
             raise ValueError(f"{n} correspondences but {len(confidence)} confidences")
         valid &= np.isfinite(confidence)
     camera = None
-    if solver == "kabsch":
-        camera = np.asarray(camera_points, dtype=np.float64).reshape(-1, 3)
+    if solver == "kabsch" or (joint and camera_points is not None):
+        camera = np.array(camera_points, dtype=np.float64).reshape(-1, 3)
         if len(camera) != n:
             raise ValueError(f"{n} correspondences but {len(camera)} camera points")
         with np.errstate(invalid="ignore"):
-            valid &= np.isfinite(camera).all(1) & (camera[:, 2] > 0)
+            has_depth = np.isfinite(camera).all(1) & (camera[:, 2] > 0)
+        if joint:
+            camera[~has_depth] = np.nan
+        else:
+            valid &= has_depth
 
     index = np.flatnonzero(valid)
     threshold = config.inlier_threshold_px if solver == "pnp" else config.inlier_threshold_m
@@ -273,34 +302,8 @@ def residuals(corr: Correspondences, poses: np.ndarray, idx: np.ndarray | None =
     """
     sel = slice(None) if idx is None else idx
     if corr.solver == "pnp":
-        M = corr.K @ invert_pose(poses)[..., :3, :]   # (..., 3, 4) = K [R|t]_cw: world -> homogeneous pixels
-        src = corr.scene[sel]
-    else:
-        M = poses[..., :3, :]                          # (..., 3, 4): camera -> world
-        src = corr.camera[sel]
-    src_h = np.ascontiguousarray(np.concatenate([src, np.ones((len(src), 1))], axis=1).T, dtype=dtype)  # (4, n)
-    # A failed hypothesis can hold huge numbers: its residuals become inf or nan, never inliers.
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        # All hypotheses in one 2D matrix product (numpy's batched 3x4 @ 4xn is several times slower).
-        p = (M.reshape(-1, 4).astype(dtype) @ src_h).reshape(*M.shape[:-2], 3, len(src))   # (..., 3, n)
-        # In place from here on: with hundreds of hypotheses, temporaries cost more than arithmetic.
-        if corr.solver == "kabsch":
-            p -= corr.scene[sel].T.astype(dtype)
-            p *= p
-            return np.sqrt(p.sum(axis=-2))
-        u, v, z = p[..., 0, :], p[..., 1, :], p[..., 2, :]
-        behind = z <= 1e-6
-        z[behind] = 1.0
-        u /= z
-        u -= corr.pixels[sel, 0].astype(dtype)
-        v /= z
-        v -= corr.pixels[sel, 1].astype(dtype)
-        u *= u
-        v *= v
-        u += v
-        np.sqrt(u, out=u)
-        u[behind] = np.inf
-        return u
+        return reprojection_residuals(poses, corr.scene[sel], corr.pixels[sel], corr.K, dtype)
+    return distance_residuals(poses, corr.camera[sel], corr.scene[sel], dtype)
 
 
 def count_inliers(corr: Correspondences, poses: np.ndarray) -> np.ndarray:
@@ -464,16 +467,6 @@ def polish_pose(corr: Correspondences, pose: np.ndarray, used: np.ndarray,
 # ------------------------------------------------------------------------------------ RANSAC
 
 
-def ransac_iterations_needed(inlier_ratio: float, sample_size: int, confidence: float) -> float:
-    """Hypotheses needed to draw one all-inlier minimal set with probability ``confidence``."""
-    p_good = inlier_ratio ** sample_size
-    if p_good <= 0.0:
-        return math.inf
-    if p_good >= 1.0:
-        return 1.0
-    return math.log(1.0 - confidence) / math.log(1.0 - p_good)
-
-
 def kabsch_ransac(corr: Correspondences, config: PoseConfig,
                   rng: np.random.Generator) -> tuple[np.ndarray | None, np.ndarray, int]:
     """RANSAC with minimal sets of 3 for 3D-3D matches: batches of ``config.hypotheses`` hypotheses
@@ -491,7 +484,7 @@ def kabsch_ransac(corr: Correspondences, config: PoseConfig,
         b = int(np.argmax(counts))
         if counts[b] > best_count:
             best_pose, best_set, best_count = poses[b], subsets[b], int(counts[b])
-            needed = ransac_iterations_needed(best_count / len(corr), MIN_POINTS["kabsch"],
+            needed = hypotheses_needed(best_count / len(corr), MIN_POINTS["kabsch"],
                                               config.ransac_confidence)
         drawn += batch
     return best_pose, best_set, best_count
@@ -532,7 +525,12 @@ def estimate_pose(pixels: np.ndarray, scene_coords: np.ndarray, K: np.ndarray,
 
     # --- hypotheses: sample, solve, score, keep the best
     start = time.perf_counter()
-    if config.method == "ransac":
+    if config.method == "joint":
+        pose, score, _ = joint_ransac(corr.scene, corr.pixels, corr.K, corr.camera, config.inlier_threshold_px,
+                                      config.inlier_threshold_m, config.joint_batch, config.joint_max_hypotheses,
+                                      config.ransac_confidence, rng, corr.confidence)
+        used = None
+    elif config.method == "ransac":
         if corr.solver == "pnp":
             pose, mask = pnp_ransac(corr.scene, corr.pixels, corr.K, config.inlier_threshold_px,
                                     config.ransac_iterations, config.ransac_confidence)
@@ -557,9 +555,12 @@ def estimate_pose(pixels: np.ndarray, scene_coords: np.ndarray, K: np.ndarray,
 
     # --- refinement (paper), then the re-fit on all inliers (DSAC*/ACE; always part of RANSAC)
     start = time.perf_counter()
-    if config.method != "ransac":
+    if config.method == "joint":   # its refinement is part of the method, like RANSAC's polish
+        pose, used = refine_joint(pose, corr.scene, corr.pixels, corr.K, corr.camera, config.inlier_threshold_px,
+                                  config.inlier_threshold_m, config.polish_iterations, config.depth_gate)
+    elif config.method != "ransac":
         pose, used = refine_pose(corr, pose, used, config, rng, cells)
-    if config.polish or config.method == "ransac":
+    if config.method != "joint" and (config.polish or config.method == "ransac"):
         pose, used = polish_pose(corr, pose, used, config)
     inliers = np.flatnonzero(residuals(corr, pose) < corr.threshold)
     timings["refinement"] = (time.perf_counter() - start) * 1e3

@@ -227,7 +227,8 @@ class Map:
             depth: optional ``(H, W)`` metres aligned with ``image``.
             intrinsics: ``(3, 3)`` K of the query image; default the mapping camera's.
             method: ``confidence`` (default when the map has a confidence network), ``random``, ``ransac``,
-                or ``dsac`` / ``softam``: DSAC's argmax / SoftAM selection (dsac.py) with the map's DSAC
+                ``joint`` (P3P and Kabsch hypotheses on one 2D + 3D score; depth used only where it
+                agrees with the image, see ``pose_ransac``), or ``dsac`` / ``softam``: DSAC's argmax / SoftAM selection (dsac.py) with the map's DSAC
                 stage, of which ``pose_config`` gives only ``hypotheses`` and ``min_inliers``.
             pose_config: a :class:`sceneloc.pose.PoseConfig` overriding the defaults.
             prediction: reuse this image's ``predict`` output (to compare pose settings cheaply; for
