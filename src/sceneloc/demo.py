@@ -25,9 +25,9 @@ import numpy as np
 from .errors import SceneLocError
 from .synth_render import SensorOptions
 
-DEMO_MINUTES = 7.0                         # stage-1 budget of `sceneloc demo`
-DEMO_CONFIDENCE_MINUTES = 1.0
-DEMO_CONFIDENCE_MODE = "both"              # also train the classifier, for the ROC comparison
+DEMO_MINUTES = 1.5                         # head-training budget of `sceneloc demo` (150 mapping frames)
+DEMO_CONFIDENCE_MINUTES = 0.25
+DEMO_CONFIDENCE_MODE = "regression"        # one PointNet: a second (the classifier) would cost another stage
 #: rendering of the demo scene: 3 training walks and 1 test walk of 50 frames (a few seconds each
 #: walk on 2 cores); frames are what the mapping pays for, so there are few of them
 DEMO_SYNTH = {"seed": 0, "frames": 50, "train_sequences": 3, "test_sequences": 1, "width": 640, "height": 480,
