@@ -65,7 +65,7 @@ RGB_ONLY = {"sceneloc+opencv": "2D-3D only (no rigid 3D-3D RANSAC in OpenCV)",
             "sceneloc+poselib": "2D-3D only (no rigid 3D-3D RANSAC in poselib)",
             "posenet": "RGB only (pose regression does not use depth)"}
 LABELS = {
-    "sceneloc": "sceneloc (confidence-guided)",
+    "sceneloc": "sceneloc (default estimator)",
     "sceneloc-ransac": "sceneloc map + its RANSAC",
     "sceneloc+opencv": "sceneloc map + OpenCV MAGSAC++",
     "sceneloc+poselib": "sceneloc map + poselib",
@@ -235,9 +235,11 @@ def job_sceneloc_localize(job: dict) -> dict:
     row's time is the network's (with the confidence PointNet) plus its estimator's."""
     from peers.ransac_backends import opencv_pnp, poselib_available, poselib_pnp
 
+    from sceneloc.pose import PoseConfig
     from sceneloc.scenemap import Map
     the_map = Map.load(job["map_dir"])
-    method = "confidence" if the_map.confidence_net is not None else "random"
+    default = PoseConfig().method  # the library's default estimator
+    method = default if default != "confidence" or the_map.confidence_net is not None else "random"
     has_poselib = poselib_available()
     rows = {"sceneloc": MODES, "sceneloc-ransac": MODES, "sceneloc+opencv": ("rgb",)}
     if has_poselib:
@@ -385,8 +387,8 @@ def run_sceneloc(label: str, data: str, work: Path, args, given_map: str | None)
                 records, note = None, "poselib not installed (pip install -e '.[bench]')"
             else:
                 records = loc["records"][method][mode]
-                if method == "sceneloc" and loc["estimator"] != "confidence":
-                    note = "map has no confidence network: estimator 'random'"
+                if method == "sceneloc":
+                    note = f"estimator '{loc['estimator']}' (the default)"
             rows.append(make_row(label, method, mode, mapping, loc, records, note))
     return rows
 
@@ -476,10 +478,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.data is None:
         args.data = ["synth"] if args.quick else [str(REDKITCHEN), "synth"]
     from sceneloc.training import MappingConfig  # the library's own defaults, so the rows follow them
+    defaults = MappingConfig().resolved()
     if args.minutes is None:
-        args.minutes = QUICK["minutes"] if args.quick else MappingConfig.minutes
+        args.minutes = QUICK["minutes"] if args.quick else defaults.minutes
     if args.confidence_minutes is None:
-        args.confidence_minutes = QUICK["confidence_minutes"] if args.quick else MappingConfig.confidence_minutes
+        args.confidence_minutes = QUICK["confidence_minutes"] if args.quick else defaults.confidence_minutes
     if args.synth_minutes is None:
         from sceneloc.demo import DEMO_CONFIDENCE_MINUTES, DEMO_MINUTES
         args.synth_minutes = [args.minutes, args.confidence_minutes] if args.quick else [DEMO_MINUTES, DEMO_CONFIDENCE_MINUTES]
@@ -627,7 +630,7 @@ def _acc_text(r: dict) -> str:
 
 def verdict(rows: list[dict]) -> list[str]:
     """Plain sentences, generated from the numbers: where sceneloc loses to a peer, and whether its
-    confidence-guided estimator beats the other estimators on its own correspondences."""
+    default estimator beats the other estimators on its own correspondences."""
     out = []
     usable = [r for r in rows if r["applicable"] and r["frames"]]
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
@@ -643,7 +646,7 @@ def verdict(rows: list[dict]) -> list[str]:
                 order = compare_accuracy(ref, p)
                 if p["method"] in BACKEND_ROWS:
                     if order < 0:
-                        out.append(f"* {where}: on sceneloc's own correspondences the confidence-guided estimator "
+                        out.append(f"* {where}: on sceneloc's own correspondences the default estimator "
                                    f"loses to {name}: {numbers}.")
                     continue
                 if order < 0:

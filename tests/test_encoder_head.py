@@ -176,3 +176,64 @@ def test_version_1_maps_still_load(tiny_map):
 def test_build_network_unknown_arch():
     with pytest.raises(ValueError, match="xfeat"):
         build_coordinate_network({"arch": "vit"})
+
+
+def _one_frame_buffer(T_cw: torch.Tensor, K: torch.Tensor, uv: torch.Tensor, target: torch.Tensor):
+    from sceneloc.buffer import PixelBuffer
+    n = len(uv)
+    return PixelBuffer(torch.zeros(n, 4, dtype=torch.float16), target, uv, torch.zeros(n, dtype=torch.int32),
+                       T_cw[None], K[None])
+
+
+def test_rgb_only_loss_hand_computed():
+    K = torch.tensor([[100.0, 0, 50], [0, 100.0, 40], [0, 0, 1]])
+    T_cw = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0]])   # camera at the origin
+    uv = torch.tensor([[60.0, 40.0], [50.0, 40.0]])
+    no_target = torch.full((2, 3), float("nan"))
+    buf = _one_frame_buffer(T_cw, K, uv, no_target)
+    idx = torch.arange(2)
+    # entry 0: in front, projects 10 px left of its pixel; entry 1: behind the camera (invalid)
+    pred = torch.tensor([[0.0, 0.0, 2.0], [0.0, 0.0, -1.0]])
+    loss = head_loss("euclidean", pred, no_target, buf, idx, fraction=1.0, reprojection_weight=0.005,
+                     min_px=1.0, max_px=50.0, prior_depth_m=3.0)
+    tau = 1.0  # at the end of training
+    valid_term = 0.005 * tau * np.tanh(10.0 / tau)
+    invalid_term = 4.0  # distance from (0, 0, -1) to the prior point (0, 0, 3) on pixel (50, 40)'s ray
+    assert loss.item() == pytest.approx((valid_term + invalid_term) / 2, rel=1e-5)
+    # with depth targets the Euclidean loss alone (plain 'euclidean')
+    target = torch.tensor([[0.1, 0.0, 2.0], [0.0, 0.0, 3.0]])
+    loss = head_loss("euclidean", pred, target, buf, idx, fraction=1.0)
+    assert loss.item() == pytest.approx((0.1 + 4.0) / 2, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_rgb_only_map_learns_consistent_geometry(overfit_scene, tmp_path):
+    """A dataset without depth maps: the head learns from the poses alone (reprojection)."""
+    import shutil
+    data = tmp_path / "rgb_only"
+    shutil.copytree(overfit_scene, data, ignore=shutil.ignore_patterns("*.depth.png"))
+    scene = load_scene(data)
+    assert all(f.depth_path is None for f in scene.frames("train"))
+    cfg = MappingConfig(arch="xfeat", head_width=64, head_blocks=1, input_height=128, buffer_mb=4, buffer_copies=2,
+                        iterations=400, pixel_batch=1024)
+    logs = []
+    map_scene(data, tmp_path / "map", cfg, device="cpu", log=logs.append)
+    assert any("RGB-only" in line for line in logs) and any("skipped" in line for line in logs)
+    the_map = Map.load(tmp_path / "map")
+    assert the_map.confidence_net is None
+    frame = scene.frames("train")[0]
+    pred = the_map.predict(frame.load_image())
+    K = torch.from_numpy(frame.K).float()
+    T_cw = torch.from_numpy(np.linalg.inv(frame.pose)[:3]).float()
+    n = pred.coords.reshape(-1, 3).shape[0]
+    px, front = reprojection_error(torch.from_numpy(pred.coords.reshape(-1, 3)).float(), T_cw.expand(n, 3, 4),
+                                   K.expand(n, 3, 3), torch.from_numpy(pred.pixels.reshape(-1, 2)).float())
+    assert front.float().mean() > 0.95 and px.median() < 3.0, (front.float().mean(), px.median())
+
+
+def test_fcn_still_needs_depth(overfit_scene, tmp_path):
+    import shutil
+    data = tmp_path / "rgb_only"
+    shutil.copytree(overfit_scene, data, ignore=shutil.ignore_patterns("*.depth.png"))
+    with pytest.raises(SceneLocError, match="missing depth"):
+        map_scene(data, tmp_path / "map", MappingConfig(arch="fcn", iterations=1), log=lambda *a: None)

@@ -179,7 +179,7 @@ def test_invalid_options_are_rejected():
         PoseConfig(pnp_method="dlt")
     s = make_scene(7, n=100)
     with pytest.raises(ValueError, match="confidence"):
-        estimate_pose(s.pixels, s.scene, K)                       # 'confidence' without confidences
+        estimate_pose(s.pixels, s.scene, K, config=PoseConfig(method="confidence"))  # without confidences
     with pytest.raises(ValueError, match="camera_points"):
         estimate_pose(s.pixels, s.scene, K, np.ones(100), config=PoseConfig(solver="kabsch"))
     with pytest.raises(ValueError, match="subset_size"):

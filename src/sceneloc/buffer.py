@@ -32,7 +32,7 @@ _ENTRY_OVERHEAD_BYTES = 24
 
 @dataclass
 class PixelBuffer:
-    """``features (N, C)`` fp16, ``targets (N, 3)`` metres, ``pixels (N, 2)`` source pixel (u, v)
+    """``features (N, C)`` fp16, ``targets (N, 3)`` metres (NaN: a frame without depth), ``pixels (N, 2)`` source pixel (u, v)
     in the original image, ``frames (N,)`` index into the mapping frames; ``T_cw (F, 3, 4)`` and
     ``K (F, 3, 3)`` of those frames (for reprojection losses)."""
     features: torch.Tensor
@@ -111,10 +111,10 @@ def _prefetched(frames: list[Frame]):
     """Decoded frames (images and depth), the next one decoded in a thread while the encoder runs
     (OpenCV releases the GIL while decoding)."""
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(frames[0].load, True)
+        pending = pool.submit(frames[0].load, False)
         for nxt in frames[1:]:
             fd = pending.result()
-            pending = pool.submit(nxt.load, True)
+            pending = pool.submit(nxt.load, False)
             yield fd
         yield pending.result()
 
@@ -123,11 +123,16 @@ def _prefetched(frames: list[Frame]):
 def fill_buffer(frames: list[Frame], net: EncoderHeadNet, input_height: int, entries: int, copies: int,
                 seed: int, aug_scale: float = 1.5, aug_rotation: float = 15.0, aug_brightness: float = 0.2,
                 aug_contrast: float = 0.2, device: str = "cpu") -> PixelBuffer:
-    """Features and exact targets of ~``entries`` random valid cells of ``copies`` views of every frame."""
+    """Features and exact targets of ~``entries`` random valid cells of ``copies`` views of every frame.
+
+    A frame without depth contributes every cell that looks inside the image, with a NaN target:
+    the head learns those from the reprojection error in that frame (RGB-only mapping)."""
     if not frames:
         raise SceneLocError("no mapping frames to fill the training buffer with")
     rng = np.random.default_rng(seed)
-    per_view = max(1, math.ceil(entries / (len(frames) * copies)))
+    h_in, w_in, _ = input_size(frames[0].load_image().shape[:2], input_height, net.multiple)
+    cells = (h_in // net.stride) * (w_in // net.stride)
+    per_view = min(cells, max(1, math.ceil(entries / (len(frames) * copies))))  # no more than a view has
     n_max = len(frames) * copies * per_view
     channels = net.encoder.channels
     features = torch.empty((n_max, channels), dtype=torch.float16)
@@ -144,7 +149,12 @@ def fill_buffer(frames: list[Frame], net: EncoderHeadNet, input_height: int, ent
         out_hw = feats.shape[1:3]
         for k, M in enumerate(maps):
             uv = cell_source_pixels(M, out_hw, net.stride)
-            X, valid = scene_coordinates_at(fd.depth, fd.pose, fd.K, uv)
+            if fd.depth is not None:
+                X, valid = scene_coordinates_at(fd.depth, fd.pose, fd.K, uv)
+            else:  # RGB only: no target, the head learns this cell from its reprojection (head_training)
+                H, W = fd.image.shape[:2]
+                valid = (uv[..., 0] > -0.5) & (uv[..., 0] < W - 0.5) & (uv[..., 1] > -0.5) & (uv[..., 1] < H - 0.5)
+                X = np.full(uv.shape[:-1] + (3,), np.nan, np.float32)
             cells = np.flatnonzero(valid)
             if len(cells) == 0:
                 continue
@@ -158,7 +168,7 @@ def fill_buffer(frames: list[Frame], net: EncoderHeadNet, input_height: int, ent
         T_cw.append(np.linalg.inv(fd.pose)[:3])
         Ks.append(fd.K)
     if n == 0:
-        raise SceneLocError(f"{frames[0].image_path.parent}: no valid depth in any mapping frame, nothing to train on")
+        raise SceneLocError(f"{frames[0].image_path.parent}: no valid cell in any mapping frame, nothing to train on")
     # Views, not copies: a copy of the features would double the peak memory for a moment.
     return PixelBuffer(features[:n], targets[:n], pixels[:n], frame_ids[:n],
                        torch.from_numpy(np.stack(T_cw)).float(), torch.from_numpy(np.stack(Ks)).float())

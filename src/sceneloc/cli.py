@@ -160,7 +160,7 @@ def _add_pose_arguments(s: argparse.ArgumentParser) -> None:
     from .dsac import DSAC_METHODS, SCORES
     from .pose import METHODS, PoseConfig
     d = PoseConfig()
-    g = s.add_argument_group("pose estimation (paper III-C; defaults are the paper's)")
+    g = s.add_argument_group("pose estimation (default ransac, measured best; --method confidence is the paper III-C estimator, whose defaults are the paper's)")
     g.add_argument("--method", choices=list(METHODS) + list(DSAC_METHODS), default=d.method,
                    help="dsac|softam: DSAC's argmax|SoftAM selection with the map's --stage dsac (they use "
                         "--hypotheses and --min-inliers; the other options are the stage's)")

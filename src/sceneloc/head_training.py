@@ -23,6 +23,10 @@ from .networks import EncoderHeadNet, SceneNormalisation
 
 LOSSES = ("euclidean", "euclidean+reprojection")
 EUCLIDEAN_CLAMP_M = 5.0   # beyond this error a target is likely an outlier (depth edge, misregistration)
+#: Metres one pixel of (robust) reprojection error weighs against the Euclidean error: at 2 m
+#: depth and f = 585 px, 1 px is 3.4 mm of lateral error.
+REPROJECTION_WEIGHT_M_PER_PX = 0.005
+PRIOR_DEPTH_M = 3.0       # ACE pulls invalid predictions to a point on the ray (10 m there; indoor scenes here)
 
 
 def reprojection_error(X_w: torch.Tensor, T_cw: torch.Tensor, K: torch.Tensor, uv: torch.Tensor,
@@ -38,25 +42,50 @@ def reprojection_error(X_w: torch.Tensor, T_cw: torch.Tensor, K: torch.Tensor, u
     return torch.linalg.vector_norm(proj - uv, dim=1), front
 
 
-def head_loss(kind: str, pred: torch.Tensor, target: torch.Tensor, buffer: PixelBuffer, idx: torch.Tensor,
-              fraction: float, reprojection_weight: float = 0.02, max_px: float = 50.0, min_px: float = 1.0) -> torch.Tensor:
-    """Mean loss over a batch: ``pred``/``target`` ``(B, 3)`` metres; ``idx`` the batch's buffer entries."""
-    err = torch.linalg.vector_norm(pred - target, dim=1)
+def head_loss(kind: str, pred: torch.Tensor, target: torch.Tensor, buffer: PixelBuffer | None,
+              idx: torch.Tensor | None, fraction: float, reprojection_weight: float = REPROJECTION_WEIGHT_M_PER_PX,
+              max_px: float = 50.0, min_px: float = 1.0, prior_depth_m: float = PRIOR_DEPTH_M) -> torch.Tensor:
+    """Mean loss over a batch: ``pred``/``target`` ``(B, 3)`` metres; ``idx`` the batch's buffer entries.
+
+    Entries with a target (depth) get the Euclidean distance; with ``euclidean+reprojection`` also
+    the reprojection term. Entries without one (NaN target: RGB-only frames) always get ACE's
+    reprojection loss: ``tau * tanh(px / tau)`` in pixels, the threshold ``tau`` shrinking from
+    ``max_px`` to ``min_px`` over training, where the prediction is *valid* (in front of the camera,
+    closer than 1 km, within 1000 px); an invalid one is pulled in metres towards the point on its
+    pixel's ray at ``prior_depth_m`` (ACE's constraint), so that it becomes valid.
+    """
+    if kind not in LOSSES:
+        raise SceneLocError(f"unknown head loss {kind!r} (choose {', '.join(LOSSES)})")
+    has_target = torch.isfinite(target[:, 0])
+    err = torch.linalg.vector_norm(pred - torch.nan_to_num(target), dim=1)
     # Beyond the clamp the loss grows as a square root: outliers weigh less, yet a prediction that
     # ran far away still gets pulled back (a hard clamp leaves it with no gradient at all).
-    loss = torch.where(err < EUCLIDEAN_CLAMP_M, err, (EUCLIDEAN_CLAMP_M * err.clamp(min=EUCLIDEAN_CLAMP_M)).sqrt())
-    if kind == "euclidean":
+    euclid = torch.where(err < EUCLIDEAN_CLAMP_M, err, (EUCLIDEAN_CLAMP_M * err.clamp(min=EUCLIDEAN_CLAMP_M)).sqrt())
+    loss = torch.where(has_target, euclid, torch.zeros_like(euclid))
+    reproject = ~has_target if kind == "euclidean" else torch.ones_like(has_target)
+    if not reproject.any():
         return loss.mean()
-    if kind != "euclidean+reprojection":
-        raise SceneLocError(f"unknown head loss {kind!r} (choose {', '.join(LOSSES)})")
     f = buffer.frames[idx].long()
-    px, front = reprojection_error(pred, buffer.T_cw[f].to(pred.device), buffer.K[f].to(pred.device),
-                                   buffer.pixels[idx].to(pred.device))
-    # ACE: the robust threshold shrinks from max_px to min_px over training (sqrt schedule).
-    tau = max_px * (1 - fraction) ** 0.5 + min_px
+    T_cw, K, uv = buffer.T_cw[f].to(pred.device), buffer.K[f].to(pred.device), buffer.pixels[idx].to(pred.device)
+    px, front = reprojection_error(pred, T_cw, K, uv)
+    tau = max_px * (1 - min(fraction, 1.0)) ** 0.5 + min_px   # ACE's sqrt schedule
+    valid = front & (px < 1000.0) & (_camera_depth(pred, T_cw) < 1000.0)
     robust = tau * torch.tanh(px / tau)
-    reproj = torch.where(front, robust, torch.zeros_like(robust))
-    return (loss + reprojection_weight * reproj).mean()
+    # the point at prior_depth_m on the pixel's ray, in world coordinates
+    ray = torch.einsum("nij,nj->ni", torch.linalg.inv(K), torch.cat([uv, torch.ones_like(uv[:, :1])], dim=1))
+    X_c = ray * prior_depth_m
+    R_cw, t_cw = T_cw[:, :, :3], T_cw[:, :, 3]
+    X_prior = torch.einsum("nji,nj->ni", R_cw, X_c - t_cw)
+    pull = torch.linalg.vector_norm(pred - X_prior, dim=1)
+    reproj = torch.where(valid, robust * reprojection_weight, pull)
+    # with a depth target the reprojection term only sharpens: an invalid prediction is left to the Euclidean term
+    reproj = torch.where(has_target, torch.where(valid, reproj, torch.zeros_like(reproj)), reproj)
+    return (loss + torch.where(reproject, reproj, torch.zeros_like(reproj))).mean()
+
+
+def _camera_depth(X_w: torch.Tensor, T_cw: torch.Tensor) -> torch.Tensor:
+    """Camera-frame depth ``(N,)`` of world points ``X_w (N, 3)`` in cameras ``T_cw (N, 3, 4)``."""
+    return (torch.einsum("nj,nj->n", T_cw[:, 2, :3], X_w) + T_cw[:, 2, 3])
 
 
 def train_head(net: EncoderHeadNet, norm: SceneNormalisation, buffer: PixelBuffer, minutes: float | None,

@@ -93,7 +93,9 @@ class PoseConfig:
             cost): depth is trusted only where it is consistent with the image
             (``pose_ransac.refine_joint``); 0 never uses depth in the refinement.
     """
-    method: str = "confidence"
+    # RANSAC, not the paper's confidence-guided estimator: measured best on redkitchen in RGB and
+    # RGB-D on two splits (BENCHMARKS.md, estimators); --method confidence is the paper's.
+    method: str = "ransac"
     solver: str = "auto"
     hypotheses: int = 256
     n_k: int = 500

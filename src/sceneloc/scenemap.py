@@ -29,6 +29,8 @@ from .networks import (ConfidencePointNet, SceneNormalisation, build_coordinate_
 #: encoder's name and weights hash). Version-1 maps (fcn, unet) are read unchanged.
 MAP_FORMAT_VERSION = 2
 READABLE_FORMAT_VERSIONS = (1, 2)
+#: Pose estimators that use the confidence network's output.
+CONFIDENCE_METHODS = ("confidence", "joint")
 #: Correspondences handed to pose estimation per image: the ~4800 of a stride-8 net at 480x640.
 DEFAULT_POSE_POINTS = 4800
 
@@ -173,7 +175,7 @@ class Map:
 
     @torch.no_grad()
     def predict(self, image: np.ndarray, max_points: int = DEFAULT_POSE_POINTS,
-                net: torch.nn.Module | None = None) -> Prediction:
+                net: torch.nn.Module | None = None, confidence: bool = True) -> Prediction:
         """Scene coordinates (and confidences) for an ``(H, W, 3)`` uint8 RGB image of any size.
 
         A dense output grid (the U-Net predicts every input pixel) is thinned to a regular sub-grid
@@ -192,7 +194,7 @@ class Map:
         step = grid_step(y.shape[:2], max_points)
         y, pixels = y[::step, ::step], pixels[::step, ::step]
         conf = None
-        if self.confidence_net is not None and net is self.coord_net:
+        if confidence and self.confidence_net is not None and net is self.coord_net:
             conf = self._confidences(pixels.float().to(self.device), y, image.shape[:2])
         if self.device != "cpu":
             torch.cuda.synchronize()
@@ -226,10 +228,12 @@ class Map:
             image: ``(H, W, 3)`` uint8 RGB; any size if ``intrinsics`` are given.
             depth: optional ``(H, W)`` metres aligned with ``image``.
             intrinsics: ``(3, 3)`` K of the query image; default the mapping camera's.
-            method: ``confidence`` (default when the map has a confidence network), ``random``, ``ransac``,
-                ``joint`` (P3P and Kabsch hypotheses on one 2D + 3D score; depth used only where it
-                agrees with the image, see ``pose_ransac``), or ``dsac`` / ``softam``: DSAC's argmax / SoftAM selection (dsac.py) with the map's DSAC
-                stage, of which ``pose_config`` gives only ``hypotheses`` and ``min_inliers``.
+            method: ``ransac`` (default: OpenCV MAGSAC++ PnP, or Kabsch-RANSAC with depth),
+                ``confidence`` (the paper's; needs the confidence network), ``random``, ``joint``
+                (P3P and Kabsch hypotheses on one 2D + 3D score; depth used only where it agrees
+                with the image, see ``pose_ransac``), or ``dsac`` / ``softam``: DSAC's argmax /
+                SoftAM selection (dsac.py) with the map's DSAC stage, of which ``pose_config``
+                gives only ``hypotheses`` and ``min_inliers``.
             pose_config: a :class:`sceneloc.pose.PoseConfig` overriding the defaults.
             prediction: reuse this image's ``predict`` output (to compare pose settings cheaply; for
                 dsac/softam it must come from the DSAC stage's network).
@@ -243,13 +247,16 @@ class Map:
             raise SceneLocError(f"depth map is {depth.shape[1]}x{depth.shape[0]} but the image is "
                                 f"{image.shape[1]}x{image.shape[0]}")
         stage = resolve_stage(self, dsac_score) if method in DSAC_METHODS else None
+        if pose_config is None:
+            pose_config = PoseConfig()
+        # only the confidence-guided and joint estimators read confidences: skip the PointNet otherwise
+        uses_confidence = (method or pose_config.method) in CONFIDENCE_METHODS
         pred = prediction if prediction is not None else self.predict(image, max_points,
-                                                                      None if stage is None else stage.coord_net)
+                                                                      None if stage is None else stage.coord_net,
+                                                                      confidence=uses_confidence)
         pixels, coords = pred.pixels.reshape(-1, 2), pred.coords.reshape(-1, 3)
         conf = None if pred.confidence is None else pred.confidence.reshape(-1)
         cam = None if depth is None else camera_points(depth, pixels, K)
-        if pose_config is None:
-            pose_config = PoseConfig()
         if stage is not None:
             res = estimate_pose_dsac(pixels, coords, K, pred.coords.shape[:2], cam, stage.config, stage.score_net,
                                      DSAC_METHODS[method], pose_config.hypotheses, pose_config.min_inliers, rng)

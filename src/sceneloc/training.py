@@ -40,8 +40,8 @@ from .networks import (ConfidencePointNet, SceneNormalisation, build_coordinate_
 ARCH_DEFAULTS = {
     # Frozen XFeat encoder + per-pixel head trained from a buffer (ACE's design): full-resolution
     # input (the encoder was trained on it), AdamW at ACE's order of learning rate, a few minutes.
-    "xfeat": {"input_height": 480, "lr": 5e-3, "optimizer": "adamw", "minutes": 2.5, "aug_scale": 1.5,
-              "confidence_minutes": 0.5},
+    "xfeat": {"input_height": 480, "lr": 5e-3, "optimizer": "adamw", "minutes": 2.25, "aug_scale": 1.5,
+              "confidence_minutes": 0.25},
     # DSAC*/ACE-style stride-8 FCN: on redkitchen it learns several times faster per CPU-minute
     # than the paper's U-Net (BENCHMARKS.md); 240x320 input is 4x faster than 480x640.
     "fcn": {"input_height": 240, "lr": 5e-4, "optimizer": "rmsprop", "minutes": 16.0, "aug_scale": 1.25,
@@ -149,11 +149,14 @@ class FrameCache:
         masks = np.empty((n, *out_hw), bool)
         depths = np.empty((n, *out_hw), np.float32)
         for i, frame in enumerate(progress_bar(frames, desc=desc, unit="frame", leave=False)):
-            fd = frame.load(need_depth=True)
+            fd = frame.load(need_depth=False)
             if fd.image.shape[:2] != image_hw:
                 raise SceneLocError(f"{frame.image_path}: image is {fd.image.shape[1]}x{fd.image.shape[0]}, "
                                     f"other frames are {image_hw[1]}x{image_hw[0]}")
             images[i] = cv2.resize(fd.image, (w_in, h_in), interpolation=cv2.INTER_AREA)
+            if fd.depth is None:  # a frame without depth has no ground truth: every cell masked out
+                coords[i], masks[i], depths[i] = 0.0, False, 0.0
+                continue
             coords[i], masks[i] = scene_coordinates_at(fd.depth, fd.pose, fd.K, uv)
             depths[i] = sample_nearest(fd.depth, uv)
         return cls([f.name for f in frames], images, coords, masks, depths, stride)
@@ -488,8 +491,16 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
     scene = load_scene(dataset, intrinsics)
     train_frames = scene.frames("train")
     missing = [f for f in train_frames if f.depth_path is None]
+    if missing and cfg.arch != "xfeat":
+        raise SceneLocError(f"{missing[0].image_path}: missing depth (--arch {cfg.arch} needs depth for every "
+                            f"training frame; the default xfeat map learns from poses alone)")
     if missing:
-        raise SceneLocError(f"{missing[0].image_path}: missing depth (mapping needs depth for every training frame)")
+        log(f"{len(missing)} of {len(train_frames)} training frames have no depth: they are learned from the "
+            f"reprojection error alone (RGB-only mapping)")
+        if len(missing) == len(train_frames) and cfg.confidence:
+            # stage 2 learns the head's errors against depth ground truth: there is none
+            log("no training frame has depth: the confidence network (stage 2) is skipped")
+            cfg = replace(cfg, confidence=False)
     stats = scene.statistics()
     tukey_c = cfg.tukey_c if cfg.tukey_c else stats.tukey_c
     net_cfg = cfg.network_config()
@@ -544,7 +555,9 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
               "confidence_training": conf_info}
     if buffer_report is not None:
         report["buffer"] = buffer_report
-    if cache is not None:
+    if buffer_report is not None:  # the head's fit on a sample of its buffer: no second pass over the images
+        report["train"] = {k: buffer_report[k] for k in ("median_error_m", "within_10cm")}
+    elif cache is not None:
         report["train"] = coordinate_accuracy(predict_cache(model, norm, cache, device), cache)
     del cache
     if evaluate_test and "test" in scene.splits and scene.splits["test"] and all(f.depth_path for f in scene.splits["test"]):
