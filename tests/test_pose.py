@@ -68,7 +68,8 @@ def errors(result, T_wc) -> tuple[float, float]:
 @pytest.mark.parametrize("rgbd", [False, True], ids=["epnp", "kabsch"])
 def test_exact_recovery_from_clean_correspondences(rgbd):
     s = make_scene(0, n=500)
-    result = estimate_pose(s.pixels, s.scene, K, np.ones(500), s.camera if rgbd else None, rng=0)
+    result = estimate_pose(s.pixels, s.scene, K, np.ones(500), s.camera if rgbd else None,
+                           PoseConfig(method="confidence"), rng=0)
     rot, trans = errors(result, s.T_wc)
     assert rot < 1e-6 and trans < 1e-6
     assert result.n_inliers == 500
@@ -76,8 +77,8 @@ def test_exact_recovery_from_clean_correspondences(rgbd):
 
 
 ROBUST_CASES = {
-    "confidence-pnp": (PoseConfig(), True, False),
-    "confidence-kabsch": (PoseConfig(), True, True),
+    "confidence-pnp": (PoseConfig(method="confidence"), True, False),
+    "confidence-kabsch": (PoseConfig(method="confidence"), True, True),
     # 30 % inliers: a 4-point set is clean with p = 0.3^4; 1024 hypotheses find one with p > 0.9998
     "random-minimal-pnp": (PoseConfig(method="random", subset_size=4, hypotheses=1024), False, False),
     "random-minimal-kabsch": (PoseConfig(method="random", subset_size=3), False, True),
@@ -105,7 +106,7 @@ def test_pure_paper_pipeline_recovers_pose_when_confidences_rank_inliers_first(r
     # No polish: the pose is solved on the accumulated most-confident points only (paper III-C).
     s = make_scene(2, outlier_ratio=0.7)
     confidence = noisy_confidences(s.outlier, 2, separated=True)
-    config = PoseConfig(polish=False)
+    config = PoseConfig(method="confidence", polish=False)
     result = estimate_pose(s.pixels, s.scene, K, confidence, s.camera if rgbd else None, config, rng=0)
     rot, trans = errors(result, s.T_wc)
     assert rot < 0.5 and trans < 0.01, (rot, trans)
@@ -250,6 +251,6 @@ def test_spread_confidence_estimator_survives_70_percent_outliers(rgbd):
     s = make_scene(1, outlier_ratio=0.7, noise_px=0.5, noise_m=0.002)
     confidence = noisy_confidences(s.outlier, 1, separated=False)
     result = estimate_pose(s.pixels, s.scene, K, confidence, s.camera if rgbd else None,
-                           PoseConfig(spread_cells=4), rng=3)
+                           PoseConfig(method="confidence", spread_cells=4), rng=3)
     rot, trans = errors(result, s.T_wc)
     assert rot < 0.5 and trans < 0.01, (rot, trans)

@@ -169,16 +169,22 @@ def confidence_scores(the_map, pixels: np.ndarray, coords: np.ndarray, image_hw:
     ``mode (role)``; the first entry is the one pose estimation uses (``primary``, already computed).
     The inlier classifier (paper Fig. 3) is run here: it never takes part in localization."""
     import torch
-    out = {}
-    if primary is not None and the_map.confidence_net is not None:
-        out[_net_label(the_map.confidence_net, "confidence network")] = np.asarray(primary, dtype=np.float32)
-    if the_map.classifier is not None:
+
+    def run(net) -> np.ndarray:
         with torch.no_grad():
             # (1, N) grid: _confidences groups points into N_k sets whatever the grid's shape.
             c = the_map._confidences(torch.as_tensor(pixels, dtype=torch.float32, device=the_map.device)[None],
                                      torch.as_tensor(coords, dtype=torch.float32, device=the_map.device)[None],
-                                     image_hw, net=the_map.classifier)
-        out[_net_label(the_map.classifier, "inlier classifier")] = c.reshape(-1).cpu().numpy()
+                                     image_hw, net=net)
+        return c.reshape(-1).cpu().numpy()
+
+    out = {}
+    if the_map.confidence_net is not None:
+        # estimators that ignore confidences (ransac) leave ``primary`` None: the report still scores the net
+        scores = run(the_map.confidence_net) if primary is None else np.asarray(primary, dtype=np.float32)
+        out[_net_label(the_map.confidence_net, "confidence network")] = scores
+    if the_map.classifier is not None:
+        out[_net_label(the_map.classifier, "inlier classifier")] = run(the_map.classifier)
     return out
 
 

@@ -235,6 +235,7 @@ def train_coordinates(model: torch.nn.Module, norm: SceneNormalisation, cache: F
                       tukey_c: float, checkpoint: Path | None = None, resume: bool = False,
                       device: str = "cpu") -> TrainState:
     """Stage 1: fit ``model`` to the cached frames until the time budget or iteration count is reached."""
+    cfg = cfg.resolved()
     model.to(device).train()
     model.to(memory_format=torch.channels_last)
     opt = _make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
@@ -356,6 +357,7 @@ def train_confidence(net: ConfidencePointNet, model: torch.nn.Module, norm: Scen
     errors it learns to recognise look more like those on unseen views than the near-perfect fit
     on the original training images would (the paper trains on plain training predictions).
     """
+    cfg = cfg.resolved()
     rng = np.random.default_rng(cfg.seed + 1)
     uv_grid = output_pixel_centres(cache.masks.shape[1:], cache.stride, image_hw, cache.images.shape[1:3]).float()
     opt = _make_optimizer(cfg.optimizer, net.parameters(), cfg.lr)
