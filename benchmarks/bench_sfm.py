@@ -86,6 +86,7 @@ def main() -> int:
     ap.add_argument("--max-features", type=int, default=2048)
     ap.add_argument("--map", action="store_true", help="also map the SfM dataset and evaluate its test split")
     ap.add_argument("--minutes", type=float, default=0.5, help="mapping budget with --map")
+    ap.add_argument("--reuse", action="store_true", help="keep an existing OUT/dataset (same --train/--test) instead of rerunning SfM")
     args = ap.parse_args()
     scene = load_scene(args.data)
     frames = pick(scene.frames("train"), args.train) + (pick(scene.frames("test"), args.test) if args.test else [])
@@ -100,9 +101,12 @@ def main() -> int:
         test_names = [n for n, f in by_name.items() if f in scene.splits["test"]]
         (Path(tmp) / "test.txt").write_text("\n".join(test_names) + "\n")
         dataset = out / "dataset"
-        result["sfm_s"] = run([*cli, "sfm", str(images), str(dataset), "--depth-dir", str(depths),
-                               "--max-features", str(args.max_features), "--force"]
-                              + (["--test-list", str(Path(tmp) / "test.txt")] if test_names else []))
+        if args.reuse and (dataset / "import_info.json").is_file():
+            print(f"reusing the SfM dataset {dataset}", flush=True)
+        else:
+            result["sfm_s"] = run([*cli, "sfm", str(images), str(dataset), "--depth-dir", str(depths),
+                                   "--max-features", str(args.max_features), "--force"]
+                                  + (["--test-list", str(Path(tmp) / "test.txt")] if test_names else []))
         info = json.loads((dataset / "import_info.json").read_text())
     result["registered"] = info["registered"]
     result["given"] = len(frames)

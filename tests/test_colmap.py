@@ -86,9 +86,11 @@ def expected_K(cid: int) -> np.ndarray:
     return np.array([[fx, 0, cx - 0.5], [0, fy, cy - 0.5], [0, 0, 1]])   # COLMAP's pixel centres are at +0.5
 
 
-@pytest.mark.parametrize("fmt", ["bin", "txt"])
+@pytest.mark.parametrize("fmt", ["bin", "txt", "txt-legacy"])
 def test_import_round_trip_poses_and_per_camera_intrinsics(tmp_path, fmt, capsys):
-    model_dir, image_dir, poses, cams = known_model(tmp_path, fmt=fmt)
+    model_dir, image_dir, poses, cams = known_model(tmp_path, fmt=fmt[:3])
+    if fmt == "txt-legacy":           # COLMAP < 3.12 wrote no rigs.txt / frames.txt
+        (model_dir / "rigs.txt").unlink(), (model_dir / "frames.txt").unlink()
     out = tmp_path / "ds"
     assert main(["import", "colmap", str(model_dir), str(image_dir), str(out), "--test-every", "3"]) == 0
     assert "6 of 6 images registered" in capsys.readouterr().out
@@ -320,3 +322,34 @@ def test_sfm_on_real_frames_matches_ground_truth(redkitchen, tmp_path):
     err = np.linalg.norm(est @ (s * R).T + t - ref, axis=1)
     assert np.median(err) <= 0.05, err
     assert 0.85 < s < 1.15          # the depth-derived scale is metric to ~15 % (Kinect depth is not registered to RGB)
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+
+def test_split_rules_and_depth_names(tmp_path):
+    from sceneloc.colmap_import import find_depth, split_names
+    from sceneloc.errors import SceneLocError
+    names = [f"a/{i}.png" for i in range(6)]
+    assert [n for n, s in split_names(names, test_every=3).items() if s == "test"] == ["a/2.png", "a/5.png"]
+    assert set(split_names(names).values()) == {"train"}
+    assert split_names(names, test_match="a/[01].png")["a/1.png"] == "test"
+    with pytest.raises(SceneLocError, match="one split rule"):
+        split_names(names, test_every=2, test_match="*")
+    with pytest.raises(SceneLocError, match="every image in test"):
+        split_names(names, test_match="*")
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "frame-1.depth.png").write_bytes(b"")
+    (tmp_path / "x" / "b.png").write_bytes(b"")
+    assert find_depth(tmp_path, "x/frame-1.color.jpg") == tmp_path / "x" / "frame-1.depth.png"
+    assert find_depth(tmp_path, "x/b.jpg") == tmp_path / "x" / "b.png"
+    assert find_depth(tmp_path, "x/c.jpg") is None
+
+
+def test_direction_coverage_grows_when_the_capture_looks_around():
+    from sceneloc.capture import direction_coverage
+    rng = np.random.default_rng(0)
+    sweep = np.stack([make_pose(np.eye(3), np.array([0.1 * i, 0, 0])) for i in range(30)])
+    around = np.stack([make_pose(random_rotation(rng), np.zeros(3)) for _ in range(200)])
+    assert direction_coverage(sweep) == pytest.approx(1 / 26)
+    assert direction_coverage(around) > 0.9

@@ -16,8 +16,11 @@ Also the similarity alignment (Umeyama) used to compare a reconstruction with gr
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +83,38 @@ def _camera_options(pycolmap, intrinsics: np.ndarray | None):
     return reader
 
 
+@contextmanager
+def _db_progress(db: Path, table: str, total: int, desc: str, unit: str, enabled: bool):
+    """A progress bar for a pycolmap step that offers no callback: a thread counts the rows the
+    step has written to ``table`` of its database (read-only, every 2 s) until the step returns."""
+    if not enabled:
+        yield
+        return
+    from .progress import progress
+    bar = progress(total=total, desc=desc, unit=unit)
+    stop = threading.Event()
+
+    def poll() -> None:
+        done = 0
+        while not stop.wait(2.0):
+            try:
+                with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.5) as con:
+                    n = con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+            except sqlite3.Error:        # not created yet, or locked by the writer: try again later
+                continue
+            if n > done:
+                bar.update(min(n, total) - done)
+                done = min(n, total)
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        bar.close()
+
+
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -105,9 +140,10 @@ def reconstruct(image_dir: Path, work: Path, names: list[str], intrinsics: np.nd
     ext = pycolmap.FeatureExtractionOptions()
     ext.sift.max_num_features = max_features
     ext.num_threads = threads
-    pycolmap.extract_features(db, image_dir, image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,
-                              reader_options=_camera_options(pycolmap, intrinsics), extraction_options=ext,
-                              device=pycolmap.Device.cpu)
+    with _db_progress(db, "keypoints", len(names), "features", "image", progress):
+        pycolmap.extract_features(db, image_dir, image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,
+                                  reader_options=_camera_options(pycolmap, intrinsics), extraction_options=ext,
+                                  device=pycolmap.Device.cpu)
     times["features_s"] = time.perf_counter() - t
     t = time.perf_counter()
     match = pycolmap.FeatureMatchingOptions()
@@ -116,10 +152,14 @@ def reconstruct(image_dir: Path, work: Path, names: list[str], intrinsics: np.nd
         pairs = pycolmap.SequentialPairingOptions()
         pairs.overlap = overlap
         say(f"[sfm 2/3] matching each image with its {overlap} successors in name order (sequential)")
-        pycolmap.match_sequential(db, matching_options=match, pairing_options=pairs, device=pycolmap.Device.cpu)
+        n_pairs = sum(min(overlap, len(names) - 1 - i) for i in range(len(names)))
+        with _db_progress(db, "matches", n_pairs, "matching", "pair", progress):
+            pycolmap.match_sequential(db, matching_options=match, pairing_options=pairs, device=pycolmap.Device.cpu)
     else:
-        say(f"[sfm 2/3] matching all {len(names) * (len(names) - 1) // 2} image pairs (exhaustive)")
-        pycolmap.match_exhaustive(db, matching_options=match, device=pycolmap.Device.cpu)
+        n_pairs = len(names) * (len(names) - 1) // 2
+        say(f"[sfm 2/3] matching all {n_pairs} image pairs (exhaustive)")
+        with _db_progress(db, "matches", n_pairs, "matching", "pair", progress):
+            pycolmap.match_exhaustive(db, matching_options=match, device=pycolmap.Device.cpu)
     times["matching_s"] = time.perf_counter() - t
     t = time.perf_counter()
     opts = pycolmap.IncrementalPipelineOptions()
