@@ -221,8 +221,10 @@ def test_depth_scale_recovers_metres_from_a_scaled_model(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_per_camera_intrinsics_survive_through_localization(tiny_map, overfit_scene, tmp_path):
-    """Frame 1 of the tiny scene cropped by 8 px left and top is a second camera (cx, cy - 8):
-    imported with its own K it localizes as well as the original; with the first camera's K it does not."""
+    """Frame 1 of the tiny scene without its 10 left columns is a second camera (cx - 10): imported
+    with its own K it localizes as well as the original; with the first camera's K it does not.
+    (Rows are kept so the network sees the image at the scale it was mapped at, and 10 px are
+    8 px of the 0.8-scaled input, a whole output cell: the over-fitted map then still recognises it.)"""
     from sceneloc.scenemap import Map, localize_frames
     frames = load_scene(overfit_scene).frames("train")
     image_dir = tmp_path / "images"
@@ -231,9 +233,9 @@ def test_per_camera_intrinsics_survive_through_localization(tiny_map, overfit_sc
     for i, fr in enumerate(frames):
         img = cv2.imread(str(fr.image_path))
         if i == 1:
-            img = img[8:, 8:]
+            img = img[:, 10:]
         K = fr.K.copy()
-        K[:2, 2] -= 8 * i
+        K[0, 2] -= 10 * i
         rec.add_camera_with_trivial_rig(pycolmap.Camera(camera_id=i + 1, model="PINHOLE", width=img.shape[1],
                                                         height=img.shape[0],
                                                         params=[K[0, 0], K[1, 1], K[0, 2] + 0.5, K[1, 2] + 0.5]))
@@ -301,9 +303,10 @@ def test_sfm_of_unrelated_images_registers_nothing_clearly(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_sfm_on_real_frames_matches_ground_truth(redkitchen, tmp_path):
-    """12 consecutive-ish redkitchen frames (every 4th of seq-01): >= 90 % registered and, after a
-    similarity to the ground truth, median camera-centre error <= 5 cm; depth gives a metric scale."""
-    frames = load_scene(redkitchen).frames("train")[:48:4]
+    """12 redkitchen frames (every 20th of seq-01, enough parallax for COLMAP's initial pair): >= 90 %
+    registered and, after a similarity to the ground truth, median camera-centre error <= 5 cm;
+    depth gives a metric scale."""
+    frames = load_scene(redkitchen).frames("train")[:240:20]
     images, depths = tmp_path / "images", tmp_path / "depth"
     images.mkdir(), depths.mkdir()
     for fr in frames:

@@ -129,7 +129,7 @@ def reconstruct(image_dir: Path, work: Path, names: list[str], intrinsics: np.nd
         raise SceneLocError(f"--matcher {matcher}: one of {', '.join(MATCHERS)}")
     if matcher == "auto":
         matcher = "exhaustive" if len(names) <= AUTO_EXHAUSTIVE_MAX else "sequential"
-    pycolmap.logging.minloglevel = 2          # COLMAP's INFO/WARNING lines would drown the progress display
+    pycolmap.logging.minloglevel = 3          # COLMAP's INFO..ERROR lines would drown the progress display and our one-line errors
     pycolmap.set_random_seed(seed)
     say = _say if progress else (lambda m: None)
     db = work / "database.db"
