@@ -356,3 +356,17 @@ def test_direction_coverage_grows_when_the_capture_looks_around():
     around = np.stack([make_pose(random_rotation(rng), np.zeros(3)) for _ in range(200)])
     assert direction_coverage(sweep) == pytest.approx(1 / 26)
     assert direction_coverage(around) > 0.9
+
+
+def test_db_progress_reports_the_rows_a_step_wrote(tmp_path, capsys):
+    """pycolmap's extraction and matching have no callback: the bar counts database rows."""
+    import sqlite3
+    from sceneloc.sfm import _db_progress
+    db = tmp_path / "database.db"
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE keypoints (image_id INTEGER)")
+    with _db_progress(db, "keypoints", 4, "features", "image", True):
+        with sqlite3.connect(db) as con:
+            con.executemany("INSERT INTO keypoints VALUES (?)", [(i,) for i in range(4)])
+    err = capsys.readouterr().err
+    assert "features: start (4 image)" in err and "done, 4 image" in err, err

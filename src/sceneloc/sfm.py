@@ -94,17 +94,21 @@ def _db_progress(db: Path, table: str, total: int, desc: str, unit: str, enabled
     bar = progress(total=total, desc=desc, unit=unit)
     stop = threading.Event()
 
+    done = [0]
+
+    def poll_once() -> None:
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.5) as con:
+                n = min(con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0], total)
+        except sqlite3.Error:            # not created yet, or locked by the writer: try again later
+            return
+        if n > done[0]:
+            bar.update(n - done[0])
+            done[0] = n
+
     def poll() -> None:
-        done = 0
         while not stop.wait(2.0):
-            try:
-                with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.5) as con:
-                    n = con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-            except sqlite3.Error:        # not created yet, or locked by the writer: try again later
-                continue
-            if n > done:
-                bar.update(min(n, total) - done)
-                done = min(n, total)
+            poll_once()
     thread = threading.Thread(target=poll, daemon=True)
     thread.start()
     try:
@@ -112,6 +116,7 @@ def _db_progress(db: Path, table: str, total: int, desc: str, unit: str, enabled
     finally:
         stop.set()
         thread.join()
+        poll_once()                      # the step has returned: its last rows are in
         bar.close()
 
 
