@@ -293,6 +293,11 @@ def test_sfm_input_errors(tmp_path, capsys):
     (tmp_path / "two" / "c.png").write_bytes(b"not an image")
     assert main(["sfm", str(tmp_path / "two"), str(tmp_path / "o")]) == 2
     assert "c.png" in one_line_error(capsys)
+    write_images(tmp_path / "two", [("c.png", 32, 32)])
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "mine.txt").write_text("keep")
+    assert main(["sfm", str(tmp_path / "two"), str(tmp_path / "o")]) == 2     # checked before any work
+    assert "--force" in one_line_error(capsys) and (tmp_path / "o" / "mine.txt").read_text() == "keep"
 
 
 def test_sfm_of_unrelated_images_registers_nothing_clearly(tmp_path, capsys):
@@ -370,3 +375,26 @@ def test_db_progress_reports_the_rows_a_step_wrote(tmp_path, capsys):
             con.executemany("INSERT INTO keypoints VALUES (?)", [(i,) for i in range(4)])
     err = capsys.readouterr().err
     assert "features: start (4 image)" in err and "done, 4 image" in err, err
+
+
+def test_partial_depth_is_attached_where_it_exists_and_checked(tmp_path, capsys):
+    model_dir, image_dir, _, cams = known_model(tmp_path)
+    for name in ("seq0/img000.png", "seq1/img001.png"):
+        p = tmp_path / "depth" / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        w, h = CAMERAS[cams[name]][1:3]
+        cv2.imwrite(str(p), np.full((h, w), 1500, np.uint16))
+    out = tmp_path / "ds"
+    assert main(["import", "colmap", str(model_dir), str(image_dir), str(out), "--depth-dir", str(tmp_path / "depth"),
+                 "--scale", "1"]) == 0
+    frames = {Path(f.name).name: f for f in load_scene(out).frames("train")}
+    assert frames["seq0_img000.png"].load_depth()[0, 0] == pytest.approx(1.5)
+    assert frames["seq0_img002.png"].depth_path is None
+    info = json.loads((out / "import_info.json").read_text())
+    assert len(info["frames_without_depth"]) == 4
+    capsys.readouterr()
+    assert main(["check", str(out)]) == 0
+    assert "4 of 6 mapping frames have no depth" in capsys.readouterr().out
+    # a depth map that belongs to no image is still an error
+    cv2.imwrite(str(out / "train" / "depth" / "stray.png"), np.zeros((4, 4), np.uint16))
+    assert main(["check", str(out)]) == 2 and "stray.png matches no image" in one_line_error(capsys)
