@@ -9,11 +9,12 @@ TORCH   := torch==2.13.0
 setup: $(STAMP)
 
 # torch goes in first, on its own: anything that pulled it later would fetch a CUDA build.
-# The bench extra (poselib, a RANSAC backend of benchmarks/bench_peers.py) goes in too, so its test runs.
+# The bench extra (poselib, a RANSAC backend of benchmarks/bench_peers.py) goes in too, so its test runs,
+# and the colmap extra (pycolmap, a CPU wheel needing only numpy) so import colmap / sfm are tested.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e '.[test,bench]'
+	$(PIP) install -q -e '.[test,bench,colmap]'
 	touch $(STAMP)
 
 test: setup

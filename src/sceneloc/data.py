@@ -364,6 +364,26 @@ def _load_7scenes(root: Path, K: np.ndarray | None) -> Scene:
     return scene
 
 
+def _frame_key(path: Path) -> str:
+    """``x.color.jpg``, ``x.depth.png``, ``x.png`` -> ``x``: what pairs an image with its depth map."""
+    stem = path.name[: -len(path.suffix)]
+    for tail in (".color", ".depth"):
+        if stem.endswith(tail):
+            return stem[: -len(tail)]
+    return stem
+
+
+def _pair_partial_depth(d: Path, images: list[Path], depths: list[Path]) -> list[Path | None]:
+    """Depth maps for some of the images only (e.g. an imported capture): pair them by name, None
+    where an image has none; a depth map that matches no image is an error."""
+    by_key = {_frame_key(p): p for p in depths}
+    paired = [by_key.pop(_frame_key(img), None) for img in images]
+    if by_key:
+        raise SceneLocError(f"{d / 'depth'}: {len(depths)} depth maps for {len(images)} images "
+                            f"({next(iter(by_key.values())).name} matches no image in {d / 'rgb'})")
+    return paired
+
+
 def _load_dsacstar(root: Path, K_override: np.ndarray | None) -> Scene:
     scene = Scene(root, "dsacstar")
     for split in ("train", "test"):
@@ -383,12 +403,12 @@ def _load_dsacstar(root: Path, K_override: np.ndarray | None) -> Scene:
         if not depths and (d / "depth").is_dir() and any((d / "depth").iterdir()):
             raise SceneLocError(f"{d / 'depth'}: no .png depth maps (depth must be uint16 PNG in millimetres)")
         if depths and len(depths) != len(images):
-            raise SceneLocError(f"{d / 'depth'}: {len(depths)} depth maps for {len(images)} images")
+            depths = _pair_partial_depth(d, images, depths)
         frames = []
         size = None
         for i, img in enumerate(images):
             check_image_file(img)
-            if depths:
+            if depths and depths[i] is not None:
                 check_image_file(depths[i], "depth map")
             if K_override is not None:
                 K = K_override
