@@ -25,7 +25,7 @@ import numpy as np
 from .errors import SceneLocError
 from .synth_render import SensorOptions
 
-DEMO_MINUTES = 1.5                         # head-training budget of `sceneloc demo` (150 mapping frames)
+DEMO_MINUTES = 3.0                         # head-training budget of `sceneloc demo` (150 mapping frames)
 DEMO_CONFIDENCE_MINUTES = 0.25
 DEMO_CONFIDENCE_MODE = "regression"        # one PointNet: a second (the classifier) would cost another stage
 #: rendering of the demo scene: 3 training walks and 1 test walk of 50 frames (a few seconds each
