@@ -2,7 +2,7 @@
 
 Reads only poses, calibration and file names (no image is decoded), and reports
 
-* frames per split, frames without depth (mapping needs depth for now), cameras (distinct K);
+* frames per split, frames without depth (the default map learns them from their poses alone), cameras (distinct K);
 * images the import or SfM could not register (``import_info.json``) and the stated units;
 * coverage: how spread the mapping views are (extent of the camera centres, the share of viewing
   directions covered), and per test frame the nearest mapping view within 30 deg: a test view far
@@ -85,8 +85,9 @@ def check_capture(dataset: str | Path, intrinsics: np.ndarray | None = None) -> 
     if len(train) < MIN_TRAIN_FRAMES:
         w.append(f"only {len(train)} mapping (train) frames: capture at least {MIN_TRAIN_FRAMES}, covering the scene")
     if no_depth.get("train"):
-        w.append(f"{no_depth['train']} of {len(train)} mapping frames have no depth: 'sceneloc map' needs depth "
-                 f"for every training frame (give --depth-dir on import, or drop those frames)")
+        w.append(f"{no_depth['train']} of {len(train)} mapping frames have no depth: the default map learns them "
+                 f"from their poses alone (RGB-only, less accurate), --arch fcn/unet refuse them "
+                 f"(give --depth-dir on import where you have depth)")
     given = r.frames and (sum(frames.values()) + len(r.unregistered))
     if r.unregistered and len(r.unregistered) > 0.1 * given:
         w.append(f"{len(r.unregistered)} of {given} images were not registered: the capture has gaps "

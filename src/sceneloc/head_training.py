@@ -144,9 +144,13 @@ def _save(path: Path, head: torch.nn.Module, opt: torch.optim.Optimizer, budget:
 
 def buffer_accuracy(net: EncoderHeadNet, norm: SceneNormalisation, buffer: PixelBuffer, samples: int = 50000,
                     device: str = "cpu") -> dict:
-    """Median error (m) and share within 10 cm of the head on a random sample of buffer entries."""
+    """Median error (m) and share within 10 cm of the head on a random sample of buffer entries
+    (those with a depth target; NaN when there is none)."""
     idx = torch.from_numpy(np.random.default_rng(0).choice(len(buffer), min(samples, len(buffer)), replace=False))
     with torch.no_grad():
         pred = norm.scale * net.head(buffer.features[idx].to(device).float()) + torch.as_tensor(norm.center, device=device)
     err = torch.linalg.vector_norm(pred.cpu() - buffer.targets[idx], dim=1).numpy()
+    err = err[np.isfinite(err)]  # entries of frames without depth have no target
+    if err.size == 0:
+        return {"median_error_m": float("nan"), "within_10cm": float("nan")}
     return {"median_error_m": float(np.median(err)), "within_10cm": float((err < INLIER_THRESHOLD_M).mean())}

@@ -558,7 +558,8 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
     if buffer_report is not None:
         report["buffer"] = buffer_report
     if buffer_report is not None:  # the head's fit on a sample of its buffer: no second pass over the images
-        report["train"] = {k: buffer_report[k] for k in ("median_error_m", "within_10cm")}
+        if math.isfinite(buffer_report["median_error_m"]):  # NaN: no training frame has depth
+            report["train"] = {k: buffer_report[k] for k in ("median_error_m", "within_10cm")}
     elif cache is not None:
         report["train"] = coordinate_accuracy(predict_cache(model, norm, cache, device), cache)
     del cache
