@@ -567,8 +567,8 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
         test_cache = FrameCache.build(scene.frames("test"), cfg.input_height, model.stride, model.multiple,
                                       "caching test frames")
         report["test"] = coordinate_accuracy(predict_cache(model, norm, test_cache, device), test_cache)
+    report["wall_seconds"] = round(time.perf_counter() - t0, 1)  # buffer or cache, both stages, test check
     (map_dir / "mapping_report.json").write_text(json.dumps(report, indent=2))
-    report["wall_seconds"] = round(time.perf_counter() - t0, 1)
     for split in ("train", "test"):
         if split in report:
             r = report[split]
