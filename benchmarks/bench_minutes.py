@@ -33,7 +33,8 @@ import torch  # noqa: E402
 from sceneloc.data import load_scene  # noqa: E402
 from sceneloc.pose import PoseConfig  # noqa: E402
 from sceneloc.scenemap import Map  # noqa: E402
-from sceneloc.training import FrameCache, coordinate_accuracy, predict_cache  # noqa: E402
+from sceneloc.frame_cache import FrameCache  # noqa: E402
+from sceneloc.training import coordinate_accuracy, predict_cache  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_pose_table import replace_section, run  # noqa: E402

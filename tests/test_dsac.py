@@ -10,7 +10,8 @@ import torch
 
 from sceneloc.cli import main
 from sceneloc.data import load_scene
-from sceneloc.dsac import (DSACConfig, ScoreCNN, estimate_pose_dsac, finetune_dsac, frame_objective,
+from sceneloc.dsac_training import finetune_dsac, frame_objective
+from sceneloc.dsac import (DSACConfig, ScoreCNN, estimate_pose_dsac,
                            kabsch_hypotheses, make_matches, pnp_hypotheses, refine_on_inliers, softam)
 from sceneloc.geometry import backproject, intrinsics_matrix, make_pose, pose_errors, read_pose_file, transform_points
 from sceneloc.scenemap import Map

@@ -257,7 +257,7 @@ def test_near_training_share_on_a_handmade_case():
 
 
 def test_roc_curve():
-    from sceneloc.evaluation import roc_curve
+    from sceneloc.diagnostics import roc_curve
     labels = np.array([1, 1, 0, 0], bool)
     assert roc_curve(np.array([0.9, 0.8, 0.2, 0.1]), labels)[2] == 1.0
     assert roc_curve(np.array([0.1, 0.2, 0.8, 0.9]), labels)[2] == 0.0
@@ -283,7 +283,7 @@ def read_ply(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_ply_round_trip(tmp_path):
-    from sceneloc.evaluation import write_ply
+    from sceneloc.export import write_ply
     rng = np.random.default_rng(0)
     xyz = rng.normal(size=(57, 3)).astype(np.float32)
     rgb = rng.integers(0, 256, size=(57, 3), dtype=np.uint8)

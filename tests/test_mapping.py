@@ -11,7 +11,8 @@ from sceneloc.data import load_scene
 from sceneloc.geometry import invert_pose, project, transform_points
 from sceneloc.networks import SceneNormalisation, build_coordinate_network, output_pixel_centres
 from sceneloc.scenemap import Map
-from sceneloc.training import (FrameCache, MappingConfig, augment, coordinate_accuracy, map_scene, predict_cache,
+from sceneloc.frame_cache import FrameCache, augment
+from sceneloc.training import (MappingConfig, coordinate_accuracy, map_scene, predict_cache,
                                train_coordinates)
 
 

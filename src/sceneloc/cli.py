@@ -51,7 +51,8 @@ def _cmd_map(args: argparse.Namespace) -> None:
 
 
 def _finetune_dsac(args: argparse.Namespace, K) -> None:
-    from .dsac import DSACConfig, finetune_dsac
+    from .dsac import DSACConfig
+    from .dsac_training import finetune_dsac
     if args.resume:
         raise SceneLocError("--resume does not apply to --stage dsac (fine-tuning always starts from the base map)")
     budget = {} if args.minutes is None else {"minutes": args.minutes}
@@ -264,7 +265,7 @@ def _add_evaluate_arguments(s: argparse.ArgumentParser) -> None:
 
 def _cmd_export(args: argparse.Namespace) -> None:
     from .data import parse_intrinsics
-    from .evaluation import export_point_cloud
+    from .export import export_point_cloud
     K = parse_intrinsics(args.intrinsics) if args.intrinsics else None
     n = export_point_cloud(args.map_dir, args.dataset, args.out, split=args.split, min_confidence=args.min_confidence,
                            max_frames=args.max_frames, force=args.force, device=args.device, intrinsics=K,

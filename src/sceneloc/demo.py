@@ -219,7 +219,8 @@ def _peers_html(out: Path) -> str:
 
 def write_demo_page(out: Path, results: list[dict], summary: dict) -> None:
     """``out/index.html`` and ``out/results.md``: table, trajectory, CDFs, examples, peers."""
-    from .evaluation import DEMO_COLUMNS, EXAMPLE_FRAMES, PLOT_FILES, results_table
+    from .diagnostics import EXAMPLE_FRAMES
+    from .evaluation import DEMO_COLUMNS, PLOT_FILES, results_table
     e = html.escape
     table = results_table(results, DEMO_COLUMNS, average=False)
     (out / "results.md").write_text(table)

@@ -34,145 +34,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from .geometry import PNP_METHODS, invert_pose, is_rigid, kabsch, make_pose, pnp_ransac, solve_pnp
-from .pose_ransac import (DEPTH_GATE, distance_residuals, hypotheses_needed, joint_ransac, refine_joint,
-                          reprojection_residuals)
-
-# Points needed to determine a pose: EPnP (OpenCV) needs 4 2D-3D matches, Kabsch 3 3D-3D matches.
-MIN_POINTS = {"pnp": 4, "kabsch": 3}
-
-METHODS = ("confidence", "random", "ransac", "joint")
-SOLVERS = ("auto", "pnp", "kabsch")
-SCORES = ("confidence", "inliers", "confident_inliers")
-
-
-@dataclass(frozen=True)
-class PoseConfig:
-    """Every number of the pose stage; defaults are the paper's (section III-C, after DSAC [12]).
-
-    Attributes:
-        method: ``confidence`` (paper), ``random`` (paper baselines), ``ransac`` (standard) or
-            ``joint`` (2D-3D and 3D-3D hypotheses on one joint score; ``pose_ransac``).
-        solver: ``pnp`` (2D-3D), ``kabsch`` (3D-3D, needs ``camera_points``) or ``auto``:
-            Kabsch when ``camera_points`` are given, PnP otherwise. ``joint`` ignores it (both).
-        hypotheses: h_p, pose hypotheses sampled; for ``ransac`` with Kabsch, hypotheses per batch.
-        n_k: N_k, correspondences randomly sampled per hypothesis and per refinement round.
-        best_fraction: fraction of the N_k points kept (the most confident ones): N_best = 10 % = 50.
-        subset_size: points per hypothesis; None means N_best. For ``random``, the minimal size
-            (4 PnP, 3 Kabsch) gives classic RANSAC.
-        score: how ``confidence`` hypotheses are scored: ``confidence`` (paper: mean confidence of
-            the points used), ``inliers`` (DSAC*: inlier count over all points) or
-            ``confident_inliers`` (sum of the confidences of the inliers: consistency weighted by
-            confidence). ``random`` always scores by inlier count.
-        spread_cells: 0 keeps the globally most confident N_best of the N_k points (paper); G > 0
-            keeps the most confident within each cell of a G x G image grid, in proportion to the
-            cell's share of the sample: confident points cluster in a few regions, and a pose fitted
-            to one patch is badly conditioned (measured in BENCHMARKS.md, Table I).
-        refine_rounds: rounds of the paper's refinement of the best hypothesis (8).
-        pnp_method: solver for hypotheses and refinement: ``epnp`` (paper) or ``sqpnp`` (or any
-            of ``geometry.PNP_METHODS`` that accepts many points).
-        inlier_threshold_px: reprojection error below which a 2D-3D match is an inlier (DSAC*/ACE: 10 px).
-        inlier_threshold_m: 3D distance below which a 3D-3D match is an inlier (paper IV: 0.1 m).
-        polish: end with DSAC*/ACE's re-fit on all inliers (off: the pure paper pipeline).
-        polish_iterations: at most this many re-fits; stops earlier when the inlier set is stable.
-        min_inliers: fewer inliers than this (over all correspondences) reports failure (pose None).
-            Unrelated (random) 2D-3D matches reach ~15 inliers at 10 px out of 4800 by chance.
-        ransac_iterations: most hypotheses for ``ransac`` (stops earlier at ``ransac_confidence``).
-        ransac_confidence: probability of having drawn one all-inlier minimal set, to stop early
-            (``ransac`` with Kabsch, and ``joint``).
-        joint_batch: hypotheses per round of ``joint`` (half P3P, half Kabsch with depth); it stops
-            after the round in which either kind reaches ``ransac_confidence``. ACE/DSAC* draw 64.
-        joint_max_hypotheses: most hypotheses of ``joint`` (bounds its time at low inlier ratios).
-        depth_gate: ``joint`` ignores the query depth when the pose refined with it fits the
-            image worse than the PnP solution by more than this fraction (truncated reprojection
-            cost): depth is trusted only where it is consistent with the image
-            (``pose_ransac.refine_joint``); 0 never uses depth in the refinement.
-    """
-    # RANSAC, not the paper's confidence-guided estimator: measured best on redkitchen in RGB and
-    # RGB-D on two splits (BENCHMARKS.md, estimators); --method confidence is the paper's.
-    method: str = "ransac"
-    solver: str = "auto"
-    hypotheses: int = 256
-    n_k: int = 500
-    best_fraction: float = 0.1
-    subset_size: int | None = None
-    score: str = "confidence"
-    spread_cells: int = 0
-    refine_rounds: int = 8
-    pnp_method: str = "epnp"
-    inlier_threshold_px: float = 10.0
-    inlier_threshold_m: float = 0.1
-    polish: bool = True
-    polish_iterations: int = 10
-    min_inliers: int = 30
-    ransac_iterations: int = 10000
-    ransac_confidence: float = 0.9999
-    joint_batch: int = 64
-    joint_max_hypotheses: int = 1024
-    depth_gate: float = DEPTH_GATE
-
-    def __post_init__(self) -> None:
-        for name, value, allowed in (("method", self.method, METHODS), ("solver", self.solver, SOLVERS),
-                                     ("score", self.score, SCORES),
-                                     ("pnp_method", self.pnp_method, tuple(PNP_METHODS))):
-            if value not in allowed:
-                raise ValueError(f"PoseConfig.{name}={value!r}; choose from {', '.join(allowed)}")
-        if self.pnp_method == "p3p":
-            raise ValueError("PoseConfig.pnp_method='p3p' takes exactly 4 points; use epnp or sqpnp")
-        if not 0.0 < self.best_fraction <= 1.0:
-            raise ValueError(f"PoseConfig.best_fraction={self.best_fraction} must be in (0, 1]")
-        positive = {"hypotheses": self.hypotheses, "n_k": self.n_k,
-                    "inlier_threshold_px": self.inlier_threshold_px,
-                    "inlier_threshold_m": self.inlier_threshold_m, "ransac_iterations": self.ransac_iterations,
-                    "joint_batch": self.joint_batch, "joint_max_hypotheses": self.joint_max_hypotheses,
-                    "depth_gate": self.depth_gate}
-        for name, value in positive.items():
-            if not value > 0:
-                raise ValueError(f"PoseConfig.{name}={value} must be positive")
-        if self.subset_size is not None and self.subset_size < 3:
-            raise ValueError(f"PoseConfig.subset_size={self.subset_size}: a pose needs at least 3 points")
-        if min(self.refine_rounds, self.polish_iterations, self.min_inliers, self.spread_cells) < 0:
-            raise ValueError("PoseConfig.refine_rounds, polish_iterations, min_inliers and spread_cells must be >= 0")
-        if not 0.0 < self.ransac_confidence < 1.0:
-            raise ValueError(f"PoseConfig.ransac_confidence={self.ransac_confidence} must be in (0, 1)")
-
-    @property
-    def n_best(self) -> int:
-        """Points per hypothesis and per refinement round (N_best = 50 with the paper's values)."""
-        if self.subset_size is not None:
-            return self.subset_size
-        return max(1, round(self.best_fraction * self.n_k))
-
-
-@dataclass
-class PoseResult:
-    """Outcome of ``estimate_pose`` for one image.
-
-    Attributes:
-        pose: camera-to-world ``(4, 4)``, or None when no trustworthy pose was found.
-        n_inliers: correspondences within the inlier threshold of ``pose`` (px for PnP, m for Kabsch).
-        used: ``(M,)`` indices (into the input arrays) of the points of the final solve.
-        score: the selected hypothesis' score (mean confidence, or inlier count).
-        timings_ms: ``sampling`` (hypothesis generation + scoring) and ``refinement`` (refinement + polish).
-        failure: why ``pose`` is None (None on success).
-    """
-    pose: np.ndarray | None
-    n_inliers: int = 0
-    used: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    score: float = float("nan")
-    timings_ms: dict[str, float] = field(default_factory=lambda: {"sampling": 0.0, "refinement": 0.0})
-    failure: str | None = None
-
-    @property
-    def success(self) -> bool:
-        return self.pose is not None
-
-
+from .geometry import invert_pose, is_rigid, kabsch, make_pose, pnp_ransac, solve_pnp
+from .pose_ransac import (distance_residuals, hypotheses_needed, joint_ransac, refine_joint, reprojection_residuals)
+from .pose_config import METHODS, MIN_POINTS, SCORES, SOLVERS, PoseConfig, PoseResult  # noqa: F401 (public names of pose)
 # --------------------------------------------------------------------------------- correspondences
 
 

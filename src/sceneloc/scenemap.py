@@ -105,7 +105,7 @@ class Map:
         self.classifier = classifier.to(self.device).eval() if classifier is not None else None
         self.norm = SceneNormalisation(tuple(config["normalisation"]["center"]), config["normalisation"]["scale"])
         self.map_dir: Path | None = None  # set by load: where the DSAC stage is looked up
-        self.dsac = None                  # the DSAC stage (dsac.DSACStage), loaded on first use by dsac/softam
+        self.dsac = None                  # the DSAC stage (dsac_stage.DSACStage), loaded on first use by dsac/softam
 
     # ------------------------------------------------------------------------------------ files
 
@@ -240,7 +240,8 @@ class Map:
             dsac_score: ``cnn`` or ``soft-inliers`` for dsac/softam (default: the stage's); soft
                 inliers need no DSAC stage (the base network is used then).
         """
-        from .dsac import DSAC_METHODS, estimate_pose_dsac, resolve_stage
+        from .dsac import DSAC_METHODS, estimate_pose_dsac
+        from .dsac_stage import resolve_stage
         from .pose import PoseConfig, estimate_pose
         K = self._check_intrinsics(image, intrinsics)
         if depth is not None and depth.shape != image.shape[:2]:
@@ -282,7 +283,8 @@ def localize_frames(the_map: Map, frames: list, mode: str = "rgb", pose_config=N
     ``options`` (e.g. ``method``, ``dsac_score``) go to :meth:`Map.localize`.
     """
     from .progress import progress as progress_bar
-    from .dsac import DSAC_METHODS, resolve_stage
+    from .dsac import DSAC_METHODS
+    from .dsac_stage import resolve_stage
     if mode not in ("rgb", "rgbd"):
         raise SceneLocError(f"unknown mode {mode!r} (choose rgb or rgbd)")
     if options.get("method") in DSAC_METHODS:  # a missing DSAC stage fails here, before any frame
