@@ -17,7 +17,7 @@ import torch
 
 from .buffer import PixelBuffer
 from .errors import SceneLocError
-from .loop import Budget, lr_factor
+from .loop import Budget, load_checkpoint, lr_factor, save_checkpoint
 from .losses import INLIER_THRESHOLD_M
 from .networks import EncoderHeadNet, SceneNormalisation
 
@@ -99,9 +99,7 @@ def train_head(net: EncoderHeadNet, norm: SceneNormalisation, buffer: PixelBuffe
     gen = torch.Generator().manual_seed(seed)
     step, elapsed, history = 0, 0.0, None
     if resume:
-        if checkpoint is None or not checkpoint.exists():
-            raise SceneLocError(f"{checkpoint}: no checkpoint to resume from")
-        ck = torch.load(checkpoint, map_location=device, weights_only=False)
+        ck = load_checkpoint(checkpoint, device)
         head.load_state_dict(ck["head"])
         opt.load_state_dict(ck["optimizer"])
         step, elapsed, history = ck["step"], ck["elapsed"], ck["history"]
@@ -136,10 +134,8 @@ def train_head(net: EncoderHeadNet, norm: SceneNormalisation, buffer: PixelBuffe
 
 
 def _save(path: Path, head: torch.nn.Module, opt: torch.optim.Optimizer, budget: Budget, gen: torch.Generator) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"head": head.state_dict(), "optimizer": opt.state_dict(), "step": budget.step,
-                "elapsed": budget.elapsed, "history": budget.history, "generator": gen.get_state()}, tmp)
-    tmp.replace(path)  # atomic: an interrupted save never leaves a broken checkpoint
+    save_checkpoint(path, {"head": head.state_dict(), "optimizer": opt.state_dict(), "step": budget.step,
+                           "elapsed": budget.elapsed, "history": budget.history, "generator": gen.get_state()})
 
 
 def buffer_accuracy(net: EncoderHeadNet, norm: SceneNormalisation, buffer: PixelBuffer, samples: int = 50000,

@@ -16,7 +16,11 @@ from __future__ import annotations
 import math
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
+import torch
+
+from .errors import SceneLocError
 from .progress import progress
 
 
@@ -83,3 +87,17 @@ class Budget:
 
     def close(self) -> None:
         self._bar.close()
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write a training checkpoint atomically: an interrupted save never leaves a broken file."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path | None, device: str = "cpu") -> dict:
+    """The checkpoint ``--resume`` continues from; a one-line error when there is none."""
+    if path is None or not path.exists():
+        raise SceneLocError(f"{path}: no checkpoint to resume from")
+    return torch.load(path, map_location=device, weights_only=False)

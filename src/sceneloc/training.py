@@ -28,7 +28,8 @@ from .frame_cache import FrameCache, make_batch
 from .encoders import encoder_identity
 from .errors import SceneLocError
 from .head_training import buffer_accuracy, train_head
-from .loop import lr_factor
+from .loop import load_checkpoint, lr_factor
+from .loop import save_checkpoint as save_checkpoint_file
 from .losses import CONFIDENCE_SCALE, INLIER_THRESHOLD_M, confidence_target, coordinate_loss
 from .networks import (ConfidencePointNet, SceneNormalisation, build_coordinate_network, output_pixel_centres,
                        confidence_inputs)
@@ -155,9 +156,7 @@ def train_coordinates(model: torch.nn.Module, norm: SceneNormalisation, cache: F
     state = TrainState()
     rng = np.random.default_rng(cfg.seed)
     if resume:
-        if checkpoint is None or not checkpoint.exists():
-            raise SceneLocError(f"{checkpoint}: no checkpoint to resume from")
-        ck = torch.load(checkpoint, map_location=device, weights_only=False)
+        ck = load_checkpoint(checkpoint, device)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         state = TrainState(ck["step"], ck["elapsed"], ck["history"])
@@ -231,11 +230,9 @@ def save_checkpoint(path: Path, model, opt, state: TrainState, rng: np.random.Ge
                     order: np.ndarray, pos: int) -> None:
     """Everything needed to continue exactly where training stopped (weights, optimiser, step,
     elapsed time, random states and the position in the current epoch's frame order)."""
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": state.step,
-                "elapsed": state.elapsed, "history": state.history, "rng": rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(), "order": order, "pos": pos}, tmp)
-    tmp.replace(path)  # atomic: an interrupted save never leaves a broken checkpoint
+    save_checkpoint_file(path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": state.step,
+                                "elapsed": state.elapsed, "history": state.history, "rng": rng.bit_generator.state,
+                                "torch_rng": torch.get_rng_state(), "order": order, "pos": pos})
 
 
 @torch.no_grad()
