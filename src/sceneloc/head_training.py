@@ -22,6 +22,7 @@ from .losses import INLIER_THRESHOLD_M
 from .networks import EncoderHeadNet, SceneNormalisation
 
 LOSSES = ("euclidean", "euclidean+reprojection")
+PRECISIONS = ("bf16", "fp32")
 EUCLIDEAN_CLAMP_M = 5.0   # beyond this error a target is likely an outlier (depth edge, misregistration)
 #: Metres one pixel of (robust) reprojection error weighs against the Euclidean error: at 2 m
 #: depth and f = 585 px, 1 px is 3.4 mm of lateral error.
@@ -91,9 +92,14 @@ def _camera_depth(X_w: torch.Tensor, T_cw: torch.Tensor) -> torch.Tensor:
 def train_head(net: EncoderHeadNet, norm: SceneNormalisation, buffer: PixelBuffer, minutes: float | None,
                iterations: int | None, batch: int = 4096, lr: float = 3e-3, schedule: str = "cosine",
                loss: str = "euclidean", seed: int = 0, checkpoint: Path | None = None, resume: bool = False,
-               checkpoint_minutes: float = 2.0, device: str = "cpu") -> Budget:
+               checkpoint_minutes: float = 2.0, precision: str = "bf16", device: str = "cpu") -> Budget:
     """Fit ``net.head`` to ``buffer`` under a time or step budget; returns the finished :class:`Budget`
-    (steps, seconds, history). Checkpoints hold the head, optimiser, step, time and random state."""
+    (steps, seconds, history). Checkpoints hold the head, optimiser, step, time and random state.
+
+    ``precision="bf16"`` runs the hidden layers under a bfloat16 autocast (weights, optimiser and the
+    output layer stay fp32): about twice the steps per minute on CPUs with bf16 instructions."""
+    if precision not in PRECISIONS:
+        raise SceneLocError(f"unknown head precision {precision!r} (choose {', '.join(PRECISIONS)})")
     head = net.head.to(device).train()
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(seed)
@@ -114,7 +120,8 @@ def train_head(net: EncoderHeadNet, norm: SceneNormalisation, buffer: PixelBuffe
             g["lr"] = lr * lr_factor(schedule, budget.fraction)
         x = buffer.features[idx].to(device).float()
         target = buffer.targets[idx].to(device)
-        pred = center + norm.scale * head(x)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            pred = center + norm.scale * head(x)
         value = head_loss(loss, pred, target, buffer, idx, budget.fraction)
         opt.zero_grad(set_to_none=True)
         value.backward()

@@ -151,7 +151,9 @@ class CoordinateHead(nn.Module):
         x = F.relu(self.inp(features))
         for block in self.blocks:
             x = F.relu(x + block(x))
-        return self.out(x)
+        # The output stays fp32 under a bf16 autocast: bf16's 8-bit mantissa is centimetres in metres.
+        with torch.autocast(x.device.type, enabled=False):
+            return self.out(x.float())
 
 
 class EncoderHeadNet(nn.Module):
