@@ -237,3 +237,23 @@ def test_fcn_still_needs_depth(overfit_scene, tmp_path):
     shutil.copytree(overfit_scene, data, ignore=shutil.ignore_patterns("*.depth.png"))
     with pytest.raises(SceneLocError, match="missing depth"):
         map_scene(data, tmp_path / "map", MappingConfig(arch="fcn", iterations=1), log=lambda *a: None)
+
+
+def test_use_bf16_explicit_and_unknown():
+    from sceneloc.encoders import use_bf16
+    assert use_bf16("bf16", "cpu") and not use_bf16("fp32", "cpu")
+    assert use_bf16("auto", "mps") is False
+    with pytest.raises(SceneLocError, match="unknown precision"):
+        use_bf16("fp8", "cpu")
+
+
+def test_head_output_is_fp32_under_bf16_autocast():
+    # bf16 keeps ~3 significant digits: the output layer must stay fp32 to resolve millimetres
+    from sceneloc.networks import CoordinateHead
+    head = CoordinateHead(8, 16, 1)
+    x = torch.randn(5, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = head(x)
+    assert y.dtype == torch.float32
+    ref = head(x)
+    assert torch.allclose(y, ref, atol=0.05) and not torch.equal(y, ref)

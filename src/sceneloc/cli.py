@@ -88,6 +88,9 @@ def _add_map_arguments(s: argparse.ArgumentParser) -> None:
                    help="views of each mapping image in the buffer, the first unaugmented (default %(default)s)")
     g.add_argument("--pixel-batch", type=int, default=d.pixel_batch,
                    help="buffer pixels per head step (default %(default)s)")
+    g.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=d.precision,
+                   help="xfeat encoder and head arithmetic: auto = bf16 where the CPU/GPU runs it natively "
+                        "(about 2x faster), else fp32 (default %(default)s)")
     g.add_argument("--width", type=int, default=None, help="base channel width (default 32 for fcn, 16 for unet)")
     g.add_argument("--stride", type=int, choices=[4, 8, 16], default=d.stride, help="fcn output stride (default %(default)s)")
     g.add_argument("--stem", choices=["strided", "full"], default=d.stem,

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .encoders import load_encoder
+from .encoders import load_encoder, use_bf16
 
 # ImageNet-free input normalisation: nothing is pretrained, so a fixed mean/std is enough.
 _MEAN, _STD = 0.45, 0.25
@@ -166,8 +166,9 @@ class EncoderHeadNet(nn.Module):
     the encoder with the head (``.to(device)``).
     """
     def __init__(self, encoder: str = "xfeat", head_width: int = 256, head_blocks: int = 2,
-                 encoder_sha256: str | None = None):
+                 encoder_sha256: str | None = None, precision: str = "auto"):
         super().__init__()
+        self.precision = precision  # of the encoder: encoders.use_bf16; ~1 % feature change in bf16
         self._encoder = [load_encoder(encoder, encoder_sha256)]  # a list hides it from nn.Module registration
         enc = self._encoder[0]
         self.stride, self.multiple = enc.stride, enc.multiple
@@ -183,8 +184,10 @@ class EncoderHeadNet(nn.Module):
 
     @torch.no_grad()
     def features(self, image: torch.Tensor) -> torch.Tensor:
-        """Frozen encoder features ``(B, C, H / 8, W / 8)`` of images in [0, 1]."""
-        return self.encoder(image)
+        """Frozen encoder features ``(B, C, H / 8, W / 8)`` (fp32) of images in [0, 1]."""
+        with torch.autocast(image.device.type, dtype=torch.bfloat16,
+                            enabled=use_bf16(self.precision, image.device.type)):
+            return self.encoder(image).float()
 
     def regress(self, features: torch.Tensor) -> torch.Tensor:
         """Head on dense features: ``(B, C, h, w)`` -> ``(B, 3, h, w)`` normalised coordinates."""

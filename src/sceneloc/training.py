@@ -67,6 +67,7 @@ class MappingConfig:
     buffer_mb: float = 1536.0         # training buffer size (fp16 features): ~3 M pixels
     buffer_copies: int = 3            # views of each mapping image (1 plain + 2 augmented): 4 measured the same, 30 % slower
     pixel_batch: int = 1024           # buffer entries per head step: more, smaller steps beat 4096 at equal time
+    precision: str = "auto"           # encoder and head in bf16 where the hardware has it (encoders.use_bf16)
     # fcn / unet
     width: int | None = None          # None: 32 for fcn; 16 for unet (32 trains ~5x slower on 2 cores)
     stride: int = 8                   # fcn output stride (DSAC*/ACE: 8)
@@ -426,13 +427,14 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
     t0 = time.perf_counter()
     if cfg.arch == "xfeat":
         model.to(device)
+        model.precision = cfg.precision
         entries = entries_for_memory(cfg.buffer_mb, model.encoder.channels)
         buffer = fill_buffer(train_frames, model, cfg.input_height, entries, cfg.buffer_copies, cfg.seed,
                              cfg.aug_scale, cfg.aug_rotation, cfg.aug_brightness, cfg.aug_contrast, device)
         buffer_s = time.perf_counter() - t0
         log(f"training buffer: {len(buffer) / 1e6:.2f} M pixels, {buffer.nbytes / 2 ** 20:.0f} MB, {buffer_s:.0f} s")
         state = train_head(model, norm, buffer, cfg.minutes, cfg.iterations, cfg.pixel_batch, cfg.lr, cfg.schedule,
-                           cfg.head_loss, cfg.seed, ck_path, resume, cfg.checkpoint_minutes, device)
+                           cfg.head_loss, cfg.seed, ck_path, resume, cfg.checkpoint_minutes, cfg.precision, device)
         buffer_report = {"entries": len(buffer), "megabytes": round(buffer.nbytes / 2 ** 20, 1),
                          "seconds": round(buffer_s, 1), **buffer_accuracy(model, norm, buffer, device=device)}
         del buffer  # the largest allocation of mapping: free it before stage 2
