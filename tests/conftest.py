@@ -51,7 +51,8 @@ def overfit_scene(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_map(overfit_scene, tmp_path_factory) -> Path:
     """An FCN map over-fitted to the two training frames of ``overfit_scene`` (seconds on one core)."""
-    from sceneloc.training import MappingConfig, map_scene
+    from sceneloc.mapping import map_scene
+    from sceneloc.training import MappingConfig
     out = tmp_path_factory.mktemp("tiny_map") / "map"
     cfg = MappingConfig(arch="fcn", width=16, input_height=96, iterations=300, batch_size=2, optimizer="adamw",
                         lr=3e-3, loss="tukey", aug_scale=1.0, aug_rotation=0.0, aug_brightness=0.0,

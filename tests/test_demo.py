@@ -47,6 +47,9 @@ def test_demo_writes_every_artefact(demo_run):
             # the ROC needs inliers and outliers among the predictions: a 3-second map may have none
             if name == "fig3_confidence_roc.png" and any(n.startswith("no ROC") for n in notes):
                 continue
+            # a tiny demo has too few training frames to hold some out for the pose calibration
+            if name == "pose_probability_reliability.png" and any(n.startswith("no reliability") for n in notes):
+                continue
             assert (report / name).is_file(), (mode, name)
     summary = json.loads((out / "demo.json").read_text())
     assert set(summary["results"]) == {"rgb", "rgbd"}

@@ -16,7 +16,8 @@ from sceneloc.geometry import pose_errors
 from sceneloc.head_training import head_loss, reprojection_error, train_head
 from sceneloc.networks import EncoderHeadNet, SceneNormalisation, build_coordinate_network
 from sceneloc.scenemap import Map
-from sceneloc.training import MappingConfig, map_scene
+from sceneloc.mapping import map_scene
+from sceneloc.training import MappingConfig
 
 
 @pytest.fixture(scope="module")
@@ -257,3 +258,25 @@ def test_head_output_is_fp32_under_bf16_autocast():
     assert y.dtype == torch.float32
     ref = head(x)
     assert torch.allclose(y, ref, atol=0.05) and not torch.equal(y, ref)
+
+
+@pytest.mark.slow
+def test_map_holds_out_frames_and_calibrates_pose_probabilities(tmp_path):
+    from sceneloc.calibration import PoseCalibration
+    from sceneloc.synth import SensorOptions, generate
+    data = generate(tmp_path / "room", frames=24, train_sequences=1, test_sequences=1, width=160, height=120,
+                    sensor=SensorOptions.clean(), force=True, progress=False)
+    cfg = MappingConfig(arch="xfeat", head_width=32, head_blocks=1, input_height=96, buffer_mb=2, buffer_copies=1,
+                        iterations=100, pixel_batch=512, confidence=False, calibration_share=0.9)
+    logged = []
+    map_scene(data, tmp_path / "map", cfg, device="cpu", evaluate_test=False, log=logged.append)
+    assert any("20 training frames held out" in line for line in logged), logged
+    cal = PoseCalibration.load(tmp_path / "map")
+    assert set(cal.modes) == {"rgb", "rgbd"} and cal.modes["rgb"].frames == 20 and cal.method == "ransac"
+    the_map = Map.load(tmp_path / "map")
+    frame = load_scene(data).frames("test")[0]
+    res = the_map.localize(frame.load_image(), rng=np.random.default_rng(0))
+    assert 0.0 <= res.probability <= 1.0
+    assert res.pose is not None or res.probability == 0.0
+    other = the_map.localize(frame.load_image(), method="random", rng=np.random.default_rng(0))  # not calibrated
+    assert np.isnan(other.probability) if other.pose is not None else other.probability == 0.0

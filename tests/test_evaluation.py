@@ -38,7 +38,8 @@ def tiny_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_map(tiny_data) -> Path:
-    from sceneloc.training import MappingConfig, map_scene
+    from sceneloc.mapping import map_scene
+    from sceneloc.training import MappingConfig
     out = tiny_data.parent / "map"
     cfg = MappingConfig(width=8, input_height=48, iterations=20, batch_size=4, confidence_minutes=0.01,
                         confidence_mode="both", n_k=200)
@@ -208,10 +209,18 @@ def test_handmade_pose_file_known_errors(oracle_map, tiny_data, tmp_path):
 
 
 def test_report_files_and_oracle_accuracy(oracle_map, tiny_data, tmp_path):
+    from sceneloc.calibration import PoseCalibration
     from sceneloc.evaluation import PLOT_FILES, REPORT_FILES, evaluate
     from sceneloc.pose import PoseConfig
     out = tmp_path / "report"
-    m = evaluate(oracle_map, tiny_data, out, mode="rgbd", pose_config=PoseConfig(method="ransac"), progress=False)
+    # a calibration that puts every pose of this map at p > 0.5: more inliers, more often right
+    rng = np.random.default_rng(0)
+    inliers = rng.integers(0, 4 * H * W // 10, 200)
+    oracle_map.calibration = PoseCalibration.fit({"rgbd": (inliers, np.full(200, H * W), inliers > H * W // 10)})
+    try:
+        m = evaluate(oracle_map, tiny_data, out, mode="rgbd", pose_config=PoseConfig(method="ransac"), progress=False)
+    finally:
+        oracle_map.calibration = None
     for name in REPORT_FILES:
         assert (out / name).is_file(), name
     html_text = (out / "index.html").read_text()
@@ -231,6 +240,11 @@ def test_report_files_and_oracle_accuracy(oracle_map, tiny_data, tmp_path):
     near = saved["near_training"]
     assert near["max_m"] == 0.3 and near["max_deg"] == 30 and 0.0 <= near["share"] <= 1.0
     assert "training frame within 30 cm / 30 deg" in html_text
+    # every pose is right and predicted p > 0.5: all kept, none wrong to reject
+    op = saved["calibration"]["operating_point"]
+    assert op["right_kept"] == 1.0 and op["wrong_rejected"] is None and op["kept"] == 1.0
+    assert sum(b["frames"] for b in saved["calibration"]["bins"]) == m["frames"]
+    assert "rejecting poses with probability &lt; 0.5" in html_text and "| rejecting poses with probability < 0.5 |" in md
 
 
 def test_near_training_share_on_a_handmade_case():

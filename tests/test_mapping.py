@@ -12,8 +12,8 @@ from sceneloc.geometry import invert_pose, project, transform_points
 from sceneloc.networks import SceneNormalisation, build_coordinate_network, output_pixel_centres
 from sceneloc.scenemap import Map
 from sceneloc.frame_cache import FrameCache, augment
-from sceneloc.training import (MappingConfig, coordinate_accuracy, map_scene, predict_cache,
-                               train_coordinates)
+from sceneloc.mapping import calibration_frames, map_scene
+from sceneloc.training import MappingConfig, coordinate_accuracy, predict_cache, train_coordinates
 
 
 @pytest.mark.parametrize("arch,stride,input_height", [("unet", 1, 64), ("fcn", 8, 96)])
@@ -146,3 +146,14 @@ def test_confidence_stage_retrains_stage_two_only(tiny_map, overfit_scene, tmp_p
     assert len(after.confidence_net.local) == 4 + 2 and after.classifier.arch["blocks"] == 2
     for k, v in before.items():  # the coordinate network is untouched
         assert torch.equal(after.coord_net.state_dict()[k], v)
+
+
+def test_calibration_frames_are_even_runs_of_consecutive_frames():
+    idx = calibration_frames(400, 0.1, block=10)
+    assert len(idx) == 40 and len(set(idx.tolist())) == 40
+    runs = np.split(idx, np.flatnonzero(np.diff(idx) != 1) + 1)
+    assert [len(r) for r in runs] == [10] * 4
+    starts = [int(r[0]) for r in runs]
+    assert starts == [45, 145, 245, 345]        # centred in each quarter
+    assert len(calibration_frames(100, 0.1)) == 0   # 10 frames: too few to fit a calibration
+    assert len(calibration_frames(400, 0.0)) == 0

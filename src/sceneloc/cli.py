@@ -37,7 +37,8 @@ def _cmd_info(args: argparse.Namespace) -> None:
 def _cmd_map(args: argparse.Namespace) -> None:
     from dataclasses import fields
     from .data import parse_intrinsics
-    from .training import MappingConfig, map_scene, retrain_confidence
+    from .mapping import map_scene, retrain_confidence
+    from .training import MappingConfig
     K = parse_intrinsics(args.intrinsics) if args.intrinsics else None
     if args.stage == "dsac":
         _finetune_dsac(args, K)
@@ -120,6 +121,9 @@ def _add_map_arguments(s: argparse.ArgumentParser) -> None:
     g.add_argument("--snapshot-minutes", type=float, nargs="+", default=d.snapshot_minutes,
                    help="also save the weights after these training minutes (MAP_DIR/snapshots/)")
     g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--calibration-share", type=float, default=d.calibration_share,
+                   help="share of training frames held out (runs of 10 consecutive frames) to calibrate each "
+                        "pose's probability of being within 5 cm / 5 deg; 0 = none (default %(default)s)")
     g = s.add_argument_group("confidence (stage 2)")
     g.add_argument("--no-confidence", dest="confidence", action="store_false", help="skip stage 2")
     g.add_argument("--confidence-mode", choices=["regression", "classification", "both"], default=d.confidence_mode,
@@ -209,8 +213,9 @@ def _cmd_localize(args: argparse.Namespace) -> None:
             raise SceneLocError(f"{args.image}: no pose found ({res.failure})")
         T_cw = invert_pose(res.pose)
         np.set_printoptions(precision=6, suppress=True)
+        chance = "" if np.isnan(res.probability) else f", P(within 5 cm / 5 deg) = {res.probability:.2f}"
         print(f"camera-to-world pose of {args.image} ({'Kabsch' if depth is not None else 'PnP'}, {res.inliers} inliers, "
-              f"{res.timings['total_ms']:.0f} ms):")
+              f"{res.timings['total_ms']:.0f} ms{chance}):")
         print(res.pose)
         q = matrix_to_quaternion(T_cw[:3, :3])
         print("pose-file line (world-to-camera qw qx qy qz tx ty tz):")

@@ -110,7 +110,8 @@ def run_demo(out: str | Path = "demo_out", data: str | Path | None = None, minut
     from .evaluation import evaluate
     from .synth import generate
     from .synth_scenes import DEMO_PRESET, make_scene
-    from .training import MappingConfig, map_scene
+    from .mapping import map_scene
+    from .training import MappingConfig
     out = Path(out)
     t0 = time.perf_counter()
     if data is not None and preset is not None:

@@ -26,10 +26,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .calibration import operating_point, reliability_bins
 from .diagnostics import (ERROR_MAP_MAX_M, FIG2_SAMPLES_PER_FRAME, INLIER_THRESHOLD_M, Diagnostics, _add_frame,
                           _concat_finite, example_maps)
 from .errors import SceneLocError
-from .plots import plot_error_cdf, plot_error_histogram, plot_examples, plot_roc, plot_topdown
+from .plots import plot_error_cdf, plot_error_histogram, plot_examples, plot_reliability, plot_roc, plot_topdown
 
 #: (degrees, metres) pose accuracy thresholds; the first is the paper's (Table II).
 ACCURACY_THRESHOLDS = ((5, 0.05), (10, 0.10), (2, 0.02), (1, 0.01))
@@ -41,7 +42,10 @@ PLOT_FILES = {
     "examples": "fig4_error_confidence_maps.png",
     "cdf": "pose_error_cdf.png",
     "topdown": "camera_positions_topdown.png",
+    "reliability": "pose_probability_reliability.png",
 }
+#: Poses whose calibrated probability is below this are counted as rejected in the report.
+REJECT_BELOW = 0.5
 REPORT_FILES = ("metrics.json", "report.md", "index.html", "poses.txt", *PLOT_FILES.values())
 TIMING_KEYS = {"network": "network_ms", "sampling": "sampling_ms", "refinement": "refinement_ms", "total": "time_ms"}
 
@@ -161,6 +165,10 @@ def _scene_name(root: Path) -> str:
     return root.resolve().name
 
 
+def _pct(x: float) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.0%}"
+
+
 def _metric_rows(m: dict) -> list[tuple[str, str]]:
     """(name, value) lines of the report's summary table."""
     acc = m["accuracy"]
@@ -176,6 +184,11 @@ def _metric_rows(m: dict) -> list[tuple[str, str]]:
     rows += [("inliers (< 10 cm) of all predictions", "n/a" if share["all_predictions"] is None else f"{share['all_predictions']:.1%}"),
              ("inliers (< 10 cm) of the points used for the pose",
               "n/a" if share["used_for_pose"] is None else f"{share['used_for_pose']:.1%}")]
+    cal = m.get("calibration")
+    if cal:
+        op = cal["operating_point"]
+        rows.append((f"rejecting poses with probability < {op['min_probability']:g}",
+                     f"{_pct(op['wrong_rejected'])} of wrong poses rejected, {_pct(op['right_kept'])} of right ones kept"))
     for name, t in m["timing_ms"].items():
         rows.append((f"time per frame: {name} (median / p95)",
                      "n/a" if t is None else f"{t['median']:.1f} / {t['p95']:.1f} ms"))
@@ -325,6 +338,14 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
                **pose_metrics(rot, trans), "inlier_share": diag.inlier_shares(),
                "timing_ms": timing_summary([r.extras for r in records]), "notes": notes, "plots": [],
                "near_training": _near_training(scene, split, frames)}
+    probability = np.array([r.extras.get("probability", np.nan) for r in records], dtype=np.float64)
+    if np.isfinite(probability).any():
+        success = (rot < 5.0) & (trans < 0.05)
+        metrics["calibration"] = {"bins": reliability_bins(probability, success),
+                                  "operating_point": operating_point(probability, success, REJECT_BELOW)}
+    else:
+        notes.append("no reliability diagram: no pose has a calibrated probability (a map calibrates when "
+                     "mapping holds out enough frames, --calibration-share; poses read from a file have none)")
     if poses is None:
         metrics["pose_config"] = asdict(config)
     if diag.frames < len(frames):
@@ -386,6 +407,12 @@ def _write_plots(out: Path, metrics: dict, diag: Diagnostics, the_map, frames: l
         f"Evenly spaced frames of the {split} split; errors above {ERROR_MAP_MAX_M} m saturate, grey = no depth.")
     plot_error_cdf(rot, trans, out / PLOT_FILES["cdf"], title)
     add("cdf", "Cumulative pose errors", "Share of frames below each error; failed frames count as infinite.")
+    if "calibration" in metrics:
+        cal = metrics["calibration"]
+        plot_reliability(cal["bins"], cal["operating_point"], out / PLOT_FILES["reliability"], title)
+        add("reliability", "Per-pose probability: reliability diagram",
+            "Frames binned by the calibrated probability that their pose is within 5 cm / 5 deg (fitted on "
+            "held-out mapping frames); a calibrated map follows the diagonal. Numbers are frames per bin.")
     plot_topdown(np.stack([f.pose[:3, 3] for f in frames]),
                  [None if r.pose is None else r.pose[:3, 3] for r in records], out / PLOT_FILES["topdown"], title)
     add("topdown", "Estimated vs ground-truth camera positions (top-down)",

@@ -161,3 +161,27 @@ def plot_topdown(gt: np.ndarray, est: list[np.ndarray | None], path: Path, title
     ax.set_title(f"{title}: camera positions, top-down ({names[a]}-{names[b]} plane){extra}", fontsize=10)
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def plot_reliability(bins: list[dict], op: dict, path: Path, title: str) -> None:
+    """Reliability diagram of the per-pose probabilities: observed share within 5 cm / 5 deg
+    against the mean predicted probability of each bin (the diagonal is perfect calibration),
+    with each bin's frame count; ``op`` is the operating point noted in the title."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfect calibration")
+    full = [b for b in bins if b["frames"]]
+    ax.plot([b["predicted"] for b in full], [b["observed"] for b in full], "o-", color="tab:blue", label="sceneloc")
+    for b in full:
+        ax.annotate(str(b["frames"]), (b["predicted"], b["observed"]), textcoords="offset points", xytext=(6, -10),
+                    fontsize=8)
+    for edge in {b["low"] for b in bins} | {1.0}:
+        ax.axvline(edge, color="#ddd", lw=0.8, zorder=0)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("predicted probability of within 5 cm / 5 deg")
+    ax.set_ylabel("observed share within 5 cm / 5 deg")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(f"{title}\nreject p < {op['min_probability']:g}: {op['wrong_rejected']:.0%} of wrong poses rejected, "
+                 f"{op['right_kept']:.0%} of right kept", fontsize=9)
+    _save(fig, path)

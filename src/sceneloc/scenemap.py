@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .calibration import CALIBRATION_FILE, PoseCalibration
 from .data import camera_points
 from .errors import SceneLocError
 from .networks import (ConfidencePointNet, SceneNormalisation, build_coordinate_network, confidence_inputs,
@@ -70,7 +71,9 @@ class Prediction:
 class Localization:
     """Result of ``Map.localize``: camera-to-world pose (None when no pose could be found), inlier
     count, hypothesis score, timings in ms (network, sampling, refinement, total) and the
-    correspondences used for the final pose (indices into ``pixels``/``coords``)."""
+    correspondences used for the final pose (indices into ``pixels``/``coords``) and ``probability``:
+    the calibrated chance that the pose is within 5 cm / 5 deg (calibration.py; 0 for a failure,
+    NaN for a map without calibration or another ``method`` than the one calibrated)."""
     pose: np.ndarray | None
     inliers: int
     score: float
@@ -80,15 +83,18 @@ class Localization:
     confidence: np.ndarray | None = field(repr=False)
     used: np.ndarray = field(repr=False)
     failure: str | None = None
+    probability: float = float("nan")
 
     @property
     def success(self) -> bool:
         return self.pose is not None
 
     def pose_file_columns(self) -> dict[str, float]:
-        """The extra columns of a pose-file line for this result (time per frame and its parts, inliers)."""
+        """The extra columns of a pose-file line for this result (time per frame and its parts, inliers,
+        calibrated probability)."""
         t = self.timings
-        return {"time_ms": t["total_ms"], "inliers": self.inliers, "network_ms": t["network_ms"],
+        return {"time_ms": t["total_ms"], "inliers": self.inliers, "probability": self.probability,
+                "network_ms": t["network_ms"],
                 "sampling_ms": t["sampling_ms"], "refinement_ms": t["refinement_ms"]}
 
 
@@ -106,6 +112,7 @@ class Map:
         self.norm = SceneNormalisation(tuple(config["normalisation"]["center"]), config["normalisation"]["scale"])
         self.map_dir: Path | None = None  # set by load: where the DSAC stage is looked up
         self.dsac = None                  # the DSAC stage (dsac_stage.DSACStage), loaded on first use by dsac/softam
+        self.calibration: PoseCalibration | None = None   # per-pose probabilities (calibration.py)
 
     # ------------------------------------------------------------------------------------ files
 
@@ -125,6 +132,10 @@ class Map:
             (d / name).unlink(missing_ok=True)
         cfg = dict(self.config, has_confidence=self.confidence_net is not None)
         (d / "config.json").write_text(json.dumps(cfg, indent=2))
+        if self.calibration is not None:
+            self.calibration.save(d)
+        else:  # a calibration fitted to an earlier network would be wrong for this one
+            (d / CALIBRATION_FILE).unlink(missing_ok=True)
 
     @classmethod
     def load(cls, map_dir: str | Path, device: str | None = None) -> "Map":
@@ -153,6 +164,7 @@ class Map:
                                       d / "confidence_classifier.pt", device, "confidence network")
         the_map = cls(config, net, conf, device, classifier)
         the_map.map_dir = d
+        the_map.calibration = PoseCalibration.load(d)
         return the_map
 
     # ------------------------------------------------------------------------------- inference
@@ -271,7 +283,12 @@ class Map:
         timings = {"network_ms": pred.network_ms, "sampling_ms": res.timings_ms.get("sampling", 0.0),
                    "refinement_ms": res.timings_ms.get("refinement", 0.0)}
         timings["total_ms"] = sum(timings.values())
-        return Localization(res.pose, res.n_inliers, res.score, timings, pixels, coords, conf, res.used, res.failure)
+        probability = float("nan")
+        if self.calibration is not None:
+            probability = self.calibration.probability("rgb" if depth is None else "rgbd", method or pose_config.method,
+                                                       res.n_inliers, len(pixels), res.pose is not None)
+        return Localization(res.pose, res.n_inliers, res.score, timings, pixels, coords, conf, res.used, res.failure,
+                            probability)
 
 
 def localize_frames(the_map: Map, frames: list, mode: str = "rgb", pose_config=None, seed: int = 0,

@@ -1,0 +1,154 @@
+"""A calibrated per-pose confidence: the probability that a pose is within 5 cm / 5 deg.
+
+A robot or an AR session needs to know when to distrust a pose. The estimator's own numbers (inlier
+count, inlier ratio) rank poses well but are not probabilities, and their scale depends on the map
+and the mode. ``PoseCalibration`` turns them into one: a logistic regression per mode (``rgb``:
+PnP inliers in pixels, ``rgbd``: Kabsch inliers in metres) fitted on mapping frames that the map
+was *not* trained on (training.py holds out blocks of consecutive frames for it), so it sees
+errors like those of new queries rather than the optimistic ones of frames the head has memorised.
+
+>>> cal = PoseCalibration.fit({"rgb": (inliers, n_points, success)})      # doctest: +SKIP
+>>> cal.probability("rgb", inliers=812, n_points=4800)                    # doctest: +SKIP
+0.93
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SceneLocError
+
+CALIBRATION_FILE = "calibration.json"
+MODES = ("rgb", "rgbd")
+#: Ridge penalty on the standardised feature weights: a few dozen frames must not give 0 / 1 certainties.
+RIDGE = 1.0
+MIN_FRAMES = 10   # fewer held-out frames than this: no calibration for that mode
+
+
+def pose_features(inliers: np.ndarray, n_points: np.ndarray) -> np.ndarray:
+    """``(N, 2)`` features of ``N`` poses: log(1 + inlier count) and inlier ratio."""
+    inliers = np.asarray(inliers, dtype=np.float64)
+    n_points = np.maximum(np.asarray(n_points, dtype=np.float64), 1.0)
+    return np.stack([np.log1p(inliers), inliers / n_points], axis=-1)
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, ridge: float = RIDGE, iterations: int = 50) -> np.ndarray:
+    """Weights ``(D + 1,)`` (bias first) of a ridge-penalised logistic regression of labels ``y (N,)``
+    in {0, 1} on features ``x (N, D)``, by Newton's method; the bias is not penalised."""
+    X = np.concatenate([np.ones((len(x), 1)), x], axis=1)
+    w = np.zeros(X.shape[1])
+    penalty = np.full(X.shape[1], ridge)
+    penalty[0] = 0.0
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-(X @ w)))
+        grad = X.T @ (p - y) + penalty * w
+        hess = (X * (p * (1 - p))[:, None]).T @ X + np.diag(penalty) + 1e-9 * np.eye(len(w))
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return w
+
+
+@dataclass
+class ModeCalibration:
+    """Logistic model of one mode on standardised features: ``p = sigmoid(w . [1, (f - mean) / std])``."""
+    weights: list[float]
+    mean: list[float]
+    std: list[float]
+    frames: int            # held-out frames it was fitted on
+    success_rate: float    # their observed share within the threshold
+
+    def probability(self, inliers: np.ndarray, n_points: np.ndarray) -> np.ndarray:
+        """``(N,)`` probabilities for ``N`` poses (scalars broadcast)."""
+        z = (pose_features(inliers, n_points) - np.asarray(self.mean)) / np.asarray(self.std)
+        w = np.asarray(self.weights)
+        return 1.0 / (1.0 + np.exp(-(w[0] + z @ w[1:])))
+
+
+@dataclass
+class PoseCalibration:
+    """Per-mode probability that a pose is within ``max_cm`` / ``max_deg`` of the truth."""
+    modes: dict[str, ModeCalibration] = field(default_factory=dict)
+    max_cm: float = 5.0
+    max_deg: float = 5.0
+    method: str = "ransac"   # the estimator it was fitted with: inlier counts of another mean something else
+
+    @classmethod
+    def fit(cls, samples: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], max_cm: float = 5.0,
+            max_deg: float = 5.0, method: str = "ransac", ridge: float = RIDGE) -> "PoseCalibration":
+        """From ``{mode: (inliers (N,), n_points (N,), success (N,) bool)}`` of held-out frames; a
+        failed pose counts with 0 inliers. Modes with fewer than ``MIN_FRAMES`` frames are skipped."""
+        modes = {}
+        for mode, (inliers, n_points, success) in samples.items():
+            if mode not in MODES:
+                raise SceneLocError(f"unknown calibration mode {mode!r} (choose {', '.join(MODES)})")
+            y = np.asarray(success, dtype=np.float64)
+            if len(y) < MIN_FRAMES:
+                continue
+            f = pose_features(inliers, n_points)
+            mean, std = f.mean(axis=0), np.maximum(f.std(axis=0), 1e-6)
+            w = fit_logistic((f - mean) / std, y, ridge)
+            modes[mode] = ModeCalibration([float(v) for v in w], mean.tolist(), std.tolist(), len(y), float(y.mean()))
+        return cls(modes, max_cm, max_deg, method)
+
+    def probability(self, mode: str, method: str, inliers: float, n_points: int, success: bool = True) -> float:
+        """Probability that a pose found by ``method`` with ``inliers`` of ``n_points``
+        correspondences is within the threshold: 0 for a failed pose, NaN when this calibration
+        has no model for ``mode`` or was fitted with another method."""
+        if not success:
+            return 0.0
+        cal = self.modes.get(mode) if method == self.method else None
+        return float("nan") if cal is None else float(cal.probability(np.array([inliers]), np.array([n_points]))[0])
+
+    def save(self, map_dir: Path) -> None:
+        (Path(map_dir) / CALIBRATION_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, map_dir: Path) -> "PoseCalibration | None":
+        """The map's calibration, or None for a map made without one."""
+        path = Path(map_dir) / CALIBRATION_FILE
+        if not path.exists():
+            return None
+        try:
+            raw = json.loads(path.read_text())
+            return cls({m: ModeCalibration(**c) for m, c in raw["modes"].items()}, raw["max_cm"], raw["max_deg"],
+                       raw["method"])
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise SceneLocError(f"{path}: not a pose calibration file ({e})") from None
+
+
+def reliability_bins(probability: np.ndarray, success: np.ndarray, bins: int = 5) -> list[dict]:
+    """Reliability diagram data: per equal-width bin of predicted ``probability (N,)``, the frame
+    count, mean predicted probability and observed share of ``success (N,)`` (NaN probabilities skipped)."""
+    p, s = np.asarray(probability, dtype=np.float64), np.asarray(success, dtype=bool)
+    keep = np.isfinite(p)
+    p, s = p[keep], s[keep]
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    rows = []
+    for b in range(bins):
+        m = which == b
+        n = int(m.sum())
+        rows.append({"low": float(edges[b]), "high": float(edges[b + 1]), "frames": n,
+                     "predicted": float(p[m].mean()) if n else math.nan,
+                     "observed": float(s[m].mean()) if n else math.nan})
+    return rows
+
+
+def operating_point(probability: np.ndarray, success: np.ndarray, min_probability: float = 0.5) -> dict:
+    """What rejecting poses below ``min_probability`` does: share of wrong poses rejected, share of
+    right poses kept, share of frames kept and accuracy among the kept ones."""
+    p, s = np.nan_to_num(np.asarray(probability, dtype=np.float64), nan=0.0), np.asarray(success, dtype=bool)
+    keep = p >= min_probability
+
+    def share(a: np.ndarray, of: np.ndarray) -> float:
+        return float(a[of].mean()) if of.any() else math.nan
+
+    return {"min_probability": min_probability, "wrong_rejected": share(~keep, ~s), "right_kept": share(keep, s),
+            "kept": float(keep.mean()) if len(keep) else math.nan, "accuracy_of_kept": share(s, keep)}

@@ -1,0 +1,217 @@
+"""``sceneloc map``: the whole mapping pipeline -- training frames, stage 1 (head on a pixel buffer, or the
+FCN/U-Net), stage 2 (confidence), the held-out pose calibration, the map directory and its report --
+and ``--stage confidence`` on an existing map."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .buffer import entries_for_memory, fill_buffer
+from .calibration import PoseCalibration
+from .data import load_scene
+from .errors import SceneLocError
+from .frame_cache import FrameCache
+from .geometry import pose_errors
+from .head_training import buffer_accuracy, train_head
+from .networks import SceneNormalisation, build_coordinate_network
+from .pose_config import PoseConfig
+from .scenemap import MAP_FORMAT_VERSION, Map, default_device, localize_frames
+from .training import (MappingConfig, confidence_config, coordinate_accuracy, predict_cache, seed_everything,
+                       train_confidence_stage, train_coordinates)
+
+#: Held-out frames for the pose calibration come in runs of this many consecutive frames: a frame
+#: between two training neighbours would be easier than a new query.
+CALIBRATION_BLOCK = 10
+MIN_CALIBRATION_FRAMES = 20   # fewer training frames to spare: no calibration
+
+
+def retrain_confidence(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, force: bool = False,
+                       device: str | None = None, intrinsics: np.ndarray | None = None, log=print) -> dict:
+    """``sceneloc map --stage confidence``: (re)train stage 2 on an existing map's coordinate network.
+
+    The coordinate network is untouched; an existing confidence network is replaced only with ``force``.
+    """
+    the_map = Map.load(map_dir, device=device)
+    cfg = replace(cfg, arch=the_map.config["network"]["arch"]).resolved()
+    if the_map.confidence_net is not None and not force:
+        raise SceneLocError(f"{map_dir}: the map already has a confidence network (use --force to retrain it)")
+    seed_everything(cfg.seed)
+    scene = load_scene(dataset, intrinsics)
+    net = the_map.coord_net
+    cache = FrameCache.build(scene.frames("train"), the_map.config["input_height"], net.stride, net.multiple,
+                             "caching train frames")
+    conf_net, classifier, info = train_confidence_stage(net, the_map.norm, cache, tuple(the_map.config["image_size"]),
+                                                        cfg, the_map.device)
+    the_map.confidence_net, the_map.classifier = conf_net.eval(), classifier.eval() if classifier else None
+    the_map.config.update(confidence_config(conf_net, cfg))
+    the_map.save(map_dir, keep_dsac_stage=True)
+    report_path = Path(map_dir) / "mapping_report.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    report["confidence_training"] = info
+    report_path.write_text(json.dumps(report, indent=2))
+    log(f"confidence network written to {map_dir}")
+    return info
+
+
+def _check_map_dir(map_dir: Path, force: bool, resume: bool) -> None:
+    if map_dir.exists() and not map_dir.is_dir():
+        raise SceneLocError(f"{map_dir}: exists and is not a directory")
+    if map_dir.exists() and any(map_dir.iterdir()) and not (force or resume):
+        raise SceneLocError(f"{map_dir}: directory is not empty (use --force to overwrite or --resume to continue)")
+
+
+def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, force: bool = False,
+              resume: bool = False, device: str | None = None, intrinsics: np.ndarray | None = None,
+              evaluate_test: bool = True, log=print) -> dict:
+    """``sceneloc map``: both stages on the train split, then coordinate accuracy on train and test.
+
+    Returns the mapping report (also saved as ``mapping_report.json`` in the map directory).
+    """
+
+    map_dir = Path(map_dir)
+    _check_map_dir(map_dir, force, resume)
+    device = device or default_device()
+    ck_path = map_dir / "checkpoint.pt"
+    if resume:
+        saved = map_dir / "mapping_config.json"
+        if not saved.exists() or not ck_path.exists():
+            raise SceneLocError(f"{map_dir}: nothing to resume (no checkpoint.pt / mapping_config.json)")
+        budget = {"minutes": cfg.minutes, "iterations": cfg.iterations}
+        cfg = MappingConfig(**{**json.loads(saved.read_text()), **budget})
+    cfg = cfg.resolved()
+    seed_everything(cfg.seed)
+    scene = load_scene(dataset, intrinsics)
+    train_frames = scene.frames("train")
+    held_out = set(calibration_frames(len(train_frames), cfg.calibration_share).tolist())
+    calib_frames = [f for i, f in enumerate(train_frames) if i in held_out]
+    train_frames = [f for i, f in enumerate(train_frames) if i not in held_out]
+    if held_out:
+        log(f"{len(held_out)} training frames held out (runs of {CALIBRATION_BLOCK}) to calibrate pose probabilities")
+    missing = [f for f in train_frames if f.depth_path is None]
+    if missing and cfg.arch != "xfeat":
+        raise SceneLocError(f"{missing[0].image_path}: missing depth (--arch {cfg.arch} needs depth for every "
+                            f"training frame; the default xfeat map learns from poses alone)")
+    if missing:
+        log(f"{len(missing)} of {len(train_frames)} training frames have no depth: they are learned from the "
+            f"reprojection error alone (RGB-only mapping)")
+        if len(missing) == len(train_frames) and cfg.confidence:
+            # stage 2 learns the head's errors against depth ground truth: there is none
+            log("no training frame has depth: the confidence network (stage 2) is skipped")
+            cfg = replace(cfg, confidence=False)
+    stats = scene.statistics()
+    tukey_c = cfg.tukey_c if cfg.tukey_c else stats.tukey_c
+    net_cfg = cfg.network_config()
+    model = build_coordinate_network(net_cfg)
+    norm = SceneNormalisation(tuple(float(v) for v in stats.center), float(stats.diameter / 2))
+    log(f"scene: {len(train_frames)} training frames, diameter {stats.diameter:.2f} m, Tukey c {tukey_c:.2f} m; "
+        f"{cfg.arch} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) on {device}")
+    map_dir.mkdir(parents=True, exist_ok=True)
+    (map_dir / "mapping_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+
+    t0 = time.perf_counter()
+    if cfg.arch == "xfeat":
+        model.to(device)
+        model.precision = cfg.precision
+        entries = entries_for_memory(cfg.buffer_mb, model.encoder.channels)
+        buffer = fill_buffer(train_frames, model, cfg.input_height, entries, cfg.buffer_copies, cfg.seed,
+                             cfg.aug_scale, cfg.aug_rotation, cfg.aug_brightness, cfg.aug_contrast, device)
+        buffer_s = time.perf_counter() - t0
+        log(f"training buffer: {len(buffer) / 1e6:.2f} M pixels, {buffer.nbytes / 2 ** 20:.0f} MB, {buffer_s:.0f} s")
+        state = train_head(model, norm, buffer, cfg.minutes, cfg.iterations, cfg.pixel_batch, cfg.lr, cfg.schedule,
+                           cfg.head_loss, cfg.seed, ck_path, resume, cfg.checkpoint_minutes, cfg.precision, device)
+        buffer_report = {"entries": len(buffer), "megabytes": round(buffer.nbytes / 2 ** 20, 1),
+                         "seconds": round(buffer_s, 1), **buffer_accuracy(model, norm, buffer, device=device)}
+        del buffer  # the largest allocation of mapping: free it before stage 2
+        t1 = time.perf_counter()
+        cache = (FrameCache.build(train_frames, cfg.input_height, model.stride, model.multiple, "caching train frames")
+                 if cfg.confidence else None)
+        cache_s = time.perf_counter() - t1
+    else:
+        cache = FrameCache.build(train_frames, cfg.input_height, model.stride, model.multiple, "caching train frames")
+        cache_s = time.perf_counter() - t0
+        state = train_coordinates(model, norm, cache, cfg, tukey_c, ck_path, resume, device)
+        buffer_report = None
+    image_hw = stats.image_size
+    conf_net, classifier, conf_info = (train_confidence_stage(model, norm, cache, image_hw, cfg, device)
+                                       if cfg.confidence else (None, None, {}))
+    K0 = train_frames[0].K
+    config = {
+        "format_version": MAP_FORMAT_VERSION, "sceneloc_version": __version__,
+        "network": net_cfg, "input_height": cfg.input_height, "image_size": list(image_hw),
+        "intrinsics": K0.tolist(), "normalisation": {"center": list(norm.center), "scale": norm.scale},
+        **confidence_config(conf_net, cfg),
+        "tukey_c": tukey_c,
+    }
+    the_map = Map(config, model, conf_net, device, classifier=classifier)
+    if calib_frames:
+        the_map.calibration = fit_pose_calibration(the_map, calib_frames, cfg.seed, log)
+    the_map.save(map_dir)
+
+    per_step = cfg.pixel_batch if cfg.arch == "xfeat" else cfg.batch_size
+    report = {"training": {"steps": state.step, "seconds": round(state.elapsed, 1), "cache_seconds": round(cache_s, 1),
+                           f"{'pixels' if cfg.arch == 'xfeat' else 'images'}_per_second":
+                               round(state.step * per_step / max(state.elapsed, 1e-9), 2),
+                           "history": state.history},
+              "confidence_training": conf_info}
+    if buffer_report is not None:
+        report["buffer"] = buffer_report
+    if buffer_report is not None:  # the head's fit on a sample of its buffer: no second pass over the images
+        if math.isfinite(buffer_report["median_error_m"]):  # NaN: no training frame has depth
+            report["train"] = {k: buffer_report[k] for k in ("median_error_m", "within_10cm")}
+    elif cache is not None:
+        report["train"] = coordinate_accuracy(predict_cache(model, norm, cache, device), cache)
+    del cache
+    if evaluate_test and "test" in scene.splits and scene.splits["test"] and all(f.depth_path for f in scene.splits["test"]):
+        test_cache = FrameCache.build(scene.frames("test"), cfg.input_height, model.stride, model.multiple,
+                                      "caching test frames")
+        report["test"] = coordinate_accuracy(predict_cache(model, norm, test_cache, device), test_cache)
+    report["wall_seconds"] = round(time.perf_counter() - t0, 1)  # buffer or cache, both stages, test check
+    (map_dir / "mapping_report.json").write_text(json.dumps(report, indent=2))
+    for split in ("train", "test"):
+        if split in report:
+            r = report[split]
+            log(f"{split:5s} coordinates: median error {100 * r['median_error_m']:.1f} cm, "
+                f"{r['within_10cm']:.1%} of pixels within 10 cm")
+    log(f"map written to {map_dir}")
+    return report
+
+
+def calibration_frames(n: int, share: float, block: int = CALIBRATION_BLOCK) -> np.ndarray:
+    """Indices of the ~``share`` of ``n`` training frames held out to calibrate pose probabilities:
+    runs of ``block`` consecutive frames, evenly spread; none when fewer than MIN_CALIBRATION_FRAMES."""
+    count = int(round(share * n / block))
+    if share <= 0 or count * block < MIN_CALIBRATION_FRAMES:
+        return np.zeros(0, dtype=np.int64)
+    starts = (np.arange(count) + 0.5) * n / count - block / 2
+    starts = np.clip(np.round(starts).astype(np.int64), 0, n - block)
+    return np.unique((starts[:, None] + np.arange(block)).reshape(-1))
+
+
+def fit_pose_calibration(the_map: Map, frames: list, seed: int = 0, log=print) -> PoseCalibration:
+    """Localize held-out mapping ``frames`` with the default estimator, in RGB and (those with
+    depth) RGB-D, and fit :class:`PoseCalibration` to which poses came within 5 cm / 5 deg."""
+    config = PoseConfig()
+    samples = {}
+    for mode in ("rgb", "rgbd"):
+        use = frames if mode == "rgb" else [f for f in frames if f.depth_path is not None]
+        if not use:
+            continue
+        inliers, points, success = [], [], []
+        for frame, res in localize_frames(the_map, use, mode, config, seed, keep_points=True):
+            inliers.append(res.inliers if res.pose is not None else 0)
+            points.append(len(res.pixels))
+            ok = res.pose is not None
+            if ok:
+                rot, trans = pose_errors(res.pose, frame.pose)
+                ok = bool(rot < 5.0 and trans < 0.05)
+            success.append(ok)
+        samples[mode] = (np.array(inliers), np.array(points), np.array(success))
+        log(f"pose calibration ({mode}): {np.mean(success):.0%} of {len(use)} held-out frames within 5 cm / 5 deg")
+    return PoseCalibration.fit(samples, method=config.method)

@@ -1,0 +1,76 @@
+"""Per-pose probability calibration: logistic fit, file round trip, reliability and operating point."""
+
+import math
+
+import numpy as np
+import pytest
+
+from sceneloc.calibration import (PoseCalibration, fit_logistic, operating_point, pose_features,
+                                  reliability_bins)
+from sceneloc.errors import SceneLocError
+
+
+def test_pose_features():
+    f = pose_features(np.array([0, 99]), np.array([100, 4800]))
+    assert np.allclose(f, [[0.0, 0.0], [math.log(100), 99 / 4800]])
+
+
+def test_fit_logistic_recovers_the_generating_model():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40000, 2))
+    w_true = np.array([-0.5, 2.0, -1.0])
+    p = 1 / (1 + np.exp(-(w_true[0] + x @ w_true[1:])))
+    y = (rng.random(len(p)) < p).astype(float)
+    w = fit_logistic(x, y, ridge=0.0)
+    assert np.allclose(w, w_true, atol=0.06)
+
+
+def test_ridge_keeps_separable_data_finite():
+    x = np.array([[-1.0], [-0.5], [0.5], [1.0]])
+    w = fit_logistic(x, np.array([0, 0, 1, 1.0]), ridge=1.0)
+    assert np.all(np.isfinite(w)) and 0 < w[1] < 10
+
+
+def _samples(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    inliers = rng.integers(0, 2000, n)
+    success = rng.random(n) < inliers / 2000   # more inliers, more often right
+    return inliers, np.full(n, 4800), success
+
+
+def test_calibration_probabilities_rise_with_inliers_and_round_trip(tmp_path):
+    cal = PoseCalibration.fit({"rgb": _samples()})
+    low, high = cal.probability("rgb", "ransac", 100, 4800), cal.probability("rgb", "ransac", 1900, 4800)
+    assert 0 < low < 0.3 < 0.7 < high < 1
+    assert cal.probability("rgb", "ransac", 1900, 4800, success=False) == 0.0
+    assert math.isnan(cal.probability("rgbd", "ransac", 1900, 4800))      # no model for this mode
+    assert math.isnan(cal.probability("rgb", "confidence", 1900, 4800))   # fitted with another estimator
+    cal.save(tmp_path)
+    again = PoseCalibration.load(tmp_path)
+    assert again.probability("rgb", "ransac", 700, 4800) == pytest.approx(cal.probability("rgb", "ransac", 700, 4800))
+    assert PoseCalibration.load(tmp_path / "nowhere") is None
+
+
+def test_too_few_frames_give_no_model_and_bad_file_is_one_line(tmp_path):
+    inl, n, ok = _samples(5)
+    assert PoseCalibration.fit({"rgb": (inl, n, ok)}).modes == {}
+    (tmp_path / "calibration.json").write_text("{\"modes\": 3}")
+    with pytest.raises(SceneLocError, match="calibration.json: not a pose calibration file"):
+        PoseCalibration.load(tmp_path)
+
+
+def test_reliability_bins_by_hand():
+    p = np.array([0.1, 0.15, 0.5, 0.9, 0.95, np.nan])
+    s = np.array([0, 1, 1, 1, 1, 1], dtype=bool)
+    rows = reliability_bins(p, s, bins=2)
+    assert [r["frames"] for r in rows] == [2, 3]
+    assert rows[0]["predicted"] == pytest.approx(0.125) and rows[0]["observed"] == 0.5
+    assert rows[1]["predicted"] == pytest.approx(2.35 / 3) and rows[1]["observed"] == 1.0
+
+
+def test_operating_point_by_hand():
+    p = np.array([0.2, 0.4, 0.6, 0.8])
+    s = np.array([0, 1, 0, 1], dtype=bool)
+    op = operating_point(p, s, 0.5)
+    assert op == {"min_probability": 0.5, "wrong_rejected": 0.5, "right_kept": 0.5, "kept": 0.5,
+                  "accuracy_of_kept": 0.5}
