@@ -334,7 +334,8 @@ def test_pose_file_round_trip(tmp_path):
     poses[2] = g.make_pose(axis_angle([0.3, 1, 0], math.pi), [1, 2, 3])  # w == 0
     records = [g.PoseRecord(f"seq-02/frame-{i:06d}.color.png", p, {"time_ms": 12.5 + i, "inliers": 100 * i + 3})
                for i, p in enumerate(poses)]
-    records.append(g.PoseRecord("seq-02/frame-000099.color.png", None, {"time_ms": 7.25, "inliers": 0}))
+    records.append(g.PoseRecord("seq-02/frame-000099.color.png", None, {"time_ms": 7.25, "inliers": 0},
+                                "only 12 inliers (< 30)"))
     path = tmp_path / "poses.txt"
     g.write_pose_file(path, records, comment="model foo\ntest split")
     text = path.read_text()
@@ -344,6 +345,7 @@ def test_pose_file_round_trip(tmp_path):
     for r, b in zip(records, back):
         assert list(b.extras) == ["time_ms", "inliers"]
         assert b.extras == pytest.approx(r.extras)
+        assert b.failure == r.failure
         if r.pose is None:
             assert b.pose is None
         else:
@@ -354,6 +356,7 @@ def test_pose_file_round_trip(tmp_path):
     T_cw = np.linalg.inv(poses[0])
     np.testing.assert_allclose(t, T_cw[:3, 3], atol=1e-8)
     np.testing.assert_allclose(g.quaternion_to_matrix(q), T_cw[:3, :3], atol=1e-8)
+    assert text.splitlines()[-1].endswith(" nan nan 7.25 0 # failed: only 12 inliers (< 30)")
 
 
 def test_pose_file_comments_and_dsacstar_style(tmp_path):

@@ -232,7 +232,7 @@ def _cmd_localize(args: argparse.Namespace) -> None:
     records, failures = [], 0
     for frame, res in localize_frames(the_map, frames, args.mode, config, args.seed, **options):
         failures += res.pose is None
-        records.append(PoseRecord(frame.name, res.pose, res.pose_file_columns()))
+        records.append(PoseRecord(frame.name, res.pose, res.pose_file_columns(), res.failure))
     write_pose_file(out, records, comment=f"sceneloc localize {args.map_dir} {args.dataset} --split {args.split} "
                                            f"--mode {args.mode} --method {args.method}")
     times = np.array([r.extras["time_ms"] for r in records])

@@ -272,8 +272,8 @@ def match_pose_records(records: list, frames: list, path: Path) -> tuple[list, i
             raise SceneLocError(f"{path}: image {rec.image!r} is listed twice")
         found[name] = rec
     # Renamed to the split's names, so the report's pose file reads like one `localize` wrote.
-    matched = [PoseRecord(f.name, found[f.name].pose, found[f.name].extras) if f.name in found
-               else PoseRecord(f.name, None) for f in frames]
+    matched = [PoseRecord(f.name, found[f.name].pose, found[f.name].extras, found[f.name].failure) if f.name in found
+               else PoseRecord(f.name, None, failure="not in the pose file") for f in frames]
     return matched, len(frames) - len(found)
 
 
@@ -314,7 +314,7 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
         method = method or config.method
         for frame, res in localize_frames(the_map, frames, mode, config, seed, progress, keep_points=True,
                                           method=method, dsac_score=dsac_score):
-            records.append(PoseRecord(frame.name, res.pose, res.pose_file_columns()))
+            records.append(PoseRecord(frame.name, res.pose, res.pose_file_columns(), res.failure))
             _add_frame(diag, the_map, frame, res.pixels, res.coords, res.confidence,
                        res.used if res.pose is not None else None)
         source = f"localized ({method})"

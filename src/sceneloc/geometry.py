@@ -301,16 +301,19 @@ def reprojection_errors(T_wc: np.ndarray, points3d: np.ndarray, points2d: np.nda
 @dataclass
 class PoseRecord:
     """One line of a pose file: image path (relative to the dataset root), camera-to-world pose
-    (None for a failed frame) and named extra columns (e.g. ``time_ms``, ``inliers``)."""
+    (None for a failed frame), named extra columns (e.g. ``time_ms``, ``inliers``) and, for a
+    failed frame, why (written as a trailing ``# failed: ...`` comment)."""
     image: str
     pose: np.ndarray | None
     extras: dict[str, float] = field(default_factory=dict)
+    failure: str | None = None
 
 
 def write_pose_file(path: str | Path, records: Sequence[PoseRecord], comment: str = "") -> None:
     """Write ``<image> qw qx qy qz tx ty tz [extras...]`` lines, (q, t) world-to-camera (OpenCV).
 
-    A failed frame (``pose is None``) is written with ``nan`` for q and t, so it is counted, not dropped.
+    A failed frame (``pose is None``) is written with ``nan`` for q and t, so it is counted, not
+    dropped, and its ``failure`` reason follows as ``# failed: <reason>``.
     """
     extra_names = list(records[0].extras) if records else []
     lines = []
@@ -327,7 +330,8 @@ def write_pose_file(path: str | Path, records: Sequence[PoseRecord], comment: st
             q = matrix_to_quaternion(T_cw[:3, :3])
             vals = [f"{v:.9f}" for v in (*q, *T_cw[:3, 3])]
         extras = [f"{rec.extras.get(n, float('nan')):.6g}" for n in extra_names]
-        lines.append(" ".join([rec.image, *vals, *extras]))
+        reason = [f"# failed: {' '.join(rec.failure.split())}"] if rec.pose is None and rec.failure else []
+        lines.append(" ".join([rec.image, *vals, *extras, *reason]))
     Path(path).write_text("\n".join(lines) + "\n")
 
 
@@ -349,6 +353,8 @@ def read_pose_file(path: str | Path) -> list[PoseRecord]:
             if head[:8] == ["image", "qw", "qx", "qy", "qz", "tx", "ty", "tz"]:
                 extra_names = head[8:]
             continue
+        line, _, note = line.partition("#")
+        failure = note.strip().removeprefix("failed:").strip() or None
         parts = line.split()
         try:
             vals = [float(v) for v in parts[1:]]
@@ -363,5 +369,5 @@ def read_pose_file(path: str | Path) -> list[PoseRecord]:
                 raise SceneLocError(f"{path}:{lineno}: zero quaternion")
             pose = invert_pose(make_pose(quaternion_to_matrix(q), t))
         names = extra_names + [f"col{i}" for i in range(len(extra_names), len(vals) - 7)]
-        records.append(PoseRecord(parts[0], pose, dict(zip(names, vals[7:]))))
+        records.append(PoseRecord(parts[0], pose, dict(zip(names, vals[7:])), failure if pose is None else None))
     return records
