@@ -12,7 +12,7 @@ from sceneloc.geometry import invert_pose, project, transform_points
 from sceneloc.networks import SceneNormalisation, build_coordinate_network, output_pixel_centres
 from sceneloc.scenemap import Map
 from sceneloc.frame_cache import FrameCache, augment
-from sceneloc.mapping import calibration_frames, map_scene
+from sceneloc.mapping import calibration_group, map_scene
 from sceneloc.training import MappingConfig, coordinate_accuracy, predict_cache, train_coordinates
 
 
@@ -148,12 +148,11 @@ def test_confidence_stage_retrains_stage_two_only(tiny_map, overfit_scene, tmp_p
         assert torch.equal(after.coord_net.state_dict()[k], v)
 
 
-def test_calibration_frames_are_even_runs_of_consecutive_frames():
-    idx = calibration_frames(400, 0.1, block=10)
-    assert len(idx) == 40 and len(set(idx.tolist())) == 40
-    runs = np.split(idx, np.flatnonzero(np.diff(idx) != 1) + 1)
-    assert [len(r) for r in runs] == [10] * 4
-    starts = [int(r[0]) for r in runs]
-    assert starts == [45, 145, 245, 345]        # centred in each quarter
-    assert len(calibration_frames(100, 0.1)) == 0   # 10 frames: too few to fit a calibration
-    assert len(calibration_frames(400, 0.0)) == 0
+def test_calibration_group_is_the_last_recording_or_the_middle_third():
+    class F:
+        def __init__(self, name):
+            self.name = name
+    frames = [F(f"seq-0{s}/frame-{i:06d}.color.png") for s in (1, 3) for i in range(5)]
+    assert calibration_group(frames).tolist() == [5, 6, 7, 8, 9]
+    flat = [F(f"img{i}.jpg") for i in range(9)]
+    assert calibration_group(flat).tolist() == [3, 4, 5]

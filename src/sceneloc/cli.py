@@ -121,9 +121,10 @@ def _add_map_arguments(s: argparse.ArgumentParser) -> None:
     g.add_argument("--snapshot-minutes", type=float, nargs="+", default=d.snapshot_minutes,
                    help="also save the weights after these training minutes (MAP_DIR/snapshots/)")
     g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--calibration-share", type=float, default=d.calibration_share,
-                   help="share of training frames held out (runs of 10 consecutive frames) to calibrate each "
-                        "pose's probability of being within 5 cm / 5 deg; 0 = none (default %(default)s)")
+    g.add_argument("--calibration-minutes", type=float, default=d.calibration_minutes,
+                   help="xfeat: train a second head this long without one recording of the mapping frames and "
+                        "localize those, to calibrate each pose's probability of being within 5 cm / 5 deg; "
+                        "0 = no calibration (default %(default)s)")
     g = s.add_argument_group("confidence (stage 2)")
     g.add_argument("--no-confidence", dest="confidence", action="store_false", help="skip stage 2")
     g.add_argument("--confidence-mode", choices=["regression", "classification", "both"], default=d.confidence_mode,

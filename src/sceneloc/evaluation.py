@@ -344,8 +344,9 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
         metrics["calibration"] = {"bins": reliability_bins(probability, success),
                                   "operating_point": operating_point(probability, success, REJECT_BELOW)}
     else:
-        notes.append("no reliability diagram: no pose has a calibrated probability (a map calibrates when "
-                     "mapping holds out enough frames, --calibration-share; poses read from a file have none)")
+        notes.append("no reliability diagram: no pose has a calibrated probability (an xfeat map "
+                     "calibrates when it has enough mapping frames to hold some out, --calibration-minutes; poses "
+                     "read from a file have none)")
     if poses is None:
         metrics["pose_config"] = asdict(config)
     if diag.frames < len(frames):

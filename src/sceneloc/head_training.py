@@ -92,9 +92,11 @@ def _camera_depth(X_w: torch.Tensor, T_cw: torch.Tensor) -> torch.Tensor:
 def train_head(net: EncoderHeadNet, norm: SceneNormalisation, buffer: PixelBuffer, minutes: float | None,
                iterations: int | None, batch: int = 4096, lr: float = 3e-3, schedule: str = "cosine",
                loss: str = "euclidean", seed: int = 0, checkpoint: Path | None = None, resume: bool = False,
-               checkpoint_minutes: float = 2.0, precision: str = "auto", device: str = "cpu") -> Budget:
+               checkpoint_minutes: float = 2.0, precision: str = "auto", device: str = "cpu",
+               entries: torch.Tensor | None = None, desc: str = "training head") -> Budget:
     """Fit ``net.head`` to ``buffer`` under a time or step budget; returns the finished :class:`Budget`
     (steps, seconds, history). Checkpoints hold the head, optimiser, step, time and random state.
+    ``entries`` (indices into the buffer) restricts training to those entries.
 
     In bf16 (``encoders.use_bf16``) the hidden layers run under a bfloat16 autocast (weights,
     optimiser and the output layer stay fp32): 1.9x the steps per minute on this project's 2-core
@@ -110,12 +112,14 @@ def train_head(net: EncoderHeadNet, norm: SceneNormalisation, buffer: PixelBuffe
         opt.load_state_dict(ck["optimizer"])
         step, elapsed, history = ck["step"], ck["elapsed"], ck["history"]
         gen.set_state(ck["generator"])
-    budget = Budget("training head", minutes, iterations, step, elapsed, history)
-    n = len(buffer)
+    budget = Budget(desc, minutes, iterations, step, elapsed, history)
+    n = len(buffer) if entries is None else len(entries)
     center = torch.as_tensor(norm.center, dtype=torch.float32, device=device)
     last_ck = time.perf_counter()
     while not budget.done:
         idx = torch.randint(n, (min(batch, n),), generator=gen)
+        if entries is not None:
+            idx = entries[idx]
         for g in opt.param_groups:
             g["lr"] = lr * lr_factor(schedule, budget.fraction)
         x = buffer.features[idx].to(device).float()

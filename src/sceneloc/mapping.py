@@ -11,6 +11,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from . import __version__
 from .buffer import entries_for_memory, fill_buffer
@@ -26,10 +27,8 @@ from .scenemap import MAP_FORMAT_VERSION, Map, default_device, localize_frames
 from .training import (MappingConfig, confidence_config, coordinate_accuracy, predict_cache, seed_everything,
                        train_confidence_stage, train_coordinates)
 
-#: Held-out frames for the pose calibration come in runs of this many consecutive frames: a frame
-#: between two training neighbours would be easier than a new query.
-CALIBRATION_BLOCK = 10
-MIN_CALIBRATION_FRAMES = 20   # fewer training frames to spare: no calibration
+MIN_CALIBRATION_FRAMES = 20   # fewer held-out frames: no calibration
+CALIBRATION_FRAMES = 60       # held-out frames localized (evenly spaced) to fit the calibration
 
 
 def retrain_confidence(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, force: bool = False,
@@ -89,11 +88,6 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
     seed_everything(cfg.seed)
     scene = load_scene(dataset, intrinsics)
     train_frames = scene.frames("train")
-    held_out = set(calibration_frames(len(train_frames), cfg.calibration_share).tolist())
-    calib_frames = [f for i, f in enumerate(train_frames) if i in held_out]
-    train_frames = [f for i, f in enumerate(train_frames) if i not in held_out]
-    if held_out:
-        log(f"{len(held_out)} training frames held out (runs of {CALIBRATION_BLOCK}) to calibrate pose probabilities")
     missing = [f for f in train_frames if f.depth_path is None]
     if missing and cfg.arch != "xfeat":
         raise SceneLocError(f"{missing[0].image_path}: missing depth (--arch {cfg.arch} needs depth for every "
@@ -114,6 +108,14 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
         f"{cfg.arch} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) on {device}")
     map_dir.mkdir(parents=True, exist_ok=True)
     (map_dir / "mapping_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    image_hw = stats.image_size
+    config = {
+        "format_version": MAP_FORMAT_VERSION, "sceneloc_version": __version__,
+        "network": net_cfg, "input_height": cfg.input_height, "image_size": list(image_hw),
+        "intrinsics": train_frames[0].K.tolist(), "normalisation": {"center": list(norm.center), "scale": norm.scale},
+        "tukey_c": tukey_c,
+    }
+    calibration = None
 
     t0 = time.perf_counter()
     if cfg.arch == "xfeat":
@@ -128,6 +130,8 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
                            cfg.head_loss, cfg.seed, ck_path, resume, cfg.checkpoint_minutes, cfg.precision, device)
         buffer_report = {"entries": len(buffer), "megabytes": round(buffer.nbytes / 2 ** 20, 1),
                          "seconds": round(buffer_s, 1), **buffer_accuracy(model, norm, buffer, device=device)}
+        if cfg.calibration_minutes:
+            calibration = calibrate_with_held_out_head(config, norm, buffer, train_frames, cfg, device, log)
         del buffer  # the largest allocation of mapping: free it before stage 2
         t1 = time.perf_counter()
         cache = (FrameCache.build(train_frames, cfg.input_height, model.stride, model.multiple, "caching train frames")
@@ -138,20 +142,11 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
         cache_s = time.perf_counter() - t0
         state = train_coordinates(model, norm, cache, cfg, tukey_c, ck_path, resume, device)
         buffer_report = None
-    image_hw = stats.image_size
     conf_net, classifier, conf_info = (train_confidence_stage(model, norm, cache, image_hw, cfg, device)
                                        if cfg.confidence else (None, None, {}))
-    K0 = train_frames[0].K
-    config = {
-        "format_version": MAP_FORMAT_VERSION, "sceneloc_version": __version__,
-        "network": net_cfg, "input_height": cfg.input_height, "image_size": list(image_hw),
-        "intrinsics": K0.tolist(), "normalisation": {"center": list(norm.center), "scale": norm.scale},
-        **confidence_config(conf_net, cfg),
-        "tukey_c": tukey_c,
-    }
+    config.update(confidence_config(conf_net, cfg))
     the_map = Map(config, model, conf_net, device, classifier=classifier)
-    if calib_frames:
-        the_map.calibration = fit_pose_calibration(the_map, calib_frames, cfg.seed, log)
+    the_map.calibration = calibration
     the_map.save(map_dir)
 
     per_step = cfg.pixel_batch if cfg.arch == "xfeat" else cfg.batch_size
@@ -183,15 +178,42 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
     return report
 
 
-def calibration_frames(n: int, share: float, block: int = CALIBRATION_BLOCK) -> np.ndarray:
-    """Indices of the ~``share`` of ``n`` training frames held out to calibrate pose probabilities:
-    runs of ``block`` consecutive frames, evenly spread; none when fewer than MIN_CALIBRATION_FRAMES."""
-    count = int(round(share * n / block))
-    if share <= 0 or count * block < MIN_CALIBRATION_FRAMES:
-        return np.zeros(0, dtype=np.int64)
-    starts = (np.arange(count) + 0.5) * n / count - block / 2
-    starts = np.clip(np.round(starts).astype(np.int64), 0, n - block)
-    return np.unique((starts[:, None] + np.arange(block)).reshape(-1))
+def calibration_group(frames: list) -> np.ndarray:
+    """Indices of the training ``frames`` that the calibration head does not learn from: the last
+    recording when there are several (``seq-XX/...`` names: a trajectory of its own, as a query's
+    is), else the middle third of the frames."""
+    sequences = [Path(f.name).parts[0] if len(Path(f.name).parts) > 1 else "" for f in frames]
+    names = sorted(set(sequences))
+    if len(names) > 1:
+        return np.flatnonzero(np.array(sequences) == names[-1])
+    n = len(frames)
+    return np.arange(n // 3, 2 * n // 3)
+
+
+def calibrate_with_held_out_head(config: dict, norm: SceneNormalisation, buffer, frames: list, cfg: MappingConfig,
+                                 device: str, log=print) -> PoseCalibration | None:
+    """Fit the per-pose calibration with a second, short-trained head that never saw one group of
+    the training frames (``calibration_group``): its poses of those frames fail and succeed the way
+    the map's poses of new queries do, which frames the map itself was trained on cannot show
+    (they all localize). Returns None when too few frames can be held out."""
+    group = calibration_group(frames)
+    if len(group) < MIN_CALIBRATION_FRAMES or len(group) == len(frames):
+        log(f"pose calibration skipped: {len(group)} of {len(frames)} frames to hold out (needs "
+            f"{MIN_CALIBRATION_FRAMES} and some left to train on)")
+        return None
+    held = torch.zeros(len(frames), dtype=torch.bool)
+    held[torch.from_numpy(group)] = True
+    entries = torch.nonzero(~held[buffer.frames.long()]).squeeze(1)
+    probe = build_coordinate_network(config["network"]).to(device)
+    probe.precision = cfg.precision
+    iterations = None if cfg.iterations is None else max(1, cfg.iterations // 4)
+    train_head(probe, norm, buffer, cfg.calibration_minutes, iterations, cfg.pixel_batch, cfg.lr, cfg.schedule,
+               cfg.head_loss, cfg.seed + 1, precision=cfg.precision, device=device, entries=entries,
+               desc="calibration head")
+    pick = group[np.unique(np.linspace(0, len(group) - 1, min(len(group), CALIBRATION_FRAMES)).round().astype(int))]
+    log(f"pose calibration: a head trained without {len(group)} of the {len(frames)} training frames localizes "
+        f"{len(pick)} of them")
+    return fit_pose_calibration(Map(config, probe, None, device), [frames[i] for i in pick], cfg.seed, log)
 
 
 def fit_pose_calibration(the_map: Map, frames: list, seed: int = 0, log=print) -> PoseCalibration:

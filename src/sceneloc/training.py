@@ -90,9 +90,9 @@ class MappingConfig:
     checkpoint_minutes: float = 2.0
     snapshot_minutes: tuple[float, ...] = ()  # also save the weights at these training minutes (snapshots/)
     seed: int = 0
-    # share of training frames held out (in runs of consecutive frames) to fit the per-pose
-    # probability of being within 5 cm / 5 deg (calibration.py); 0: no calibration
-    calibration_share: float = 0.1
+    # xfeat: a second head trained this long without one recording (or a third) of the frames
+    # localizes them, to fit each pose's probability of being within 5 cm / 5 deg (calibration.py); 0: none
+    calibration_minutes: float = 0.5
     # stage 2
     confidence: bool = True
     confidence_mode: str = "regression"   # or classification, or both (classifier kept for Fig. 3's ROC)
