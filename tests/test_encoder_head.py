@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sceneloc.buffer import (augmentation_matrix, cell_source_pixels, entries_for_memory, fill_buffer,
-                             resize_matrix)
+from sceneloc.buffer import augmentation_matrix, cell_source_pixels, entries_for_memory, fill_buffer, resize_matrix
 from sceneloc.data import load_scene
 from sceneloc.encoders import encoder_identity, load_encoder
 from sceneloc.errors import SceneLocError

@@ -32,8 +32,8 @@ _ENTRY_OVERHEAD_BYTES = 24
 
 @dataclass
 class PixelBuffer:
-    """``features (N, C)`` fp16, ``targets (N, 3)`` metres (NaN: a frame without depth), ``pixels (N, 2)`` source pixel (u, v)
-    in the original image, ``frames (N,)`` index into the mapping frames; ``T_cw (F, 3, 4)`` and
+    """``features (N, C)`` fp16, ``targets (N, 3)`` metres (NaN: a frame without depth), ``pixels (N, 2)``
+    source pixel (u, v) in the original image, ``frames (N,)`` index into the mapping frames; ``T_cw (F, 3, 4)`` and
     ``K (F, 3, 3)`` of those frames (for reprojection losses)."""
     features: torch.Tensor
     targets: torch.Tensor

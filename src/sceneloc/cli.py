@@ -36,6 +36,7 @@ def _cmd_info(args: argparse.Namespace) -> None:
 
 def _cmd_map(args: argparse.Namespace) -> None:
     from dataclasses import fields
+
     from .data import parse_intrinsics
     from .training import MappingConfig, map_scene, retrain_confidence
     K = parse_intrinsics(args.intrinsics) if args.intrinsics else None
@@ -62,7 +63,7 @@ def _finetune_dsac(args: argparse.Namespace, K) -> None:
 
 
 def _add_map_arguments(s: argparse.ArgumentParser) -> None:
-    from .dsac import DSACConfig, MODES, OBJECTIVES, SCORES
+    from .dsac import MODES, OBJECTIVES, SCORES, DSACConfig
     from .head_training import LOSSES as HEAD_LOSSES
     from .training import ARCH_DEFAULTS, MappingConfig
     d = MappingConfig()
@@ -89,27 +90,32 @@ def _add_map_arguments(s: argparse.ArgumentParser) -> None:
     g.add_argument("--pixel-batch", type=int, default=d.pixel_batch,
                    help="buffer pixels per head step (default %(default)s)")
     g.add_argument("--width", type=int, default=None, help="base channel width (default 32 for fcn, 16 for unet)")
-    g.add_argument("--stride", type=int, choices=[4, 8, 16], default=d.stride, help="fcn output stride (default %(default)s)")
+    g.add_argument("--stride", type=int, choices=[4, 8, 16], default=d.stride,
+                   help="fcn output stride (default %(default)s)")
     g.add_argument("--stem", choices=["strided", "full"], default=d.stem,
                    help="fcn first layer: stride 2, or full resolution as DSAC* (default %(default)s)")
     g.add_argument("--blocks", type=int, default=d.blocks, help="fcn residual blocks (default %(default)s)")
-    g.add_argument("--input-height", type=int, default=None, help=f"network input rows (default {per_arch('input_height')})")
+    g.add_argument("--input-height", type=int, default=None,
+                   help=f"network input rows (default {per_arch('input_height')})")
     g = s.add_argument_group("loss and optimisation")
     g.add_argument("--loss", choices=["l1", "tukey", "tukey+smooth"], default=d.loss,
                    help="default %(default)s (measured best under a CPU budget; the paper's best is tukey+smooth)")
-    g.add_argument("--tukey-c", type=float, default=None, help="Tukey constant in metres (default half the scene diameter)")
+    g.add_argument("--tukey-c", type=float, default=None,
+                   help="Tukey constant in metres (default half the scene diameter)")
     g.add_argument("--smooth-weight", type=float, default=d.smooth_weight)
     g.add_argument("--neighbourhood", type=int, choices=[4, 8], default=d.neighbourhood)
     g.add_argument("--optimizer", choices=["rmsprop", "adamw"], default=None,
                    help=f"fcn/unet optimiser (default {per_arch('optimizer')}; the xfeat head uses adamw)")
     g.add_argument("--lr", type=float, default=None, help=f"learning rate (default {per_arch('lr')}; the paper's 5e-4)")
     g.add_argument("--schedule", choices=["constant", "cosine"], default=d.schedule)
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step (default %(default)s; the paper's 20)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help="images per step (default %(default)s; the paper's 20)")
     g.add_argument("--minutes", type=float, default=None,
                    help=f"wall-clock budget of stage 1, the head for xfeat (default {per_arch('minutes')}), "
                         f"or of --stage dsac (default {dd.minutes:g})")
     g.add_argument("--iterations", type=int, default=None, help="train for exactly N steps instead (repeatable)")
-    g.add_argument("--aug-scale", type=float, default=None, help=f"random zoom in [1/a, a] (1 = off; default {per_arch('aug_scale')})")
+    g.add_argument("--aug-scale", type=float, default=None,
+                   help=f"random zoom in [1/a, a] (1 = off; default {per_arch('aug_scale')})")
     g.add_argument("--aug-rotation", type=float, default=d.aug_rotation, help="random roll in degrees (0 = off)")
     g.add_argument("--aug-brightness", type=float, default=d.aug_brightness)
     g.add_argument("--aug-contrast", type=float, default=d.aug_contrast)
@@ -161,15 +167,18 @@ def _add_pose_arguments(s: argparse.ArgumentParser) -> None:
     from .dsac import DSAC_METHODS, SCORES
     from .pose import METHODS, PoseConfig
     d = PoseConfig()
-    g = s.add_argument_group("pose estimation (default ransac, measured best; --method confidence is the paper III-C estimator, whose defaults are the paper's)")
+    g = s.add_argument_group("pose estimation (default ransac, measured best; --method confidence is the paper "
+                             "III-C estimator, whose defaults are the paper's)")
     g.add_argument("--method", choices=list(METHODS) + list(DSAC_METHODS), default=d.method,
                    help="dsac|softam: DSAC's argmax|SoftAM selection with the map's --stage dsac (they use "
                         "--hypotheses and --min-inliers; the other options are the stage's)")
     g.add_argument("--dsac-score", choices=SCORES, default=None,
                    help="hypothesis score of dsac|softam (default: the stage's); soft-inliers needs no DSAC stage")
     g.add_argument("--hypotheses", type=int, default=d.hypotheses, help="h_p (default %(default)s)")
-    g.add_argument("--n-k", dest="n_k_pose", type=int, default=d.n_k, help="N_k points sampled per hypothesis (default %(default)s)")
-    g.add_argument("--best-fraction", type=float, default=d.best_fraction, help="most confident share kept (default %(default)s)")
+    g.add_argument("--n-k", dest="n_k_pose", type=int, default=d.n_k,
+                   help="N_k points sampled per hypothesis (default %(default)s)")
+    g.add_argument("--best-fraction", type=float, default=d.best_fraction,
+                   help="most confident share kept (default %(default)s)")
     g.add_argument("--spread-cells", type=int, default=d.spread_cells,
                    help="G > 0: keep the most confident per cell of a G x G image grid, not globally "
                         "(default %(default)s, the paper's global top share)")
@@ -179,7 +188,8 @@ def _add_pose_arguments(s: argparse.ArgumentParser) -> None:
                    help="hypothesis score of --method confidence (default %(default)s, the paper's)")
     g.add_argument("--threshold-px", type=float, default=d.inlier_threshold_px, help="PnP inlier threshold (px)")
     g.add_argument("--threshold-m", type=float, default=d.inlier_threshold_m, help="Kabsch inlier threshold (m)")
-    g.add_argument("--no-polish", dest="polish", action="store_false", help="skip the final re-fit on all inliers (pure paper)")
+    g.add_argument("--no-polish", dest="polish", action="store_false",
+                   help="skip the final re-fit on all inliers (pure paper)")
     g.add_argument("--min-inliers", type=int, default=d.min_inliers, help="fewer inliers report a failure")
     g.add_argument("--depth-gate", type=float, default=d.depth_gate,
                    help="--method joint: ignore the query depth when the pose refined with it fits the image "
@@ -189,7 +199,9 @@ def _add_pose_arguments(s: argparse.ArgumentParser) -> None:
 
 def _cmd_localize(args: argparse.Namespace) -> None:
     from pathlib import Path
+
     import numpy as np
+
     from .data import load_scene, parse_intrinsics, read_depth, read_image
     from .geometry import PoseRecord, invert_pose, matrix_to_quaternion, write_pose_file
     from .scenemap import Map, localize_frames
@@ -200,13 +212,14 @@ def _cmd_localize(args: argparse.Namespace) -> None:
     if args.image:
         image = read_image(Path(args.image))
         depth = read_depth(Path(args.depth), image.shape[:2]) if args.depth else None
-        res = the_map.localize(image, depth=depth, intrinsics=K, pose_config=config, rng=np.random.default_rng(args.seed),
-                               **options)
+        res = the_map.localize(image, depth=depth, intrinsics=K, pose_config=config,
+                               rng=np.random.default_rng(args.seed), **options)
         if res.pose is None:
             raise SceneLocError(f"{args.image}: no pose found ({res.failure})")
         T_cw = invert_pose(res.pose)
         np.set_printoptions(precision=6, suppress=True)
-        print(f"camera-to-world pose of {args.image} ({'Kabsch' if depth is not None else 'PnP'}, {res.inliers} inliers, "
+        solver = "Kabsch" if depth is not None else "PnP"
+        print(f"camera-to-world pose of {args.image} ({solver}, {res.inliers} inliers, "
               f"{res.timings['total_ms']:.0f} ms):")
         print(res.pose)
         q = matrix_to_quaternion(T_cw[:3, :3])
@@ -250,7 +263,8 @@ def _add_evaluate_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("map_dir", help="a map written by 'sceneloc map'")
     s.add_argument("dataset", help="dataset root with ground-truth poses (and depth for the coordinate errors)")
     s.add_argument("--split", default="test", help="split to evaluate (default %(default)s)")
-    s.add_argument("--mode", choices=["rgb", "rgbd"], default="rgb", help="PnP on RGB, or Kabsch with the frame's depth")
+    s.add_argument("--mode", choices=["rgb", "rgbd"], default="rgb",
+                   help="PnP on RGB, or Kabsch with the frame's depth")
     s.add_argument("--out", required=True, metavar="REPORT_DIR",
                    help="report folder: metrics.json, report.md, index.html, poses.txt, plots")
     s.add_argument("--poses", metavar="POSES.txt", help="evaluate this pose file instead of localizing "
@@ -279,7 +293,8 @@ def _add_export_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--out", required=True, metavar="MAP.ply", help="binary PLY point cloud to write")
     s.add_argument("--split", default="train", help="frames to predict (default %(default)s)")
     s.add_argument("--min-confidence", type=float, default=0.75,
-                   help="keep points above this confidence, when the map has a confidence network (default %(default)s)")
+                   help="keep points above this confidence, when the map has a confidence network "
+                        "(default %(default)s)")
     s.add_argument("--max-frames", type=int, default=None, help="at most N evenly spaced frames (default all)")
     s.add_argument("--intrinsics", help="override: 'fx,fy,cx,cy' or a file with a 3x3 matrix")
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -337,8 +352,10 @@ def _known_distance(spec: list[str] | None):
 def _print_import_summary(info: dict, out) -> None:
     n_unreg = len(info["unregistered"])
     total = info["registered"] + n_unreg
+    unregistered = (f"; not registered: {', '.join(info['unregistered'][:5])}{' ...' if n_unreg > 5 else ''}"
+                    if n_unreg else "")
     print(f"{info['registered']} of {total} images registered ({info['registered'] / max(total, 1):.0%})"
-          + (f"; not registered: {', '.join(info['unregistered'][:5])}{' ...' if n_unreg > 5 else ''}" if n_unreg else ""))
+          + unregistered)
     print(f"frames: {info['frames']['train']} train, {info['frames']['test']} test; images are {info['images']}")
     print(f"frame: {info['frame']}")
     print(f"units: {info['units']}")
@@ -348,7 +365,8 @@ def _print_import_summary(info: dict, out) -> None:
 def _add_split_arguments(s: argparse.ArgumentParser) -> None:
     g = s.add_argument_group("train/test split (one rule; default: every image is a training image)")
     g.add_argument("--test-every", type=int, metavar="N", help="every N-th image in name order goes to test")
-    g.add_argument("--test-list", metavar="FILE", help="the image names (one per line, as in the model) that go to test")
+    g.add_argument("--test-list", metavar="FILE",
+                   help="the image names (one per line, as in the model) that go to test")
     g.add_argument("--test-match", metavar="GLOB", help="image names matching this glob go to test (e.g. 'seq-02/*')")
     g = s.add_argument_group("scale (default: metric from --depth-dir, else the model's units, stated as such)")
     g.add_argument("--depth-dir", metavar="DIR", help="depth maps (uint16 PNG, mm) named like the images "
@@ -408,19 +426,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("map_dir", help="a map written by 'sceneloc map'")
     s.add_argument("dataset", nargs="?", help="dataset root to localize (its --split)")
     s.add_argument("--split", default="test", help="split to localize (default %(default)s)")
-    s.add_argument("--mode", choices=["rgb", "rgbd"], default="rgb", help="PnP on RGB, or Kabsch with the frame's depth")
+    s.add_argument("--mode", choices=["rgb", "rgbd"], default="rgb",
+                   help="PnP on RGB, or Kabsch with the frame's depth")
     s.add_argument("--out", help="pose file to write (dataset mode)")
     s.add_argument("--image", help="localize this one image instead of a dataset")
     s.add_argument("--depth", help="with --image: its depth map (uint16 PNG, mm) for Kabsch")
-    s.add_argument("--intrinsics", help="query camera: 'fx,fy,cx,cy' or a 3x3 matrix file (default: the dataset's / the map's)")
+    s.add_argument("--intrinsics",
+                   help="query camera: 'fx,fy,cx,cy' or a 3x3 matrix file (default: the dataset's / the map's)")
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     s.add_argument("--force", action="store_true", help="overwrite --out")
     _add_pose_arguments(s)
     s.set_defaults(func=_cmd_localize)
 
-    from .synth import add_synth_arguments  # noqa: E402  (each stage owns its options)
+    from .synth import add_synth_arguments
     add_synth_arguments(sub.add_parser("synth", help="render a synthetic posed RGB-D scene in 7-Scenes layout"))
-    _add_evaluate_arguments(sub.add_parser("evaluate", help="localize a split against ground truth: metrics, plots, report"))
+    _add_evaluate_arguments(sub.add_parser("evaluate",
+                                           help="localize a split against ground truth: metrics, plots, report"))
     _add_export_arguments(sub.add_parser("export", help="write the learned map as a coloured PLY point cloud"))
     _add_demo_arguments(sub.add_parser("demo", help="synthesise (or take) a scene, map it, evaluate it, show results"))
     _add_table_arguments(sub.add_parser("table", help="one row per evaluated scene plus the average (paper Table II)"))
@@ -442,8 +463,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "pinhole whose focal length SfM estimates)")
     s.add_argument("--max-features", type=int, default=2048, help="SIFT features per image (default %(default)s)")
     s.add_argument("--matcher", choices=MATCHERS, default="auto",
-                   help="image pairs to match: auto = exhaustive up to 150 images, else sequential (default %(default)s)")
-    s.add_argument("--overlap", type=int, default=10, help="sequential: successors matched per image (default %(default)s)")
+                   help="image pairs to match: auto = exhaustive up to 150 images, else sequential "
+                        "(default %(default)s)")
+    s.add_argument("--overlap", type=int, default=10,
+                   help="sequential: successors matched per image (default %(default)s)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true", help="no progress lines")
     _add_split_arguments(s)

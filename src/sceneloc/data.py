@@ -121,7 +121,8 @@ def read_depth(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
     """Depth in metres ``(H, W)`` float32, 0 where the sensor gave none (0 or 65535 mm)."""
     d = _decode(path, cv2.IMREAD_ANYDEPTH, "depth map")
     if d.ndim != 2 or d.dtype != np.uint16:
-        raise SceneLocError(f"{path}: depth must be a single-channel uint16 PNG in millimetres, got {d.dtype} with shape {d.shape}")
+        raise SceneLocError(f"{path}: depth must be a single-channel uint16 PNG in millimetres, "
+                            f"got {d.dtype} with shape {d.shape}")
     if shape is not None and d.shape != tuple(shape):
         raise SceneLocError(f"{path}: depth map is {d.shape[1]}x{d.shape[0]} but its image is {shape[1]}x{shape[0]}")
     out = d.astype(np.float32) / 1000.0
@@ -146,7 +147,8 @@ def read_intrinsics(path: Path, image_size: tuple[int, int] | None = None) -> np
         h, w = image_size
         K = intrinsics_matrix(values[0], values[0], w / 2.0, h / 2.0)
     else:
-        raise SceneLocError(f"{path}: malformed calibration file (expected 1 focal length or a 3x3 matrix, found {len(values)} numbers)")
+        raise SceneLocError(f"{path}: malformed calibration file (expected 1 focal length or a 3x3 matrix, "
+                            f"found {len(values)} numbers)")
     if K[0, 0] <= 0 or K[1, 1] <= 0 or not np.allclose(K[2], [0, 0, 1]):
         raise SceneLocError(f"{path}: not a valid camera matrix (focal lengths must be positive, last row 0 0 1)")
     return K
@@ -189,7 +191,7 @@ class Frame:
             raise SceneLocError(f"{self.image_path}: missing depth (no depth map for this frame)")
         return read_depth(self.depth_path, shape)
 
-    def load(self, need_depth: bool = True) -> "FrameData":
+    def load(self, need_depth: bool = True) -> FrameData:
         image = self.load_image()
         depth = self.load_depth(image.shape[:2]) if need_depth or self.depth_path else None
         return FrameData(self.name, image, depth, self.pose, self.K)
@@ -265,7 +267,8 @@ class Scene:
 
     def frames(self, split: str) -> list[Frame]:
         if split not in self.splits:
-            raise SceneLocError(f"{self.root}: unknown split {split!r} (this dataset has: {', '.join(self.splits) or 'none'})")
+            have = ", ".join(self.splits) or "none"
+            raise SceneLocError(f"{self.root}: unknown split {split!r} (this dataset has: {have})")
         if not self.splits[split]:
             raise SceneLocError(f"{self.root}: split {split!r} is empty")
         return self.splits[split]
@@ -357,7 +360,8 @@ def _load_7scenes(root: Path, K: np.ndarray | None) -> Scene:
                 frames.append(Frame(str(img.relative_to(root)), img, read_pose(Path(f"{stem}.pose.txt")), K,
                                     depth if depth.exists() else None))
             if len(frames) == n_before:
-                raise SceneLocError(f"{seq}: empty split folder (no frame-XXXXXX.color.png/jpg images), listed in {split_file.name}")
+                raise SceneLocError(f"{seq}: empty split folder (no frame-XXXXXX.color.png/jpg images), "
+                                    f"listed in {split_file.name}")
         scene.splits[split] = frames
     if not scene.splits:
         raise SceneLocError(f"{root}: 7-Scenes layout without TrainSplit.txt or TestSplit.txt")
@@ -399,7 +403,8 @@ def _load_dsacstar(root: Path, K_override: np.ndarray | None) -> Scene:
         if len(poses) != len(images):
             raise SceneLocError(f"{d / 'poses'}: {len(poses)} pose files for {len(images)} images in {d / 'rgb'}")
         if K_override is None and len(calibs) != len(images):
-            raise SceneLocError(f"{d / 'calibration'}: {len(calibs)} calibration files for {len(images)} images (or pass --intrinsics)")
+            raise SceneLocError(f"{d / 'calibration'}: {len(calibs)} calibration files for {len(images)} images "
+                                f"(or pass --intrinsics)")
         if not depths and (d / "depth").is_dir() and any((d / "depth").iterdir()):
             raise SceneLocError(f"{d / 'depth'}: no .png depth maps (depth must be uint16 PNG in millimetres)")
         if depths and len(depths) != len(images):
@@ -436,7 +441,8 @@ def load_scene(path: str | Path, intrinsics: np.ndarray | None = None) -> Scene:
         return _load_7scenes(root, intrinsics)
     if (root / "train" / "rgb").is_dir() or (root / "test" / "rgb").is_dir():
         return _load_dsacstar(root, intrinsics)
-    raise SceneLocError(f"{root}: neither 7-Scenes layout (TrainSplit.txt, seq-XX/) nor DSAC*/ACE layout (train/rgb, test/rgb)")
+    raise SceneLocError(f"{root}: neither 7-Scenes layout (TrainSplit.txt, seq-XX/) "
+                        f"nor DSAC*/ACE layout (train/rgb, test/rgb)")
 
 
 def sample_nearest(image: np.ndarray, uv: np.ndarray) -> np.ndarray:

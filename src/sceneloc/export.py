@@ -8,7 +8,6 @@ import numpy as np
 
 from .errors import SceneLocError
 
-
 # ============================================================================================ export
 
 
@@ -37,8 +36,8 @@ def export_point_cloud(map_dir: str | Path, dataset: str | Path, out: str | Path
     Only points with confidence above ``min_confidence`` are kept when the map has a confidence
     network (0.75 is the paper's inlier confidence, delta at 10 cm); otherwise every prediction.
     """
-    from .progress import progress as progress_bar
     from .data import load_scene
+    from .progress import progress as progress_bar
     from .scenemap import Map
     out = Path(out)
     if out.exists() and not force:

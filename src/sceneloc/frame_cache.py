@@ -37,7 +37,7 @@ class FrameCache:
 
     @classmethod
     def build(cls, frames: list[Frame], input_height: int, stride: int, multiple: int,
-              desc: str = "caching frames") -> "FrameCache":
+              desc: str = "caching frames") -> FrameCache:
         first = frames[0].load_image()
         image_hw = first.shape[:2]
         h_in, w_in, _ = input_size(image_hw, input_height, multiple)
@@ -83,7 +83,9 @@ def augment(image: np.ndarray, coords: np.ndarray, mask: np.ndarray, depth: np.n
     M_out = M.copy()
     M_out[:, 2] = (M[:, :2] @ np.array([o, o]) + M[:, 2] - o) / stride
     h, w = mask.shape
-    warp = lambda a: cv2.warpAffine(a, M_out, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)  # noqa: E731
+
+    def warp(a: np.ndarray) -> np.ndarray:
+        return cv2.warpAffine(a, M_out, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
     return img, warp(coords), warp(mask.astype(np.uint8)).astype(bool), warp(depth)
 
 

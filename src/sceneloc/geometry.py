@@ -16,9 +16,9 @@ leading batch dimensions ``B`` are optional where shown as ``(..., )``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -353,7 +353,8 @@ def read_pose_file(path: str | Path) -> list[PoseRecord]:
         try:
             vals = [float(v) for v in parts[1:]]
         except ValueError:
-            raise SceneLocError(f"{path}:{lineno}: expected '<image> qw qx qy qz tx ty tz', got {line[:80]!r}") from None
+            raise SceneLocError(f"{path}:{lineno}: expected '<image> qw qx qy qz tx ty tz', "
+                                f"got {line[:80]!r}") from None
         if len(vals) < 7:
             raise SceneLocError(f"{path}:{lineno}: expected 7 numbers after the image name, got {len(vals)}")
         q, t = np.array(vals[:4]), np.array(vals[4:7])
@@ -363,5 +364,6 @@ def read_pose_file(path: str | Path) -> list[PoseRecord]:
                 raise SceneLocError(f"{path}:{lineno}: zero quaternion")
             pose = invert_pose(make_pose(quaternion_to_matrix(q), t))
         names = extra_names + [f"col{i}" for i in range(len(extra_names), len(vals) - 7)]
-        records.append(PoseRecord(parts[0], pose, dict(zip(names, vals[7:]))))
+        # strict=False: a header may name more extra columns than a line has; the line's values win
+        records.append(PoseRecord(parts[0], pose, dict(zip(names, vals[7:], strict=False))))
     return records

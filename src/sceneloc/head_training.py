@@ -151,7 +151,8 @@ def buffer_accuracy(net: EncoderHeadNet, norm: SceneNormalisation, buffer: Pixel
     (those with a depth target; NaN when there is none)."""
     idx = torch.from_numpy(np.random.default_rng(0).choice(len(buffer), min(samples, len(buffer)), replace=False))
     with torch.no_grad():
-        pred = norm.scale * net.head(buffer.features[idx].to(device).float()) + torch.as_tensor(norm.center, device=device)
+        center = torch.as_tensor(norm.center, device=device)
+        pred = norm.scale * net.head(buffer.features[idx].to(device).float()) + center
     err = torch.linalg.vector_norm(pred.cpu() - buffer.targets[idx], dim=1).numpy()
     err = err[np.isfinite(err)]  # entries of frames without depth have no target
     if err.size == 0:

@@ -107,7 +107,8 @@ def coordinate_loss(name: str, pred: torch.Tensor, target: torch.Tensor, mask: t
     if name == "tukey":
         return tukey_biweight_loss(pred, target, mask, c)
     if name == "tukey+smooth":
-        return tukey_biweight_loss(pred, target, mask, c) + smooth_weight * smoothness_loss(pred, depth, mask, neighbourhood)
+        smoothness = smoothness_loss(pred, depth, mask, neighbourhood)
+        return tukey_biweight_loss(pred, target, mask, c) + smooth_weight * smoothness
     raise ValueError(f"unknown loss {name!r} (choose l1, tukey, tukey+smooth)")
 
 

@@ -73,7 +73,7 @@ class UNet(nn.Module):
             skips.append(x)
             x = F.max_pool2d(x, 2)
         x = self.bottom(x)
-        for up, merge, skip in zip(self.up, self.merge, reversed(skips)):
+        for up, merge, skip in zip(self.up, self.merge, reversed(skips), strict=True):
             x = merge(torch.cat([up(x), skip], dim=1))
         return self.head(self.features(x))
 
@@ -116,7 +116,8 @@ class FCN(nn.Module):
         c = width
         for _ in range(halvings):  # one stride-2 stage per remaining factor of two
             c_out = min(2 * c, max_width)
-            enc += [nn.Conv2d(c, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+            enc += [nn.Conv2d(c, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                    nn.ReLU(inplace=True)]
             c = c_out
         if c < max_width:  # widen to max_width at the output stride (the strided stem ends one doubling short)
             enc += [nn.Conv2d(c, max_width, 3, padding=1, bias=False), nn.BatchNorm2d(max_width), nn.ReLU(inplace=True)]

@@ -40,8 +40,9 @@ import cv2
 import numpy as np
 
 from .geometry import invert_pose, is_rigid, kabsch, make_pose, pnp_ransac, solve_pnp
-from .pose_ransac import (distance_residuals, hypotheses_needed, joint_ransac, refine_joint, reprojection_residuals)
 from .pose_config import METHODS, MIN_POINTS, SCORES, SOLVERS, PoseConfig, PoseResult  # noqa: F401 (public names of pose)
+from .pose_ransac import distance_residuals, hypotheses_needed, joint_ransac, refine_joint, reprojection_residuals
+
 # --------------------------------------------------------------------------------- correspondences
 
 

@@ -10,7 +10,6 @@ import numpy as np
 from .geometry import PNP_METHODS
 from .pose_ransac import DEPTH_GATE
 
-
 # Points needed to determine a pose: EPnP (OpenCV) needs 4 2D-3D matches, Kabsch 3 3D-3D matches.
 MIN_POINTS = {"pnp": 4, "kabsch": 3}
 

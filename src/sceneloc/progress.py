@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Iterable, Iterator, TextIO
+from collections.abc import Iterable, Iterator
+from typing import TextIO
 
 #: fractions of the total at which a non-terminal run prints a line
 MILESTONES = (0.25, 0.5, 0.75)
@@ -100,7 +101,7 @@ class PlainProgress:
         finally:
             self.close()
 
-    def __enter__(self) -> "PlainProgress":
+    def __enter__(self) -> PlainProgress:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -22,8 +22,15 @@ import torch
 
 from .data import camera_points
 from .errors import SceneLocError
-from .networks import (ConfidencePointNet, SceneNormalisation, build_coordinate_network, confidence_inputs,
-                       image_to_tensor, input_size, output_pixel_centres)
+from .networks import (
+    ConfidencePointNet,
+    SceneNormalisation,
+    build_coordinate_network,
+    confidence_inputs,
+    image_to_tensor,
+    input_size,
+    output_pixel_centres,
+)
 
 #: 2: the network may be a frozen pretrained encoder + head (the file holds the head; the config the
 #: encoder's name and weights hash). Version-1 maps (fcn, unet) are read unchanged.
@@ -47,7 +54,8 @@ def load_weights(net: torch.nn.Module, path: Path, device: str, what: str, hint:
     try:
         net.load_state_dict(torch.load(path, map_location=device, weights_only=True))
     except (RuntimeError, KeyError) as e:
-        raise SceneLocError(f"{path}: weights do not match the {what} configuration ({str(e).splitlines()[0]}){hint}") from None
+        reason = str(e).splitlines()[0]
+        raise SceneLocError(f"{path}: weights do not match the {what} configuration ({reason}){hint}") from None
     return net
 
 
@@ -127,7 +135,7 @@ class Map:
         (d / "config.json").write_text(json.dumps(cfg, indent=2))
 
     @classmethod
-    def load(cls, map_dir: str | Path, device: str | None = None) -> "Map":
+    def load(cls, map_dir: str | Path, device: str | None = None) -> Map:
         d = Path(map_dir)
         cfg_path = d / "config.json"
         if not cfg_path.exists():
@@ -282,9 +290,9 @@ def localize_frames(the_map: Map, frames: list, mode: str = "rgb", pose_config=N
     The random generator is seeded per frame, so a frame's result does not depend on the others.
     ``options`` (e.g. ``method``, ``dsac_score``) go to :meth:`Map.localize`.
     """
-    from .progress import progress as progress_bar
     from .dsac import DSAC_METHODS
     from .dsac_stage import resolve_stage
+    from .progress import progress as progress_bar
     if mode not in ("rgb", "rgbd"):
         raise SceneLocError(f"unknown mode {mode!r} (choose rgb or rgbd)")
     if options.get("method") in DSAC_METHODS:  # a missing DSAC stage fails here, before any frame

@@ -60,7 +60,8 @@ def umeyama(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.nda
 def list_images(image_dir: Path) -> list[str]:
     """Image names (relative paths, sorted) below ``image_dir``; symlinks are followed."""
     if not image_dir.is_dir():
-        raise SceneLocError(f"{image_dir}: image folder {'is not a directory' if image_dir.exists() else 'does not exist'}")
+        problem = "is not a directory" if image_dir.exists() else "does not exist"
+        raise SceneLocError(f"{image_dir}: image folder {problem}")
     names = sorted(str(p.relative_to(image_dir)) for p in image_dir.rglob("*")
                    if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if len(names) < 3:
@@ -134,7 +135,8 @@ def reconstruct(image_dir: Path, work: Path, names: list[str], intrinsics: np.nd
         raise SceneLocError(f"--matcher {matcher}: one of {', '.join(MATCHERS)}")
     if matcher == "auto":
         matcher = "exhaustive" if len(names) <= AUTO_EXHAUSTIVE_MAX else "sequential"
-    pycolmap.logging.minloglevel = 3          # COLMAP's INFO..ERROR lines would drown the progress display and our one-line errors
+    # COLMAP's INFO..ERROR lines would drown the progress display and our one-line errors
+    pycolmap.logging.minloglevel = 3
     pycolmap.set_random_seed(seed)
     say = _say if progress else (lambda m: None)
     db = work / "database.db"

@@ -56,15 +56,27 @@ import cv2
 import numpy as np
 
 from .errors import SceneLocError
-# The scene descriptions, the renderer and the trajectories live in their own modules; their names stay importable
-# from here (``sceneloc.synth.Renderer``, ``sceneloc.synth.make_scene``, ...).
-from .synth_render import (DEPTH_RANGE, NEAR, PHOTOS, TEXTURE_MAX_SIDE, Atlas, Lighting, Render,  # noqa: F401
-                           Renderer, SensorOptions, build_atlas, depth_to_mm, finish_image,
-                           motion_blur_kernel, texture_image)
-from .synth_scenes import (DEFAULT_PRESET, PRESETS, Quad, Scene, box, make_scene, rect, table,  # noqa: F401
-                           _v)
-from .synth_trajectory import (_smooth_wobble, free_space, look_at, sample_trajectory,  # noqa: F401
-                               surface_samples)
+
+# Re-exported: the scene descriptions, the renderer and the trajectories moved to their own modules, and their
+# public names stay importable from here (``sceneloc.synth.Renderer``, ``sceneloc.synth.look_at``, ...).
+from .synth_render import (  # noqa: F401
+    DEPTH_RANGE,
+    NEAR,
+    PHOTOS,
+    TEXTURE_MAX_SIDE,
+    Atlas,
+    Lighting,
+    Render,
+    Renderer,
+    SensorOptions,
+    build_atlas,
+    depth_to_mm,
+    finish_image,
+    motion_blur_kernel,
+    texture_image,
+)
+from .synth_scenes import DEFAULT_PRESET, PRESETS, Quad, Scene, box, make_scene, rect, table  # noqa: F401
+from .synth_trajectory import _smooth_wobble, free_space, look_at, sample_trajectory, surface_samples  # noqa: F401
 
 #: Kinect intrinsics of 7-Scenes at 640x480, the default camera.
 DEFAULT_SIZE = (640, 480)
@@ -241,7 +253,7 @@ def generate(out_dir: str | Path, preset: str = DEFAULT_PRESET, seed: int = 0, f
             seq_dir.mkdir(exist_ok=True)
             thumbs = []
             picks = set(np.linspace(0, frames - 1, min(PREVIEW_COLUMNS, frames)).round().astype(int).tolist())
-            for i, (T, frame_ss) in enumerate(zip(poses, noise_ss.spawn(frames))):
+            for i, (T, frame_ss) in enumerate(zip(poses, noise_ss.spawn(frames), strict=True)):
                 image, depth_mm = render_frame(renderer, poses, i, lights[i], travel, sensor,
                                                np.random.default_rng(frame_ss))
                 stem = seq_dir / f"frame-{i:06d}"

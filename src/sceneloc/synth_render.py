@@ -178,9 +178,11 @@ def build_atlas(keys: list[tuple[str, tuple[float, float, float]]], width: int =
         pos.append((x, y))
         x, row_h = x + w, max(row_h, h)
     image = np.zeros((y + row_h, width, 3), np.uint8)
-    for (x, y), t in zip(pos, tiles):
+    for (x, y), t in zip(pos, tiles, strict=True):
         image[y:y + t.shape[0], x:x + t.shape[1]] = t
-    f32 = lambda v: np.array(v, np.float32)  # noqa: E731
+
+    def f32(v: list) -> np.ndarray:
+        return np.array(v, np.float32)
     return Atlas(image, f32([p[0] + 1 for p in pos]), f32([p[1] + 1 for p in pos]),
                  f32([t.shape[1] - 2 for t in tiles]), f32([t.shape[0] - 2 for t in tiles]),
                  {k: i for i, k in enumerate(keys)})
@@ -371,7 +373,7 @@ class SensorOptions:
     blur: bool = True               # mild motion blur along the image motion
 
     @classmethod
-    def clean(cls) -> "SensorOptions":
+    def clean(cls) -> SensorOptions:
         return cls(False, False, False, False, False)
 
 

@@ -8,13 +8,12 @@ metres, z up, floor at ``z = 0``. Presets are listed in :data:`PRESETS`; each is
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
 from .errors import SceneLocError
-
 
 # =============================================================================== scene description
 
@@ -303,8 +302,8 @@ def _clutter(x: float, y: float, z: float, items: list[tuple[float, float, float
 def _preset_living() -> Scene:
     """The demo's scene: a 4.4 x 3.8 x 2.6 m living room full of things to recognise.
 
-    Every wall has its own texture (wallpaper, brick, stone, a green mural), pictures and furniture (bookshelves, a TV unit, a sofa,
-    a desk, a cabinet) with clutter on it; the camera stays in the middle of the room, at least
+    Every wall has its own texture (wallpaper, brick, stone, a green mural), pictures and furniture (bookshelves,
+    a TV unit, a sofa, a desk, a cabinet) with clutter on it; the camera stays in the middle of the room, at least
     about 0.8 m from any surface, and looks at furniture and pictures 1-3.2 m away (the walls
     themselves draw little attention), as someone filming a room would.
     """

@@ -11,7 +11,6 @@ import numpy as np
 
 from .synth_scenes import Scene, _v
 
-
 # ===================================================================================== trajectories
 
 
@@ -37,8 +36,8 @@ def surface_samples(scene: Scene, rng: np.random.Generator, n: int = 3000) -> tu
     weight = np.array([np.linalg.norm(np.cross(q.e1, q.e2)) * q.interest for q in quads])
     idx = rng.choice(len(quads), n, p=weight / weight.sum())
     ab = rng.random((n, 2))
-    O = np.array([q.origin for q in quads])[idx]
-    pts = O + ab[:, :1] * np.array([q.e1 for q in quads])[idx] + ab[:, 1:] * np.array([q.e2 for q in quads])[idx]
+    origins = np.array([q.origin for q in quads])[idx]
+    pts = origins + ab[:, :1] * np.array([q.e1 for q in quads])[idx] + ab[:, 1:] * np.array([q.e2 for q in quads])[idx]
     return pts, np.array([q.normal for q in quads])[idx]
 
 

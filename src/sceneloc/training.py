@@ -21,20 +21,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from .progress import progress as progress_bar
 
 from .buffer import entries_for_memory, fill_buffer
-from .frame_cache import FrameCache, make_batch
 from .encoders import encoder_identity
 from .errors import SceneLocError
+from .frame_cache import FrameCache, make_batch
 from .head_training import buffer_accuracy, train_head
 from .loop import load_checkpoint, lr_factor
 from .loop import save_checkpoint as save_checkpoint_file
 from .losses import CONFIDENCE_SCALE, INLIER_THRESHOLD_M, confidence_target, coordinate_loss
-from .networks import (ConfidencePointNet, SceneNormalisation, build_coordinate_network, output_pixel_centres,
-                       confidence_inputs)
-
-
+from .networks import (
+    ConfidencePointNet,
+    SceneNormalisation,
+    build_coordinate_network,
+    confidence_inputs,
+    output_pixel_centres,
+)
+from .progress import progress as progress_bar
 
 #: Defaults that depend on the architecture (a ``None`` field of MappingConfig takes these).
 ARCH_DEFAULTS = {
@@ -65,7 +68,7 @@ class MappingConfig:
     head_blocks: int = 2
     head_loss: str = "euclidean"
     buffer_mb: float = 1536.0         # training buffer size (fp16 features): ~3 M pixels
-    buffer_copies: int = 3            # views of each mapping image (1 plain + 2 augmented): 4 measured the same, 30 % slower
+    buffer_copies: int = 3            # views per mapping image (1 plain + 2 augmented); 4: same accuracy, 30 % slower
     pixel_batch: int = 1024           # buffer entries per head step: more, smaller steps beat 4096 at equal time
     # fcn / unet
     width: int | None = None          # None: 32 for fcn; 16 for unet (32 trains ~5x slower on 2 cores)
@@ -101,7 +104,7 @@ class MappingConfig:
     n_k: int = 500
     confidence_scale: float = CONFIDENCE_SCALE
 
-    def resolved(self) -> "MappingConfig":
+    def resolved(self) -> MappingConfig:
         """A copy with every ``None`` architecture default filled in."""
         if self.arch not in ARCH_DEFAULTS:
             raise SceneLocError(f"unknown architecture {self.arch!r} (choose {', '.join(ARCH_DEFAULTS)})")
@@ -384,9 +387,9 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
 
     Returns the mapping report (also saved as ``mapping_report.json`` in the map directory).
     """
+    from . import __version__
     from .data import load_scene
     from .scenemap import MAP_FORMAT_VERSION, Map, default_device
-    from . import __version__
 
     map_dir = Path(map_dir)
     _check_map_dir(map_dir, force, resume)
@@ -473,7 +476,8 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
     elif cache is not None:
         report["train"] = coordinate_accuracy(predict_cache(model, norm, cache, device), cache)
     del cache
-    if evaluate_test and "test" in scene.splits and scene.splits["test"] and all(f.depth_path for f in scene.splits["test"]):
+    test_frames = scene.splits.get("test", [])
+    if evaluate_test and test_frames and all(f.depth_path for f in test_frames):
         test_cache = FrameCache.build(scene.frames("test"), cfg.input_height, model.stride, model.multiple,
                                       "caching test frames")
         report["test"] = coordinate_accuracy(predict_cache(model, norm, test_cache, device), test_cache)
