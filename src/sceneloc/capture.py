@@ -88,7 +88,7 @@ def check_capture(dataset: str | Path, intrinsics: np.ndarray | None = None) -> 
         w.append(f"{no_depth['train']} of {len(train)} mapping frames have no depth: the default map learns them "
                  f"from their poses alone (RGB-only, less accurate), --arch fcn/unet refuse them "
                  f"(give --depth-dir on import where you have depth)")
-    given = r.frames and (sum(frames.values()) + len(r.unregistered))
+    given = sum(frames.values()) + len(r.unregistered)
     if r.unregistered and len(r.unregistered) > 0.1 * given:
         w.append(f"{len(r.unregistered)} of {given} images were not registered: the capture has gaps "
                  f"(more overlap between consecutive images, less motion blur)")

@@ -208,6 +208,9 @@ class FrameData:
 
     @property
     def depth_valid(self) -> np.ndarray:
+        """``(H, W)`` bool: pixels with a depth measurement (none in a frame without a depth map)."""
+        if self.depth is None:
+            return np.zeros(self.image.shape[:2], dtype=bool)
         return self.depth > 0
 
     def scene_coordinates(self, factor: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -336,13 +339,13 @@ def _load_7scenes(root: Path, K: np.ndarray | None) -> Scene:
     if K is None:
         calib = root / "camera-intrinsics.txt"
         K = read_intrinsics(calib) if calib.exists() else intrinsics_matrix(*SEVEN_SCENES_INTRINSICS)
-    seq_dirs = {int(_SEQ_RE.match(p.name).group(1)): p for p in root.iterdir() if p.is_dir() and _SEQ_RE.match(p.name)}
+    seq_dirs = {int(m.group(1)): p for p in root.iterdir() if p.is_dir() and (m := _SEQ_RE.match(p.name))}
     scene = Scene(root, "7scenes")
     for split, fname in (("train", "TrainSplit.txt"), ("test", "TestSplit.txt")):
         split_file = root / fname
         if not split_file.exists():
             continue
-        frames = []
+        frames: list[Frame] = []
         for n in _read_split_file(split_file):
             if n not in seq_dirs:
                 raise SceneLocError(f"{split_file}: sequence{n} listed but folder seq-{n:02d} does not exist")
@@ -399,30 +402,31 @@ def _load_dsacstar(root: Path, K_override: np.ndarray | None) -> Scene:
             raise SceneLocError(f"{d / 'rgb'}: empty split folder (no .png/.jpg images)")
         poses = sorted((d / "poses").glob("*.txt")) if (d / "poses").is_dir() else []
         calibs = sorted((d / "calibration").glob("*.txt")) if (d / "calibration").is_dir() else []
-        depths = sorted((d / "depth").glob("*.png")) if (d / "depth").is_dir() else []
+        depth_files = sorted((d / "depth").glob("*.png")) if (d / "depth").is_dir() else []
         if len(poses) != len(images):
             raise SceneLocError(f"{d / 'poses'}: {len(poses)} pose files for {len(images)} images in {d / 'rgb'}")
         if K_override is None and len(calibs) != len(images):
             raise SceneLocError(f"{d / 'calibration'}: {len(calibs)} calibration files for {len(images)} images "
                                 f"(or pass --intrinsics)")
-        if not depths and (d / "depth").is_dir() and any((d / "depth").iterdir()):
+        if not depth_files and (d / "depth").is_dir() and any((d / "depth").iterdir()):
             raise SceneLocError(f"{d / 'depth'}: no .png depth maps (depth must be uint16 PNG in millimetres)")
-        if depths and len(depths) != len(images):
-            depths = _pair_partial_depth(d, images, depths)
-        frames = []
+        # one entry per image (None: no depth map) when only some images have one
+        depths: list[Path | None] = (_pair_partial_depth(d, images, depth_files)
+                                     if depth_files and len(depth_files) != len(images) else list(depth_files))
+        frames: list[Frame] = []
         size = None
         for i, img in enumerate(images):
             check_image_file(img)
-            if depths and depths[i] is not None:
-                check_image_file(depths[i], "depth map")
+            depth_file = depths[i] if depths else None
+            if depth_file is not None:
+                check_image_file(depth_file, "depth map")
             if K_override is not None:
                 K = K_override
             else:
                 if size is None:
                     size = read_image(img).shape[:2]
                 K = read_intrinsics(calibs[i], size)
-            frames.append(Frame(str(img.relative_to(root)), img, read_pose(poses[i]), K,
-                                depths[i] if depths else None))
+            frames.append(Frame(str(img.relative_to(root)), img, read_pose(poses[i]), K, depth_file))
         scene.splits[split] = frames
     return scene
 

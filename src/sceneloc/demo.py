@@ -83,7 +83,8 @@ class _Stages:
     def __init__(self, n: int, log: Callable[[str], None]):
         self.n, self.log, self.k = n, log, 0
         self.seconds: dict[str, float] = {}
-        self._name, self._t0 = None, 0.0
+        self._name: str | None = None
+        self._t0 = 0.0
 
     def start(self, name: str, detail: str = "") -> None:
         self.stop()

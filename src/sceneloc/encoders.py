@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -54,7 +55,7 @@ class XFeatEncoder(nn.Module):
         self.backbone = backbone
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        b = self.backbone
+        b: Any = self.backbone  # XFeatModel's sub-modules: attributes nn.Module's type hints cannot see
         # XFeat works on grey levels, instance-normalised: invariant to global brightness and contrast.
         x = b.norm(image.mean(dim=1, keepdim=True))
         x1 = b.block1(x)
@@ -76,7 +77,7 @@ def encoder_identity(name: str) -> dict:
     return {"name": name, "weights_sha256": _sha256(str(_xfeat_weights_path()))}
 
 
-def load_encoder(name: str, expected_sha256: str | None = None) -> nn.Module:
+def load_encoder(name: str, expected_sha256: str | None = None) -> XFeatEncoder:
     """The frozen encoder ``name`` in eval mode; with ``expected_sha256`` a one-line error if the
     installed weights are not the ones a map was trained with."""
     identity = encoder_identity(name)

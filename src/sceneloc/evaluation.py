@@ -405,7 +405,7 @@ def _write_plots(out: Path, metrics: dict, diag: Diagnostics, the_map, frames: l
 
 
 #: Result table columns: header, value of a metrics dict (float, or str for labels), number format.
-COLUMNS: dict[str, tuple[str, Callable[[dict], object], str]] = {
+COLUMNS: dict[str, tuple[str, Callable[[dict], float | str], str]] = {
     "scene": ("scene", lambda m: m["scene"], ""),
     "mode": ("mode", lambda m: f"{m['mode']} ({m['solver']})", ""),
     "rotation": ("median rot. (deg)", lambda m: _num(m["median_rotation_deg"]), ".2f"),
@@ -424,10 +424,11 @@ def results_table(metrics: list[dict], columns: Sequence[str] = TABLE_COLUMNS, a
     paper's Table II averages medians and percentages)."""
     rows = [[COLUMNS[c][1](m) for c in columns] for m in metrics]
     if average and len(rows) > 1:
-        avg = []
+        avg: list[float | str] = []
         for j in range(len(columns)):
             vals = [r[j] for r in rows]
-            avg.append(float(np.mean(vals)) if isinstance(vals[0], float) else ("average" if j == 0 else ""))
+            numbers = [v for v in vals if isinstance(v, float)]
+            avg.append(float(np.mean(numbers)) if isinstance(vals[0], float) else ("average" if j == 0 else ""))
         rows.append(avg)
 
     def cell(v, fmt: str) -> str:

@@ -90,14 +90,20 @@ def augment(image: np.ndarray, coords: np.ndarray, mask: np.ndarray, depth: np.n
 
 
 def make_batch(cache: FrameCache, idx: np.ndarray, cfg: MappingConfig, rng: np.random.Generator, train: bool):
+    zoom = cfg.aug_scale
+    if zoom is None:
+        raise ValueError("make_batch needs a resolved MappingConfig (aug_scale is None)")
     imgs, crds, msks, dpts = [], [], [], []
     for i in idx:
         img, c, m, d = cache.images[i], cache.coords[i], cache.masks[i], cache.depths[i]
-        if train and (cfg.aug_scale > 1.0 or cfg.aug_rotation > 0):
-            s = math.exp(rng.uniform(-math.log(cfg.aug_scale), math.log(cfg.aug_scale))) if cfg.aug_scale > 1 else 1.0
+        if train and (zoom > 1.0 or cfg.aug_rotation > 0):
+            s = math.exp(rng.uniform(-math.log(zoom), math.log(zoom))) if zoom > 1 else 1.0
             a = rng.uniform(-cfg.aug_rotation, cfg.aug_rotation)
             img, c, m, d = augment(img, c, m, d, cache.stride, s, a)
-        imgs.append(img), crds.append(c), msks.append(m), dpts.append(d)
+        imgs.append(img)
+        crds.append(c)
+        msks.append(m)
+        dpts.append(d)
     image = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float().div_(255.0)
     if train:  # photometric jitter: per-image brightness and contrast
         b = torch.from_numpy(rng.uniform(-cfg.aug_brightness, cfg.aug_brightness, (len(idx), 1, 1, 1))).float()

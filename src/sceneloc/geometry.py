@@ -99,9 +99,8 @@ def matrix_to_quaternion(R: np.ndarray) -> np.ndarray:
     else:
         s = math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1]) * 2
         q = [(m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s]
-    q = np.asarray(q)
-    q /= np.linalg.norm(q)
-    return q if q[0] >= 0 else -q
+    unit = np.asarray(q) / np.linalg.norm(q)
+    return unit if unit[0] >= 0 else -unit
 
 
 def quaternion_to_matrix(q: np.ndarray) -> np.ndarray:

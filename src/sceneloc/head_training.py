@@ -66,6 +66,8 @@ def head_loss(kind: str, pred: torch.Tensor, target: torch.Tensor, buffer: Pixel
     reproject = ~has_target if kind == "euclidean" else torch.ones_like(has_target)
     if not reproject.any():
         return loss.mean()
+    if buffer is None or idx is None:
+        raise ValueError("the reprojection loss needs the batch's buffer entries (buffer and idx)")
     f = buffer.frames[idx].long()
     T_cw, K, uv = buffer.T_cw[f].to(pred.device), buffer.K[f].to(pred.device), buffer.pixels[idx].to(pred.device)
     px, front = reprojection_error(pred, T_cw, K, uv)

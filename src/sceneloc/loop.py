@@ -41,10 +41,13 @@ class Budget:
 
     def __init__(self, desc: str, minutes: float | None = None, iterations: int | None = None, step: int = 0,
                  elapsed: float = 0.0, history: list | None = None, history_every: int = 10, show: bool = True):
-        if iterations is None and minutes is None:
-            raise ValueError("a budget needs minutes or iterations")
         self.iterations = iterations
-        self.seconds = None if iterations else float(minutes) * 60.0
+        if iterations:
+            self.seconds = math.inf  # counted in steps, not seconds
+        elif minutes is not None:
+            self.seconds = float(minutes) * 60.0
+        else:
+            raise ValueError("a budget needs minutes or iterations")
         self.step, self.elapsed = step, elapsed
         self.history = history if history is not None else []
         self.history_every = history_every

@@ -16,10 +16,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .encoders import load_encoder
+from .encoders import XFeatEncoder, load_encoder
 
 # ImageNet-free input normalisation: nothing is pretrained, so a fixed mean/std is enough.
 _MEAN, _STD = 0.45, 0.25
+
+
+class CoordinateNetwork(nn.Module):
+    """What every coordinate network declares: its output ``stride`` and the ``multiple`` its input
+    height and width must be (the caller pads)."""
+    stride: int
+    multiple: int
 
 
 @dataclass
@@ -42,7 +49,7 @@ def _conv_block(c_in: int, c_out: int, dropout: float = 0.0) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class UNet(nn.Module):
+class UNet(CoordinateNetwork):
     """The paper's U-Net (section III-D): 4 conv blocks with pooling and dropout, 4 up-sampling
     blocks, an ``h x w x 8`` feature map and a last 1x1 convolution to ``h x w x 3``.
 
@@ -88,7 +95,7 @@ class _ResBlock(nn.Module):
         return F.relu(x + self.body(x))
 
 
-class FCN(nn.Module):
+class FCN(CoordinateNetwork):
     """DSAC*/ACE-style fully convolutional regressor with output stride 8 (4 and 16 as options).
 
     A strided convolutional encoder (receptive field of a few dozen pixels, so each prediction
@@ -157,7 +164,7 @@ class CoordinateHead(nn.Module):
             return self.out(x.float())
 
 
-class EncoderHeadNet(nn.Module):
+class EncoderHeadNet(CoordinateNetwork):
     """A frozen pretrained encoder (encoders.py) and a learned :class:`CoordinateHead`:
     ``(B, 3, H, W)`` -> normalised coordinates ``(B, 3, H / 8, W / 8)``.
 
@@ -175,7 +182,7 @@ class EncoderHeadNet(nn.Module):
         self.head = CoordinateHead(enc.channels, head_width, head_blocks)
 
     @property
-    def encoder(self) -> nn.Module:
+    def encoder(self) -> XFeatEncoder:
         return self._encoder[0]
 
     def _apply(self, fn, *args, **kwargs):
@@ -199,7 +206,7 @@ class EncoderHeadNet(nn.Module):
 ARCHITECTURES = ("xfeat", "fcn", "unet")
 
 
-def build_coordinate_network(config: dict) -> nn.Module:
+def build_coordinate_network(config: dict) -> CoordinateNetwork:
     """``{"arch": "xfeat", "head_width": 256, ...}``, ``{"arch": "fcn", "width": 32, ...}`` or
     ``{"arch": "unet", "width": 16, "dropout": 0.1}``."""
     cfg = dict(config)
@@ -295,7 +302,7 @@ def image_to_tensor(image, input_hw: tuple[int, int]) -> torch.Tensor:
     return torch.from_numpy(image).permute(2, 0, 1)[None].float().div_(255.0)
 
 
-def output_pixel_centres(out_hw: tuple[int, int], stride: int, image_hw: tuple[int, int],
+def output_pixel_centres(out_hw: tuple[int, ...], stride: int, image_hw: tuple[int, int],
                          input_hw: tuple[int, int]) -> torch.Tensor:
     """Full-resolution pixel coordinates ``(h, w, 2)`` (u, v) of each network output cell.
 

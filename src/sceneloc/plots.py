@@ -140,8 +140,9 @@ def plot_topdown(gt: np.ndarray, est: list[np.ndarray | None], path: Path, title
     ax.scatter(gt[:, a], gt[:, b], s=36, facecolors="none", edgecolors="tab:green", label="ground truth", zorder=2)
     ok = [i for i, e in enumerate(est) if e is not None]
     failed = [i for i, e in enumerate(est) if e is None]
+    found = [e for e in est if e is not None]
     if ok:
-        E = np.stack([est[i] for i in ok])
+        E = np.stack(found)
         lines = ax.plot(np.stack([gt[ok, a], E[:, a]]), np.stack([gt[ok, b], E[:, b]]), "-", color="tab:orange",
                         lw=0.6, alpha=0.7, zorder=1)
         lines[0].set_label("estimate to its ground truth")
@@ -154,7 +155,7 @@ def plot_topdown(gt: np.ndarray, est: list[np.ndarray | None], path: Path, title
     margin = max(1.0, 0.5 * float((hi - lo).max()))
     ax.set_xlim(lo[0] - margin, hi[0] + margin)
     ax.set_ylim(lo[1] - margin, hi[1] + margin)
-    outside = sum(1 for i in ok if np.any(np.abs(est[i][[a, b]] - (lo + hi) / 2) > (hi - lo) / 2 + margin))
+    outside = sum(1 for e in found if np.any(np.abs(e[[a, b]] - (lo + hi) / 2) > (hi - lo) / 2 + margin))
     ax.set_aspect("equal", adjustable="box")
     ax.set_xlabel(f"world {names[a]} (m)")
     ax.set_ylabel(f"world {names[b]} (m)")

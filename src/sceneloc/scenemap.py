@@ -16,6 +16,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ from .data import camera_points
 from .errors import SceneLocError
 from .networks import (
     ConfidencePointNet,
+    CoordinateNetwork,
     SceneNormalisation,
     build_coordinate_network,
     confidence_inputs,
@@ -46,7 +48,10 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_weights(net: torch.nn.Module, path: Path, device: str, what: str, hint: str = "") -> torch.nn.Module:
+Net = TypeVar("Net", bound=torch.nn.Module)
+
+
+def load_weights(net: Net, path: Path, device: str, what: str, hint: str = "") -> Net:
     """``net`` with the state dict in ``path``; a missing or mismatched file is a one-line
     SceneLocError naming the file (``what``: whose configuration it must match; ``hint``: what to do)."""
     if not path.exists():
@@ -59,7 +64,7 @@ def load_weights(net: torch.nn.Module, path: Path, device: str, what: str, hint:
     return net
 
 
-def grid_step(out_hw: tuple[int, int], max_points: int) -> int:
+def grid_step(out_hw: tuple[int, ...], max_points: int) -> int:
     """Stride of the regular sub-grid of an ``out_hw`` output grid that keeps at most ~``max_points`` cells."""
     return max(1, int(np.ceil(np.sqrt(out_hw[0] * out_hw[1] / max_points))))
 
@@ -78,15 +83,16 @@ class Prediction:
 class Localization:
     """Result of ``Map.localize``: camera-to-world pose (None when no pose could be found), inlier
     count, hypothesis score, timings in ms (network, sampling, refinement, total) and the
-    correspondences used for the final pose (indices into ``pixels``/``coords``)."""
+    correspondences used for the final pose (indices into ``pixels``/``coords``); the dense arrays are
+    None when ``localize_frames`` drops them to save memory."""
     pose: np.ndarray | None
     inliers: int
     score: float
     timings: dict[str, float]
-    pixels: np.ndarray = field(repr=False)
-    coords: np.ndarray = field(repr=False)
+    pixels: np.ndarray | None = field(repr=False)
+    coords: np.ndarray | None = field(repr=False)
     confidence: np.ndarray | None = field(repr=False)
-    used: np.ndarray = field(repr=False)
+    used: np.ndarray | None = field(repr=False)
     failure: str | None = None
 
     @property
@@ -103,7 +109,7 @@ class Localization:
 class Map:
     """A learned scene map: coordinate network, optional confidence PointNet, scene normalisation."""
 
-    def __init__(self, config: dict, coord_net: torch.nn.Module, confidence_net: ConfidencePointNet | None = None,
+    def __init__(self, config: dict, coord_net: CoordinateNetwork, confidence_net: ConfidencePointNet | None = None,
                  device: str | None = None, classifier: ConfidencePointNet | None = None):
         self.config = config
         self.device = device or default_device()
@@ -183,7 +189,7 @@ class Map:
 
     @torch.no_grad()
     def predict(self, image: np.ndarray, max_points: int = DEFAULT_POSE_POINTS,
-                net: torch.nn.Module | None = None, confidence: bool = True) -> Prediction:
+                net: CoordinateNetwork | None = None, confidence: bool = True) -> Prediction:
         """Scene coordinates (and confidences) for an ``(H, W, 3)`` uint8 RGB image of any size.
 
         A dense output grid (the U-Net predicts every input pixel) is thinned to a regular sub-grid
@@ -209,7 +215,8 @@ class Map:
         ms = (time.perf_counter() - t0) * 1000
         return Prediction(pixels.numpy(), y.cpu().numpy(), None if conf is None else conf.cpu().numpy(), ms)
 
-    def _confidences(self, pixels: torch.Tensor, coords: torch.Tensor, image_hw, net=None) -> torch.Tensor:
+    def _confidences(self, pixels: torch.Tensor, coords: torch.Tensor, image_hw,
+                     net: ConfidencePointNet | None = None) -> torch.Tensor:
         """Confidence of every prediction: points are split into random groups of N_k (the set size
         the PointNet was trained on, so its global feature sees the same kind of set) and run at once."""
         h, w = coords.shape[:2]
@@ -220,7 +227,10 @@ class Map:
         groups = -(-n // n_k)
         idx = perm[torch.arange(groups * n_k) % n].view(groups, n_k).to(coords.device)  # last group wraps around
         x = confidence_inputs(pixels.reshape(-1, 2)[idx], coords.reshape(-1, 3)[idx], image_hw, self.norm)
-        c = (net or self.confidence_net).confidence(x).reshape(-1)
+        scorer = net if net is not None else self.confidence_net
+        if scorer is None:
+            raise SceneLocError("the map has no confidence network")
+        c = scorer.confidence(x).reshape(-1)
         out = torch.empty(n, device=coords.device)
         out[idx.reshape(-1)] = c
         return out.view(h, w)
@@ -266,7 +276,7 @@ class Map:
         pixels, coords = pred.pixels.reshape(-1, 2), pred.coords.reshape(-1, 3)
         conf = None if pred.confidence is None else pred.confidence.reshape(-1)
         cam = None if depth is None else camera_points(depth, pixels, K)
-        if stage is not None:
+        if stage is not None and method is not None:  # a stage is resolved only for a DSAC method
             res = estimate_pose_dsac(pixels, coords, K, pred.coords.shape[:2], cam, stage.config, stage.score_net,
                                      DSAC_METHODS[method], pose_config.hypotheses, pose_config.min_inliers, rng)
         else:

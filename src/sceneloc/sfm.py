@@ -22,6 +22,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -127,9 +128,9 @@ def _say(msg: str) -> None:
 
 def reconstruct(image_dir: Path, work: Path, names: list[str], intrinsics: np.ndarray | None = None,
                 max_features: int = 2048, matcher: str = "auto", overlap: int = 10, seed: int = 0,
-                threads: int = -1, progress: bool = True):
+                threads: int = -1, progress: bool = True) -> tuple[Any, dict[str, float], str]:
     """Run extraction, matching and incremental mapping into ``work``; return the largest
-    reconstruction (a pycolmap.Reconstruction) and the per-step seconds."""
+    reconstruction (a pycolmap.Reconstruction), the per-step seconds and the matcher used."""
     pycolmap = pycolmap_module()
     if matcher not in MATCHERS:
         raise SceneLocError(f"--matcher {matcher}: one of {', '.join(MATCHERS)}")
@@ -141,7 +142,7 @@ def reconstruct(image_dir: Path, work: Path, names: list[str], intrinsics: np.nd
     say = _say if progress else (lambda m: None)
     db = work / "database.db"
     db.unlink(missing_ok=True)
-    times = {}
+    times: dict[str, float] = {}
     t = time.perf_counter()
     say(f"[sfm 1/3] SIFT features of {len(names)} images (at most {max_features} each)")
     ext = pycolmap.FeatureExtractionOptions()
@@ -192,8 +193,7 @@ def reconstruct(image_dir: Path, work: Path, names: list[str], intrinsics: np.nd
         raise SceneLocError(f"{image_dir}: SfM registered no images (too few matches between the images: "
                             f"check that they overlap, or try --matcher exhaustive)")
     best = max(recs.values(), key=lambda r: r.num_reg_images())
-    times["matcher"] = matcher
-    return best, times
+    return best, times, matcher
 
 
 def run_sfm(image_dir: str | Path, out: str | Path, *, intrinsics: np.ndarray | None = None,
@@ -213,7 +213,7 @@ def run_sfm(image_dir: str | Path, out: str | Path, *, intrinsics: np.ndarray | 
     work = out / "colmap"
     work.mkdir()
     t0 = time.perf_counter()
-    rec, times = reconstruct(image_dir, work, names, intrinsics, max_features, matcher, overlap, seed,
+    rec, times, matcher_used = reconstruct(image_dir, work, names, intrinsics, max_features, matcher, overlap, seed,
                              progress=progress)
     model = work / "model"
     model.mkdir()
@@ -222,7 +222,7 @@ def run_sfm(image_dir: str | Path, out: str | Path, *, intrinsics: np.ndarray | 
     info = import_colmap(model, image_dir, out, depth_dir=depth_dir, test_every=test_every, test_list=test_list,
                          test_match=test_match, scale=scale, known_distance=known_distance, link=link,
                          force=True, rec=rec, source=f"sceneloc sfm of {image_dir.resolve()} (COLMAP incremental "
-                         f"mapping, {times.pop('matcher')} matching, {max_features} SIFT features per image)",
+                         f"mapping, {matcher_used} matching, {max_features} SIFT features per image)",
                          extra_info={"images_given": len(names),
                                      "timings_s": {k: round(v, 1) for k, v in times.items()},
                                      "camera_fixed": intrinsics is not None})

@@ -102,10 +102,10 @@ def _sequence_lighting(opts: SensorOptions, rng: np.random.Generator, n: int) ->
     if not opts.lighting_change:
         return [Lighting() for _ in range(n)]
     gain = rng.uniform(0.75, 1.25)
-    color = tuple(float(c) for c in rng.uniform(0.9, 1.1, 3))
+    b, g, r = (float(c) for c in rng.uniform(0.9, 1.1, 3))
     lamp = rng.uniform(0.4, 1.2)
     drift = 1 + _smooth_wobble(rng, np.linspace(0, 1, n), 1, 0.03)[:, 0]
-    return [Lighting(float(gain * d), color, float(lamp)) for d in drift]
+    return [Lighting(float(gain * d), (b, g, r), float(lamp)) for d in drift]
 
 
 MAX_BLUR_PX = 3.0
@@ -119,9 +119,9 @@ def exposure_motion(renderer: Renderer, depth: np.ndarray, poses: list[np.ndarra
     j0, j1 = max(i - 1, 0), min(i + 1, len(poses) - 1)
     if j0 == j1:
         return np.zeros(2)
-    walked = np.linalg.norm(poses[j1][:3, 3] - poses[j0][:3, 3])
+    walked = float(np.linalg.norm(poses[j1][:3, 3] - poses[j0][:3, 3]))
     flow = _image_flow(renderer, depth, poses[j0], poses[j1]) * travel / max(walked, 1e-3)
-    length = np.linalg.norm(flow)
+    length = float(np.linalg.norm(flow))
     return flow * min(1.0, MAX_BLUR_PX / max(length, 1e-9))
 
 

@@ -100,8 +100,10 @@ def box(lo, hi, texture: str | dict, repeat=None, tint=(1.0, 1.0, 1.0), inward: 
         upv = _v(*up)
         right = np.cross(-nv, upv)
         w, h = abs(size @ right), abs(size @ upv)
-        tex, rep, tn = (texture.get(n, texture.get("default")) if isinstance(texture, dict)
-                        else (texture, repeat, tint))
+        if isinstance(texture, dict):
+            tex, rep, tn = texture[n] if n in texture else texture["default"]
+        else:
+            tex, rep, tn = texture, repeat, tint
         if inward:
             quads.append(rect(center, -nv, w, h, tex, up if n[2] == 0 else (0, -1, 0), rep, tn))
         else:

@@ -72,7 +72,8 @@ def _waypoints(scene: Scene, rng: np.random.Generator,
     pts, normals = surface_samples(scene, rng)
     lo, hi = scene.camera_region
     sense = rng.choice([-1.0, 1.0])
-    cams, targets = [], []
+    cams: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
     while len(cams) < scene.waypoints:
         for _ in range(10000 if anchors is None else 2000):
             if anchors is None:

@@ -18,6 +18,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,11 +28,12 @@ from .encoders import encoder_identity
 from .errors import SceneLocError
 from .frame_cache import FrameCache, make_batch
 from .head_training import buffer_accuracy, train_head
-from .loop import load_checkpoint, lr_factor
+from .loop import Budget, load_checkpoint, lr_factor
 from .loop import save_checkpoint as save_checkpoint_file
 from .losses import CONFIDENCE_SCALE, INLIER_THRESHOLD_M, confidence_target, coordinate_loss
 from .networks import (
     ConfidencePointNet,
+    EncoderHeadNet,
     SceneNormalisation,
     build_coordinate_network,
     confidence_inputs,
@@ -40,7 +42,7 @@ from .networks import (
 from .progress import progress as progress_bar
 
 #: Defaults that depend on the architecture (a ``None`` field of MappingConfig takes these).
-ARCH_DEFAULTS = {
+ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     # Frozen XFeat encoder + per-pixel head trained from a buffer (ACE's design): full-resolution
     # input (the encoder was trained on it), AdamW at ACE's order of learning rate, a few minutes.
     "xfeat": {"input_height": 480, "lr": 5e-3, "optimizer": "adamw", "minutes": 2.25, "aug_scale": 1.5,
@@ -153,8 +155,9 @@ def train_coordinates(model: torch.nn.Module, norm: SceneNormalisation, cache: F
                       device: str = "cpu") -> TrainState:
     """Stage 1: fit ``model`` to the cached frames until the time budget or iteration count is reached."""
     cfg = cfg.resolved()
+    assert cfg.optimizer is not None and cfg.lr is not None and cfg.minutes is not None  # resolved() filled them
     model.to(device).train()
-    model.to(memory_format=torch.channels_last)
+    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # the stubs omit memory_format
     opt = _make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
     state = TrainState()
     rng = np.random.default_rng(cfg.seed)
@@ -208,7 +211,7 @@ def train_coordinates(model: torch.nn.Module, norm: SceneNormalisation, cache: F
             state.history.append((round(state.elapsed, 1), state.step, round(running_loss, 5), round(running_in10, 4)))
         bar.set_postfix(loss=f"{running_loss:.4f}", within10cm=f"{running_in10:.1%}", refresh=False)
         bar.update((state.step if total else min(int(state.elapsed), int(budget))) - bar.n)
-        while snapshots and state.elapsed >= snapshots[0] * 60:
+        while snapshots and checkpoint is not None and state.elapsed >= snapshots[0] * 60:
             _save_snapshot(checkpoint, model, snapshots.pop(0))
             t_prev = time.perf_counter()
         if checkpoint is not None and now - last_ck > cfg.checkpoint_minutes * 60:
@@ -271,6 +274,7 @@ def train_confidence(net: ConfidencePointNet, model: torch.nn.Module, norm: Scen
     on the original training images would (the paper trains on plain training predictions).
     """
     cfg = cfg.resolved()
+    assert cfg.optimizer is not None and cfg.lr is not None and cfg.confidence_minutes is not None  # resolved()
     rng = np.random.default_rng(cfg.seed + 1)
     uv_grid = output_pixel_centres(cache.masks.shape[1:], cache.stride, image_hw, cache.images.shape[1:3]).float()
     opt = _make_optimizer(cfg.optimizer, net.parameters(), cfg.lr)
@@ -420,14 +424,17 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
     tukey_c = cfg.tukey_c if cfg.tukey_c else stats.tukey_c
     net_cfg = cfg.network_config()
     model = build_coordinate_network(net_cfg)
-    norm = SceneNormalisation(tuple(float(v) for v in stats.center), float(stats.diameter / 2))
+    cx, cy, cz = (float(v) for v in stats.center)
+    norm = SceneNormalisation((cx, cy, cz), float(stats.diameter / 2))
     log(f"scene: {len(train_frames)} training frames, diameter {stats.diameter:.2f} m, Tukey c {tukey_c:.2f} m; "
         f"{cfg.arch} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) on {device}")
     map_dir.mkdir(parents=True, exist_ok=True)
     (map_dir / "mapping_config.json").write_text(json.dumps(asdict(cfg), indent=2))
 
+    assert cfg.input_height is not None and cfg.aug_scale is not None and cfg.lr is not None  # resolved() filled them
     t0 = time.perf_counter()
-    if cfg.arch == "xfeat":
+    state: Budget | TrainState
+    if isinstance(model, EncoderHeadNet):  # cfg.arch == "xfeat"
         model.to(device)
         entries = entries_for_memory(cfg.buffer_mb, model.encoder.channels)
         buffer = fill_buffer(train_frames, model, cfg.input_height, entries, cfg.buffer_copies, cfg.seed,
@@ -450,7 +457,7 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
         buffer_report = None
     image_hw = stats.image_size
     conf_net, classifier, conf_info = (train_confidence_stage(model, norm, cache, image_hw, cfg, device)
-                                       if cfg.confidence else (None, None, {}))
+                                       if cfg.confidence and cache is not None else (None, None, {}))
     K0 = train_frames[0].K
     config = {
         "format_version": MAP_FORMAT_VERSION, "sceneloc_version": __version__,
