@@ -92,7 +92,7 @@ def _camera_depth(X_w: torch.Tensor, T_cw: torch.Tensor) -> torch.Tensor:
 
 
 def train_head(net: EncoderHeadNet, norm: SceneNormalisation, buffer: PixelBuffer, minutes: float | None,
-               iterations: int | None, batch: int = 4096, lr: float = 3e-3, schedule: str = "cosine",
+               iterations: int | None, batch: int = 4096, lr: float = 3e-3, schedule: str = "cosine", *,
                loss: str = "euclidean", seed: int = 0, checkpoint: Path | None = None, resume: bool = False,
                checkpoint_minutes: float = 2.0, precision: str = "bf16", device: str = "cpu") -> Budget:
     """Fit ``net.head`` to ``buffer`` under a time or step budget; returns the finished :class:`Budget`

@@ -442,7 +442,8 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
         buffer_s = time.perf_counter() - t0
         log(f"training buffer: {len(buffer) / 1e6:.2f} M pixels, {buffer.nbytes / 2 ** 20:.0f} MB, {buffer_s:.0f} s")
         state = train_head(model, norm, buffer, cfg.minutes, cfg.iterations, cfg.pixel_batch, cfg.lr, cfg.schedule,
-                           cfg.head_loss, cfg.seed, ck_path, resume, cfg.checkpoint_minutes, device)
+                           loss=cfg.head_loss, seed=cfg.seed, checkpoint=ck_path, resume=resume,
+                           checkpoint_minutes=cfg.checkpoint_minutes, device=device)
         buffer_report = {"entries": len(buffer), "megabytes": round(buffer.nbytes / 2 ** 20, 1),
                          "seconds": round(buffer_s, 1), **buffer_accuracy(model, norm, buffer, device=device)}
         del buffer  # the largest allocation of mapping: free it before stage 2
