@@ -23,6 +23,8 @@ import torch
 from .errors import SceneLocError
 from .progress import progress
 
+SCHEDULES = ("constant", "cosine")
+
 
 def lr_factor(schedule: str, fraction: float, warmup: float = 0.03) -> float:
     """Learning-rate multiplier at ``fraction`` in [0, 1] of the budget: linear warm-up over the
@@ -32,7 +34,7 @@ def lr_factor(schedule: str, fraction: float, warmup: float = 0.03) -> float:
         return warm
     if schedule == "cosine":
         return warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(fraction, 1.0))))
-    raise ValueError(f"unknown schedule {schedule!r} (choose constant or cosine)")
+    raise ValueError(f"unknown schedule {schedule!r} (choose {', '.join(SCHEDULES)})")
 
 
 class Budget:

@@ -36,6 +36,11 @@ def l1_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> tor
     return _masked_mean((pred - target).abs().sum(1), mask)
 
 
+#: The mapping losses by name (``coordinate_loss``) and the neighbourhoods of the smoothness term.
+COORDINATE_LOSSES = ("l1", "tukey", "tukey+smooth")
+NEIGHBOURHOODS = (4, 8)
+
+
 def neighbour_offsets(k: int = 8) -> list[tuple[int, int]]:
     """The 4- or 8-neighbourhood K as (dy, dx) offsets."""
     four = [(-1, 0), (1, 0), (0, -1), (0, 1)]
@@ -111,7 +116,7 @@ def coordinate_loss(name: str, pred: torch.Tensor, target: torch.Tensor, mask: t
             raise ValueError("the tukey+smooth loss weighs neighbours by depth: pass depth")
         smoothness = smoothness_loss(pred, depth, mask, neighbourhood)
         return tukey_biweight_loss(pred, target, mask, c) + smooth_weight * smoothness
-    raise ValueError(f"unknown loss {name!r} (choose l1, tukey, tukey+smooth)")
+    raise ValueError(f"unknown loss {name!r} (choose {', '.join(COORDINATE_LOSSES)})")
 
 
 def confidence_target(pred: torch.Tensor, target: torch.Tensor, s: float = CONFIDENCE_SCALE) -> torch.Tensor:

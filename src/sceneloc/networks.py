@@ -95,6 +95,11 @@ class _ResBlock(nn.Module):
         return F.relu(x + self.body(x))
 
 
+#: The FCN's output strides and first layers.
+FCN_STRIDES = (4, 8, 16)
+FCN_STEMS = ("strided", "full")
+
+
 class FCN(CoordinateNetwork):
     """DSAC*/ACE-style fully convolutional regressor with output stride 8 (4 and 16 as options).
 
@@ -110,10 +115,10 @@ class FCN(CoordinateNetwork):
                  stride: int = 8, max_width: int | None = None, stem: str = "strided"):
         super().__init__()
         max_width = max_width or 8 * width  # the channel count reached at stride 8 (256 for width 32)
-        if stride not in (4, 8, 16):
-            raise ValueError(f"FCN output stride must be 4, 8 or 16, not {stride}")
-        if stem not in ("strided", "full"):
-            raise ValueError(f"FCN stem must be 'strided' or 'full', not {stem!r}")
+        if stride not in FCN_STRIDES:
+            raise ValueError(f"FCN output stride must be one of {FCN_STRIDES}, not {stride}")
+        if stem not in FCN_STEMS:
+            raise ValueError(f"FCN stem must be one of {FCN_STEMS}, not {stem!r}")
         self.stride = self.multiple = stride
         halvings = int(math.log2(stride))
         if stem == "strided":

@@ -183,7 +183,8 @@ TEST_WALKS = ("inside", "free")
 
 
 def generate(out_dir: str | Path, preset: str = DEFAULT_PRESET, seed: int = 0, frames: int = 60,
-             train_sequences: int = 3, test_sequences: int = 1, width: int = 640, height: int = 480,
+             train_sequences: int = 3, test_sequences: int = 1, width: int = DEFAULT_SIZE[0],
+             height: int = DEFAULT_SIZE[1],
              intrinsics: tuple[float, float, float, float] | None = None,
              sensor: SensorOptions = SensorOptions(), force: bool = False,
              preview: str | Path | None = None, progress: bool = True, test_walk: str = "inside") -> Path:
@@ -320,13 +321,13 @@ def add_synth_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``sceneloc synth``."""
     p.add_argument("out_dir", metavar="OUT_DIR", help="output dataset folder (7-Scenes layout)")
     p.add_argument("--preset", default=DEFAULT_PRESET,
-                   help=f"scene: {', '.join(f'{k}' for k in PRESETS)} (default {DEFAULT_PRESET})")
-    p.add_argument("--seed", type=int, default=0, help="trajectories and noise (default 0)")
-    p.add_argument("--frames", type=int, default=60, help="frames per sequence (default 60)")
-    p.add_argument("--train-sequences", type=int, default=3, help="training sequences (default 3)")
-    p.add_argument("--test-sequences", type=int, default=1, help="test sequences (default 1)")
-    p.add_argument("--width", type=int, default=DEFAULT_SIZE[0], help="image width (default 640)")
-    p.add_argument("--height", type=int, default=DEFAULT_SIZE[1], help="image height (default 480)")
+                   help=f"scene: {', '.join(PRESETS)} (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="trajectories and noise (default %(default)s)")
+    p.add_argument("--frames", type=int, default=60, help="frames per sequence (default %(default)s)")
+    p.add_argument("--train-sequences", type=int, default=3, help="training sequences (default %(default)s)")
+    p.add_argument("--test-sequences", type=int, default=1, help="test sequences (default %(default)s)")
+    p.add_argument("--width", type=int, default=DEFAULT_SIZE[0], help="image width (default %(default)s)")
+    p.add_argument("--height", type=int, default=DEFAULT_SIZE[1], help="image height (default %(default)s)")
     p.add_argument("--intrinsics", help="'fx,fy,cx,cy' (default: Kinect 585,585,320,240 scaled to the size)")
     for name, what in (("depth-noise", "depth noise"), ("holes", "missing depth"), ("image-noise", "image noise"),
                        ("lighting-change", "exposure/lighting change between sequences"),

@@ -56,6 +56,13 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+#: Base channel width of the from-scratch networks when ``MappingConfig.width`` is None.
+DEFAULT_WIDTH = {"fcn": 32, "unet": 16}
+OPTIMIZERS = ("rmsprop", "adamw")
+#: Stage 2: the regressor (paper III-B), the inlier classifier, or both (Fig. 3's ROC comparison).
+CONFIDENCE_MODES = ("regression", "classification", "both")
+
+
 @dataclass
 class MappingConfig:
     """Every option of ``sceneloc map``; paper values are the defaults where the paper gives one.
@@ -117,10 +124,9 @@ class MappingConfig:
         if self.arch == "xfeat":
             return {"arch": "xfeat", "encoder": self.encoder, "head_width": self.head_width,
                     "head_blocks": self.head_blocks, "encoder_sha256": encoder_identity(self.encoder)["weights_sha256"]}
-        default_width = {"unet": 16, "fcn": 32}
-        if self.arch not in default_width:
+        if self.arch not in DEFAULT_WIDTH:
             raise SceneLocError(f"unknown architecture {self.arch!r} (choose {', '.join(ARCH_DEFAULTS)})")
-        net = {"arch": self.arch, "width": self.width or default_width[self.arch]}
+        net = {"arch": self.arch, "width": self.width or DEFAULT_WIDTH[self.arch]}
         if self.arch == "fcn":
             net.update(stride=self.stride, stem=self.stem, blocks=self.blocks)
         return net
@@ -134,7 +140,7 @@ def _make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
         return torch.optim.RMSprop(params, lr=lr, alpha=0.9, eps=1e-6)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-    raise ValueError(f"unknown optimizer {name!r} (choose rmsprop or adamw)")
+    raise ValueError(f"unknown optimizer {name!r} (choose {', '.join(OPTIMIZERS)})")
 
 
 def seed_everything(seed: int) -> None:
