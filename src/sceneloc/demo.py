@@ -22,8 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
+from .data import load_scene
+from .diagnostics import EXAMPLE_FRAMES
 from .errors import SceneLocError
+from .evaluation import DEMO_COLUMNS, PLOT_FILES, evaluate, match_pose_records, pose_error_arrays, results_table
+from .geometry import read_pose_file
+from .synth import generate
 from .synth_render import SensorOptions
+from .synth_scenes import DEMO_PRESET, make_scene
+from .training import MappingConfig, map_scene
 
 DEMO_MINUTES = 3.0                         # head-training budget of `sceneloc demo` (150 mapping frames)
 DEMO_CONFIDENCE_MINUTES = 0.25
@@ -108,10 +115,6 @@ def run_demo(out: str | Path = "demo_out", data: str | Path | None = None, minut
     rendered into ``out/data`` -- or reused if an earlier run left it complete there. ``synth``
     overrides :data:`DEMO_SYNTH` (arguments of :func:`sceneloc.synth.generate`; tests render tiny scenes).
     """
-    from .evaluation import evaluate
-    from .synth import generate
-    from .synth_scenes import DEMO_PRESET, make_scene
-    from .training import MappingConfig, map_scene
     out = Path(out)
     t0 = time.perf_counter()
     if data is not None and preset is not None:
@@ -160,7 +163,6 @@ def _summary_row(m: dict) -> dict:
 
 def demo_lines(out: Path, results: list[dict], summary: dict) -> list[str]:
     """What the demo prints at the end: the table, the test set's closeness to training, paths."""
-    from .evaluation import DEMO_COLUMNS, results_table
     lines = [results_table(results, DEMO_COLUMNS, average=False).rstrip()]
     near = results[0].get("near_training")
     if near:
@@ -177,9 +179,6 @@ def demo_lines(out: Path, results: list[dict], summary: dict) -> list[str]:
 
 def _example_pose_errors(out: Path, data: Path, mode: str) -> dict[str, tuple[float, float]]:
     """Per test frame name, (rotation deg, translation m) error of the ``mode`` report's poses."""
-    from .data import load_scene
-    from .evaluation import match_pose_records, pose_error_arrays
-    from .geometry import read_pose_file
     path = out / f"report_{mode}" / "poses.txt"
     frames = load_scene(data).frames("test")
     records, _ = match_pose_records(read_pose_file(path), frames, path)
@@ -220,8 +219,6 @@ def _peers_html(out: Path) -> str:
 
 def write_demo_page(out: Path, results: list[dict], summary: dict) -> None:
     """``out/index.html`` and ``out/results.md``: table, trajectory, CDFs, examples, peers."""
-    from .diagnostics import EXAMPLE_FRAMES
-    from .evaluation import DEMO_COLUMNS, PLOT_FILES, results_table
     e = html.escape
     table = results_table(results, DEMO_COLUMNS, average=False)
     (out / "results.md").write_text(table)

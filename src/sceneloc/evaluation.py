@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .data import load_scene
 from .diagnostics import (
     ERROR_MAP_MAX_M,
     FIG2_SAMPLES_PER_FRAME,
@@ -36,7 +37,11 @@ from .diagnostics import (
     example_maps,
 )
 from .errors import SceneLocError
+from .geometry import PoseRecord, pose_errors, read_pose_file, write_pose_file
 from .plots import plot_error_cdf, plot_error_histogram, plot_examples, plot_roc, plot_topdown
+from .pose import PoseConfig
+from .progress import progress as progress_bar
+from .scenemap import Map, localize_frames
 
 #: (degrees, metres) pose accuracy thresholds; the first is the paper's (Table II).
 ACCURACY_THRESHOLDS = ((5, 0.05), (10, 0.10), (2, 0.02), (1, 0.01))
@@ -60,7 +65,6 @@ def pose_error_arrays(estimates: Sequence[np.ndarray | None],
                       ground_truth: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Rotation (degrees) and translation (metres, camera-centre distance) errors ``(N,)`` of
     camera-to-world poses; a failed frame (``None``) gets ``inf`` in both."""
-    from .geometry import pose_errors
     rot = np.full(len(ground_truth), np.inf)
     trans = np.full(len(ground_truth), np.inf)
     for i, (est, gt) in enumerate(zip(estimates, ground_truth, strict=True)):
@@ -245,7 +249,6 @@ def match_pose_records(records: list, frames: list, path: Path) -> tuple[list, i
     that is unique within the split (``frame-000000.color.png`` for ``seq-03/frame-000000.color.png``),
     as DSAC*/ACE-style files name images differently.
     """
-    from .geometry import PoseRecord
     by_name = {f.name: f for f in frames}
     tails: dict[str, list[str]] = {}
     for f in frames:
@@ -283,11 +286,6 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
     ``dsac`` or ``softam`` localizes with the map's DSAC stage (default: ``pose_config.method``).
     Returns the metrics dictionary (also ``out_dir/metrics.json``, infinite medians as null there).
     """
-    from .data import load_scene
-    from .geometry import PoseRecord, read_pose_file, write_pose_file
-    from .pose import PoseConfig
-    from .progress import progress as progress_bar
-    from .scenemap import Map, localize_frames
 
     out = Path(out_dir)
     _check_out_dir(out, force)

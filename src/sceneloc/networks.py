@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
 
+import cv2
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .encoders import XFeatEncoder, load_encoder
+from .errors import SceneLocError
 
 # ImageNet-free input normalisation: nothing is pretrained, so a fixed mean/std is enough.
 _MEAN, _STD = 0.45, 0.25
@@ -286,6 +290,22 @@ class ConfidencePointNet(nn.Module):
 # ------------------------------------------------------------------ network input and output grid
 
 
+Net = TypeVar("Net", bound=nn.Module)
+
+
+def load_weights(net: Net, path: Path, device: str, what: str, hint: str = "") -> Net:
+    """``net`` with the state dict in ``path``; a missing or mismatched file is a one-line
+    SceneLocError naming the file (``what``: whose configuration it must match; ``hint``: what to do)."""
+    if not path.exists():
+        raise SceneLocError(f"{path}: missing {what} weights{hint}")
+    try:
+        net.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    except (RuntimeError, KeyError) as e:
+        reason = str(e).splitlines()[0]
+        raise SceneLocError(f"{path}: weights do not match the {what} configuration ({reason}){hint}") from None
+    return net
+
+
 def input_size(image_hw: tuple[int, int], input_height: int, multiple: int) -> tuple[int, int, float]:
     """Network input ``(H_in, W_in)`` for an image of ``image_hw``, and the resize factor.
 
@@ -300,7 +320,6 @@ def input_size(image_hw: tuple[int, int], input_height: int, multiple: int) -> t
 
 def image_to_tensor(image, input_hw: tuple[int, int]) -> torch.Tensor:
     """``(H, W, 3)`` uint8 RGB numpy -> ``(1, 3, H_in, W_in)`` float in [0, 1] (area resampling)."""
-    import cv2
     h, w = input_hw
     if image.shape[:2] != (h, w):
         image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)

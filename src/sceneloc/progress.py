@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterable, Iterator, Sized
 from typing import TextIO
 
+from tqdm import tqdm
+
 #: fractions of the total at which a non-terminal run prints a line
 MILESTONES = (0.25, 0.5, 0.75)
 
@@ -124,7 +126,6 @@ def progress(iterable: Iterable | None = None, total: float | None = None, desc:
     stream = file or sys.stderr
     is_tty = bool(getattr(stream, "isatty", lambda: False)())
     if is_tty:
-        from tqdm import tqdm
         options = {"dynamic_ncols": True, "mininterval": 0.5, **tqdm_options}
         return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, initial=initial, leave=leave,
                     file=stream, **options)

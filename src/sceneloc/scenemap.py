@@ -16,12 +16,13 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import torch
 
 from .data import camera_points
+from .dsac import DSAC_METHODS, STAGE_FILES, estimate_pose_dsac
+from .dsac_stage import resolve_stage
 from .errors import SceneLocError
 from .networks import (
     ConfidencePointNet,
@@ -31,8 +32,11 @@ from .networks import (
     confidence_inputs,
     image_to_tensor,
     input_size,
+    load_weights,
     output_pixel_centres,
 )
+from .pose import PoseConfig, estimate_pose
+from .progress import progress as progress_bar
 
 #: 2: the network may be a frozen pretrained encoder + head (the file holds the head; the config the
 #: encoder's name and weights hash). Version-1 maps (fcn, unet) are read unchanged.
@@ -46,22 +50,6 @@ DEFAULT_POSE_POINTS = 4800
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-Net = TypeVar("Net", bound=torch.nn.Module)
-
-
-def load_weights(net: Net, path: Path, device: str, what: str, hint: str = "") -> Net:
-    """``net`` with the state dict in ``path``; a missing or mismatched file is a one-line
-    SceneLocError naming the file (``what``: whose configuration it must match; ``hint``: what to do)."""
-    if not path.exists():
-        raise SceneLocError(f"{path}: missing {what} weights{hint}")
-    try:
-        net.load_state_dict(torch.load(path, map_location=device, weights_only=True))
-    except (RuntimeError, KeyError) as e:
-        reason = str(e).splitlines()[0]
-        raise SceneLocError(f"{path}: weights do not match the {what} configuration ({reason}){hint}") from None
-    return net
 
 
 def grid_step(out_hw: tuple[int, ...], max_points: int) -> int:
@@ -134,7 +122,6 @@ class Map:
                 torch.save(net.state_dict(), d / name)
             else:
                 (d / name).unlink(missing_ok=True)
-        from .dsac import STAGE_FILES
         for name in STAGE_FILES if not keep_dsac_stage else ():
             (d / name).unlink(missing_ok=True)
         cfg = dict(self.config, has_confidence=self.confidence_net is not None)
@@ -258,9 +245,6 @@ class Map:
             dsac_score: ``cnn`` or ``soft-inliers`` for dsac/softam (default: the stage's); soft
                 inliers need no DSAC stage (the base network is used then).
         """
-        from .dsac import DSAC_METHODS, estimate_pose_dsac
-        from .dsac_stage import resolve_stage
-        from .pose import PoseConfig, estimate_pose
         K = self._check_intrinsics(image, intrinsics)
         if depth is not None and depth.shape != image.shape[:2]:
             raise SceneLocError(f"depth map is {depth.shape[1]}x{depth.shape[0]} but the image is "
@@ -300,9 +284,6 @@ def localize_frames(the_map: Map, frames: list, mode: str = "rgb", pose_config=N
     The random generator is seeded per frame, so a frame's result does not depend on the others.
     ``options`` (e.g. ``method``, ``dsac_score``) go to :meth:`Map.localize`.
     """
-    from .dsac import DSAC_METHODS
-    from .dsac_stage import resolve_stage
-    from .progress import progress as progress_bar
     if mode not in ("rgb", "rgbd"):
         raise SceneLocError(f"unknown mode {mode!r} (choose rgb or rgbd)")
     if options.get("method") in DSAC_METHODS:  # a missing DSAC stage fails here, before any frame

@@ -15,6 +15,7 @@ Also the similarity alignment (Umeyama) used to compare a reconstruction with gr
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import sys
@@ -29,6 +30,7 @@ import numpy as np
 from .colmap_import import COLMAP_PIXEL_OFFSET, import_colmap, prepare_output, pycolmap_module
 from .data import IMAGE_SUFFIXES, check_image_file
 from .errors import SceneLocError
+from .progress import progress as progress_bar
 
 MATCHERS = ("auto", "sequential", "exhaustive")
 #: --matcher auto: exhaustive up to this many images (every pair; robust to any order), sequential above.
@@ -92,8 +94,7 @@ def _db_progress(db: Path, table: str, total: int, desc: str, unit: str, enabled
     if not enabled:
         yield
         return
-    from .progress import progress
-    bar = progress(total=total, desc=desc, unit=unit)
+    bar = progress_bar(total=total, desc=desc, unit=unit)
     stop = threading.Event()
 
     done = [0]
@@ -231,6 +232,5 @@ def run_sfm(image_dir: str | Path, out: str | Path, *, intrinsics: np.ndarray | 
     info["unregistered"] = sorted(set(info["unregistered"]) | (set(names) - in_model))
     info["registered"] = registered
     info["timings_s"]["total_s"] = round(time.perf_counter() - t0, 1)
-    import json
     (out / "import_info.json").write_text(json.dumps(info, indent=2) + "\n")
     return info

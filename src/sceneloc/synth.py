@@ -55,7 +55,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .data import parse_intrinsics
 from .errors import SceneLocError
+from .progress import progress as progress_bar
 
 # Re-exported: the scene descriptions, the renderer and the trajectories moved to their own modules, and their
 # public names stay importable from here (``sceneloc.synth.Renderer``, ``sceneloc.synth.look_at``, ...).
@@ -235,7 +237,6 @@ def generate(out_dir: str | Path, preset: str = DEFAULT_PRESET, seed: int = 0, f
     n_seq = train_sequences + test_sequences
     sheet: list[list[np.ndarray]] = []    # preview tiles per sequence
     trained: list[np.ndarray] = []        # training poses: where test walks may go
-    from .progress import progress as progress_bar
     with progress_bar(total=n_seq * frames, desc=f"synth {preset}", unit="frame", file=sys.stderr,
                       disable=not progress, leave=False) as bar:
         for s in range(n_seq):
@@ -343,7 +344,6 @@ def add_synth_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
-    from .data import parse_intrinsics
     intr = None
     if args.intrinsics:
         K = parse_intrinsics(args.intrinsics)

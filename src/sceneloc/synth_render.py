@@ -14,6 +14,7 @@ from functools import lru_cache
 
 import cv2
 import numpy as np
+import skimage.data
 
 from .synth_scenes import Scene, _v
 
@@ -40,7 +41,6 @@ def _fit(img: np.ndarray, max_side: int = TEXTURE_MAX_SIDE) -> np.ndarray:
 
 def _photo(name: str) -> np.ndarray:
     """A scikit-image sample as BGR uint8 (grey images replicated, alpha composited on white)."""
-    import skimage.data
     img = np.asarray(getattr(skimage.data, PHOTOS[name])())
     if img.dtype == bool:
         img = img.astype(np.uint8) * 255

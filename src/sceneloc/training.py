@@ -23,7 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import __version__
 from .buffer import entries_for_memory, fill_buffer
+from .data import load_scene
 from .encoders import encoder_identity
 from .errors import SceneLocError
 from .frame_cache import FrameCache, make_batch
@@ -40,6 +42,7 @@ from .networks import (
     output_pixel_centres,
 )
 from .progress import progress as progress_bar
+from .scenemap import MAP_FORMAT_VERSION, Map, default_device
 
 #: Defaults that depend on the architecture (a ``None`` field of MappingConfig takes these).
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -359,8 +362,6 @@ def retrain_confidence(dataset: str | Path, map_dir: str | Path, cfg: MappingCon
 
     The coordinate network is untouched; an existing confidence network is replaced only with ``force``.
     """
-    from .data import load_scene
-    from .scenemap import Map
     the_map = Map.load(map_dir, device=device)
     cfg = replace(cfg, arch=the_map.config["network"]["arch"]).resolved()
     if the_map.confidence_net is not None and not force:
@@ -397,9 +398,6 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
 
     Returns the mapping report (also saved as ``mapping_report.json`` in the map directory).
     """
-    from . import __version__
-    from .data import load_scene
-    from .scenemap import MAP_FORMAT_VERSION, Map, default_device
 
     map_dir = Path(map_dir)
     _check_map_dir(map_dir, force, resume)
