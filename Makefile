@@ -17,7 +17,10 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e '.[test,bench,colmap]'
 	touch $(STAMP)
 
+# Lint and type-check first: they take seconds, the tests minutes.
 test: setup
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest -q
 
 # --force: a second `make demo` replaces the previous run in demo_out/ (reusing its rendered scene);
@@ -33,4 +36,4 @@ bench-all: setup
 	$(PY) benchmarks/run_all.py --all
 
 clean:
-	rm -rf .venv build *.egg-info src/*.egg-info .pytest_cache
+	rm -rf .venv build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

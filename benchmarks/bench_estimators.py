@@ -28,12 +28,12 @@ from dataclasses import replace
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from sceneloc.data import load_scene  # noqa: E402
-from sceneloc.evaluation import pose_error_arrays, pose_metrics  # noqa: E402
-from sceneloc.pose import METHODS, PoseConfig  # noqa: E402
-from sceneloc.scenemap import Map  # noqa: E402
+from sceneloc.data import load_scene
+from sceneloc.evaluation import pose_error_arrays, pose_metrics
+from sceneloc.pose import METHODS, PoseConfig
+from sceneloc.scenemap import Map
 
 
 def shift_depth(depth: np.ndarray, shift_px: int, shift_m: float) -> np.ndarray:
@@ -82,7 +82,7 @@ def run(the_map: Map, frames: list, methods: list[str], rows: list[tuple[str, st
         if depth is not None and (shift_px or shift_m):
             depths["shifted"] = shift_depth(depth, shift_px, shift_m)
         pred = the_map.predict(image)
-        for (method, mode, d), r in out.items():
+        for (method, _mode, d), r in out.items():
             cfg = replace(config, method=method)
             res = the_map.localize(image, depth=depths[d], intrinsics=frame.K, pose_config=cfg,
                                    rng=np.random.default_rng([seed, i]), prediction=pred)

@@ -59,12 +59,14 @@ def run_row(opts: dict, scene, norm: SceneNormalisation, cfg: MappingConfig, min
     fill_s = time.perf_counter() - t0
     channels = int(opts.get("features", train.features.shape[1]))
     if channels != train.features.shape[1]:  # the head sees only the leading channels (64: XFeat's fused map)
-        train = PixelBuffer(train.features[:, :channels], train.targets, train.pixels, train.frames, train.T_cw, train.K)
+        train = PixelBuffer(train.features[:, :channels], train.targets, train.pixels, train.frames, train.T_cw,
+                            train.K)
         test = PixelBuffer(test.features[:, :channels], test.targets, test.pixels, test.frames, test.T_cw, test.K)
     net = EncoderHeadNet(cfg.encoder, int(opts.get("width", cfg.head_width)), int(opts.get("blocks", cfg.head_blocks)))
     if channels != 256:
         from sceneloc.networks import CoordinateHead
-        net.head = CoordinateHead(channels, int(opts.get("width", cfg.head_width)), int(opts.get("blocks", cfg.head_blocks)))
+        net.head = CoordinateHead(channels, int(opts.get("width", cfg.head_width)),
+                                  int(opts.get("blocks", cfg.head_blocks)))
     torch.manual_seed(cfg.seed)
     budget = train_head(net, norm, train, minutes, None, int(opts.get("batch", cfg.pixel_batch)),
                         float(opts.get("lr", cfg.lr)), loss=opts.get("loss", cfg.head_loss), seed=cfg.seed,
@@ -75,7 +77,8 @@ def run_row(opts: dict, scene, norm: SceneNormalisation, cfg: MappingConfig, min
                           for i in range(0, len(test), 100_000)])
     err = torch.linalg.vector_norm(pred - test.targets, dim=1).numpy()
     return {"steps": budget.step, "buffer_entries": len(train), "buffer_fill_s": round(fill_s, 1),
-            "test_median_cm": round(100 * float(np.median(err)), 2), "test_within_10cm": round(float((err < 0.1).mean()), 4)}
+            "test_median_cm": round(100 * float(np.median(err)), 2),
+            "test_within_10cm": round(float((err < 0.1).mean()), 4)}
 
 
 def main() -> None:
@@ -94,7 +97,8 @@ def main() -> None:
     probe = EncoderHeadNet(cfg.encoder, 16, 0)
     test = cached_buffer(work / "test.pt", lambda: fill_buffer(scene.frames("test")[::TEST_FRAME_STEP], probe,
                                                                cfg.input_height, 10 ** 8, 1, cfg.seed))
-    print(f"defaults: {json.dumps({k: v for k, v in asdict(cfg).items() if k in ('head_width', 'head_blocks', 'pixel_batch', 'lr', 'head_loss', 'buffer_copies', 'aug_scale', 'buffer_mb')})}")
+    shown = ("head_width", "head_blocks", "pixel_batch", "lr", "head_loss", "buffer_copies", "aug_scale", "buffer_mb")
+    print(f"defaults: {json.dumps({k: v for k, v in asdict(cfg).items() if k in shown})}")
     print(f"| row | options | steps in {args.minutes:g} min | test median | test within 10 cm |")
     print("|---|---|---|---|---|")
     rows = []

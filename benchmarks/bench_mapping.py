@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_pose_table import replace_section  # noqa: E402
+from bench_pose_table import replace_section
 
 LOSSES = [("l1", "rk_unet_l1", ["--no-confidence"]), ("tukey", "rk_unet_tukey", ["--no-confidence"]),
           ("tukey+smooth", "rk_unet_tukey_smooth", ["--confidence-mode", "both"])]
@@ -67,7 +67,8 @@ def render(rows, args) -> str:
         tr, te, t = rep["train"], rep.get("test", {}), rep["training"]
         lines.append(f"| {loss} | {t['steps']} | {t['images_per_second']:.1f} | "
                      f"{100 * tr['median_error_m']:.1f} cm / {100 * tr['within_10cm']:.1f} % | "
-                     f"**{100 * te.get('median_error_m', float('nan')):.1f} cm / {100 * te.get('within_10cm', float('nan')):.1f} %** |")
+                     f"**{100 * te.get('median_error_m', float('nan')):.1f} cm / "
+                     f"{100 * te.get('within_10cm', float('nan')):.1f} %** |")
     lines += ["", verdict(rows)]
     return "\n".join(lines) + "\n"
 

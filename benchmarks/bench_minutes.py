@@ -28,16 +28,16 @@ from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import torch  # noqa: E402
+import torch
 
-from sceneloc.data import load_scene  # noqa: E402
-from sceneloc.pose import PoseConfig  # noqa: E402
-from sceneloc.scenemap import Map  # noqa: E402
-from sceneloc.frame_cache import FrameCache  # noqa: E402
-from sceneloc.training import coordinate_accuracy, predict_cache  # noqa: E402
+from sceneloc.data import load_scene
+from sceneloc.frame_cache import FrameCache
+from sceneloc.pose import PoseConfig
+from sceneloc.scenemap import Map
+from sceneloc.training import coordinate_accuracy, predict_cache
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_pose_table import replace_section, run  # noqa: E402
+from bench_pose_table import replace_section, run
 
 
 def train(data: str, map_dir: Path, args: str, minutes: float, snapshots: list[float]) -> None:
@@ -100,7 +100,8 @@ def main() -> None:
                                       the_map.coord_net.multiple, "caching test frames")
         weights = {f"{m:g}": map_dir / "snapshots" / f"coordinates_{m:g}min.pt" for m in args.snapshots}
         weights[f"{report['training']['seconds'] / 60:.1f}"] = map_dir / "coordinates.pt"
-        results[name] = {"args": map_args, "command": _command(), "every": args.every, "steps": report["training"]["steps"],
+        results[name] = {"args": map_args, "command": _command(), "every": args.every,
+                         "steps": report["training"]["steps"],
                          "images_per_second": report["training"]["images_per_second"], "points": {}}
         for minutes, path in weights.items():
             if not path.exists():

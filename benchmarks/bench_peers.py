@@ -50,12 +50,13 @@ from pathlib import Path
 # As the sceneloc CLI: many small matrix products; BLAS threads would only fight the network's.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
+
+# peers/ sits beside this script: importable also when this file is imported as a module
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peers import map_size_bytes
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from peers import map_size_bytes  # noqa: E402
-
 REPO = HERE.parent
 REDKITCHEN = REPO.parent / "shared" / "data" / "7scenes-redkitchen"
 HEADING = "## Peers: sceneloc beside feature matching, PoseNet and other RANSAC backends"
@@ -169,9 +170,9 @@ def job_baseline(job: dict) -> dict:
     """The memory floor every method pays (interpreter + numpy, OpenCV, torch, sceneloc) and versions."""
     import cv2
     import torch
-    from peers.ransac_backends import poselib_available
 
-    import sceneloc.scenemap  # noqa: F401
+    import sceneloc.scenemap  # noqa: F401  (imported only to count its memory in the floor)
+    from peers.ransac_backends import poselib_available
     versions = {"python": platform.python_version(), "numpy": np.__version__, "opencv": cv2.__version__,
                 "torch": torch.__version__}
     if poselib_available():
@@ -194,7 +195,8 @@ def job_features_localize(job: dict) -> dict:
         depth = frame.load_depth(image.shape[:2]) if "rgbd" in out else None
         for mode, records in out.items():
             t0 = time.perf_counter()
-            res = loc.localize(image, frame.K, depth if mode == "rgbd" else None, rng=np.random.default_rng([job["seed"], i]))
+            res = loc.localize(image, frame.K, depth if mode == "rgbd" else None,
+                               rng=np.random.default_rng([job["seed"], i]))
             ms = (time.perf_counter() - t0) * 1e3
             records.append(_record(frame.name, res.pose, frame.pose, ms, res.inliers))
     return {"records": out}
@@ -227,14 +229,14 @@ def job_sceneloc_map(job: dict) -> dict:
     code = sceneloc_main(argv)
     if code != 0:
         raise RuntimeError(f"sceneloc {' '.join(argv)} exited with {code}")
-    return {"command": "sceneloc " + " ".join(argv), "report": json.loads((Path(job["map_dir"]) / "mapping_report.json").read_text())}
+    report = json.loads((Path(job["map_dir"]) / "mapping_report.json").read_text())
+    return {"command": "sceneloc " + " ".join(argv), "report": report}
 
 
 def job_sceneloc_localize(job: dict) -> dict:
     """sceneloc's network once per frame, then every estimator on the same correspondences. Each
     row's time is the network's (with the confidence PointNet) plus its estimator's."""
     from peers.ransac_backends import opencv_pnp, poselib_available, poselib_pnp
-
     from sceneloc.pose import PoseConfig
     from sceneloc.scenemap import Map
     the_map = Map.load(job["map_dir"])
@@ -290,7 +292,8 @@ def run_job(kind: str, work: Path, name: str, **job) -> dict:
     print(f"  {name} ... ", end="", flush=True)
     t0 = time.perf_counter()
     with open(log, "w") as fh:
-        proc = subprocess.run([sys.executable, __file__, "--worker", str(job_path)], stdout=fh, stderr=subprocess.STDOUT, check=False)
+        proc = subprocess.run([sys.executable, __file__, "--worker", str(job_path)], stdout=fh,
+                              stderr=subprocess.STDOUT, check=False)
     if proc.returncode != 0 or not result.exists():
         tail = log.read_text().strip().splitlines()[-1:] or ["no output"]
         print(f"FAILED (exit {proc.returncode}): {tail[0]} -- log: {log}", flush=True)
@@ -408,7 +411,8 @@ def run_features(label: str, data: str, work: Path, args, detector: str) -> list
 
 def run_posenet(label: str, data: str, work: Path, args) -> list[dict]:
     map_dir = work / "posenet"
-    mapping = run_job("posenet-train", work, "posenet-train", data=data, map_dir=str(map_dir), minutes=args.posenet_minutes)
+    mapping = run_job("posenet-train", work, "posenet-train", data=data, map_dir=str(map_dir),
+                      minutes=args.posenet_minutes)
     if "error" not in mapping:
         mapping["map_mb"] = mapping["map_bytes"] / 2**20
         loc = run_job("posenet-localize", work, "posenet-localize", data=data, map_dir=str(map_dir))
@@ -435,7 +439,8 @@ def machine_info(baseline: dict) -> dict:
         pass
     mem_gb = None
     try:
-        kb = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal"))
+        kb = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
+                  if ln.startswith("MemTotal"))
         mem_gb = round(kb / 2**20, 1)
     except (OSError, StopIteration):
         pass
@@ -454,9 +459,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sceneloc-map", nargs="+", default=[], metavar="[LABEL=]MAP_DIR",
                     help="evaluate existing sceneloc maps instead of running `sceneloc map` (LABEL: the dataset "
                          "folder name, or synth-room; a bare MAP_DIR goes with the first dataset)")
-    ap.add_argument("--minutes", type=float, default=None, help="sceneloc stage-1 budget (default: sceneloc map's; --quick 0.02)")
+    ap.add_argument("--minutes", type=float, default=None,
+                    help="sceneloc stage-1 budget (default: sceneloc map's; --quick 0.02)")
     ap.add_argument("--confidence-minutes", type=float, default=None,
-                    help="sceneloc stage-2 budget (default: sceneloc map's; --quick 0.01); PoseNet trains for both together")
+                    help="sceneloc stage-2 budget (default: sceneloc map's; --quick 0.01); "
+                         "PoseNet trains for both together")
     ap.add_argument("--posenet-minutes", type=float, default=None,
                     help="PoseNet's training budget (default: sceneloc's two stages together, the same time)")
     ap.add_argument("--synth-minutes", type=float, nargs=2, default=None, metavar=("STAGE1", "STAGE2"),
@@ -469,7 +476,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--max-train", type=int, default=None, help="evenly spaced training frames (a symlink view)")
     ap.add_argument("--max-test", type=int, default=None, help="evenly spaced test frames (a symlink view)")
     ap.add_argument("--quick", action="store_true", help="tiny data, few frames, seconds-scale budgets (smoke test)")
-    ap.add_argument("--work", default=None, help="maps, logs and job results (default runs/peers; --quick runs/peers-quick)")
+    ap.add_argument("--work", default=None,
+                    help="maps, logs and job results (default runs/peers; --quick runs/peers-quick)")
     ap.add_argument("--out", help="write bench_peers.json into this folder (e.g. benchmarks/results)")
     ap.add_argument("--write", help="replace this benchmark's section in this markdown file (e.g. BENCHMARKS.md)")
     ap.add_argument("--seed", type=int, default=0)
@@ -485,7 +493,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.confidence_minutes = QUICK["confidence_minutes"] if args.quick else defaults.confidence_minutes
     if args.synth_minutes is None:
         from sceneloc.demo import DEMO_CONFIDENCE_MINUTES, DEMO_MINUTES
-        args.synth_minutes = [args.minutes, args.confidence_minutes] if args.quick else [DEMO_MINUTES, DEMO_CONFIDENCE_MINUTES]
+        args.synth_minutes = ([args.minutes, args.confidence_minutes] if args.quick
+                              else [DEMO_MINUTES, DEMO_CONFIDENCE_MINUTES])
     if args.work is None:
         args.work = str(REPO / "runs" / ("peers-quick" if args.quick else "peers"))
     return args
@@ -624,7 +633,8 @@ def compare_accuracy(a: dict, b: dict) -> int:
 
 
 def _acc_text(r: dict) -> str:
-    med = "no median (over half failed)" if r["median_trans_m"] is None else f"median {100 * r['median_trans_m']:.1f} cm"
+    med = ("no median (over half failed)" if r["median_trans_m"] is None
+           else f"median {100 * r['median_trans_m']:.1f} cm")
     return f"{_pct(r['within_5cm_5deg'])} within 5 cm / 5 deg, {med}"
 
 
@@ -635,7 +645,8 @@ def verdict(rows: list[dict]) -> list[str]:
     usable = [r for r in rows if r["applicable"] and r["frames"]]
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         for mode in MODES:
-            ref = next((r for r in usable if r["dataset"] == dataset and r["mode"] == mode and r["method"] == "sceneloc"), None)
+            ref = next((r for r in usable if r["dataset"] == dataset and r["mode"] == mode
+                        and r["method"] == "sceneloc"), None)
             if ref is None:
                 continue
             peers = [r for r in usable if r["dataset"] == dataset and r["mode"] == mode and r["method"] != "sceneloc"]
@@ -658,12 +669,13 @@ def verdict(rows: list[dict]) -> list[str]:
                 else:
                     out.append(f"* {where}: sceneloc and {name} are equally accurate: {numbers}.")
                 if p["loc_ms_median"] < ref["loc_ms_median"]:
-                    out.append(f"* {where}: sceneloc is slower per frame than {name}: {ref['loc_ms_median']:.0f} against "
-                               f"{p['loc_ms_median']:.0f} ms median.")
+                    out.append(f"* {where}: sceneloc is slower per frame than {name}: "
+                               f"{ref['loc_ms_median']:.0f} against {p['loc_ms_median']:.0f} ms median.")
         ref = next((r for r in rows if r["dataset"] == dataset and r["method"] == "sceneloc"), None)
         if ref is None:
             continue
-        for method in dict.fromkeys(r["method"] for r in rows if r["dataset"] == dataset and r["method"] not in BACKEND_ROWS):
+        for method in dict.fromkeys(r["method"] for r in rows
+                                    if r["dataset"] == dataset and r["method"] not in BACKEND_ROWS):
             p = next(r for r in rows if r["dataset"] == dataset and r["method"] == method)
             name = LABELS.get(method, method)
             for key, what, fmt in (("mapping_s", "takes longer to map", _duration),
@@ -682,18 +694,21 @@ def render(results: dict) -> str:
              f"Command: `{results['command']}`  ",
              f"Date: {results['date']}; {results['seconds'] / 60:.1f} min in all.  ",
              f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, GPU: {m['gpu']}; {m['platform']}; "
-             f"Python {v.get('python')}, torch {v.get('torch')} ({m['torch_threads']} threads), OpenCV {v.get('opencv')}, "
-             f"numpy {v.get('numpy')}, poselib {v.get('poselib', 'not installed')}; {env}.", ""]
+             f"Python {v.get('python')}, torch {v.get('torch')} ({m['torch_threads']} threads), "
+             f"OpenCV {v.get('opencv')}, numpy {v.get('numpy')}, poselib {v.get('poselib', 'not installed')}; "
+             f"{env}.", ""]
     if results["quick"]:
-        lines += ["**--quick smoke run**: tiny data and seconds-scale budgets; the numbers say nothing about the methods.", ""]
+        lines += ["**--quick smoke run**: tiny data and seconds-scale budgets; "
+                  "the numbers say nothing about the methods.", ""]
     lines += ["Budgets (training minutes): " + "; ".join(
-              f"{label}: sceneloc {b['minutes']:g} stage 1 + {b['confidence_minutes']:g} stage 2, PoseNet {b['posenet_minutes']:g}"
+              f"{label}: sceneloc {b['minutes']:g} stage 1 + {b['confidence_minutes']:g} stage 2, "
+              f"PoseNet {b['posenet_minutes']:g}"
               for label, b in ((label, info["budget"]) for label, info in results["datasets"].items())) +
-              f"; the feature map is one pass over the training images. Times per frame are the localize call on a decoded image (the sceneloc rows include "
-              f"the network and its confidence PointNet). Map MB: the files localization reads. Peak MB: peak resident "
-              f"memory of the process that mapped / localized, including the interpreter and libraries: an idle process "
-              f"with numpy, OpenCV, torch and sceneloc loaded takes {_num(m['baseline_peak_rss_mb'])} MB. Failures count "
-              f"as infinite errors.", ""]
+              f"; the feature map is one pass over the training images. Times per frame are the localize call on "
+              f"a decoded image (the sceneloc rows include the network and its confidence PointNet). Map MB: the "
+              f"files localization reads. Peak MB: peak resident memory of the process that mapped / localized, "
+              f"including the interpreter and libraries: an idle process with numpy, OpenCV, torch and sceneloc "
+              f"loaded takes {_num(m['baseline_peak_rss_mb'])} MB. Failures count as infinite errors.", ""]
     for label, info in results["datasets"].items():
         rows = [r for r in results["rows"] if r["dataset"] == label]
         lines += [f"**{label}** ({info['train']} training / {info['test']} test frames, `{info['path']}`):", "",

@@ -6,8 +6,9 @@ inlier share (< 10 cm) of the points the pose was computed from and their spread
 standard deviation of their pixel coordinates). Table I's protocol is the paper's: "only one pose
 hypothesis without any further refinement" (h_p = 1, N_k = 500, the 10 % most confident). The random
 rows are given twice: from 50 random points (as many as P_confidence uses) and from all N_k = 500
-(the paper's wording for P_1); P_confidence also with the per-cell selection (``--spread-cells 4``). Then the full estimator (h_p = 256, 8 refinement rounds, final inlier re-fit) for
-every map, with the 5 cm / 5 deg share and time per frame, compared with the paper's Kitchen row.
+(the paper's wording for P_1); P_confidence also with the per-cell selection (``--spread-cells 4``).
+Then the full estimator (h_p = 256, 8 refinement rounds, final inlier re-fit) for every map, with the
+5 cm / 5 deg share and time per frame, compared with the paper's Kitchen row.
 
 Usage:
     python benchmarks/bench_pose_table.py --data ../shared/data/7scenes-redkitchen \
@@ -28,13 +29,13 @@ from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from sceneloc.data import load_scene, scene_coordinates_at  # noqa: E402
-from sceneloc.evaluation import pose_metrics  # noqa: E402
-from sceneloc.geometry import pose_errors  # noqa: E402
-from sceneloc.pose import PoseConfig  # noqa: E402
-from sceneloc.scenemap import Map  # noqa: E402
+from sceneloc.data import load_scene, scene_coordinates_at
+from sceneloc.evaluation import pose_metrics
+from sceneloc.geometry import pose_errors
+from sceneloc.pose import PoseConfig
+from sceneloc.scenemap import Map
 
 TABLE1 = dict(hypotheses=1, refine_rounds=0, polish=False, min_inliers=0)
 # The paper puts its confidence network on its best map (smooth); here it goes on the map named
@@ -182,7 +183,8 @@ def render(results: dict, args, seconds: float, full: set[str] = frozenset()) ->
         listed.append(res)
         for est in TABLE1_ESTIMATORS:
             r, p = res[f"rgbd/table1-{est}"], res[f"rgb/table1-{est}"]
-            lines.append(f"| {m} | {est} | {_fmt(r)} | {_fmt(p)} | {100 * r['inlier_share']:.1f} % | {r['spread_px']:.0f} px |")
+            lines.append(f"| {m} | {est} | {_fmt(r)} | {_fmt(p)} | {100 * r['inlier_share']:.1f} % | "
+                         f"{r['spread_px']:.0f} px |")
     lines += ["",
               f"Full estimators (paper Kitchen: {PAPER_KITCHEN}):", "",
               "| map | mode | estimator | median error | 5cm/5deg | 10cm/10deg | failures | ms/frame (median / p95) |",
@@ -197,12 +199,14 @@ def render(results: dict, args, seconds: float, full: set[str] = frozenset()) ->
                 continue
             mode, est = key.split("/")
             lines.append(f"| {m} | {mode} | {est} | {_fmt(r)} | {100 * r['within_5cm_5deg']:.1f} % | "
-                         f"{100 * r['within_10cm_10deg']:.1f} % | {r['failures']} | {r['ms_median']:.0f} / {r['ms_p95']:.0f} |")
+                         f"{100 * r['within_10cm_10deg']:.1f} % | {r['failures']} | "
+                         f"{r['ms_median']:.0f} / {r['ms_p95']:.0f} |")
     for m, res in results.items():
         d = res.get("_dsac")
         if d and not any(res is results[n] for n in list(results)[:list(results).index(m)]):
-            lines.append(f"\nDSAC stage of `{m}`: `--mode {d['mode']} --score {d['score']}`, {d['hypotheses']} hypotheses, "
-                         f"{d['steps']} fine-tuning steps in {d['seconds'] / 60:.1f} min; expected pose loss on "
+            lines.append(f"\nDSAC stage of `{m}`: `--mode {d['mode']} --score {d['score']}`, "
+                         f"{d['hypotheses']} hypotheses, {d['steps']} fine-tuning steps in "
+                         f"{d['seconds'] / 60:.1f} min; expected pose loss on "
                          f"{d['frames_evaluated']} training frames {d['initial_expected_loss']:.2f} -> "
                          f"{d['final_expected_loss']:.2f}.")
     return "\n".join(lines) + "\n"

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sceneloc.data import load_scene, read_pose
+from sceneloc.data import load_scene
 from sceneloc.geometry import kabsch
 from sceneloc.sfm import umeyama
 
@@ -86,7 +86,8 @@ def main() -> int:
     ap.add_argument("--max-features", type=int, default=2048)
     ap.add_argument("--map", action="store_true", help="also map the SfM dataset and evaluate its test split")
     ap.add_argument("--minutes", type=float, default=0.5, help="mapping budget with --map")
-    ap.add_argument("--reuse", action="store_true", help="keep an existing OUT/dataset (same --train/--test) instead of rerunning SfM")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep an existing OUT/dataset (same --train/--test) instead of rerunning SfM")
     args = ap.parse_args()
     scene = load_scene(args.data)
     frames = pick(scene.frames("train"), args.train) + (pick(scene.frames("test"), args.test) if args.test else [])
@@ -118,7 +119,8 @@ def main() -> int:
         result["evaluate_s"] = run([*cli, "evaluate", str(out / "map"), str(dataset), "--split", "test",
                                     "--out", str(out / "report"), "--force", "--quiet"])
         m = json.loads((out / "report" / "metrics.json").read_text())
-        result["localization"] = {k: m[k] for k in ("median_rotation_deg", "median_translation_m", "failures", "frames")}
+        kept = ("median_rotation_deg", "median_translation_m", "failures", "frames")
+        result["localization"] = {k: m[k] for k in kept}
         result["localization"]["5cm_5deg"] = m["accuracy"]["5cm_5deg"]
     (out / "bench_sfm.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -18,24 +18,25 @@ from __future__ import annotations
 
 import os
 
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
-    os.environ[_var] = "1"
+# One thread everywhere, set before numpy and OpenCV load.
+os.environ.update(dict.fromkeys(("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS"),
+                                "1"))
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import cv2
+import numpy as np
+
+from sceneloc import synth
+from sceneloc.geometry import intrinsics_matrix
 
 cv2.setNumThreads(1)
-
-from sceneloc import synth  # noqa: E402
-from sceneloc.geometry import intrinsics_matrix  # noqa: E402
 
 
 def time_render(preset: str, frames: int) -> tuple[list[float], float]:

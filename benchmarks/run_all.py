@@ -7,7 +7,8 @@ the machine, since concurrent torch processes oversubscribe a small CPU.
 The minutes and pose-table studies print their tables (written into BENCHMARKS.md by hand with
 their commands, since they combine runs); the other sections are written directly.
 
-Usage: python benchmarks/run_all.py [--data ../shared/data/7scenes-redkitchen] [--runs runs] [--all] [--with-unet-losses]
+Usage: python benchmarks/run_all.py [--data ../shared/data/7scenes-redkitchen] [--runs runs] [--all]
+                                    [--with-unet-losses]
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def main() -> None:
     ]
     steps.append(peers)
     if args.with_unet_losses:  # the U-Net loss comparison (3 x 10 min)
-        steps.append([py, str(HERE / "bench_mapping.py"), "--data", d, "--runs", runs, "--run", "--write", "BENCHMARKS.md"])
+        steps.append([py, str(HERE / "bench_mapping.py"), "--data", d, "--runs", runs, "--run",
+                      "--write", "BENCHMARKS.md"])
     run(steps)
 
 

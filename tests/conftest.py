@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REDKITCHEN = SHARED_DATA / "7scenes-redkitchen"
@@ -25,8 +26,6 @@ def stairs() -> Path:
 
 # Tests are tiny: one torch thread each avoids oversubscribing a small CPU (two processes with
 # two OpenMP threads each on two cores run ~100x slower than one thread each).
-import torch  # noqa: E402
-
 torch.set_num_threads(1)
 
 

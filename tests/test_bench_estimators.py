@@ -1,15 +1,10 @@
 """benchmarks/bench_estimators.py: the depth misregistration it simulates, and one end-to-end run."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import bench_estimators  # noqa: E402
+import bench_estimators
 
 
 def test_shift_depth_moves_the_map_and_pushes_depth_along_the_rays():

@@ -10,17 +10,21 @@ import numpy as np
 import pytest
 import torch
 
+import bench_peers
+from peers.feature_localizer import FeatureLocalizer, build_map
+from peers.posenet import PoseNetConfig, PoseNetLocalizer, train_posenet
+from peers.ransac_backends import opencv_pnp, poselib_available, poselib_pnp
 from sceneloc.data import load_scene
-from sceneloc.geometry import (make_pose, matrix_to_quaternion, pose_errors, project, quaternion_to_matrix,
-                               transform_points)
+from sceneloc.geometry import (
+    make_pose,
+    matrix_to_quaternion,
+    pose_errors,
+    project,
+    quaternion_to_matrix,
+    transform_points,
+)
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import bench_peers  # noqa: E402
-from peers.feature_localizer import FeatureLocalizer, build_map  # noqa: E402
-from peers.posenet import PoseNetConfig, PoseNetLocalizer, train_posenet  # noqa: E402
-from peers.ransac_backends import opencv_pnp, poselib_available, poselib_pnp  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +104,8 @@ def _rows(errors_m: float | None, method: str) -> dict:
     """A fake row of 10 frames all at ``errors_m`` (None: all failed)."""
     records = [{"name": str(i), "rot_deg": None if errors_m is None else 1.0, "trans_m": errors_m, "ms": 10.0,
                 "inliers": 0} for i in range(10)]
-    return bench_peers.make_row("d", method, "rgb", {"wall_s": 60.0, "cpu_s": 90.0, "peak_rss_mb": 500.0, "map_mb": 5.0},
-                                {"peak_rss_mb": 300.0}, records)
+    mapping = {"wall_s": 60.0, "cpu_s": 90.0, "peak_rss_mb": 500.0, "map_mb": 5.0}
+    return bench_peers.make_row("d", method, "rgb", mapping, {"peak_rss_mb": 300.0}, records)
 
 
 def test_verdict_says_plainly_where_sceneloc_loses():

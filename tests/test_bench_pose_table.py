@@ -1,17 +1,14 @@
 """The Table I harness (benchmarks/bench_pose_table.py) runs end to end on a tiny map and writes its section."""
 
 import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCH))
-
-import bench_pose_table  # noqa: E402
+import bench_pose_table
 
 
 def test_table_one_runs_every_estimator_and_replaces_its_section(tiny_map, overfit_scene, tmp_path, monkeypatch):
     md = tmp_path / "BENCHMARKS.md"
-    md.write_text("# sceneloc benchmarks\n\n## Pose estimation: paper Table I and the full estimator\n\nold\n\n## Other\n\nkept\n")
+    md.write_text("# sceneloc benchmarks\n\n## Pose estimation: paper Table I and the full estimator\n\n"
+                  "old\n\n## Other\n\nkept\n")
     out = tmp_path / "table.json"
     monkeypatch.setattr(sys, "argv", ["bench_pose_table.py", "--data", str(overfit_scene), "--maps",
                                       f"l1={tiny_map}", f"confidence={tiny_map}", "--full", "l1",

@@ -5,8 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from sceneloc.calibration import (PoseCalibration, fit_logistic, operating_point, pose_features,
-                                  reliability_bins)
+from sceneloc.calibration import PoseCalibration, fit_logistic, operating_point, pose_features, reliability_bins
 from sceneloc.errors import SceneLocError
 
 

@@ -57,7 +57,8 @@ def test_info_missing_directory_subprocess(tmp_path):
     assert res.returncode == 2
     assert "Traceback" not in res.stderr
     assert res.stderr.count("\n") == 1 and res.stdout == ""
-    assert res.stderr.startswith("sceneloc: error: ") and f"{tmp_path / 'nope'}: dataset directory does not exist" in res.stderr
+    assert res.stderr.startswith("sceneloc: error: ")
+    assert f"{tmp_path / 'nope'}: dataset directory does not exist" in res.stderr
 
 
 # ------------------------------------------------------------------ tiny 7-Scenes datasets

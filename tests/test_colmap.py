@@ -149,12 +149,14 @@ def test_import_errors_are_one_line_with_exit_2(tmp_path, capsys):
 
 def test_distorted_camera_and_empty_model_are_refused(tmp_path, capsys):
     cams = {1: ("OPENCV", 64, 48, [60.0, 60.0, 32.0, 24.0, 0.1, 0.0, 0.0, 0.0])}
-    model_dir, image_dir, _, _ = known_model(tmp_path / "a", n=3, cameras=cams) if (tmp_path / "a").mkdir() is None else None
+    (tmp_path / "a").mkdir()
+    model_dir, image_dir, _, _ = known_model(tmp_path / "a", n=3, cameras=cams)
     assert main(["import", "colmap", str(model_dir), str(image_dir), str(tmp_path / "o")]) == 2
     assert "OPENCV model with distortion" in one_line_error(capsys)
     # the same model with all distortion terms zero is a pinhole and imports
     cams = {1: ("OPENCV", 64, 48, [60.0, 60.0, 32.0, 24.0, 0.0, 0.0, 0.0, 0.0])}
-    model_dir, image_dir, _, _ = known_model(tmp_path / "b", n=3, cameras=cams) if (tmp_path / "b").mkdir() is None else None
+    (tmp_path / "b").mkdir()
+    model_dir, image_dir, _, _ = known_model(tmp_path / "b", n=3, cameras=cams)
     assert main(["import", "colmap", str(model_dir), str(image_dir), str(tmp_path / "o")]) == 0
     # a model whose images have no pose: zero registered images
     rec = pycolmap.Reconstruction()
@@ -366,6 +368,7 @@ def test_direction_coverage_grows_when_the_capture_looks_around():
 def test_db_progress_reports_the_rows_a_step_wrote(tmp_path, capsys):
     """pycolmap's extraction and matching have no callback: the bar counts database rows."""
     import sqlite3
+
     from sceneloc.sfm import _db_progress
     db = tmp_path / "database.db"
     with sqlite3.connect(db) as con:

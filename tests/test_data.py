@@ -234,7 +234,8 @@ def test_dsacstar_rgb_only_statistics(tmp_path):
     st = scene.statistics()
     assert not st.has_depth and st.valid_depth_share == 0
     centres = np.stack([_pose(i)[:3, 3] for i in range(3)])
-    assert st.diameter == pytest.approx(np.linalg.norm(np.percentile(centres, 99.5, 0) - np.percentile(centres, 0.5, 0)))
+    spread = np.percentile(centres, 99.5, 0) - np.percentile(centres, 0.5, 0)
+    assert st.diameter == pytest.approx(np.linalg.norm(spread))
 
 
 def test_dsacstar_depth_in_other_format(tmp_path):

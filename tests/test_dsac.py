@@ -10,9 +10,17 @@ import torch
 
 from sceneloc.cli import main
 from sceneloc.data import load_scene
+from sceneloc.dsac import (
+    DSACConfig,
+    ScoreCNN,
+    estimate_pose_dsac,
+    kabsch_hypotheses,
+    make_matches,
+    pnp_hypotheses,
+    refine_on_inliers,
+    softam,
+)
 from sceneloc.dsac_training import finetune_dsac, frame_objective
-from sceneloc.dsac import (DSACConfig, ScoreCNN, estimate_pose_dsac,
-                           kabsch_hypotheses, make_matches, pnp_hypotheses, refine_on_inliers, softam)
 from sceneloc.geometry import backproject, intrinsics_matrix, make_pose, pose_errors, read_pose_file, transform_points
 from sceneloc.scenemap import Map
 
@@ -204,7 +212,7 @@ def test_cli_stage_dsac_then_localize(tiny_map, overfit_scene, tmp_path, capsys)
         recs = read_pose_file(out)
         assert [r.image for r in recs] == [f.name for f in frames]
         assert f"--method {method}" in out.read_text().splitlines()[0]
-        for r, f in zip(recs, frames):
+        for r, f in zip(recs, frames, strict=True):
             assert r.pose is not None and pose_errors(r.pose, f.pose)[1] < 0.05, method
 
 
@@ -242,7 +250,7 @@ def test_evaluate_with_dsac_soft_inliers_scores_its_own_pose_file(tiny_map, over
     assert m["pose_source"] == "localized (dsac)"
     frames = load_scene(overfit_scene).frames("train")
     recs = read_pose_file(out / "poses.txt")
-    errors = [pose_errors(r.pose, f.pose) for r, f in zip(recs, frames)]
+    errors = [pose_errors(r.pose, f.pose) for r, f in zip(recs, frames, strict=True)]
     assert m["frames"] == len(frames) and m["failures"] == 0
     assert m["median_translation_m"] == pytest.approx(float(np.median([e[1] for e in errors])), abs=1e-5)
     assert m["median_translation_m"] < 0.05  # the over-fitted training frames localize

@@ -7,16 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from sceneloc.buffer import (augmentation_matrix, cell_source_pixels, entries_for_memory, fill_buffer,
-                             resize_matrix)
+from sceneloc.buffer import augmentation_matrix, cell_source_pixels, entries_for_memory, fill_buffer, resize_matrix
 from sceneloc.data import load_scene
 from sceneloc.encoders import encoder_identity, load_encoder
 from sceneloc.errors import SceneLocError
 from sceneloc.geometry import pose_errors
 from sceneloc.head_training import head_loss, reprojection_error, train_head
+from sceneloc.mapping import map_scene
 from sceneloc.networks import EncoderHeadNet, SceneNormalisation, build_coordinate_network
 from sceneloc.scenemap import Map
-from sceneloc.mapping import map_scene
 from sceneloc.training import MappingConfig
 
 

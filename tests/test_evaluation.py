@@ -244,11 +244,12 @@ def test_report_files_and_oracle_accuracy(oracle_map, tiny_data, tmp_path):
     op = saved["calibration"]["operating_point"]
     assert op["right_kept"] == 1.0 and op["wrong_rejected"] is None and op["kept"] == 1.0
     assert sum(b["frames"] for b in saved["calibration"]["bins"]) == m["frames"]
-    assert "rejecting poses with probability &lt; 0.5" in html_text and "| rejecting poses with probability < 0.5 |" in md
+    assert "rejecting poses with probability &lt; 0.5" in html_text
+    assert "| rejecting poses with probability < 0.5 |" in md
 
 
 def test_near_training_share_on_a_handmade_case():
-    from sceneloc.evaluation import nearest_training_distances, near_training_share
+    from sceneloc.evaluation import near_training_share, nearest_training_distances
     from sceneloc.geometry import make_pose
 
     def rot_z(deg: float) -> np.ndarray:
@@ -288,7 +289,8 @@ def read_ply(path: Path) -> tuple[np.ndarray, np.ndarray]:
     assert header[:2] == ["ply", "format binary_little_endian 1.0"]
     n = int(next(h for h in header if h.startswith("element vertex")).split()[-1])
     props = [h.split()[1:] for h in header if h.startswith("property")]
-    assert props == [["float", "x"], ["float", "y"], ["float", "z"], ["uchar", "red"], ["uchar", "green"], ["uchar", "blue"]]
+    assert props == [["float", "x"], ["float", "y"], ["float", "z"],
+                     ["uchar", "red"], ["uchar", "green"], ["uchar", "blue"]]
     body = raw[end:]
     assert len(body) == n * 15
     rows = [struct.unpack_from("<fffBBB", body, 15 * i) for i in range(n)]

@@ -342,7 +342,7 @@ def test_pose_file_round_trip(tmp_path):
     assert text.startswith("# model foo\n# test split\n# image qw qx qy qz tx ty tz time_ms inliers\n")
     back = g.read_pose_file(path)
     assert [r.image for r in back] == [r.image for r in records]
-    for r, b in zip(records, back):
+    for r, b in zip(records, back, strict=True):
         assert list(b.extras) == ["time_ms", "inliers"]
         assert b.extras == pytest.approx(r.extras)
         assert b.failure == r.failure

@@ -6,6 +6,7 @@ import pytest
 from sceneloc.cli import main
 from sceneloc.data import load_scene
 from sceneloc.geometry import pose_errors, read_pose_file
+from sceneloc.pose import PoseConfig
 from sceneloc.scenemap import Map
 
 
@@ -43,7 +44,7 @@ def test_dataset_cli_writes_every_frame_including_failures(tiny_map, overfit_sce
     frames = load_scene(overfit_scene).frames("train")
     assert [r.image for r in recs] == [f.name for f in frames]
     assert all({"time_ms", "inliers"} <= set(r.extras) for r in recs)
-    for r, f in zip(recs, frames):
+    for r, f in zip(recs, frames, strict=True):
         assert r.pose is not None and pose_errors(r.pose, f.pose)[1] < 0.05
     # an impossible inlier requirement: every frame fails, and is still written (as nan)
     assert main(["localize", str(tiny_map), str(overfit_scene), "--split", "train", "--out", str(out),
@@ -64,7 +65,8 @@ def test_bad_inputs_give_one_line_errors(tiny_map, overfit_scene, tmp_path, caps
         (["localize", str(tiny_map), "--image", str(small)], "pass the query camera's intrinsics"),
         (["localize", str(tiny_map), "--image", str(frame.image_path), "--depth", str(small)], "depth"),
         (["localize", str(tmp_path), "--image", str(frame.image_path)], "not a sceneloc map"),
-        (["localize", str(tiny_map), str(overfit_scene), "--split", "val", "--out", str(tmp_path / "p.txt")], "unknown split"),
+        (["localize", str(tiny_map), str(overfit_scene), "--split", "val", "--out", str(tmp_path / "p.txt")],
+         "unknown split"),
     ]
     for argv, needle in cases:
         assert main(argv) == 2
@@ -75,6 +77,7 @@ def test_bad_inputs_give_one_line_errors(tiny_map, overfit_scene, tmp_path, caps
 def test_incompatible_map_version_is_refused(tiny_map, tmp_path):
     import json
     import shutil
+
     from sceneloc.errors import SceneLocError
     old = tmp_path / "old"
     shutil.copytree(tiny_map, old)
@@ -88,12 +91,13 @@ def test_incompatible_map_version_is_refused(tiny_map, tmp_path):
 def test_other_image_size_with_intrinsics_is_rescaled(tiny_map, overfit_scene):
     """A query at half resolution with its own (scaled) intrinsics still localizes."""
     import cv2
+
     from sceneloc.geometry import scale_intrinsics
     frame = load_scene(overfit_scene).frames("train")[0]
     image = cv2.resize(frame.load_image(), (80, 60), interpolation=cv2.INTER_AREA)
     depth = cv2.resize(frame.load_depth(), (80, 60), interpolation=cv2.INTER_NEAREST)
     res = Map.load(tiny_map).localize(image, depth=depth, intrinsics=scale_intrinsics(frame.K, 0.5),
-                                      pose_config=__import__("sceneloc.pose", fromlist=["PoseConfig"]).PoseConfig(min_inliers=10),
+                                      pose_config=PoseConfig(min_inliers=10),
                                       rng=np.random.default_rng(0))
     assert res.success
     rot, trans = pose_errors(res.pose, frame.pose)

@@ -5,8 +5,16 @@ import math
 import pytest
 import torch
 
-from sceneloc.losses import (CONFIDENCE_SCALE, confidence_target, coordinate_loss, l1_loss, smoothness_loss,
-                             smoothness_weights, tukey_biweight, tukey_biweight_loss)
+from sceneloc.losses import (
+    CONFIDENCE_SCALE,
+    confidence_target,
+    coordinate_loss,
+    l1_loss,
+    smoothness_loss,
+    smoothness_weights,
+    tukey_biweight,
+    tukey_biweight_loss,
+)
 
 
 def test_tukey_closed_form_inside_and_outside_c():
@@ -123,6 +131,7 @@ def test_smoothness_loss_matches_brute_force_eq5_eq6():
 
 def test_context_normalised_pointnet_is_permutation_equivariant_and_set_relative():
     import torch
+
     from sceneloc.networks import ConfidencePointNet
     torch.manual_seed(0)
     net = ConfidencePointNet(blocks=2).eval()

@@ -8,11 +8,11 @@ import torch
 
 from sceneloc.cli import main
 from sceneloc.data import load_scene
+from sceneloc.frame_cache import FrameCache, augment
 from sceneloc.geometry import invert_pose, project, transform_points
+from sceneloc.mapping import calibration_group, map_scene
 from sceneloc.networks import SceneNormalisation, build_coordinate_network, output_pixel_centres
 from sceneloc.scenemap import Map
-from sceneloc.frame_cache import FrameCache, augment
-from sceneloc.mapping import calibration_group, map_scene
 from sceneloc.training import MappingConfig, coordinate_accuracy, predict_cache, train_coordinates
 
 
@@ -48,7 +48,8 @@ def test_augment_zoom_keeps_targets_with_their_pixels():
     """Zoom by 2 about the centre: output cell q shows input point (q - c) / 2 + c."""
     xs, ys = np.meshgrid(np.arange(16.0), np.arange(16.0), indexing="xy")
     coords = np.stack([xs, ys, np.zeros((16, 16))], -1).astype(np.float32)
-    _, c2, m2, _ = augment(np.zeros((16, 16, 3), np.uint8), coords, np.ones((16, 16), bool), np.ones((16, 16), np.float32), 1, 2.0, 0.0)
+    _, c2, m2, _ = augment(np.zeros((16, 16, 3), np.uint8), coords, np.ones((16, 16), bool),
+                           np.ones((16, 16), np.float32), 1, 2.0, 0.0)
     c = 7.5
     for q in [(4, 4), (8, 11), (10, 6)]:
         src = ((q[1] - c) / 2 + c, (q[0] - c) / 2 + c)  # (x, y) in the input
@@ -128,7 +129,9 @@ def test_map_needs_depth(tiny_scene, tmp_path, capsys):
 
 def test_confidence_stage_retrains_stage_two_only(tiny_map, overfit_scene, tmp_path, capsys):
     import shutil
+
     import torch
+
     from sceneloc.cli import main
     from sceneloc.scenemap import Map
     m = tmp_path / "map"

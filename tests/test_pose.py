@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from sceneloc import geometry as g
-from sceneloc.pose import (PoseConfig, estimate_pose, mean_confidence, score_hypotheses,
-                           select_correspondences)
+from sceneloc.pose import PoseConfig, estimate_pose, mean_confidence, score_hypotheses, select_correspondences
 
 K = g.intrinsics_matrix(585.0, 585.0, 320.0, 240.0)  # 7-Scenes-like 640x480 camera
 
@@ -236,7 +235,7 @@ def test_spread_selection_takes_each_cells_most_confident_share():
     assert (pixels[most_confident(samples, confidence, 50)][..., 0] < 160).all()   # global: one region
     spread = most_confident(samples, confidence, 50, cells)
     assert spread.shape == (3, 50)
-    for row, picked in zip(samples, spread):
+    for row, picked in zip(samples, spread, strict=True):
         counts = np.bincount(cells[picked], minlength=16)
         share = np.bincount(cells[row], minlength=16) / len(row) * 50
         assert np.abs(counts - share).max() <= 1.5                      # each cell its share of the 50

@@ -86,7 +86,8 @@ def test_depth_of_a_known_wall_is_exact():
     C = np.array([1.5, 1.5, 1.3])
     T = make_pose(synth.look_at(C, C - np.array([1.0, 0, 0])), C)
     out = r.render(T)
-    wall = out.quad == next(i for i, q in enumerate(scene.quads) if np.allclose(q.normal, [1, 0, 0]) and q.origin[0] == 0)
+    wall_index = next(i for i, q in enumerate(scene.quads) if np.allclose(q.normal, [1, 0, 0]) and q.origin[0] == 0)
+    wall = out.quad == wall_index
     assert wall.sum() > 100
     np.testing.assert_allclose(out.depth[wall], 1.5, atol=1e-5)
     # the optical axis meets the wall at (0, 1.5, 1.3), i.e. the image centre (39.5, 29.5) sees y = 1.5
@@ -98,7 +99,7 @@ def test_depth_of_a_known_wall_is_exact():
 def test_noise_and_holes_when_on(tmp_path):
     clean = load_scene(_gen(tmp_path / "clean", sensor=CLEAN)).frames("train")
     noisy = load_scene(_gen(tmp_path / "noisy")).frames("train")
-    for fc, fn in zip(clean, noisy):
+    for fc, fn in zip(clean, noisy, strict=True):
         np.testing.assert_array_equal(fc.pose, fn.pose)           # same trajectory, only the sensor differs
     dc = np.stack([f.load_depth() for f in clean])
     dn = np.stack([f.load_depth() for f in noisy])
@@ -113,7 +114,8 @@ def test_noise_and_holes_when_on(tmp_path):
 
 
 def test_noise_switches_are_independent(tmp_path):
-    only_holes = synth.SensorOptions(depth_noise=False, holes=True, image_noise=False, lighting_change=False, blur=False)
+    only_holes = synth.SensorOptions(depth_noise=False, holes=True, image_noise=False, lighting_change=False,
+                                     blur=False)
     clean = load_scene(_gen(tmp_path / "a", sensor=CLEAN)).frames("train")[1]
     holes = load_scene(_gen(tmp_path / "b", sensor=only_holes)).frames("train")[1]
     dc, dh = clean.load_depth(), holes.load_depth()
@@ -206,7 +208,7 @@ def test_living_preset_keeps_its_distance_and_shows_things():
 def test_test_walks_go_where_the_training_walks_went():
     """``inside`` test walks: separate walks (no training pose repeated) whose views mostly have a
     training view within 30 cm / 30 deg -- more often than walks drawn anywhere (``free``)."""
-    from sceneloc.evaluation import nearest_training_distances, near_training_share
+    from sceneloc.evaluation import near_training_share, nearest_training_distances
     scene = synth.make_scene("living")
     inside, free = [], []
     for seed in range(3):

@@ -65,7 +65,8 @@ class PoseNetConfig:
 
 
 def _conv(c_in: int, c_out: int, stride: int, k: int = 3) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, k, stride, k // 2, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+    return nn.Sequential(nn.Conv2d(c_in, c_out, k, stride, k // 2, bias=False), nn.BatchNorm2d(c_out),
+                         nn.ReLU(inplace=True))
 
 
 class PoseRegressor(nn.Module):
@@ -150,10 +151,11 @@ def train_posenet(frames: Sequence[Frame], out_dir: str | Path, cfg: PoseNetConf
         idx = rng.integers(0, len(frames), cfg.batch_size)
         top = rng.integers(0, images.shape[1] - H + 1, cfg.batch_size)
         left = rng.integers(0, images.shape[2] - W + 1, cfg.batch_size)
-        batch = np.stack([images[i, a:a + H, b:b + W] for i, a, b in zip(idx, top, left)])
+        batch = np.stack([images[i, a:a + H, b:b + W] for i, a, b in zip(idx, top, left, strict=True)])
         x = _to_tensor(batch)
         bright = torch.from_numpy(rng.uniform(-cfg.aug_brightness, cfg.aug_brightness, (len(idx), 1, 1, 1))).float()
-        contrast = torch.from_numpy(rng.uniform(1 - cfg.aug_contrast, 1 + cfg.aug_contrast, (len(idx), 1, 1, 1))).float()
+        contrast = torch.from_numpy(rng.uniform(1 - cfg.aug_contrast, 1 + cfg.aug_contrast,
+                                                (len(idx), 1, 1, 1))).float()
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         x = ((x - mean) * contrast + mean + bright).clamp_(0, 1).to(device)
         pred_x, pred_q = model(x)

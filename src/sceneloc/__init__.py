@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    # Lazy so that `import sceneloc` (and the CLI's --help) does not pay for torch.
+    # Lazy so that `import sceneloc` does not pay for torch.
     if name == "Map":
         from .scenemap import Map
         return Map

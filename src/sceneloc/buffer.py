@@ -32,8 +32,8 @@ _ENTRY_OVERHEAD_BYTES = 24
 
 @dataclass
 class PixelBuffer:
-    """``features (N, C)`` fp16, ``targets (N, 3)`` metres (NaN: a frame without depth), ``pixels (N, 2)`` source pixel (u, v)
-    in the original image, ``frames (N,)`` index into the mapping frames; ``T_cw (F, 3, 4)`` and
+    """``features (N, C)`` fp16, ``targets (N, 3)`` metres (NaN: a frame without depth), ``pixels (N, 2)``
+    source pixel (u, v) in the original image, ``frames (N,)`` index into the mapping frames; ``T_cw (F, 3, 4)`` and
     ``K (F, 3, 3)`` of those frames (for reprojection losses)."""
     features: torch.Tensor
     targets: torch.Tensor
@@ -68,7 +68,7 @@ def augmentation_matrix(input_hw: tuple[int, int], scale: float, angle_deg: floa
     return np.vstack([M, [0, 0, 1]])
 
 
-def cell_source_pixels(full_to_input: np.ndarray, out_hw: tuple[int, int], stride: int) -> np.ndarray:
+def cell_source_pixels(full_to_input: np.ndarray, out_hw: tuple[int, ...], stride: int) -> np.ndarray:
     """Original-image pixel ``(h, w, 2)`` (u, v) that each output cell's centre looks at, given the
     ``(3, 3)`` map from original pixels to (augmented) input pixels. Cell ``j`` is centred on input
     pixel ``stride j + (stride - 1) / 2``."""
@@ -155,10 +155,10 @@ def fill_buffer(frames: list[Frame], net: EncoderHeadNet, input_height: int, ent
                 H, W = fd.image.shape[:2]
                 valid = (uv[..., 0] > -0.5) & (uv[..., 0] < W - 0.5) & (uv[..., 1] > -0.5) & (uv[..., 1] < H - 0.5)
                 X = np.full(uv.shape[:-1] + (3,), np.nan, np.float32)
-            cells = np.flatnonzero(valid)
-            if len(cells) == 0:
+            valid_cells = np.flatnonzero(valid)
+            if len(valid_cells) == 0:
                 continue
-            pick = rng.choice(cells, size=min(per_view, len(cells)), replace=False)
+            pick = rng.choice(valid_cells, size=min(per_view, len(valid_cells)), replace=False)
             m = len(pick)
             features[n:n + m] = feats[k].reshape(-1, channels)[torch.from_numpy(pick)].half()
             targets[n:n + m] = torch.from_numpy(X.reshape(-1, 3)[pick])

@@ -81,7 +81,7 @@ class PoseCalibration:
 
     @classmethod
     def fit(cls, samples: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], max_cm: float = 5.0,
-            max_deg: float = 5.0, method: str = "ransac", ridge: float = RIDGE) -> "PoseCalibration":
+            max_deg: float = 5.0, method: str = "ransac", ridge: float = RIDGE) -> PoseCalibration:
         """From ``{mode: (inliers (N,), n_points (N,), success (N,) bool)}`` of held-out frames; a
         failed pose counts with 0 inliers. Modes with fewer than ``MIN_FRAMES`` frames are skipped."""
         modes = {}
@@ -110,7 +110,7 @@ class PoseCalibration:
         (Path(map_dir) / CALIBRATION_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
-    def load(cls, map_dir: Path) -> "PoseCalibration | None":
+    def load(cls, map_dir: Path) -> PoseCalibration | None:
         """The map's calibration, or None for a map made without one."""
         path = Path(map_dir) / CALIBRATION_FILE
         if not path.exists():

@@ -88,7 +88,7 @@ def check_capture(dataset: str | Path, intrinsics: np.ndarray | None = None) -> 
         w.append(f"{no_depth['train']} of {len(train)} mapping frames have no depth: the default map learns them "
                  f"from their poses alone (RGB-only, less accurate), --arch fcn/unet refuse them "
                  f"(give --depth-dir on import where you have depth)")
-    given = r.frames and (sum(frames.values()) + len(r.unregistered))
+    given = sum(frames.values()) + len(r.unregistered)
     if r.unregistered and len(r.unregistered) > 0.1 * given:
         w.append(f"{len(r.unregistered)} of {given} images were not registered: the capture has gaps "
                  f"(more overlap between consecutive images, less motion blur)")
@@ -119,8 +119,9 @@ def format_check(r: CaptureReport) -> str:
     lines.append(f"mapping centres    extent {e[0]:.2f} x {e[1]:.2f} x {e[2]:.2f} {unit}")
     lines.append(f"view directions    {r.direction_share:.0%} of {DIRECTION_CELLS} sphere cells")
     if r.test_nearest_median is not None:
-        near = "" if r.test_near_share is None else (f"; {r.test_near_share:.0%} within {NEAR_TRAINING_M * 100:.0f} cm / "
-                                                    f"{NEAR_TRAINING_DEG:.0f} deg")
-        lines.append(f"test coverage      median distance to the nearest mapping view {r.test_nearest_median:.2f} {unit}{near}")
+        near = "" if r.test_near_share is None else (
+            f"; {r.test_near_share:.0%} within {NEAR_TRAINING_M * 100:.0f} cm / {NEAR_TRAINING_DEG:.0f} deg")
+        lines.append(f"test coverage      median distance to the nearest mapping view "
+                     f"{r.test_nearest_median:.2f} {unit}{near}")
     lines += [f"warning: {w}" for w in r.warnings] or ["no problems found: the capture looks usable for mapping"]
     return "\n".join(lines)

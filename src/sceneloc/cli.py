@@ -1,6 +1,9 @@
 """Command-line interface: one subcommand per stage; each parses options and calls the library.
 
-Errors the user can fix (:class:`SceneLocError`) print one line and exit with code 2.
+Errors the user can fix (:class:`SceneLocError`) print one line and exit with code 2. The options of
+the mapping, DSAC and pose stages are made from their config dataclasses' fields (``_field_option``):
+their defaults are the library's, and tests/test_cli_config.py checks that every field is exposed or
+deliberately not.
 """
 
 from __future__ import annotations
@@ -8,17 +11,71 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
 
 # Pose estimation runs many small numpy matrix products: OpenBLAS threads only fight each other
 # (and the network's threads) on a small CPU. Set before numpy is imported. Not MKL_NUM_THREADS:
 # torch's CPU build reads it and would train on one thread (measured: 2x slower).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import numpy as np
+
+from . import __version__
+from .capture import check_capture, format_check
+from .colmap_import import import_colmap
+from .data import load_scene, parse_intrinsics, read_depth, read_image
+from .demo import DEMO_CONFIDENCE_MINUTES, DEMO_MINUTES, run_demo
+from .dsac import DSAC_METHODS, MODES, OBJECTIVES, DSACConfig
+from .dsac import SCORES as DSAC_SCORES
+from .dsac_training import finetune_dsac
+from .encoders import PRECISIONS
 from .errors import SceneLocError
+from .evaluation import evaluate, table
+from .export import export_point_cloud
+from .geometry import PoseRecord, invert_pose, matrix_to_quaternion, write_pose_file
+from .head_training import LOSSES as HEAD_LOSSES
+from .loop import SCHEDULES
+from .losses import COORDINATE_LOSSES, NEIGHBOURHOODS
+from .mapping import map_scene, retrain_confidence
+from .networks import FCN_STEMS, FCN_STRIDES
+from .pose_config import METHODS, PoseConfig
+from .pose_config import SCORES as POSE_SCORES
+from .scenemap import Map, localize_frames
+from .sfm import AUTO_EXHAUSTIVE_MAX, MATCHERS, run_sfm
+from .synth import add_synth_arguments
+from .synth_scenes import DEMO_PRESET, PRESETS
+from .training import (
+    ARCH_DEFAULTS,
+    CONFIDENCE_MODES,
+    DEFAULT_WIDTH,
+    OPTIMIZERS,
+    MappingConfig,
+)
+
+#: Stage-1 options that --stage dsac also reads (None: DSACConfig's default); its own options are dsac_<field>.
+DSAC_SHARED_OPTIONS = ("minutes", "iterations", "seed")
+#: PoseConfig.pnp_method values offered: the solvers that take many points (p3p takes exactly 4).
+PNP_CHOICES = ("epnp", "sqpnp")
+
+
+def _field_option(group: Any, config: object, name: str, help: str = "", *, flag: str | None = None,
+                  **kwargs: Any) -> None:
+    """``--name`` (dashes for underscores, or ``flag``) for the field ``name`` of the dataclass instance
+    ``config``: the field's name as dest (unless given), its default, the type of its default (unless
+    given) and, for a number or a word, that default at the end of the help."""
+    kwargs.setdefault("dest", name)
+    default = getattr(config, name)
+    shown = isinstance(default, int | float | str) and not isinstance(default, bool)
+    if shown:
+        kwargs.setdefault("type", type(default))
+    if shown and "%(default)" not in help:
+        help = f"{help} (default %(default)s)" if help else "default %(default)s"
+    group.add_argument(flag or "--" + name.replace("_", "-"), default=default, help=help, **kwargs)
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
-    from .data import load_scene, parse_intrinsics
     K = parse_intrinsics(args.intrinsics) if args.intrinsics else None
     scene = load_scene(args.dataset, K)
     stats = scene.statistics()
@@ -35,15 +92,14 @@ def _cmd_info(args: argparse.Namespace) -> None:
 
 
 def _cmd_map(args: argparse.Namespace) -> None:
-    from dataclasses import fields
-    from .data import parse_intrinsics
-    from .mapping import map_scene, retrain_confidence
-    from .training import MappingConfig
     K = parse_intrinsics(args.intrinsics) if args.intrinsics else None
     if args.stage == "dsac":
-        _finetune_dsac(args, K)
+        if args.resume:
+            raise SceneLocError("--resume does not apply to --stage dsac (fine-tuning always starts from the base map)")
+        finetune_dsac(args.dataset, args.map_dir, _dsac_config(args), force=args.force, device=args.device,
+                      intrinsics=K)
         return
-    cfg = MappingConfig(**{f.name: getattr(args, f.name) for f in fields(MappingConfig) if hasattr(args, f.name)})
+    cfg = _mapping_config(args)
     if args.stage == "confidence":
         retrain_confidence(args.dataset, args.map_dir, cfg, force=args.force, device=args.device, intrinsics=K)
         return
@@ -51,88 +107,79 @@ def _cmd_map(args: argparse.Namespace) -> None:
               intrinsics=K, evaluate_test=not args.no_test_eval)
 
 
-def _finetune_dsac(args: argparse.Namespace, K) -> None:
-    from .dsac import DSACConfig
-    from .dsac_training import finetune_dsac
-    if args.resume:
-        raise SceneLocError("--resume does not apply to --stage dsac (fine-tuning always starts from the base map)")
-    budget = {} if args.minutes is None else {"minutes": args.minutes}
-    cfg = DSACConfig(mode=args.dsac_mode, score=args.dsac_score, objective=args.dsac_objective,
-                     hypotheses=args.dsac_hypotheses, iterations=args.iterations, seed=args.seed, **budget)
-    finetune_dsac(args.dataset, args.map_dir, cfg, force=args.force, device=args.device, intrinsics=K)
+def _mapping_config(args: argparse.Namespace) -> MappingConfig:
+    """The stage-1 and stage-2 options, whose dests are MappingConfig's field names."""
+    return MappingConfig(**{f.name: getattr(args, f.name) for f in fields(MappingConfig) if hasattr(args, f.name)})
+
+
+def _dsac_config(args: argparse.Namespace) -> DSACConfig:
+    """--stage dsac's options (dests ``dsac_<field>``) and the stage-1 options it shares; None keeps the default."""
+    given = {f.name: getattr(args, "dsac_" + f.name, None) for f in fields(DSACConfig)}
+    given.update({name: getattr(args, name) for name in DSAC_SHARED_OPTIONS})
+    return DSACConfig(**{name: value for name, value in given.items() if value is not None})
 
 
 def _add_map_arguments(s: argparse.ArgumentParser) -> None:
-    from .dsac import DSACConfig, MODES, OBJECTIVES, SCORES
-    from .head_training import LOSSES as HEAD_LOSSES
-    from .training import ARCH_DEFAULTS, MappingConfig
-    d = MappingConfig()
+    d, dd = MappingConfig(), DSACConfig()
 
     def per_arch(key: str) -> str:
         return ", ".join(f"{arch} {v[key]:g}" if isinstance(v[key], float) else f"{arch} {v[key]}"
                          for arch, v in ARCH_DEFAULTS.items())
-    dd = DSACConfig()
+
+    def option(group: Any, name: str, help: str = "", **kwargs: Any) -> None:
+        _field_option(group, d, name, help, **kwargs)
+
     s.add_argument("dataset", help="dataset root (its train split is mapped)")
     s.add_argument("map_dir", help="output directory for the map")
     g = s.add_argument_group("network")
-    g.add_argument("--arch", choices=list(ARCH_DEFAULTS), default=d.arch,
-                   help="xfeat: frozen pretrained XFeat encoder + per-pixel head trained from a pixel buffer (ACE); "
-                        "fcn: DSAC*-style network learned from scratch; unet: the paper's (default %(default)s)")
-    g.add_argument("--head-width", type=int, default=d.head_width, help="xfeat head width (default %(default)s)")
-    g.add_argument("--head-blocks", type=int, default=d.head_blocks,
-                   help="xfeat head residual blocks (default %(default)s)")
-    g.add_argument("--head-loss", choices=list(HEAD_LOSSES), default=d.head_loss,
-                   help="xfeat head loss (default %(default)s)")
-    g.add_argument("--buffer-mb", type=float, default=d.buffer_mb,
-                   help="xfeat training buffer size in MB (default %(default)s)")
-    g.add_argument("--buffer-copies", type=int, default=d.buffer_copies,
-                   help="views of each mapping image in the buffer, the first unaugmented (default %(default)s)")
-    g.add_argument("--pixel-batch", type=int, default=d.pixel_batch,
-                   help="buffer pixels per head step (default %(default)s)")
-    g.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=d.precision,
-                   help="xfeat encoder and head arithmetic: auto = bf16 where the CPU/GPU runs it natively "
-                        "(about 2x faster), else fp32 (default %(default)s)")
-    g.add_argument("--width", type=int, default=None, help="base channel width (default 32 for fcn, 16 for unet)")
-    g.add_argument("--stride", type=int, choices=[4, 8, 16], default=d.stride, help="fcn output stride (default %(default)s)")
-    g.add_argument("--stem", choices=["strided", "full"], default=d.stem,
-                   help="fcn first layer: stride 2, or full resolution as DSAC* (default %(default)s)")
-    g.add_argument("--blocks", type=int, default=d.blocks, help="fcn residual blocks (default %(default)s)")
-    g.add_argument("--input-height", type=int, default=None, help=f"network input rows (default {per_arch('input_height')})")
+    option(g, "arch", "xfeat: frozen pretrained XFeat encoder + per-pixel head trained from a pixel buffer (ACE); "
+                      "fcn: DSAC*-style network learned from scratch; unet: the paper's", choices=list(ARCH_DEFAULTS))
+    option(g, "head_width", "xfeat head width")
+    option(g, "head_blocks", "xfeat head residual blocks")
+    option(g, "head_loss", "xfeat head loss", choices=HEAD_LOSSES)
+    option(g, "buffer_mb", "xfeat training buffer size in MB")
+    option(g, "buffer_copies", "views of each mapping image in the buffer, the first unaugmented")
+    option(g, "pixel_batch", "buffer pixels per head step")
+    option(g, "precision", "xfeat encoder and head arithmetic: auto = bf16 where the CPU/GPU runs it natively "
+                           "(about 2x faster), else fp32", choices=PRECISIONS)
+    option(g, "width", "base channel width (default " + ", ".join(f"{n} for {a}" for a, n in DEFAULT_WIDTH.items())
+           + ")", type=int)
+    option(g, "stride", "fcn output stride", choices=FCN_STRIDES)
+    option(g, "stem", "fcn first layer: stride 2, or full resolution as DSAC*", choices=FCN_STEMS)
+    option(g, "blocks", "fcn residual blocks")
+    option(g, "input_height", f"network input rows (default {per_arch('input_height')})", type=int)
     g = s.add_argument_group("loss and optimisation")
-    g.add_argument("--loss", choices=["l1", "tukey", "tukey+smooth"], default=d.loss,
-                   help="default %(default)s (measured best under a CPU budget; the paper's best is tukey+smooth)")
-    g.add_argument("--tukey-c", type=float, default=None, help="Tukey constant in metres (default half the scene diameter)")
-    g.add_argument("--smooth-weight", type=float, default=d.smooth_weight)
-    g.add_argument("--neighbourhood", type=int, choices=[4, 8], default=d.neighbourhood)
-    g.add_argument("--optimizer", choices=["rmsprop", "adamw"], default=None,
-                   help=f"fcn/unet optimiser (default {per_arch('optimizer')}; the xfeat head uses adamw)")
-    g.add_argument("--lr", type=float, default=None, help=f"learning rate (default {per_arch('lr')}; the paper's 5e-4)")
-    g.add_argument("--schedule", choices=["constant", "cosine"], default=d.schedule)
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step (default %(default)s; the paper's 20)")
-    g.add_argument("--minutes", type=float, default=None,
-                   help=f"wall-clock budget of stage 1, the head for xfeat (default {per_arch('minutes')}), "
-                        f"or of --stage dsac (default {dd.minutes:g})")
-    g.add_argument("--iterations", type=int, default=None, help="train for exactly N steps instead (repeatable)")
-    g.add_argument("--aug-scale", type=float, default=None, help=f"random zoom in [1/a, a] (1 = off; default {per_arch('aug_scale')})")
-    g.add_argument("--aug-rotation", type=float, default=d.aug_rotation, help="random roll in degrees (0 = off)")
-    g.add_argument("--aug-brightness", type=float, default=d.aug_brightness)
-    g.add_argument("--aug-contrast", type=float, default=d.aug_contrast)
-    g.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes)
-    g.add_argument("--snapshot-minutes", type=float, nargs="+", default=d.snapshot_minutes,
-                   help="also save the weights after these training minutes (MAP_DIR/snapshots/)")
-    g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--calibration-minutes", type=float, default=d.calibration_minutes,
-                   help="xfeat: train a second head this long without one recording of the mapping frames and "
-                        "localize those, to calibrate each pose's probability of being within 5 cm / 5 deg; "
-                        "0 = no calibration (default %(default)s)")
+    option(g, "loss", "default %(default)s (measured best under a CPU budget; the paper's best is tukey+smooth)",
+           choices=COORDINATE_LOSSES)
+    option(g, "tukey_c", "Tukey constant in metres (default half the scene diameter)", type=float)
+    option(g, "smooth_weight", "weight of the smoothness term of tukey+smooth")
+    option(g, "neighbourhood", "neighbours of a pixel in the smoothness term", choices=NEIGHBOURHOODS)
+    option(g, "optimizer", f"fcn/unet optimiser (default {per_arch('optimizer')}; the xfeat head uses adamw)",
+           choices=OPTIMIZERS)
+    option(g, "lr", f"learning rate (default {per_arch('lr')}; the paper's 5e-4)", type=float)
+    option(g, "schedule", "learning rate over the budget: cosine decay or, as the paper, constant", choices=SCHEDULES)
+    option(g, "batch_size", "images per step (default %(default)s; the paper's 20)")
+    option(g, "minutes", f"wall-clock budget of stage 1, the head for xfeat (default {per_arch('minutes')}), "
+                         f"or of --stage dsac (default {dd.minutes:g})", type=float)
+    option(g, "iterations", "train for exactly N steps instead (repeatable)", type=int)
+    option(g, "aug_scale", f"random zoom in [1/a, a] (1 = off; default {per_arch('aug_scale')})", type=float)
+    option(g, "aug_rotation", "random roll in degrees, 0 = off")
+    option(g, "aug_brightness", "random brightness shift in [-b, b] of images in [0, 1], 0 = off")
+    option(g, "aug_contrast", "random contrast factor in [1 - c, 1 + c], 0 = off")
+    option(g, "checkpoint_minutes", "save MAP_DIR/checkpoint.pt (for --resume) this often")
+    option(g, "snapshot_minutes", "also save the weights after these training minutes (MAP_DIR/snapshots/)",
+           type=float, nargs="+")
+    option(g, "seed", "random seed of both stages and of --stage dsac")
+    option(g, "calibration_minutes", "xfeat: train a second head this long without one recording of the mapping "
+                                     "frames and localize those, to calibrate each pose's probability of being "
+                                     "within 5 cm / 5 deg; 0 = no calibration")
     g = s.add_argument_group("confidence (stage 2)")
     g.add_argument("--no-confidence", dest="confidence", action="store_false", help="skip stage 2")
-    g.add_argument("--confidence-mode", choices=["regression", "classification", "both"], default=d.confidence_mode,
-                   help="both: also train the inlier classifier for the ROC comparison (paper Fig. 3)")
-    g.add_argument("--confidence-minutes", type=float, default=None, help=f"default {per_arch('confidence_minutes')}")
-    g.add_argument("--confidence-blocks", type=int, default=d.confidence_blocks,
-                   help="context-normalised residual blocks in the PointNet (Yi et al.; 0: plain PointNet)")
-    g.add_argument("--n-k", type=int, default=d.n_k, help="points per PointNet set (default %(default)s)")
+    option(g, "confidence_mode", "both: also train the inlier classifier for the ROC comparison (paper Fig. 3)",
+           choices=CONFIDENCE_MODES)
+    option(g, "confidence_minutes", f"stage-2 budget (default {per_arch('confidence_minutes')})", type=float)
+    option(g, "confidence_blocks", "context-normalised residual blocks in the PointNet (Yi et al.; 0: plain PointNet)")
+    option(g, "n_k", "points per PointNet set")
     s.add_argument("--intrinsics", help="override: 'fx,fy,cx,cy' or a file with a 3x3 matrix")
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     s.add_argument("--resume", action="store_true", help="continue from MAP_DIR/checkpoint.pt")
@@ -143,64 +190,54 @@ def _add_map_arguments(s: argparse.ArgumentParser) -> None:
                    help="base: stages 1 and 2, a new map (default); confidence: (re)train stage 2 of the existing "
                         "map in MAP_DIR (--force replaces its confidence network); dsac: fine-tune the existing map, "
                         "writing coordinates_dsac.pt, score.pt and dsac_config.json beside it (--force replaces them)")
-    g.add_argument("--mode", dest="dsac_mode", choices=MODES, default=dd.mode,
-                   help="hypotheses by PnP (rgb) or Kabsch with depth (rgbd) (default %(default)s)")
-    g.add_argument("--score", dest="dsac_score", choices=SCORES, default=dd.score,
-                   help="learned Score CNN (DSAC) or soft inlier count (DSAC*) (default %(default)s)")
-    g.add_argument("--objective", dest="dsac_objective", choices=OBJECTIVES, default=dd.objective,
-                   help="exact expected loss over all hypotheses, or sampled REINFORCE (default %(default)s)")
-    g.add_argument("--hypotheses", dest="dsac_hypotheses", type=int, default=dd.hypotheses,
-                   help="hypotheses per training image (default %(default)s)")
+    _field_option(g, dd, "mode", "hypotheses by PnP (rgb) or Kabsch with depth (rgbd)", dest="dsac_mode",
+                  choices=MODES)
+    _field_option(g, dd, "score", "learned Score CNN (DSAC) or soft inlier count (DSAC*)", dest="dsac_score",
+                  choices=DSAC_SCORES)
+    _field_option(g, dd, "objective", "exact expected loss over all hypotheses, or sampled REINFORCE",
+                  dest="dsac_objective", choices=OBJECTIVES)
+    _field_option(g, dd, "hypotheses", "hypotheses per training image", dest="dsac_hypotheses")
     s.set_defaults(func=_cmd_map)
 
 
-def _pose_config(args: argparse.Namespace):
-    from .pose import METHODS, PoseConfig
+def _pose_config(args: argparse.Namespace) -> PoseConfig:
+    """The pose options, whose dests are PoseConfig's field names."""
+    given = {f.name: getattr(args, f.name) for f in fields(PoseConfig) if hasattr(args, f.name)}
     # dsac/softam are not PoseConfig methods: Map.localize takes them as `method` (see _cmd_localize)
-    method = args.method if args.method in METHODS else PoseConfig.method
-    return PoseConfig(method=method, hypotheses=args.hypotheses, n_k=args.n_k_pose, best_fraction=args.best_fraction,
-                      refine_rounds=args.refine_rounds, pnp_method=args.pnp_method, score=args.score,
-                      inlier_threshold_px=args.threshold_px, inlier_threshold_m=args.threshold_m,
-                      polish=args.polish, min_inliers=args.min_inliers, spread_cells=args.spread_cells,
-                      depth_gate=args.depth_gate)
+    if given["method"] not in METHODS:
+        given["method"] = PoseConfig.method
+    return PoseConfig(**given)
 
 
 def _add_pose_arguments(s: argparse.ArgumentParser) -> None:
-    from .dsac import DSAC_METHODS, SCORES
-    from .pose import METHODS, PoseConfig
     d = PoseConfig()
-    g = s.add_argument_group("pose estimation (default ransac, measured best; --method confidence is the paper III-C estimator, whose defaults are the paper's)")
-    g.add_argument("--method", choices=list(METHODS) + list(DSAC_METHODS), default=d.method,
-                   help="dsac|softam: DSAC's argmax|SoftAM selection with the map's --stage dsac (they use "
-                        "--hypotheses and --min-inliers; the other options are the stage's)")
-    g.add_argument("--dsac-score", choices=SCORES, default=None,
+    g = s.add_argument_group("pose estimation (default ransac, measured best; --method confidence is the paper "
+                             "III-C estimator, whose defaults are the paper's)")
+    _field_option(g, d, "method", "dsac|softam: DSAC's argmax|SoftAM selection with the map's --stage dsac (they "
+                                  "use --hypotheses and --min-inliers; the other options are the stage's)",
+                  choices=list(METHODS) + list(DSAC_METHODS))
+    g.add_argument("--dsac-score", choices=DSAC_SCORES, default=None,
                    help="hypothesis score of dsac|softam (default: the stage's); soft-inliers needs no DSAC stage")
-    g.add_argument("--hypotheses", type=int, default=d.hypotheses, help="h_p (default %(default)s)")
-    g.add_argument("--n-k", dest="n_k_pose", type=int, default=d.n_k, help="N_k points sampled per hypothesis (default %(default)s)")
-    g.add_argument("--best-fraction", type=float, default=d.best_fraction, help="most confident share kept (default %(default)s)")
-    g.add_argument("--spread-cells", type=int, default=d.spread_cells,
-                   help="G > 0: keep the most confident per cell of a G x G image grid, not globally "
-                        "(default %(default)s, the paper's global top share)")
-    g.add_argument("--refine-rounds", type=int, default=d.refine_rounds, help="default %(default)s")
-    g.add_argument("--pnp-method", choices=["epnp", "sqpnp"], default=d.pnp_method)
-    g.add_argument("--score", choices=["confidence", "inliers", "confident_inliers"], default=d.score,
-                   help="hypothesis score of --method confidence (default %(default)s, the paper's)")
-    g.add_argument("--threshold-px", type=float, default=d.inlier_threshold_px, help="PnP inlier threshold (px)")
-    g.add_argument("--threshold-m", type=float, default=d.inlier_threshold_m, help="Kabsch inlier threshold (m)")
-    g.add_argument("--no-polish", dest="polish", action="store_false", help="skip the final re-fit on all inliers (pure paper)")
-    g.add_argument("--min-inliers", type=int, default=d.min_inliers, help="fewer inliers report a failure")
-    g.add_argument("--depth-gate", type=float, default=d.depth_gate,
-                   help="--method joint: ignore the query depth when the pose refined with it fits the image "
-                        "worse than PnP by more than this fraction (0: never) (default %(default)s)")
-    g.add_argument("--seed", type=int, default=0)
+    _field_option(g, d, "hypotheses", "h_p, pose hypotheses sampled")
+    _field_option(g, d, "n_k", "N_k points sampled per hypothesis")
+    _field_option(g, d, "best_fraction", "most confident share kept")
+    _field_option(g, d, "spread_cells", "G > 0: keep the most confident per cell of a G x G image grid, not "
+                                        "globally (default %(default)s, the paper's global top share)")
+    _field_option(g, d, "refine_rounds", "rounds of the paper's refinement")
+    _field_option(g, d, "pnp_method", "PnP solver of hypotheses and refinement", choices=PNP_CHOICES)
+    _field_option(g, d, "score", "hypothesis score of --method confidence (default %(default)s, the paper's)",
+                  choices=POSE_SCORES)
+    _field_option(g, d, "inlier_threshold_px", "PnP inlier threshold in pixels", flag="--threshold-px", metavar="PX")
+    _field_option(g, d, "inlier_threshold_m", "Kabsch inlier threshold in metres", flag="--threshold-m", metavar="M")
+    g.add_argument("--no-polish", dest="polish", action="store_false",
+                   help="skip the final re-fit on all inliers (pure paper)")
+    _field_option(g, d, "min_inliers", "fewer inliers report a failure")
+    _field_option(g, d, "depth_gate", "--method joint: ignore the query depth when the pose refined with it fits "
+                                      "the image worse than PnP by more than this fraction, 0: never")
+    g.add_argument("--seed", type=int, default=0, help="random seed of the pose estimator (default %(default)s)")
 
 
 def _cmd_localize(args: argparse.Namespace) -> None:
-    from pathlib import Path
-    import numpy as np
-    from .data import load_scene, parse_intrinsics, read_depth, read_image
-    from .geometry import PoseRecord, invert_pose, matrix_to_quaternion, write_pose_file
-    from .scenemap import Map, localize_frames
     the_map = Map.load(args.map_dir, device=args.device)
     config = _pose_config(args)
     options = {"method": args.method, "dsac_score": args.dsac_score}
@@ -208,14 +245,15 @@ def _cmd_localize(args: argparse.Namespace) -> None:
     if args.image:
         image = read_image(Path(args.image))
         depth = read_depth(Path(args.depth), image.shape[:2]) if args.depth else None
-        res = the_map.localize(image, depth=depth, intrinsics=K, pose_config=config, rng=np.random.default_rng(args.seed),
-                               **options)
+        res = the_map.localize(image, depth=depth, intrinsics=K, pose_config=config,
+                               rng=np.random.default_rng(args.seed), **options)
         if res.pose is None:
             raise SceneLocError(f"{args.image}: no pose found ({res.failure})")
         T_cw = invert_pose(res.pose)
         np.set_printoptions(precision=6, suppress=True)
+        solver = "Kabsch" if depth is not None else "PnP"
         chance = "" if np.isnan(res.probability) else f", P(within 5 cm / 5 deg) = {res.probability:.2f}"
-        print(f"camera-to-world pose of {args.image} ({'Kabsch' if depth is not None else 'PnP'}, {res.inliers} inliers, "
+        print(f"camera-to-world pose of {args.image} ({solver}, {res.inliers} inliers, "
               f"{res.timings['total_ms']:.0f} ms{chance}):")
         print(res.pose)
         q = matrix_to_quaternion(T_cw[:3, :3])
@@ -242,8 +280,6 @@ def _cmd_localize(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from .data import parse_intrinsics
-    from .evaluation import evaluate
     K = parse_intrinsics(args.intrinsics) if args.intrinsics else None
     m = evaluate(args.map_dir, args.dataset, args.out, split=args.split, mode=args.mode,
                  pose_config=_pose_config(args), poses=args.poses, force=args.force, seed=args.seed,
@@ -259,7 +295,8 @@ def _add_evaluate_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("map_dir", help="a map written by 'sceneloc map'")
     s.add_argument("dataset", help="dataset root with ground-truth poses (and depth for the coordinate errors)")
     s.add_argument("--split", default="test", help="split to evaluate (default %(default)s)")
-    s.add_argument("--mode", choices=["rgb", "rgbd"], default="rgb", help="PnP on RGB, or Kabsch with the frame's depth")
+    s.add_argument("--mode", choices=["rgb", "rgbd"], default="rgb",
+                   help="PnP on RGB, or Kabsch with the frame's depth")
     s.add_argument("--out", required=True, metavar="REPORT_DIR",
                    help="report folder: metrics.json, report.md, index.html, poses.txt, plots")
     s.add_argument("--poses", metavar="POSES.txt", help="evaluate this pose file instead of localizing "
@@ -273,8 +310,6 @@ def _add_evaluate_arguments(s: argparse.ArgumentParser) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
-    from .data import parse_intrinsics
-    from .export import export_point_cloud
     K = parse_intrinsics(args.intrinsics) if args.intrinsics else None
     n = export_point_cloud(args.map_dir, args.dataset, args.out, split=args.split, min_confidence=args.min_confidence,
                            max_frames=args.max_frames, force=args.force, device=args.device, intrinsics=K,
@@ -288,7 +323,8 @@ def _add_export_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--out", required=True, metavar="MAP.ply", help="binary PLY point cloud to write")
     s.add_argument("--split", default="train", help="frames to predict (default %(default)s)")
     s.add_argument("--min-confidence", type=float, default=0.75,
-                   help="keep points above this confidence, when the map has a confidence network (default %(default)s)")
+                   help="keep points above this confidence, when the map has a confidence network "
+                        "(default %(default)s)")
     s.add_argument("--max-frames", type=int, default=None, help="at most N evenly spaced frames (default all)")
     s.add_argument("--intrinsics", help="override: 'fx,fy,cx,cy' or a file with a 3x3 matrix")
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -298,14 +334,11 @@ def _add_export_arguments(s: argparse.ArgumentParser) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from .demo import run_demo
     run_demo(args.out, data=args.data, minutes=args.minutes, force=args.force, device=args.device,
              preset=args.preset)
 
 
 def _add_demo_arguments(s: argparse.ArgumentParser) -> None:
-    from .demo import DEMO_CONFIDENCE_MINUTES, DEMO_MINUTES
-    from .synth_scenes import DEMO_PRESET, PRESETS
     s.add_argument("--out", default="demo_out", help="output folder (default %(default)s)")
     s.add_argument("--preset", choices=list(PRESETS), default=None,
                    help=f"synthetic scene to render (default {DEMO_PRESET}; room and stairs are harder)")
@@ -320,7 +353,6 @@ def _add_demo_arguments(s: argparse.ArgumentParser) -> None:
 
 
 def _cmd_table(args: argparse.Namespace) -> None:
-    from .evaluation import table
     print(table(args.reports, args.out, force=args.force), end="")
     if args.out:
         print(f"table written to {args.out}")
@@ -346,8 +378,10 @@ def _known_distance(spec: list[str] | None):
 def _print_import_summary(info: dict, out) -> None:
     n_unreg = len(info["unregistered"])
     total = info["registered"] + n_unreg
+    unregistered = (f"; not registered: {', '.join(info['unregistered'][:5])}{' ...' if n_unreg > 5 else ''}"
+                    if n_unreg else "")
     print(f"{info['registered']} of {total} images registered ({info['registered'] / max(total, 1):.0%})"
-          + (f"; not registered: {', '.join(info['unregistered'][:5])}{' ...' if n_unreg > 5 else ''}" if n_unreg else ""))
+          + unregistered)
     print(f"frames: {info['frames']['train']} train, {info['frames']['test']} test; images are {info['images']}")
     print(f"frame: {info['frame']}")
     print(f"units: {info['units']}")
@@ -357,7 +391,8 @@ def _print_import_summary(info: dict, out) -> None:
 def _add_split_arguments(s: argparse.ArgumentParser) -> None:
     g = s.add_argument_group("train/test split (one rule; default: every image is a training image)")
     g.add_argument("--test-every", type=int, metavar="N", help="every N-th image in name order goes to test")
-    g.add_argument("--test-list", metavar="FILE", help="the image names (one per line, as in the model) that go to test")
+    g.add_argument("--test-list", metavar="FILE",
+                   help="the image names (one per line, as in the model) that go to test")
     g.add_argument("--test-match", metavar="GLOB", help="image names matching this glob go to test (e.g. 'seq-02/*')")
     g = s.add_argument_group("scale (default: metric from --depth-dir, else the model's units, stated as such)")
     g.add_argument("--depth-dir", metavar="DIR", help="depth maps (uint16 PNG, mm) named like the images "
@@ -371,7 +406,6 @@ def _add_split_arguments(s: argparse.ArgumentParser) -> None:
 
 
 def _cmd_import_colmap(args: argparse.Namespace) -> None:
-    from .colmap_import import import_colmap
     info = import_colmap(args.model_dir, args.image_dir, args.out, depth_dir=args.depth_dir, test_every=args.test_every,
                          test_list=args.test_list, test_match=args.test_match, scale=args.scale,
                          known_distance=_known_distance(args.known_distance), link=args.link, force=args.force)
@@ -379,8 +413,6 @@ def _cmd_import_colmap(args: argparse.Namespace) -> None:
 
 
 def _cmd_sfm(args: argparse.Namespace) -> None:
-    from .data import parse_intrinsics
-    from .sfm import run_sfm
     K = parse_intrinsics(args.intrinsics) if args.intrinsics else None
     info = run_sfm(args.image_dir, args.out, intrinsics=K, depth_dir=args.depth_dir,
                    known_distance=_known_distance(args.known_distance), scale=args.scale,
@@ -394,15 +426,12 @@ def _cmd_sfm(args: argparse.Namespace) -> None:
 
 
 def _cmd_check(args: argparse.Namespace) -> None:
-    from .capture import check_capture, format_check
-    from .data import parse_intrinsics
     K = parse_intrinsics(args.intrinsics) if args.intrinsics else None
     print(format_check(check_capture(args.dataset, K)))
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sceneloc", description="Camera relocalization by scene coordinate regression.")
-    from . import __version__
     p.add_argument("--version", action="version", version=f"sceneloc {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -417,19 +446,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("map_dir", help="a map written by 'sceneloc map'")
     s.add_argument("dataset", nargs="?", help="dataset root to localize (its --split)")
     s.add_argument("--split", default="test", help="split to localize (default %(default)s)")
-    s.add_argument("--mode", choices=["rgb", "rgbd"], default="rgb", help="PnP on RGB, or Kabsch with the frame's depth")
+    s.add_argument("--mode", choices=["rgb", "rgbd"], default="rgb",
+                   help="PnP on RGB, or Kabsch with the frame's depth")
     s.add_argument("--out", help="pose file to write (dataset mode)")
     s.add_argument("--image", help="localize this one image instead of a dataset")
     s.add_argument("--depth", help="with --image: its depth map (uint16 PNG, mm) for Kabsch")
-    s.add_argument("--intrinsics", help="query camera: 'fx,fy,cx,cy' or a 3x3 matrix file (default: the dataset's / the map's)")
+    s.add_argument("--intrinsics",
+                   help="query camera: 'fx,fy,cx,cy' or a 3x3 matrix file (default: the dataset's / the map's)")
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     s.add_argument("--force", action="store_true", help="overwrite --out")
     _add_pose_arguments(s)
     s.set_defaults(func=_cmd_localize)
 
-    from .synth import add_synth_arguments  # noqa: E402  (each stage owns its options)
     add_synth_arguments(sub.add_parser("synth", help="render a synthetic posed RGB-D scene in 7-Scenes layout"))
-    _add_evaluate_arguments(sub.add_parser("evaluate", help="localize a split against ground truth: metrics, plots, report"))
+    _add_evaluate_arguments(sub.add_parser("evaluate",
+                                           help="localize a split against ground truth: metrics, plots, report"))
     _add_export_arguments(sub.add_parser("export", help="write the learned map as a coloured PLY point cloud"))
     _add_demo_arguments(sub.add_parser("demo", help="synthesise (or take) a scene, map it, evaluate it, show results"))
     _add_table_arguments(sub.add_parser("table", help="one row per evaluated scene plus the average (paper Table II)"))
@@ -443,7 +474,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_split_arguments(s)
     s.set_defaults(func=_cmd_import_colmap)
 
-    from .sfm import MATCHERS
     s = sub.add_parser("sfm", help="pose images that have none (COLMAP incremental SfM on the CPU) into a dataset")
     s.add_argument("image_dir", help="folder of .png/.jpg images (searched recursively)")
     s.add_argument("out", help="dataset to write (DSAC*/ACE layout; the COLMAP model is kept in OUT/colmap)")
@@ -451,9 +481,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "pinhole whose focal length SfM estimates)")
     s.add_argument("--max-features", type=int, default=2048, help="SIFT features per image (default %(default)s)")
     s.add_argument("--matcher", choices=MATCHERS, default="auto",
-                   help="image pairs to match: auto = exhaustive up to 150 images, else sequential (default %(default)s)")
-    s.add_argument("--overlap", type=int, default=10, help="sequential: successors matched per image (default %(default)s)")
-    s.add_argument("--seed", type=int, default=0)
+                   help=f"image pairs to match: auto = exhaustive up to {AUTO_EXHAUSTIVE_MAX} images, else "
+                        f"sequential (default %(default)s)")
+    s.add_argument("--overlap", type=int, default=10,
+                   help="sequential: successors matched per image (default %(default)s)")
+    s.add_argument("--seed", type=int, default=0, help="random seed of COLMAP (default %(default)s)")
     s.add_argument("--quiet", action="store_true", help="no progress lines")
     _add_split_arguments(s)
     s.set_defaults(func=_cmd_sfm)

@@ -254,7 +254,8 @@ def write_dataset(out: Path, views: list[View], image_dir: Path, split: dict[str
 def check_images(image_dir: Path, names: list[str], where: str) -> None:
     """Every image the model refers to exists and looks like an image (one line naming the first bad one)."""
     if not image_dir.is_dir():
-        raise SceneLocError(f"{image_dir}: image folder {'is not a directory' if image_dir.exists() else 'does not exist'}")
+        problem = "is not a directory" if image_dir.exists() else "does not exist"
+        raise SceneLocError(f"{image_dir}: image folder {problem}")
     missing = [n for n in names if not (image_dir / n).is_file()]
     if missing:
         raise SceneLocError(f"{where}refers to {len(missing)} image(s) absent from {image_dir} "
@@ -334,7 +335,8 @@ def import_colmap(model_dir: str | Path, image_dir: str | Path, out: str | Path,
                     for c in sorted({v.camera_id for v in views})},
         "registered": len(views),
         "unregistered": [n for n in all_image_names(rec) if n not in registered],
-        "frames_without_depth": [v.name for v in views if v.name not in depth_of] if depth_of else "all (no depth given)",
+        "frames_without_depth": ([v.name for v in views if v.name not in depth_of] if depth_of
+                                 else "all (no depth given)"),
         "pixel_convention": "calibration/*.txt in sceneloc's (pixel centre at 0,0): cx = COLMAP cx - 0.5",
         **(extra_info or {}),
     }

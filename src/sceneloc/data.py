@@ -121,7 +121,8 @@ def read_depth(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
     """Depth in metres ``(H, W)`` float32, 0 where the sensor gave none (0 or 65535 mm)."""
     d = _decode(path, cv2.IMREAD_ANYDEPTH, "depth map")
     if d.ndim != 2 or d.dtype != np.uint16:
-        raise SceneLocError(f"{path}: depth must be a single-channel uint16 PNG in millimetres, got {d.dtype} with shape {d.shape}")
+        raise SceneLocError(f"{path}: depth must be a single-channel uint16 PNG in millimetres, "
+                            f"got {d.dtype} with shape {d.shape}")
     if shape is not None and d.shape != tuple(shape):
         raise SceneLocError(f"{path}: depth map is {d.shape[1]}x{d.shape[0]} but its image is {shape[1]}x{shape[0]}")
     out = d.astype(np.float32) / 1000.0
@@ -146,7 +147,8 @@ def read_intrinsics(path: Path, image_size: tuple[int, int] | None = None) -> np
         h, w = image_size
         K = intrinsics_matrix(values[0], values[0], w / 2.0, h / 2.0)
     else:
-        raise SceneLocError(f"{path}: malformed calibration file (expected 1 focal length or a 3x3 matrix, found {len(values)} numbers)")
+        raise SceneLocError(f"{path}: malformed calibration file (expected 1 focal length or a 3x3 matrix, "
+                            f"found {len(values)} numbers)")
     if K[0, 0] <= 0 or K[1, 1] <= 0 or not np.allclose(K[2], [0, 0, 1]):
         raise SceneLocError(f"{path}: not a valid camera matrix (focal lengths must be positive, last row 0 0 1)")
     return K
@@ -189,7 +191,7 @@ class Frame:
             raise SceneLocError(f"{self.image_path}: missing depth (no depth map for this frame)")
         return read_depth(self.depth_path, shape)
 
-    def load(self, need_depth: bool = True) -> "FrameData":
+    def load(self, need_depth: bool = True) -> FrameData:
         image = self.load_image()
         depth = self.load_depth(image.shape[:2]) if need_depth or self.depth_path else None
         return FrameData(self.name, image, depth, self.pose, self.K)
@@ -206,6 +208,9 @@ class FrameData:
 
     @property
     def depth_valid(self) -> np.ndarray:
+        """``(H, W)`` bool: pixels with a depth measurement (none in a frame without a depth map)."""
+        if self.depth is None:
+            return np.zeros(self.image.shape[:2], dtype=bool)
         return self.depth > 0
 
     def scene_coordinates(self, factor: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -265,7 +270,8 @@ class Scene:
 
     def frames(self, split: str) -> list[Frame]:
         if split not in self.splits:
-            raise SceneLocError(f"{self.root}: unknown split {split!r} (this dataset has: {', '.join(self.splits) or 'none'})")
+            have = ", ".join(self.splits) or "none"
+            raise SceneLocError(f"{self.root}: unknown split {split!r} (this dataset has: {have})")
         if not self.splits[split]:
             raise SceneLocError(f"{self.root}: split {split!r} is empty")
         return self.splits[split]
@@ -333,13 +339,13 @@ def _load_7scenes(root: Path, K: np.ndarray | None) -> Scene:
     if K is None:
         calib = root / "camera-intrinsics.txt"
         K = read_intrinsics(calib) if calib.exists() else intrinsics_matrix(*SEVEN_SCENES_INTRINSICS)
-    seq_dirs = {int(_SEQ_RE.match(p.name).group(1)): p for p in root.iterdir() if p.is_dir() and _SEQ_RE.match(p.name)}
+    seq_dirs = {int(m.group(1)): p for p in root.iterdir() if p.is_dir() and (m := _SEQ_RE.match(p.name))}
     scene = Scene(root, "7scenes")
     for split, fname in (("train", "TrainSplit.txt"), ("test", "TestSplit.txt")):
         split_file = root / fname
         if not split_file.exists():
             continue
-        frames = []
+        frames: list[Frame] = []
         for n in _read_split_file(split_file):
             if n not in seq_dirs:
                 raise SceneLocError(f"{split_file}: sequence{n} listed but folder seq-{n:02d} does not exist")
@@ -357,7 +363,8 @@ def _load_7scenes(root: Path, K: np.ndarray | None) -> Scene:
                 frames.append(Frame(str(img.relative_to(root)), img, read_pose(Path(f"{stem}.pose.txt")), K,
                                     depth if depth.exists() else None))
             if len(frames) == n_before:
-                raise SceneLocError(f"{seq}: empty split folder (no frame-XXXXXX.color.png/jpg images), listed in {split_file.name}")
+                raise SceneLocError(f"{seq}: empty split folder (no frame-XXXXXX.color.png/jpg images), "
+                                    f"listed in {split_file.name}")
         scene.splits[split] = frames
     if not scene.splits:
         raise SceneLocError(f"{root}: 7-Scenes layout without TrainSplit.txt or TestSplit.txt")
@@ -395,29 +402,31 @@ def _load_dsacstar(root: Path, K_override: np.ndarray | None) -> Scene:
             raise SceneLocError(f"{d / 'rgb'}: empty split folder (no .png/.jpg images)")
         poses = sorted((d / "poses").glob("*.txt")) if (d / "poses").is_dir() else []
         calibs = sorted((d / "calibration").glob("*.txt")) if (d / "calibration").is_dir() else []
-        depths = sorted((d / "depth").glob("*.png")) if (d / "depth").is_dir() else []
+        depth_files = sorted((d / "depth").glob("*.png")) if (d / "depth").is_dir() else []
         if len(poses) != len(images):
             raise SceneLocError(f"{d / 'poses'}: {len(poses)} pose files for {len(images)} images in {d / 'rgb'}")
         if K_override is None and len(calibs) != len(images):
-            raise SceneLocError(f"{d / 'calibration'}: {len(calibs)} calibration files for {len(images)} images (or pass --intrinsics)")
-        if not depths and (d / "depth").is_dir() and any((d / "depth").iterdir()):
+            raise SceneLocError(f"{d / 'calibration'}: {len(calibs)} calibration files for {len(images)} images "
+                                f"(or pass --intrinsics)")
+        if not depth_files and (d / "depth").is_dir() and any((d / "depth").iterdir()):
             raise SceneLocError(f"{d / 'depth'}: no .png depth maps (depth must be uint16 PNG in millimetres)")
-        if depths and len(depths) != len(images):
-            depths = _pair_partial_depth(d, images, depths)
-        frames = []
+        # one entry per image (None: no depth map) when only some images have one
+        depths: list[Path | None] = (_pair_partial_depth(d, images, depth_files)
+                                     if depth_files and len(depth_files) != len(images) else list(depth_files))
+        frames: list[Frame] = []
         size = None
         for i, img in enumerate(images):
             check_image_file(img)
-            if depths and depths[i] is not None:
-                check_image_file(depths[i], "depth map")
+            depth_file = depths[i] if depths else None
+            if depth_file is not None:
+                check_image_file(depth_file, "depth map")
             if K_override is not None:
                 K = K_override
             else:
                 if size is None:
                     size = read_image(img).shape[:2]
                 K = read_intrinsics(calibs[i], size)
-            frames.append(Frame(str(img.relative_to(root)), img, read_pose(poses[i]), K,
-                                depths[i] if depths else None))
+            frames.append(Frame(str(img.relative_to(root)), img, read_pose(poses[i]), K, depth_file))
         scene.splits[split] = frames
     return scene
 
@@ -436,7 +445,8 @@ def load_scene(path: str | Path, intrinsics: np.ndarray | None = None) -> Scene:
         return _load_7scenes(root, intrinsics)
     if (root / "train" / "rgb").is_dir() or (root / "test" / "rgb").is_dir():
         return _load_dsacstar(root, intrinsics)
-    raise SceneLocError(f"{root}: neither 7-Scenes layout (TrainSplit.txt, seq-XX/) nor DSAC*/ACE layout (train/rgb, test/rgb)")
+    raise SceneLocError(f"{root}: neither 7-Scenes layout (TrainSplit.txt, seq-XX/) "
+                        f"nor DSAC*/ACE layout (train/rgb, test/rgb)")
 
 
 def sample_nearest(image: np.ndarray, uv: np.ndarray) -> np.ndarray:

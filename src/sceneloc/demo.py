@@ -16,14 +16,22 @@ import html
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
+from .data import load_scene
+from .diagnostics import EXAMPLE_FRAMES
 from .errors import SceneLocError
+from .evaluation import DEMO_COLUMNS, PLOT_FILES, evaluate, match_pose_records, pose_error_arrays, results_table
+from .geometry import read_pose_file
+from .mapping import map_scene
+from .synth import generate
 from .synth_render import SensorOptions
+from .synth_scenes import DEMO_PRESET, make_scene
+from .training import MappingConfig
 
 DEMO_MINUTES = 3.0                         # head-training budget of `sceneloc demo` (150 mapping frames)
 DEMO_CONFIDENCE_MINUTES = 0.25
@@ -83,7 +91,8 @@ class _Stages:
     def __init__(self, n: int, log: Callable[[str], None]):
         self.n, self.log, self.k = n, log, 0
         self.seconds: dict[str, float] = {}
-        self._name, self._t0 = None, 0.0
+        self._name: str | None = None
+        self._t0 = 0.0
 
     def start(self, name: str, detail: str = "") -> None:
         self.stop()
@@ -107,11 +116,6 @@ def run_demo(out: str | Path = "demo_out", data: str | Path | None = None, minut
     rendered into ``out/data`` -- or reused if an earlier run left it complete there. ``synth``
     overrides :data:`DEMO_SYNTH` (arguments of :func:`sceneloc.synth.generate`; tests render tiny scenes).
     """
-    from .evaluation import evaluate
-    from .synth import generate
-    from .synth_scenes import DEMO_PRESET, make_scene
-    from .mapping import map_scene
-    from .training import MappingConfig
     out = Path(out)
     t0 = time.perf_counter()
     if data is not None and preset is not None:
@@ -160,7 +164,6 @@ def _summary_row(m: dict) -> dict:
 
 def demo_lines(out: Path, results: list[dict], summary: dict) -> list[str]:
     """What the demo prints at the end: the table, the test set's closeness to training, paths."""
-    from .evaluation import DEMO_COLUMNS, results_table
     lines = [results_table(results, DEMO_COLUMNS, average=False).rstrip()]
     near = results[0].get("near_training")
     if near:
@@ -177,14 +180,11 @@ def demo_lines(out: Path, results: list[dict], summary: dict) -> list[str]:
 
 def _example_pose_errors(out: Path, data: Path, mode: str) -> dict[str, tuple[float, float]]:
     """Per test frame name, (rotation deg, translation m) error of the ``mode`` report's poses."""
-    from .data import load_scene
-    from .evaluation import match_pose_records, pose_error_arrays
-    from .geometry import read_pose_file
     path = out / f"report_{mode}" / "poses.txt"
     frames = load_scene(data).frames("test")
     records, _ = match_pose_records(read_pose_file(path), frames, path)
     rot, trans = pose_error_arrays([r.pose for r in records], [f.pose for f in frames])
-    return {f.name: (float(r), float(t)) for f, r, t in zip(frames, rot, trans)}
+    return {f.name: (float(r), float(t)) for f, r, t in zip(frames, rot, trans, strict=True)}
 
 
 def _fmt_error(rt: tuple[float, float]) -> str:
@@ -220,8 +220,6 @@ def _peers_html(out: Path) -> str:
 
 def write_demo_page(out: Path, results: list[dict], summary: dict) -> None:
     """``out/index.html`` and ``out/results.md``: table, trajectory, CDFs, examples, peers."""
-    from .diagnostics import EXAMPLE_FRAMES
-    from .evaluation import DEMO_COLUMNS, PLOT_FILES, results_table
     e = html.escape
     table = results_table(results, DEMO_COLUMNS, average=False)
     (out / "results.md").write_text(table)
@@ -237,7 +235,9 @@ def write_demo_page(out: Path, results: list[dict], summary: dict) -> None:
         src = f"report_{mode}/{PLOT_FILES[key]}"
         return f'<a href="{e(src)}"><img src="{e(src)}" alt="{e(alt)} ({e(mode)})"></a>'
 
-    pair = lambda key, alt: "<div class=row>" + "".join(figure(m["mode"], key, alt) for m in results) + "</div>"  # noqa: E731
+    def pair(key: str, alt: str) -> str:
+        return "<div class=row>" + "".join(figure(m["mode"], key, alt) for m in results) + "</div>"
+
     links = " | ".join(f'<a href="report_{e(m["mode"])}/index.html">full {e(m["mode"])} report</a>' for m in results)
     (out / "index.html").write_text(f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>sceneloc demo: {e(results[0]['scene'])}</title>
@@ -246,8 +246,9 @@ table{{border-collapse:collapse;margin:0.5em 0}}td,th{{border:1px solid #ccc;pad
 pre{{background:#f4f4f4;padding:0.6em}}img{{max-width:100%}}.row{{display:flex;gap:1em}}
 .row a{{flex:1}}h2{{margin-top:1.4em;border-bottom:1px solid #ddd}}</style></head><body>
 <h1>sceneloc demo: {e(results[0]['scene'])}</h1>
-<p>Map <code>map/</code> of <code>{e(summary['data'])}</code>, {summary['minutes']:g} + {summary['confidence_minutes']:g}
-minutes of mapping; every test frame localized in RGB (PnP) and RGB-D (Kabsch). {links}</p>
+<p>Map <code>map/</code> of <code>{e(summary['data'])}</code>,
+{summary['minutes']:g} + {summary['confidence_minutes']:g} minutes of mapping;
+every test frame localized in RGB (PnP) and RGB-D (Kabsch). {links}</p>
 <pre>{e(table)}</pre>
 <p>{'<br>'.join(e(x) for x in lines)}</p>
 <h2>Trajectory: estimated against ground truth, from above</h2>{pair('topdown', 'top-down trajectory')}

@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
+
+from .data import scene_coordinates_at
 
 INLIER_THRESHOLD_M = 0.10                  # the paper's t_inlier (IV)
 EXAMPLE_FRAMES = 3                         # frames shown in the error/confidence map figure
@@ -35,7 +38,6 @@ def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
 def correspondence_errors(frame, depth: np.ndarray, pixels: np.ndarray, coords: np.ndarray) -> np.ndarray:
     """Distance (m) ``(...)`` of predictions ``coords (..., 3)`` at full-resolution ``pixels (..., 2)``
     to the ground truth from the frame's ``depth (H, W)`` and pose; nan where there is no depth."""
-    from .data import scene_coordinates_at
     gt, valid = scene_coordinates_at(depth, frame.pose, frame.K, pixels)
     err = np.linalg.norm(coords - gt, axis=-1)
     err[~valid] = np.nan
@@ -51,7 +53,6 @@ def confidence_scores(the_map, pixels: np.ndarray, coords: np.ndarray, image_hw:
     """Confidences ``(N,)`` of the correspondences by every confidence net the map has, labelled
     ``mode (role)``; the first entry is the one pose estimation uses (``primary``, already computed).
     The inlier classifier (paper Fig. 3) is run here: it never takes part in localization."""
-    import torch
 
     def run(net) -> np.ndarray:
         with torch.no_grad():

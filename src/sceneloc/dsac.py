@@ -35,6 +35,7 @@ import torch.nn as nn
 
 from .geometry import invert_pose, kabsch, make_pose, solve_pnp
 from .pose import MIN_POINTS, PoseResult, sample_subsets, spans_a_plane
+
 # make_batch: the cached-frame batch with stage 1's photometric jitter (reused, not copied)
 
 #: ``Map.localize`` methods served here, and the selection each uses.
@@ -142,8 +143,15 @@ class Matches:
     def solver(self) -> str:
         return "pnp" if self.camera is None else "kabsch"
 
+    @property
+    def camera_points(self) -> torch.Tensor:
+        """``camera``, for the Kabsch code paths (the solver is ``kabsch`` exactly when it is set)."""
+        if self.camera is None:
+            raise ValueError("Kabsch needs camera points (the query's depth)")
+        return self.camera
 
-def make_matches(pixels, scene, K, grid_hw: tuple[int, int], camera=None) -> Matches:
+
+def make_matches(pixels, scene, K, grid_hw: tuple[int, ...], camera=None) -> Matches:
     """:class:`Matches` from pixels ``(N, 2)``, scene coordinates ``(N, 3)`` (tensor with its graph, or
     array), ``K (3, 3)`` and optional camera points ``(N, 3)`` (NaN or z <= 0 where depth is missing)."""
     scene = torch.as_tensor(scene).reshape(-1, 3).to(torch.float64)
@@ -156,7 +164,7 @@ def make_matches(pixels, scene, K, grid_hw: tuple[int, int], camera=None) -> Mat
         valid &= has_depth
         camera = torch.where(has_depth[:, None], camera, torch.zeros_like(camera))
     scene = torch.where(valid[:, None], scene, torch.zeros_like(scene))
-    return Matches(pixels, scene, torch.as_tensor(K, **f64), camera, valid, tuple(grid_hw))
+    return Matches(pixels, scene, torch.as_tensor(K, **f64), camera, valid, (int(grid_hw[0]), int(grid_hw[1])))
 
 
 # ------------------------------------------------------------------------------ torch pose helpers
@@ -215,7 +223,7 @@ def sample_minimal_sets(valid: np.ndarray, count: int, solver: str, rng: np.rand
 
 def kabsch_hypotheses(m: Matches, sets: np.ndarray) -> torch.Tensor:
     """Camera-to-world poses ``(B, 4, 4)`` from 3D-3D minimal sets ``(B, 3)``; differentiable (SVD)."""
-    R, t = kabsch(m.camera[sets], m.scene[sets])
+    R, t = kabsch(m.camera_points[sets], m.scene[sets])
     return make_pose(R, t)
 
 
@@ -296,7 +304,7 @@ def solve_hypotheses(m: Matches, sets: np.ndarray, pnp_steps: int = 2) -> tuple[
     scene = m.scene.detach().cpu().numpy()
     ok = np.array([spans_a_plane(scene[s]) for s in sets], dtype=bool)
     if m.solver == "kabsch":
-        camera = m.camera.cpu().numpy()
+        camera = m.camera_points.cpu().numpy()
         ok &= np.array([spans_a_plane(camera[s]) for s in sets], dtype=bool)
         sets = sets[ok]
         return (kabsch_hypotheses(m, sets) if len(sets) else m.scene.new_zeros((0, 4, 4))), sets
@@ -310,7 +318,7 @@ def hypothesis_errors(poses: torch.Tensor, m: Matches) -> torch.Tensor:
     """Errors ``(B, N)`` of poses ``(B, 4, 4)`` on every grid cell: reprojection error in pixels (PnP)
     or 3D distance in metres (Kabsch); ``inf`` for invalid cells and points behind the camera."""
     if m.solver == "kabsch":
-        X = m.camera @ poses[:, :3, :3].transpose(-1, -2) + poses[:, None, :3, 3]
+        X = m.camera_points @ poses[:, :3, :3].transpose(-1, -2) + poses[:, None, :3, 3]
         err = torch.linalg.vector_norm(X - m.scene, dim=-1)
     else:
         T = invert_pose(poses)
@@ -410,7 +418,7 @@ def refine_on_inliers(poses: torch.Tensor, m: Matches, threshold: float, rounds:
             break
         if m.solver == "kabsch":
             n = len(fit)
-            R, t = kabsch(m.camera.expand(n, -1, -1), m.scene.expand(n, -1, -1), w[fit])
+            R, t = kabsch(m.camera_points.expand(n, -1, -1), m.scene.expand(n, -1, -1), w[fit])
             new = make_pose(R, t)
         else:
             new = refine_pnp_gauss_newton(poses[fit], m.scene, m.pixels, m.K, w[fit], steps)

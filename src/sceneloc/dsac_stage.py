@@ -7,13 +7,9 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch.nn as nn
-
 from .dsac import SCORES, DSACConfig, ScoreCNN
 from .errors import SceneLocError
-from .networks import build_coordinate_network
-from .scenemap import load_weights
-
+from .networks import CoordinateNetwork, Net, build_coordinate_network, load_weights
 
 # ------------------------------------------------------------------------------- the map stage
 
@@ -22,7 +18,7 @@ from .scenemap import load_weights
 class DSACStage:
     """What ``Map.localize(method='dsac'|'softam')`` uses: options, coordinate network, Score CNN."""
     config: DSACConfig
-    coord_net: nn.Module
+    coord_net: CoordinateNetwork
     score_net: ScoreCNN | None
 
 
@@ -38,7 +34,7 @@ def load_stage(map_dir: str | Path, map_config: dict, device: str = "cpu") -> DS
     except (json.JSONDecodeError, TypeError, ValueError) as e:
         raise SceneLocError(f"{cfg_path}: corrupt DSAC configuration ({str(e).splitlines()[0]}); {rerun}") from None
 
-    def weights(net: nn.Module, name: str) -> nn.Module:
+    def weights(net: Net, name: str) -> Net:
         return load_weights(net, d / name, device, "DSAC", f"; {rerun}").to(device).eval()
 
     coord_net = weights(build_coordinate_network(map_config["network"]), "coordinates_dsac.pt")

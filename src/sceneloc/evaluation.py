@@ -20,17 +20,29 @@ from __future__ import annotations
 import html
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
 from .calibration import operating_point, reliability_bins
-from .diagnostics import (ERROR_MAP_MAX_M, FIG2_SAMPLES_PER_FRAME, INLIER_THRESHOLD_M, Diagnostics, _add_frame,
-                          _concat_finite, example_maps)
+from .data import load_scene
+from .diagnostics import (
+    ERROR_MAP_MAX_M,
+    FIG2_SAMPLES_PER_FRAME,
+    INLIER_THRESHOLD_M,
+    Diagnostics,
+    _add_frame,
+    _concat_finite,
+    example_maps,
+)
 from .errors import SceneLocError
+from .geometry import PoseRecord, pose_errors, read_pose_file, write_pose_file
 from .plots import plot_error_cdf, plot_error_histogram, plot_examples, plot_reliability, plot_roc, plot_topdown
+from .pose import PoseConfig
+from .progress import progress as progress_bar
+from .scenemap import Map, localize_frames
 
 #: (degrees, metres) pose accuracy thresholds; the first is the paper's (Table II).
 ACCURACY_THRESHOLDS = ((5, 0.05), (10, 0.10), (2, 0.02), (1, 0.01))
@@ -57,10 +69,9 @@ def pose_error_arrays(estimates: Sequence[np.ndarray | None],
                       ground_truth: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Rotation (degrees) and translation (metres, camera-centre distance) errors ``(N,)`` of
     camera-to-world poses; a failed frame (``None``) gets ``inf`` in both."""
-    from .geometry import pose_errors
     rot = np.full(len(ground_truth), np.inf)
     trans = np.full(len(ground_truth), np.inf)
-    for i, (est, gt) in enumerate(zip(estimates, ground_truth)):
+    for i, (est, gt) in enumerate(zip(estimates, ground_truth, strict=True)):
         if est is not None:
             r, t = pose_errors(est, gt)
             rot[i], trans[i] = float(r), float(t)
@@ -175,20 +186,23 @@ def _metric_rows(m: dict) -> list[tuple[str, str]]:
     rows = [("frames", str(m["frames"])), ("failures (infinite error)", str(m["failures"])),
             ("median rotation error", _fmt(m["median_rotation_deg"], " deg")),
             ("median translation error", _fmt(m["median_translation_m"], " cm", 100, 1))]
-    rows += [(f"within {round(mm * 100)} cm / {d} deg", f"{acc[accuracy_key(d, mm)]:.1%}") for d, mm in ACCURACY_THRESHOLDS]
+    rows += [(f"within {round(mm * 100)} cm / {d} deg", f"{acc[accuracy_key(d, mm)]:.1%}")
+             for d, mm in ACCURACY_THRESHOLDS]
     near = m.get("near_training")
     if near:
         rows.append((f"frames with a training frame within {round(near['max_m'] * 100)} cm / {near['max_deg']:g} deg",
                      f"{near['share']:.1%}"))
     share = m["inlier_share"]
-    rows += [("inliers (< 10 cm) of all predictions", "n/a" if share["all_predictions"] is None else f"{share['all_predictions']:.1%}"),
+    rows += [("inliers (< 10 cm) of all predictions",
+              "n/a" if share["all_predictions"] is None else f"{share['all_predictions']:.1%}"),
              ("inliers (< 10 cm) of the points used for the pose",
               "n/a" if share["used_for_pose"] is None else f"{share['used_for_pose']:.1%}")]
     cal = m.get("calibration")
     if cal:
         op = cal["operating_point"]
         rows.append((f"rejecting poses with probability < {op['min_probability']:g}",
-                     f"{_pct(op['wrong_rejected'])} of wrong poses rejected, {_pct(op['right_kept'])} of right ones kept"))
+                     f"{_pct(op['wrong_rejected'])} of wrong poses rejected, "
+                     f"{_pct(op['right_kept'])} of right ones kept"))
     for name, t in m["timing_ms"].items():
         rows.append((f"time per frame: {name} (median / p95)",
                      "n/a" if t is None else f"{t['median']:.1f} / {t['p95']:.1f} ms"))
@@ -249,7 +263,6 @@ def match_pose_records(records: list, frames: list, path: Path) -> tuple[list, i
     that is unique within the split (``frame-000000.color.png`` for ``seq-03/frame-000000.color.png``),
     as DSAC*/ACE-style files name images differently.
     """
-    from .geometry import PoseRecord
     by_name = {f.name: f for f in frames}
     tails: dict[str, list[str]] = {}
     for f in frames:
@@ -287,11 +300,6 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
     ``dsac`` or ``softam`` localizes with the map's DSAC stage (default: ``pose_config.method``).
     Returns the metrics dictionary (also ``out_dir/metrics.json``, infinite medians as null there).
     """
-    from .progress import progress as progress_bar
-    from .data import load_scene
-    from .geometry import PoseRecord, read_pose_file, write_pose_file
-    from .pose import PoseConfig
-    from .scenemap import Map, localize_frames
 
     out = Path(out_dir)
     _check_out_dir(out, force)
@@ -424,7 +432,7 @@ def _write_plots(out: Path, metrics: dict, diag: Diagnostics, the_map, frames: l
 
 
 #: Result table columns: header, value of a metrics dict (float, or str for labels), number format.
-COLUMNS: dict[str, tuple[str, Callable[[dict], object], str]] = {
+COLUMNS: dict[str, tuple[str, Callable[[dict], float | str], str]] = {
     "scene": ("scene", lambda m: m["scene"], ""),
     "mode": ("mode", lambda m: f"{m['mode']} ({m['solver']})", ""),
     "rotation": ("median rot. (deg)", lambda m: _num(m["median_rotation_deg"]), ".2f"),
@@ -443,10 +451,11 @@ def results_table(metrics: list[dict], columns: Sequence[str] = TABLE_COLUMNS, a
     paper's Table II averages medians and percentages)."""
     rows = [[COLUMNS[c][1](m) for c in columns] for m in metrics]
     if average and len(rows) > 1:
-        avg = []
-        for j, c in enumerate(columns):
+        avg: list[float | str] = []
+        for j in range(len(columns)):
             vals = [r[j] for r in rows]
-            avg.append(float(np.mean(vals)) if isinstance(vals[0], float) else ("average" if j == 0 else ""))
+            numbers = [v for v in vals if isinstance(v, float)]
+            avg.append(float(np.mean(numbers)) if isinstance(vals[0], float) else ("average" if j == 0 else ""))
         rows.append(avg)
 
     def cell(v, fmt: str) -> str:
@@ -454,9 +463,10 @@ def results_table(metrics: list[dict], columns: Sequence[str] = TABLE_COLUMNS, a
             return "n/a" if math.isnan(v) else ("inf" if math.isinf(v) else format(v, fmt))
         return str(v)
 
-    text = [[COLUMNS[c][0] for c in columns]] + [[cell(v, COLUMNS[c][2]) for v, c in zip(r, columns)] for r in rows]
+    header = [COLUMNS[c][0] for c in columns]
+    text = [header] + [[cell(v, COLUMNS[c][2]) for v, c in zip(r, columns, strict=True)] for r in rows]
     widths = [max(len(r[j]) for r in text) for j in range(len(columns))]
-    lines = ["| " + " | ".join(s.ljust(w) for s, w in zip(r, widths)) + " |" for r in text]
+    lines = ["| " + " | ".join(s.ljust(w) for s, w in zip(r, widths, strict=True)) + " |" for r in text]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines) + "\n"
 

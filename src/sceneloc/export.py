@@ -6,8 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .data import load_scene
 from .errors import SceneLocError
-
+from .progress import progress as progress_bar
+from .scenemap import Map
 
 # ============================================================================================ export
 
@@ -37,9 +39,6 @@ def export_point_cloud(map_dir: str | Path, dataset: str | Path, out: str | Path
     Only points with confidence above ``min_confidence`` are kept when the map has a confidence
     network (0.75 is the paper's inlier confidence, delta at 10 cm); otherwise every prediction.
     """
-    from .progress import progress as progress_bar
-    from .data import load_scene
-    from .scenemap import Map
     out = Path(out)
     if out.exists() and not force:
         raise SceneLocError(f"{out}: exists (use --force to overwrite)")

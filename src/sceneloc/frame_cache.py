@@ -37,7 +37,7 @@ class FrameCache:
 
     @classmethod
     def build(cls, frames: list[Frame], input_height: int, stride: int, multiple: int,
-              desc: str = "caching frames") -> "FrameCache":
+              desc: str = "caching frames") -> FrameCache:
         first = frames[0].load_image()
         image_hw = first.shape[:2]
         h_in, w_in, _ = input_size(image_hw, input_height, multiple)
@@ -83,19 +83,27 @@ def augment(image: np.ndarray, coords: np.ndarray, mask: np.ndarray, depth: np.n
     M_out = M.copy()
     M_out[:, 2] = (M[:, :2] @ np.array([o, o]) + M[:, 2] - o) / stride
     h, w = mask.shape
-    warp = lambda a: cv2.warpAffine(a, M_out, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)  # noqa: E731
+
+    def warp(a: np.ndarray) -> np.ndarray:
+        return cv2.warpAffine(a, M_out, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
     return img, warp(coords), warp(mask.astype(np.uint8)).astype(bool), warp(depth)
 
 
 def make_batch(cache: FrameCache, idx: np.ndarray, cfg: MappingConfig, rng: np.random.Generator, train: bool):
+    zoom = cfg.aug_scale
+    if zoom is None:
+        raise ValueError("make_batch needs a resolved MappingConfig (aug_scale is None)")
     imgs, crds, msks, dpts = [], [], [], []
     for i in idx:
         img, c, m, d = cache.images[i], cache.coords[i], cache.masks[i], cache.depths[i]
-        if train and (cfg.aug_scale > 1.0 or cfg.aug_rotation > 0):
-            s = math.exp(rng.uniform(-math.log(cfg.aug_scale), math.log(cfg.aug_scale))) if cfg.aug_scale > 1 else 1.0
+        if train and (zoom > 1.0 or cfg.aug_rotation > 0):
+            s = math.exp(rng.uniform(-math.log(zoom), math.log(zoom))) if zoom > 1 else 1.0
             a = rng.uniform(-cfg.aug_rotation, cfg.aug_rotation)
             img, c, m, d = augment(img, c, m, d, cache.stride, s, a)
-        imgs.append(img), crds.append(c), msks.append(m), dpts.append(d)
+        imgs.append(img)
+        crds.append(c)
+        msks.append(m)
+        dpts.append(d)
     image = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float().div_(255.0)
     if train:  # photometric jitter: per-image brightness and contrast
         b = torch.from_numpy(rng.uniform(-cfg.aug_brightness, cfg.aug_brightness, (len(idx), 1, 1, 1))).float()

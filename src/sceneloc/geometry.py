@@ -16,9 +16,9 @@ leading batch dimensions ``B`` are optional where shown as ``(..., )``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -99,9 +99,8 @@ def matrix_to_quaternion(R: np.ndarray) -> np.ndarray:
     else:
         s = math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1]) * 2
         q = [(m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s]
-    q = np.asarray(q)
-    q /= np.linalg.norm(q)
-    return q if q[0] >= 0 else -q
+    unit = np.asarray(q) / np.linalg.norm(q)
+    return unit if unit[0] >= 0 else -unit
 
 
 def quaternion_to_matrix(q: np.ndarray) -> np.ndarray:
@@ -359,7 +358,8 @@ def read_pose_file(path: str | Path) -> list[PoseRecord]:
         try:
             vals = [float(v) for v in parts[1:]]
         except ValueError:
-            raise SceneLocError(f"{path}:{lineno}: expected '<image> qw qx qy qz tx ty tz', got {line[:80]!r}") from None
+            raise SceneLocError(f"{path}:{lineno}: expected '<image> qw qx qy qz tx ty tz', "
+                                f"got {line[:80]!r}") from None
         if len(vals) < 7:
             raise SceneLocError(f"{path}:{lineno}: expected 7 numbers after the image name, got {len(vals)}")
         q, t = np.array(vals[:4]), np.array(vals[4:7])
@@ -369,5 +369,7 @@ def read_pose_file(path: str | Path) -> list[PoseRecord]:
                 raise SceneLocError(f"{path}:{lineno}: zero quaternion")
             pose = invert_pose(make_pose(quaternion_to_matrix(q), t))
         names = extra_names + [f"col{i}" for i in range(len(extra_names), len(vals) - 7)]
-        records.append(PoseRecord(parts[0], pose, dict(zip(names, vals[7:])), failure if pose is None else None))
+        # strict=False: a header may name more extra columns than a line has; the line's values win
+        records.append(PoseRecord(parts[0], pose, dict(zip(names, vals[7:], strict=False)),
+                                  failure if pose is None else None))
     return records

@@ -66,6 +66,8 @@ def head_loss(kind: str, pred: torch.Tensor, target: torch.Tensor, buffer: Pixel
     reproject = ~has_target if kind == "euclidean" else torch.ones_like(has_target)
     if not reproject.any():
         return loss.mean()
+    if buffer is None or idx is None:
+        raise ValueError("the reprojection loss needs the batch's buffer entries (buffer and idx)")
     f = buffer.frames[idx].long()
     T_cw, K, uv = buffer.T_cw[f].to(pred.device), buffer.K[f].to(pred.device), buffer.pixels[idx].to(pred.device)
     px, front = reprojection_error(pred, T_cw, K, uv)
@@ -90,7 +92,7 @@ def _camera_depth(X_w: torch.Tensor, T_cw: torch.Tensor) -> torch.Tensor:
 
 
 def train_head(net: EncoderHeadNet, norm: SceneNormalisation, buffer: PixelBuffer, minutes: float | None,
-               iterations: int | None, batch: int = 4096, lr: float = 3e-3, schedule: str = "cosine",
+               iterations: int | None, batch: int = 4096, lr: float = 3e-3, schedule: str = "cosine", *,
                loss: str = "euclidean", seed: int = 0, checkpoint: Path | None = None, resume: bool = False,
                checkpoint_minutes: float = 2.0, precision: str = "auto", device: str = "cpu",
                entries: torch.Tensor | None = None, desc: str = "training head") -> Budget:
@@ -155,7 +157,8 @@ def buffer_accuracy(net: EncoderHeadNet, norm: SceneNormalisation, buffer: Pixel
     (those with a depth target; NaN when there is none)."""
     idx = torch.from_numpy(np.random.default_rng(0).choice(len(buffer), min(samples, len(buffer)), replace=False))
     with torch.no_grad():
-        pred = norm.scale * net.head(buffer.features[idx].to(device).float()) + torch.as_tensor(norm.center, device=device)
+        center = torch.as_tensor(norm.center, device=device)
+        pred = norm.scale * net.head(buffer.features[idx].to(device).float()) + center
     err = torch.linalg.vector_norm(pred.cpu() - buffer.targets[idx], dim=1).numpy()
     err = err[np.isfinite(err)]  # entries of frames without depth have no target
     if err.size == 0:

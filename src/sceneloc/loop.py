@@ -23,6 +23,8 @@ import torch
 from .errors import SceneLocError
 from .progress import progress
 
+SCHEDULES = ("constant", "cosine")
+
 
 def lr_factor(schedule: str, fraction: float, warmup: float = 0.03) -> float:
     """Learning-rate multiplier at ``fraction`` in [0, 1] of the budget: linear warm-up over the
@@ -32,7 +34,7 @@ def lr_factor(schedule: str, fraction: float, warmup: float = 0.03) -> float:
         return warm
     if schedule == "cosine":
         return warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(fraction, 1.0))))
-    raise ValueError(f"unknown schedule {schedule!r} (choose constant or cosine)")
+    raise ValueError(f"unknown schedule {schedule!r} (choose {', '.join(SCHEDULES)})")
 
 
 class Budget:
@@ -41,10 +43,13 @@ class Budget:
 
     def __init__(self, desc: str, minutes: float | None = None, iterations: int | None = None, step: int = 0,
                  elapsed: float = 0.0, history: list | None = None, history_every: int = 10, show: bool = True):
-        if iterations is None and minutes is None:
-            raise ValueError("a budget needs minutes or iterations")
         self.iterations = iterations
-        self.seconds = None if iterations else float(minutes) * 60.0
+        if iterations:
+            self.seconds = math.inf  # counted in steps, not seconds
+        elif minutes is not None:
+            self.seconds = float(minutes) * 60.0
+        else:
+            raise ValueError("a budget needs minutes or iterations")
         self.step, self.elapsed = step, elapsed
         self.history = history if history is not None else []
         self.history_every = history_every

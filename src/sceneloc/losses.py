@@ -36,6 +36,11 @@ def l1_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> tor
     return _masked_mean((pred - target).abs().sum(1), mask)
 
 
+#: The mapping losses by name (``coordinate_loss``) and the neighbourhoods of the smoothness term.
+COORDINATE_LOSSES = ("l1", "tukey", "tukey+smooth")
+NEIGHBOURHOODS = (4, 8)
+
+
 def neighbour_offsets(k: int = 8) -> list[tuple[int, int]]:
     """The 4- or 8-neighbourhood K as (dy, dx) offsets."""
     four = [(-1, 0), (1, 0), (0, -1), (0, 1)]
@@ -63,12 +68,12 @@ def smoothness_weights(depth: torch.Tensor, mask: torch.Tensor, k: int = 8) -> t
     i; invalid pixels (and neighbours outside the image or without depth) get weight 0, so each valid
     pixel with at least one valid neighbour has weights summing to 1.
     """
-    raw = []
+    per_neighbour = []
     for dy, dx in neighbour_offsets(k):
         dj = _shift(depth, dy, dx)
         mj = _shift(mask.to(depth.dtype), dy, dx)
-        raw.append(torch.exp(-(depth - dj).abs()) * mj * mask)
-    raw = torch.stack(raw, dim=1)
+        per_neighbour.append(torch.exp(-(depth - dj).abs()) * mj * mask)
+    raw = torch.stack(per_neighbour, dim=1)
     return raw / raw.sum(1, keepdim=True).clamp_min(1e-12)
 
 
@@ -107,8 +112,11 @@ def coordinate_loss(name: str, pred: torch.Tensor, target: torch.Tensor, mask: t
     if name == "tukey":
         return tukey_biweight_loss(pred, target, mask, c)
     if name == "tukey+smooth":
-        return tukey_biweight_loss(pred, target, mask, c) + smooth_weight * smoothness_loss(pred, depth, mask, neighbourhood)
-    raise ValueError(f"unknown loss {name!r} (choose l1, tukey, tukey+smooth)")
+        if depth is None:
+            raise ValueError("the tukey+smooth loss weighs neighbours by depth: pass depth")
+        smoothness = smoothness_loss(pred, depth, mask, neighbourhood)
+        return tukey_biweight_loss(pred, target, mask, c) + smooth_weight * smoothness
+    raise ValueError(f"unknown loss {name!r} (choose {', '.join(COORDINATE_LOSSES)})")
 
 
 def confidence_target(pred: torch.Tensor, target: torch.Tensor, s: float = CONFIDENCE_SCALE) -> torch.Tensor:

@@ -21,11 +21,20 @@ from .errors import SceneLocError
 from .frame_cache import FrameCache
 from .geometry import pose_errors
 from .head_training import buffer_accuracy, train_head
-from .networks import SceneNormalisation, build_coordinate_network
+from .loop import Budget
+from .networks import EncoderHeadNet, SceneNormalisation, build_coordinate_network
 from .pose_config import PoseConfig
 from .scenemap import MAP_FORMAT_VERSION, Map, default_device, localize_frames
-from .training import (MappingConfig, confidence_config, coordinate_accuracy, predict_cache, seed_everything,
-                       train_confidence_stage, train_coordinates)
+from .training import (
+    MappingConfig,
+    TrainState,
+    confidence_config,
+    coordinate_accuracy,
+    predict_cache,
+    seed_everything,
+    train_confidence_stage,
+    train_coordinates,
+)
 
 MIN_CALIBRATION_FRAMES = 20   # fewer held-out frames: no calibration
 CALIBRATION_FRAMES = 60       # held-out frames localized (evenly spaced) to fit the calibration
@@ -103,7 +112,8 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
     tukey_c = cfg.tukey_c if cfg.tukey_c else stats.tukey_c
     net_cfg = cfg.network_config()
     model = build_coordinate_network(net_cfg)
-    norm = SceneNormalisation(tuple(float(v) for v in stats.center), float(stats.diameter / 2))
+    cx, cy, cz = (float(v) for v in stats.center)
+    norm = SceneNormalisation((cx, cy, cz), float(stats.diameter / 2))
     log(f"scene: {len(train_frames)} training frames, diameter {stats.diameter:.2f} m, Tukey c {tukey_c:.2f} m; "
         f"{cfg.arch} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) on {device}")
     map_dir.mkdir(parents=True, exist_ok=True)
@@ -117,8 +127,10 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
     }
     calibration = None
 
+    assert cfg.input_height is not None and cfg.aug_scale is not None and cfg.lr is not None  # resolved() filled them
     t0 = time.perf_counter()
-    if cfg.arch == "xfeat":
+    state: Budget | TrainState
+    if isinstance(model, EncoderHeadNet):  # cfg.arch == "xfeat"
         model.to(device)
         model.precision = cfg.precision
         entries = entries_for_memory(cfg.buffer_mb, model.encoder.channels)
@@ -127,7 +139,8 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
         buffer_s = time.perf_counter() - t0
         log(f"training buffer: {len(buffer) / 1e6:.2f} M pixels, {buffer.nbytes / 2 ** 20:.0f} MB, {buffer_s:.0f} s")
         state = train_head(model, norm, buffer, cfg.minutes, cfg.iterations, cfg.pixel_batch, cfg.lr, cfg.schedule,
-                           cfg.head_loss, cfg.seed, ck_path, resume, cfg.checkpoint_minutes, cfg.precision, device)
+                           loss=cfg.head_loss, seed=cfg.seed, checkpoint=ck_path, resume=resume,
+                           checkpoint_minutes=cfg.checkpoint_minutes, precision=cfg.precision, device=device)
         buffer_report = {"entries": len(buffer), "megabytes": round(buffer.nbytes / 2 ** 20, 1),
                          "seconds": round(buffer_s, 1), **buffer_accuracy(model, norm, buffer, device=device)}
         if cfg.calibration_minutes:
@@ -143,7 +156,7 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
         state = train_coordinates(model, norm, cache, cfg, tukey_c, ck_path, resume, device)
         buffer_report = None
     conf_net, classifier, conf_info = (train_confidence_stage(model, norm, cache, image_hw, cfg, device)
-                                       if cfg.confidence else (None, None, {}))
+                                       if cfg.confidence and cache is not None else (None, None, {}))
     config.update(confidence_config(conf_net, cfg))
     the_map = Map(config, model, conf_net, device, classifier=classifier)
     the_map.calibration = calibration
@@ -163,7 +176,8 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
     elif cache is not None:
         report["train"] = coordinate_accuracy(predict_cache(model, norm, cache, device), cache)
     del cache
-    if evaluate_test and "test" in scene.splits and scene.splits["test"] and all(f.depth_path for f in scene.splits["test"]):
+    test_frames = scene.splits.get("test", [])
+    if evaluate_test and test_frames and all(f.depth_path for f in test_frames):
         test_cache = FrameCache.build(scene.frames("test"), cfg.input_height, model.stride, model.multiple,
                                       "caching test frames")
         report["test"] = coordinate_accuracy(predict_cache(model, norm, test_cache, device), test_cache)
@@ -205,10 +219,11 @@ def calibrate_with_held_out_head(config: dict, norm: SceneNormalisation, buffer,
     held[torch.from_numpy(group)] = True
     entries = torch.nonzero(~held[buffer.frames.long()]).squeeze(1)
     probe = build_coordinate_network(config["network"]).to(device)
+    assert isinstance(probe, EncoderHeadNet) and cfg.lr is not None  # an xfeat map, resolved() config
     probe.precision = cfg.precision
     iterations = None if cfg.iterations is None else max(1, cfg.iterations // 4)
     train_head(probe, norm, buffer, cfg.calibration_minutes, iterations, cfg.pixel_batch, cfg.lr, cfg.schedule,
-               cfg.head_loss, cfg.seed + 1, precision=cfg.precision, device=device, entries=entries,
+               loss=cfg.head_loss, seed=cfg.seed + 1, precision=cfg.precision, device=device, entries=entries,
                desc="calibration head")
     pick = group[np.unique(np.linspace(0, len(group) - 1, min(len(group), CALIBRATION_FRAMES)).round().astype(int))]
     log(f"pose calibration: a head trained without {len(group)} of the {len(frames)} training frames localizes "

@@ -11,15 +11,26 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
 
+import cv2
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .encoders import load_encoder, use_bf16
+from .encoders import XFeatEncoder, load_encoder, use_bf16
+from .errors import SceneLocError
 
 # ImageNet-free input normalisation: nothing is pretrained, so a fixed mean/std is enough.
 _MEAN, _STD = 0.45, 0.25
+
+
+class CoordinateNetwork(nn.Module):
+    """What every coordinate network declares: its output ``stride`` and the ``multiple`` its input
+    height and width must be (the caller pads)."""
+    stride: int
+    multiple: int
 
 
 @dataclass
@@ -42,7 +53,7 @@ def _conv_block(c_in: int, c_out: int, dropout: float = 0.0) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class UNet(nn.Module):
+class UNet(CoordinateNetwork):
     """The paper's U-Net (section III-D): 4 conv blocks with pooling and dropout, 4 up-sampling
     blocks, an ``h x w x 8`` feature map and a last 1x1 convolution to ``h x w x 3``.
 
@@ -73,7 +84,7 @@ class UNet(nn.Module):
             skips.append(x)
             x = F.max_pool2d(x, 2)
         x = self.bottom(x)
-        for up, merge, skip in zip(self.up, self.merge, reversed(skips)):
+        for up, merge, skip in zip(self.up, self.merge, reversed(skips), strict=True):
             x = merge(torch.cat([up(x), skip], dim=1))
         return self.head(self.features(x))
 
@@ -88,7 +99,12 @@ class _ResBlock(nn.Module):
         return F.relu(x + self.body(x))
 
 
-class FCN(nn.Module):
+#: The FCN's output strides and first layers.
+FCN_STRIDES = (4, 8, 16)
+FCN_STEMS = ("strided", "full")
+
+
+class FCN(CoordinateNetwork):
     """DSAC*/ACE-style fully convolutional regressor with output stride 8 (4 and 16 as options).
 
     A strided convolutional encoder (receptive field of a few dozen pixels, so each prediction
@@ -103,10 +119,10 @@ class FCN(nn.Module):
                  stride: int = 8, max_width: int | None = None, stem: str = "strided"):
         super().__init__()
         max_width = max_width or 8 * width  # the channel count reached at stride 8 (256 for width 32)
-        if stride not in (4, 8, 16):
-            raise ValueError(f"FCN output stride must be 4, 8 or 16, not {stride}")
-        if stem not in ("strided", "full"):
-            raise ValueError(f"FCN stem must be 'strided' or 'full', not {stem!r}")
+        if stride not in FCN_STRIDES:
+            raise ValueError(f"FCN output stride must be one of {FCN_STRIDES}, not {stride}")
+        if stem not in FCN_STEMS:
+            raise ValueError(f"FCN stem must be one of {FCN_STEMS}, not {stem!r}")
         self.stride = self.multiple = stride
         halvings = int(math.log2(stride))
         if stem == "strided":
@@ -116,7 +132,8 @@ class FCN(nn.Module):
         c = width
         for _ in range(halvings):  # one stride-2 stage per remaining factor of two
             c_out = min(2 * c, max_width)
-            enc += [nn.Conv2d(c, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+            enc += [nn.Conv2d(c, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                    nn.ReLU(inplace=True)]
             c = c_out
         if c < max_width:  # widen to max_width at the output stride (the strided stem ends one doubling short)
             enc += [nn.Conv2d(c, max_width, 3, padding=1, bias=False), nn.BatchNorm2d(max_width), nn.ReLU(inplace=True)]
@@ -156,7 +173,7 @@ class CoordinateHead(nn.Module):
             return self.out(x.float())
 
 
-class EncoderHeadNet(nn.Module):
+class EncoderHeadNet(CoordinateNetwork):
     """A frozen pretrained encoder (encoders.py) and a learned :class:`CoordinateHead`:
     ``(B, 3, H, W)`` -> normalised coordinates ``(B, 3, H / 8, W / 8)``.
 
@@ -175,7 +192,7 @@ class EncoderHeadNet(nn.Module):
         self.head = CoordinateHead(enc.channels, head_width, head_blocks)
 
     @property
-    def encoder(self) -> nn.Module:
+    def encoder(self) -> XFeatEncoder:
         return self._encoder[0]
 
     def _apply(self, fn, *args, **kwargs):
@@ -201,7 +218,7 @@ class EncoderHeadNet(nn.Module):
 ARCHITECTURES = ("xfeat", "fcn", "unet")
 
 
-def build_coordinate_network(config: dict) -> nn.Module:
+def build_coordinate_network(config: dict) -> CoordinateNetwork:
     """``{"arch": "xfeat", "head_width": 256, ...}``, ``{"arch": "fcn", "width": 32, ...}`` or
     ``{"arch": "unet", "width": 16, "dropout": 0.1}``."""
     cfg = dict(config)
@@ -276,6 +293,22 @@ class ConfidencePointNet(nn.Module):
 # ------------------------------------------------------------------ network input and output grid
 
 
+Net = TypeVar("Net", bound=nn.Module)
+
+
+def load_weights(net: Net, path: Path, device: str, what: str, hint: str = "") -> Net:
+    """``net`` with the state dict in ``path``; a missing or mismatched file is a one-line
+    SceneLocError naming the file (``what``: whose configuration it must match; ``hint``: what to do)."""
+    if not path.exists():
+        raise SceneLocError(f"{path}: missing {what} weights{hint}")
+    try:
+        net.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+    except (RuntimeError, KeyError) as e:
+        reason = str(e).splitlines()[0]
+        raise SceneLocError(f"{path}: weights do not match the {what} configuration ({reason}){hint}") from None
+    return net
+
+
 def input_size(image_hw: tuple[int, int], input_height: int, multiple: int) -> tuple[int, int, float]:
     """Network input ``(H_in, W_in)`` for an image of ``image_hw``, and the resize factor.
 
@@ -290,14 +323,13 @@ def input_size(image_hw: tuple[int, int], input_height: int, multiple: int) -> t
 
 def image_to_tensor(image, input_hw: tuple[int, int]) -> torch.Tensor:
     """``(H, W, 3)`` uint8 RGB numpy -> ``(1, 3, H_in, W_in)`` float in [0, 1] (area resampling)."""
-    import cv2
     h, w = input_hw
     if image.shape[:2] != (h, w):
         image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
     return torch.from_numpy(image).permute(2, 0, 1)[None].float().div_(255.0)
 
 
-def output_pixel_centres(out_hw: tuple[int, int], stride: int, image_hw: tuple[int, int],
+def output_pixel_centres(out_hw: tuple[int, ...], stride: int, image_hw: tuple[int, int],
                          input_hw: tuple[int, int]) -> torch.Tensor:
     """Full-resolution pixel coordinates ``(h, w, 2)`` (u, v) of each network output cell.
 

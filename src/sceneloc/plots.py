@@ -1,4 +1,5 @@
-"""Report figures: error histogram (paper Fig. 2), confidence ROC (Fig. 3), error and confidence maps (Fig. 4), pose error CDFs, top-down camera positions.
+"""Report figures: error histogram (paper Fig. 2), confidence ROC (Fig. 3), error and confidence maps (Fig. 4),
+pose error CDFs, top-down camera positions.
 
 matplotlib is imported inside the functions (Agg backend) so that importing sceneloc stays fast."""
 
@@ -9,7 +10,6 @@ from pathlib import Path
 import numpy as np
 
 from .diagnostics import ERROR_MAP_MAX_M, INLIER_THRESHOLD_M, Diagnostics, Example, _concat_finite, roc_curve
-
 
 # ============================================================================================= plots
 
@@ -79,7 +79,7 @@ def plot_examples(examples: list[Example], path: Path) -> None:
     """Paper Fig. 4: per frame a) input RGB, b) per-pixel coordinate error, c) confidence map."""
     plt = _pyplot()
     fig, axes = plt.subplots(len(examples), 3, figsize=(12, 3.1 * len(examples)), squeeze=False)
-    for row, ex in zip(axes, examples):
+    for row, ex in zip(axes, examples, strict=True):
         H, W = ex.image.shape[:2]
         extent = (-0.5, W - 0.5, H - 0.5, -0.5)  # the thinned prediction grid covers the whole image
         row[0].imshow(ex.image)
@@ -95,7 +95,8 @@ def plot_examples(examples: list[Example], path: Path) -> None:
                            interpolation="nearest")
             fig.colorbar(im, ax=ax, fraction=0.035, pad=0.02, extend="max" if unit.startswith("error") else "neither",
                          label=unit)
-    for ax, title in zip(axes[0], ("a) input RGB", "b) scene coordinate error (grey: no depth)", "c) predicted confidence")):
+    titles = ("a) input RGB", "b) scene coordinate error (grey: no depth)", "c) predicted confidence")
+    for ax, title in zip(axes[0], titles, strict=True):
         ax.set_title(title)
     for ax in axes.ravel():
         ax.set_xticks([])
@@ -139,8 +140,9 @@ def plot_topdown(gt: np.ndarray, est: list[np.ndarray | None], path: Path, title
     ax.scatter(gt[:, a], gt[:, b], s=36, facecolors="none", edgecolors="tab:green", label="ground truth", zorder=2)
     ok = [i for i, e in enumerate(est) if e is not None]
     failed = [i for i, e in enumerate(est) if e is None]
+    found = [e for e in est if e is not None]
     if ok:
-        E = np.stack([est[i] for i in ok])
+        E = np.stack(found)
         lines = ax.plot(np.stack([gt[ok, a], E[:, a]]), np.stack([gt[ok, b], E[:, b]]), "-", color="tab:orange",
                         lw=0.6, alpha=0.7, zorder=1)
         lines[0].set_label("estimate to its ground truth")
@@ -153,7 +155,7 @@ def plot_topdown(gt: np.ndarray, est: list[np.ndarray | None], path: Path, title
     margin = max(1.0, 0.5 * float((hi - lo).max()))
     ax.set_xlim(lo[0] - margin, hi[0] + margin)
     ax.set_ylim(lo[1] - margin, hi[1] + margin)
-    outside = sum(1 for i in ok if np.any(np.abs(est[i][[a, b]] - (lo + hi) / 2) > (hi - lo) / 2 + margin))
+    outside = sum(1 for e in found if np.any(np.abs(e[[a, b]] - (lo + hi) / 2) > (hi - lo) / 2 + margin))
     ax.set_aspect("equal", adjustable="box")
     ax.set_xlabel(f"world {names[a]} (m)")
     ax.set_ylabel(f"world {names[b]} (m)")

@@ -40,9 +40,17 @@ import cv2
 import numpy as np
 
 from .geometry import invert_pose, is_rigid, kabsch, make_pose, pnp_ransac, solve_pnp
-from .pose_ransac import (distance_residuals, hypotheses_needed, joint_ransac, refine_joint, reprojection_residuals)
 from .pose_config import METHODS, MIN_POINTS, SCORES, SOLVERS, PoseConfig, PoseResult  # noqa: F401 (public names of pose)
+from .pose_ransac import distance_residuals, hypotheses_needed, joint_ransac, refine_joint, reprojection_residuals
+
 # --------------------------------------------------------------------------------- correspondences
+
+
+def _given(array: np.ndarray | None, what: str) -> np.ndarray:
+    """``array``, which the calling code path needs (select_correspondences provides it there)."""
+    if array is None:
+        raise ValueError(f"{what} missing: this estimator needs them")
+    return array
 
 
 @dataclass
@@ -135,7 +143,7 @@ def solve_pose(corr: Correspondences, idx: np.ndarray, pnp_method: str = "epnp")
     if corr.solver == "pnp":
         pose = solve_pnp(corr.scene[idx], corr.pixels[idx], corr.K, pnp_method)
     else:
-        R, t = kabsch(corr.camera[idx], corr.scene[idx])
+        R, t = kabsch(_given(corr.camera, "camera points")[idx], corr.scene[idx])
         pose = make_pose(R, t)
     return pose if pose is not None and is_rigid(pose) else None
 
@@ -149,7 +157,7 @@ def solve_hypotheses(corr: Correspondences, subsets: np.ndarray,
     """
     B = len(subsets)
     if corr.solver == "kabsch":
-        R, t = kabsch(corr.camera[subsets], corr.scene[subsets])
+        R, t = kabsch(_given(corr.camera, "camera points")[subsets], corr.scene[subsets])
         poses = make_pose(R, t)
         ok = np.isfinite(poses).all(axis=(1, 2))
         poses[~ok] = np.eye(4)
@@ -174,7 +182,7 @@ def residuals(corr: Correspondences, poses: np.ndarray, idx: np.ndarray | None =
     sel = slice(None) if idx is None else idx
     if corr.solver == "pnp":
         return reprojection_residuals(poses, corr.scene[sel], corr.pixels[sel], corr.K, dtype)
-    return distance_residuals(poses, corr.camera[sel], corr.scene[sel], dtype)
+    return distance_residuals(poses, _given(corr.camera, "camera points")[sel], corr.scene[sel], dtype)
 
 
 def count_inliers(corr: Correspondences, poses: np.ndarray) -> np.ndarray:
@@ -261,11 +269,12 @@ def score_hypotheses(corr: Correspondences, poses: np.ndarray, ok: np.ndarray,
     """Scores ``(B,)`` of hypotheses ``poses (B, 4, 4)`` solved on ``subsets (B, k)`` by the rule
     ``score`` (see ``PoseConfig.score``); failed hypotheses (``ok (B,)`` False) score ``-inf``."""
     if score == "confidence":
-        scores = mean_confidence(subsets, corr.confidence)
+        scores = mean_confidence(subsets, _given(corr.confidence, "confidences"))
     else:
         inlier = residuals(corr, poses, dtype=np.float32) < corr.threshold       # (B, n)
         # 'confident_inliers' weighs each inlier by its confidence: consistency and confidence together.
-        scores = inlier.sum(1) if score == "inliers" else np.where(inlier, corr.confidence, 0.0).sum(1)
+        scores = (inlier.sum(1) if score == "inliers"
+                  else np.where(inlier, _given(corr.confidence, "confidences"), 0.0).sum(1))
     return np.where(ok, scores.astype(np.float64), -np.inf)
 
 
@@ -282,7 +291,7 @@ def refine_pose(corr: Correspondences, pose: np.ndarray, used: np.ndarray, confi
     for _ in range(config.refine_rounds):
         sample = sample_subsets(len(corr), 1, config.n_k, rng)[0]
         if config.method == "confidence":
-            picked = most_confident(sample[None], corr.confidence, config.n_best, cells)[0]
+            picked = most_confident(sample[None], _given(corr.confidence, "confidences"), config.n_best, cells)[0]
             candidate = np.union1d(used, picked)
         else:
             r_sample = residuals(corr, pose, sample)
@@ -400,7 +409,7 @@ def estimate_pose(pixels: np.ndarray, scene_coords: np.ndarray, K: np.ndarray,
         pose, score, _ = joint_ransac(corr.scene, corr.pixels, corr.K, corr.camera, config.inlier_threshold_px,
                                       config.inlier_threshold_m, config.joint_batch, config.joint_max_hypotheses,
                                       config.ransac_confidence, rng, corr.confidence)
-        used = None
+        used = np.zeros(0, np.int64)  # refine_joint picks the points of the final solve
     elif config.method == "ransac":
         if corr.solver == "pnp":
             pose, mask = pnp_ransac(corr.scene, corr.pixels, corr.K, config.inlier_threshold_px,
@@ -419,7 +428,10 @@ def estimate_pose(pixels: np.ndarray, scene_coords: np.ndarray, K: np.ndarray,
         # inlier count, as RANSAC does.
         scores = score_hypotheses(corr, poses, ok, subsets, config.score if by_confidence else "inliers")
         best = int(np.argmax(scores))
-        pose, used, score = (poses[best], subsets[best], float(scores[best])) if ok[best] else (None, None, -math.inf)
+        if ok[best]:
+            pose, used, score = poses[best], subsets[best], float(scores[best])
+        else:
+            pose, used, score = None, np.zeros(0, np.int64), -math.inf
     timings["sampling"] = (time.perf_counter() - start) * 1e3
     if pose is None:
         return failed("no hypothesis could be solved", score)

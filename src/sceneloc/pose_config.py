@@ -10,7 +10,6 @@ import numpy as np
 from .geometry import PNP_METHODS
 from .pose_ransac import DEPTH_GATE
 
-
 # Points needed to determine a pose: EPnP (OpenCV) needs 4 2D-3D matches, Kabsch 3 3D-3D matches.
 MIN_POINTS = {"pnp": 4, "kabsch": 3}
 
@@ -99,9 +98,9 @@ class PoseConfig:
                     "inlier_threshold_m": self.inlier_threshold_m, "ransac_iterations": self.ransac_iterations,
                     "joint_batch": self.joint_batch, "joint_max_hypotheses": self.joint_max_hypotheses,
                     "depth_gate": self.depth_gate}
-        for name, value in positive.items():
-            if not value > 0:
-                raise ValueError(f"PoseConfig.{name}={value} must be positive")
+        for name, number in positive.items():
+            if not number > 0:
+                raise ValueError(f"PoseConfig.{name}={number} must be positive")
         if self.subset_size is not None and self.subset_size < 3:
             raise ValueError(f"PoseConfig.subset_size={self.subset_size}: a pose needs at least 3 points")
         if min(self.refine_rounds, self.polish_iterations, self.min_inliers, self.spread_cells) < 0:

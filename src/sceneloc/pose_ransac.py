@@ -255,7 +255,7 @@ def joint_ransac(scene: np.ndarray, pixels: np.ndarray, K: np.ndarray, camera: n
         parts = []
         if counts["pnp"]:
             parts.append(p3p_hypotheses(scene, pixels, K, random_subsets(np.arange(n), counts["pnp"], 4, rng, weights)))
-        if counts["kabsch"]:
+        if counts["kabsch"] and camera is not None:  # Kabsch hypotheses are drawn only with depth
             parts.append(kabsch_hypotheses(camera, scene, random_subsets(with_depth, counts["kabsch"], 3, rng,
                                                                          weights[with_depth])))
         for kind in drawn:

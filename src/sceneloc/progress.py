@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Iterable, Iterator, TextIO
+from collections.abc import Iterable, Iterator, Sized
+from typing import TextIO
+
+from tqdm import tqdm
 
 #: fractions of the total at which a non-terminal run prints a line
 MILESTONES = (0.25, 0.5, 0.75)
@@ -30,7 +33,7 @@ class PlainProgress:
 
     def __init__(self, iterable: Iterable | None = None, total: float | None = None, desc: str = "",
                  unit: str = "it", disable: bool = False, initial: float = 0, file: TextIO | None = None):
-        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+        if total is None and isinstance(iterable, Sized):
             total = len(iterable)
         self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
         self.disable, self.n, self.file = disable, initial, file
@@ -57,10 +60,10 @@ class PlainProgress:
     def _postfix_text(self) -> str:
         return "".join(f", {k}={v}" for k, v in self.postfix.items())
 
-    def _milestone_line(self, fraction: float) -> str:
+    def _milestone_line(self, fraction: float, total: float) -> str:
         elapsed = time.perf_counter() - self.start
         done = self.n - self.initial
-        eta = elapsed * (self.total - self.n) / done if done > 0 else float("nan")
+        eta = elapsed * (total - self.n) / done if done > 0 else float("nan")
         eta_text = f", about {_format_seconds(eta)} left" if eta == eta else ""
         return (f"{self.desc}: {fraction:.0%} ({self._amount(self.n)}/{self._amount(self.total)} {self.unit}, "
                 f"{_format_seconds(elapsed)}{eta_text}{self._postfix_text()})")
@@ -69,8 +72,9 @@ class PlainProgress:
 
     def update(self, n: float = 1) -> None:
         self.n += n
-        while self._next and self.n >= self._next[0] * self.total:
-            self._print(self._milestone_line(self._next.pop(0)))
+        total = self.total
+        while total and self._next and self.n >= self._next[0] * total:
+            self._print(self._milestone_line(self._next.pop(0), total))
 
     def set_postfix(self, ordered_dict: dict | None = None, refresh: bool = True, **kwargs) -> None:
         self.postfix = {**(ordered_dict or {}), **kwargs}
@@ -93,6 +97,8 @@ class PlainProgress:
         self._print(f"{self.desc}: {what} in {elapsed}{self._postfix_text()}")
 
     def __iter__(self) -> Iterator:
+        if self.iterable is None:
+            raise TypeError("a progress bar without an iterable is updated by hand, not iterated")
         try:
             for item in self.iterable:
                 yield item
@@ -100,7 +106,7 @@ class PlainProgress:
         finally:
             self.close()
 
-    def __enter__(self) -> "PlainProgress":
+    def __enter__(self) -> PlainProgress:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -120,7 +126,6 @@ def progress(iterable: Iterable | None = None, total: float | None = None, desc:
     stream = file or sys.stderr
     is_tty = bool(getattr(stream, "isatty", lambda: False)())
     if is_tty:
-        from tqdm import tqdm
         options = {"dynamic_ncols": True, "mininterval": 0.5, **tqdm_options}
         return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, initial=initial, leave=leave,
                     file=stream, **options)

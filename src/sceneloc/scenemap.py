@@ -22,9 +22,22 @@ import torch
 
 from .calibration import CALIBRATION_FILE, PoseCalibration
 from .data import camera_points
+from .dsac import DSAC_METHODS, STAGE_FILES, estimate_pose_dsac
+from .dsac_stage import resolve_stage
 from .errors import SceneLocError
-from .networks import (ConfidencePointNet, SceneNormalisation, build_coordinate_network, confidence_inputs,
-                       image_to_tensor, input_size, output_pixel_centres)
+from .networks import (
+    ConfidencePointNet,
+    CoordinateNetwork,
+    SceneNormalisation,
+    build_coordinate_network,
+    confidence_inputs,
+    image_to_tensor,
+    input_size,
+    load_weights,
+    output_pixel_centres,
+)
+from .pose import PoseConfig, estimate_pose
+from .progress import progress as progress_bar
 
 #: 2: the network may be a frozen pretrained encoder + head (the file holds the head; the config the
 #: encoder's name and weights hash). Version-1 maps (fcn, unet) are read unchanged.
@@ -40,19 +53,7 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_weights(net: torch.nn.Module, path: Path, device: str, what: str, hint: str = "") -> torch.nn.Module:
-    """``net`` with the state dict in ``path``; a missing or mismatched file is a one-line
-    SceneLocError naming the file (``what``: whose configuration it must match; ``hint``: what to do)."""
-    if not path.exists():
-        raise SceneLocError(f"{path}: missing {what} weights{hint}")
-    try:
-        net.load_state_dict(torch.load(path, map_location=device, weights_only=True))
-    except (RuntimeError, KeyError) as e:
-        raise SceneLocError(f"{path}: weights do not match the {what} configuration ({str(e).splitlines()[0]}){hint}") from None
-    return net
-
-
-def grid_step(out_hw: tuple[int, int], max_points: int) -> int:
+def grid_step(out_hw: tuple[int, ...], max_points: int) -> int:
     """Stride of the regular sub-grid of an ``out_hw`` output grid that keeps at most ~``max_points`` cells."""
     return max(1, int(np.ceil(np.sqrt(out_hw[0] * out_hw[1] / max_points))))
 
@@ -71,17 +72,18 @@ class Prediction:
 class Localization:
     """Result of ``Map.localize``: camera-to-world pose (None when no pose could be found), inlier
     count, hypothesis score, timings in ms (network, sampling, refinement, total) and the
-    correspondences used for the final pose (indices into ``pixels``/``coords``) and ``probability``:
-    the calibrated chance that the pose is within 5 cm / 5 deg (calibration.py; 0 for a failure,
-    NaN for a map without calibration or another ``method`` than the one calibrated)."""
+    correspondences used for the final pose (indices into ``pixels``/``coords``; the dense arrays are
+    None when ``localize_frames`` drops them to save memory) and ``probability``: the calibrated
+    chance that the pose is within 5 cm / 5 deg (calibration.py; 0 for a failure, NaN for a map
+    without calibration or another ``method`` than the one calibrated)."""
     pose: np.ndarray | None
     inliers: int
     score: float
     timings: dict[str, float]
-    pixels: np.ndarray = field(repr=False)
-    coords: np.ndarray = field(repr=False)
+    pixels: np.ndarray | None = field(repr=False)
+    coords: np.ndarray | None = field(repr=False)
     confidence: np.ndarray | None = field(repr=False)
-    used: np.ndarray = field(repr=False)
+    used: np.ndarray | None = field(repr=False)
     failure: str | None = None
     probability: float = float("nan")
 
@@ -101,7 +103,7 @@ class Localization:
 class Map:
     """A learned scene map: coordinate network, optional confidence PointNet, scene normalisation."""
 
-    def __init__(self, config: dict, coord_net: torch.nn.Module, confidence_net: ConfidencePointNet | None = None,
+    def __init__(self, config: dict, coord_net: CoordinateNetwork, confidence_net: ConfidencePointNet | None = None,
                  device: str | None = None, classifier: ConfidencePointNet | None = None):
         self.config = config
         self.device = device or default_device()
@@ -127,7 +129,6 @@ class Map:
                 torch.save(net.state_dict(), d / name)
             else:
                 (d / name).unlink(missing_ok=True)
-        from .dsac import STAGE_FILES
         for name in STAGE_FILES if not keep_dsac_stage else ():
             (d / name).unlink(missing_ok=True)
         cfg = dict(self.config, has_confidence=self.confidence_net is not None)
@@ -138,7 +139,7 @@ class Map:
             (d / CALIBRATION_FILE).unlink(missing_ok=True)
 
     @classmethod
-    def load(cls, map_dir: str | Path, device: str | None = None) -> "Map":
+    def load(cls, map_dir: str | Path, device: str | None = None) -> Map:
         d = Path(map_dir)
         cfg_path = d / "config.json"
         if not cfg_path.exists():
@@ -187,7 +188,7 @@ class Map:
 
     @torch.no_grad()
     def predict(self, image: np.ndarray, max_points: int = DEFAULT_POSE_POINTS,
-                net: torch.nn.Module | None = None, confidence: bool = True) -> Prediction:
+                net: CoordinateNetwork | None = None, confidence: bool = True) -> Prediction:
         """Scene coordinates (and confidences) for an ``(H, W, 3)`` uint8 RGB image of any size.
 
         A dense output grid (the U-Net predicts every input pixel) is thinned to a regular sub-grid
@@ -213,7 +214,8 @@ class Map:
         ms = (time.perf_counter() - t0) * 1000
         return Prediction(pixels.numpy(), y.cpu().numpy(), None if conf is None else conf.cpu().numpy(), ms)
 
-    def _confidences(self, pixels: torch.Tensor, coords: torch.Tensor, image_hw, net=None) -> torch.Tensor:
+    def _confidences(self, pixels: torch.Tensor, coords: torch.Tensor, image_hw,
+                     net: ConfidencePointNet | None = None) -> torch.Tensor:
         """Confidence of every prediction: points are split into random groups of N_k (the set size
         the PointNet was trained on, so its global feature sees the same kind of set) and run at once."""
         h, w = coords.shape[:2]
@@ -224,7 +226,10 @@ class Map:
         groups = -(-n // n_k)
         idx = perm[torch.arange(groups * n_k) % n].view(groups, n_k).to(coords.device)  # last group wraps around
         x = confidence_inputs(pixels.reshape(-1, 2)[idx], coords.reshape(-1, 3)[idx], image_hw, self.norm)
-        c = (net or self.confidence_net).confidence(x).reshape(-1)
+        scorer = net if net is not None else self.confidence_net
+        if scorer is None:
+            raise SceneLocError("the map has no confidence network")
+        c = scorer.confidence(x).reshape(-1)
         out = torch.empty(n, device=coords.device)
         out[idx.reshape(-1)] = c
         return out.view(h, w)
@@ -252,9 +257,6 @@ class Map:
             dsac_score: ``cnn`` or ``soft-inliers`` for dsac/softam (default: the stage's); soft
                 inliers need no DSAC stage (the base network is used then).
         """
-        from .dsac import DSAC_METHODS, estimate_pose_dsac
-        from .dsac_stage import resolve_stage
-        from .pose import PoseConfig, estimate_pose
         K = self._check_intrinsics(image, intrinsics)
         if depth is not None and depth.shape != image.shape[:2]:
             raise SceneLocError(f"depth map is {depth.shape[1]}x{depth.shape[0]} but the image is "
@@ -270,7 +272,7 @@ class Map:
         pixels, coords = pred.pixels.reshape(-1, 2), pred.coords.reshape(-1, 3)
         conf = None if pred.confidence is None else pred.confidence.reshape(-1)
         cam = None if depth is None else camera_points(depth, pixels, K)
-        if stage is not None:
+        if stage is not None and method is not None:  # a stage is resolved only for a DSAC method
             res = estimate_pose_dsac(pixels, coords, K, pred.coords.shape[:2], cam, stage.config, stage.score_net,
                                      DSAC_METHODS[method], pose_config.hypotheses, pose_config.min_inliers, rng)
         else:
@@ -299,9 +301,6 @@ def localize_frames(the_map: Map, frames: list, mode: str = "rgb", pose_config=N
     The random generator is seeded per frame, so a frame's result does not depend on the others.
     ``options`` (e.g. ``method``, ``dsac_score``) go to :meth:`Map.localize`.
     """
-    from .progress import progress as progress_bar
-    from .dsac import DSAC_METHODS
-    from .dsac_stage import resolve_stage
     if mode not in ("rgb", "rgbd"):
         raise SceneLocError(f"unknown mode {mode!r} (choose rgb or rgbd)")
     if options.get("method") in DSAC_METHODS:  # a missing DSAC stage fails here, before any frame

@@ -15,6 +15,7 @@ Also the similarity alignment (Umeyama) used to compare a reconstruction with gr
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import sys
@@ -22,12 +23,14 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .colmap_import import COLMAP_PIXEL_OFFSET, import_colmap, prepare_output, pycolmap_module
 from .data import IMAGE_SUFFIXES, check_image_file
 from .errors import SceneLocError
+from .progress import progress as progress_bar
 
 MATCHERS = ("auto", "sequential", "exhaustive")
 #: --matcher auto: exhaustive up to this many images (every pair; robust to any order), sequential above.
@@ -60,7 +63,8 @@ def umeyama(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.nda
 def list_images(image_dir: Path) -> list[str]:
     """Image names (relative paths, sorted) below ``image_dir``; symlinks are followed."""
     if not image_dir.is_dir():
-        raise SceneLocError(f"{image_dir}: image folder {'is not a directory' if image_dir.exists() else 'does not exist'}")
+        problem = "is not a directory" if image_dir.exists() else "does not exist"
+        raise SceneLocError(f"{image_dir}: image folder {problem}")
     names = sorted(str(p.relative_to(image_dir)) for p in image_dir.rglob("*")
                    if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if len(names) < 3:
@@ -90,8 +94,7 @@ def _db_progress(db: Path, table: str, total: int, desc: str, unit: str, enabled
     if not enabled:
         yield
         return
-    from .progress import progress
-    bar = progress(total=total, desc=desc, unit=unit)
+    bar = progress_bar(total=total, desc=desc, unit=unit)
     stop = threading.Event()
 
     done = [0]
@@ -126,20 +129,21 @@ def _say(msg: str) -> None:
 
 def reconstruct(image_dir: Path, work: Path, names: list[str], intrinsics: np.ndarray | None = None,
                 max_features: int = 2048, matcher: str = "auto", overlap: int = 10, seed: int = 0,
-                threads: int = -1, progress: bool = True):
+                threads: int = -1, progress: bool = True) -> tuple[Any, dict[str, float], str]:
     """Run extraction, matching and incremental mapping into ``work``; return the largest
-    reconstruction (a pycolmap.Reconstruction) and the per-step seconds."""
+    reconstruction (a pycolmap.Reconstruction), the per-step seconds and the matcher used."""
     pycolmap = pycolmap_module()
     if matcher not in MATCHERS:
         raise SceneLocError(f"--matcher {matcher}: one of {', '.join(MATCHERS)}")
     if matcher == "auto":
         matcher = "exhaustive" if len(names) <= AUTO_EXHAUSTIVE_MAX else "sequential"
-    pycolmap.logging.minloglevel = 3          # COLMAP's INFO..ERROR lines would drown the progress display and our one-line errors
+    # COLMAP's INFO..ERROR lines would drown the progress display and our one-line errors
+    pycolmap.logging.minloglevel = 3
     pycolmap.set_random_seed(seed)
     say = _say if progress else (lambda m: None)
     db = work / "database.db"
     db.unlink(missing_ok=True)
-    times = {}
+    times: dict[str, float] = {}
     t = time.perf_counter()
     say(f"[sfm 1/3] SIFT features of {len(names)} images (at most {max_features} each)")
     ext = pycolmap.FeatureExtractionOptions()
@@ -190,8 +194,7 @@ def reconstruct(image_dir: Path, work: Path, names: list[str], intrinsics: np.nd
         raise SceneLocError(f"{image_dir}: SfM registered no images (too few matches between the images: "
                             f"check that they overlap, or try --matcher exhaustive)")
     best = max(recs.values(), key=lambda r: r.num_reg_images())
-    times["matcher"] = matcher
-    return best, times
+    return best, times, matcher
 
 
 def run_sfm(image_dir: str | Path, out: str | Path, *, intrinsics: np.ndarray | None = None,
@@ -211,7 +214,7 @@ def run_sfm(image_dir: str | Path, out: str | Path, *, intrinsics: np.ndarray | 
     work = out / "colmap"
     work.mkdir()
     t0 = time.perf_counter()
-    rec, times = reconstruct(image_dir, work, names, intrinsics, max_features, matcher, overlap, seed,
+    rec, times, matcher_used = reconstruct(image_dir, work, names, intrinsics, max_features, matcher, overlap, seed,
                              progress=progress)
     model = work / "model"
     model.mkdir()
@@ -220,7 +223,7 @@ def run_sfm(image_dir: str | Path, out: str | Path, *, intrinsics: np.ndarray | 
     info = import_colmap(model, image_dir, out, depth_dir=depth_dir, test_every=test_every, test_list=test_list,
                          test_match=test_match, scale=scale, known_distance=known_distance, link=link,
                          force=True, rec=rec, source=f"sceneloc sfm of {image_dir.resolve()} (COLMAP incremental "
-                         f"mapping, {times.pop('matcher')} matching, {max_features} SIFT features per image)",
+                         f"mapping, {matcher_used} matching, {max_features} SIFT features per image)",
                          extra_info={"images_given": len(names),
                                      "timings_s": {k: round(v, 1) for k, v in times.items()},
                                      "camera_fixed": intrinsics is not None})
@@ -229,6 +232,5 @@ def run_sfm(image_dir: str | Path, out: str | Path, *, intrinsics: np.ndarray | 
     info["unregistered"] = sorted(set(info["unregistered"]) | (set(names) - in_model))
     info["registered"] = registered
     info["timings_s"]["total_s"] = round(time.perf_counter() - t0, 1)
-    import json
     (out / "import_info.json").write_text(json.dumps(info, indent=2) + "\n")
     return info

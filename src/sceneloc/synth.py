@@ -55,16 +55,30 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .data import parse_intrinsics
 from .errors import SceneLocError
-# The scene descriptions, the renderer and the trajectories live in their own modules; their names stay importable
-# from here (``sceneloc.synth.Renderer``, ``sceneloc.synth.make_scene``, ...).
-from .synth_render import (DEPTH_RANGE, NEAR, PHOTOS, TEXTURE_MAX_SIDE, Atlas, Lighting, Render,  # noqa: F401
-                           Renderer, SensorOptions, build_atlas, depth_to_mm, finish_image,
-                           motion_blur_kernel, texture_image)
-from .synth_scenes import (DEFAULT_PRESET, PRESETS, Quad, Scene, box, make_scene, rect, table,  # noqa: F401
-                           _v)
-from .synth_trajectory import (_smooth_wobble, free_space, look_at, sample_trajectory,  # noqa: F401
-                               surface_samples)
+from .progress import progress as progress_bar
+
+# Re-exported: the scene descriptions, the renderer and the trajectories moved to their own modules, and their
+# public names stay importable from here (``sceneloc.synth.Renderer``, ``sceneloc.synth.look_at``, ...).
+from .synth_render import (  # noqa: F401
+    DEPTH_RANGE,
+    NEAR,
+    PHOTOS,
+    TEXTURE_MAX_SIDE,
+    Atlas,
+    Lighting,
+    Render,
+    Renderer,
+    SensorOptions,
+    build_atlas,
+    depth_to_mm,
+    finish_image,
+    motion_blur_kernel,
+    texture_image,
+)
+from .synth_scenes import DEFAULT_PRESET, PRESETS, Quad, Scene, box, make_scene, rect, table  # noqa: F401
+from .synth_trajectory import _smooth_wobble, free_space, look_at, sample_trajectory, surface_samples  # noqa: F401
 
 #: Kinect intrinsics of 7-Scenes at 640x480, the default camera.
 DEFAULT_SIZE = (640, 480)
@@ -90,10 +104,10 @@ def _sequence_lighting(opts: SensorOptions, rng: np.random.Generator, n: int) ->
     if not opts.lighting_change:
         return [Lighting() for _ in range(n)]
     gain = rng.uniform(0.75, 1.25)
-    color = tuple(float(c) for c in rng.uniform(0.9, 1.1, 3))
+    b, g, r = (float(c) for c in rng.uniform(0.9, 1.1, 3))
     lamp = rng.uniform(0.4, 1.2)
     drift = 1 + _smooth_wobble(rng, np.linspace(0, 1, n), 1, 0.03)[:, 0]
-    return [Lighting(float(gain * d), color, float(lamp)) for d in drift]
+    return [Lighting(float(gain * d), (b, g, r), float(lamp)) for d in drift]
 
 
 MAX_BLUR_PX = 3.0
@@ -107,9 +121,9 @@ def exposure_motion(renderer: Renderer, depth: np.ndarray, poses: list[np.ndarra
     j0, j1 = max(i - 1, 0), min(i + 1, len(poses) - 1)
     if j0 == j1:
         return np.zeros(2)
-    walked = np.linalg.norm(poses[j1][:3, 3] - poses[j0][:3, 3])
+    walked = float(np.linalg.norm(poses[j1][:3, 3] - poses[j0][:3, 3]))
     flow = _image_flow(renderer, depth, poses[j0], poses[j1]) * travel / max(walked, 1e-3)
-    length = np.linalg.norm(flow)
+    length = float(np.linalg.norm(flow))
     return flow * min(1.0, MAX_BLUR_PX / max(length, 1e-9))
 
 
@@ -171,7 +185,8 @@ TEST_WALKS = ("inside", "free")
 
 
 def generate(out_dir: str | Path, preset: str = DEFAULT_PRESET, seed: int = 0, frames: int = 60,
-             train_sequences: int = 3, test_sequences: int = 1, width: int = 640, height: int = 480,
+             train_sequences: int = 3, test_sequences: int = 1, width: int = DEFAULT_SIZE[0],
+             height: int = DEFAULT_SIZE[1],
              intrinsics: tuple[float, float, float, float] | None = None,
              sensor: SensorOptions = SensorOptions(), force: bool = False,
              preview: str | Path | None = None, progress: bool = True, test_walk: str = "inside") -> Path:
@@ -222,7 +237,6 @@ def generate(out_dir: str | Path, preset: str = DEFAULT_PRESET, seed: int = 0, f
     n_seq = train_sequences + test_sequences
     sheet: list[list[np.ndarray]] = []    # preview tiles per sequence
     trained: list[np.ndarray] = []        # training poses: where test walks may go
-    from .progress import progress as progress_bar
     with progress_bar(total=n_seq * frames, desc=f"synth {preset}", unit="frame", file=sys.stderr,
                       disable=not progress, leave=False) as bar:
         for s in range(n_seq):
@@ -241,7 +255,7 @@ def generate(out_dir: str | Path, preset: str = DEFAULT_PRESET, seed: int = 0, f
             seq_dir.mkdir(exist_ok=True)
             thumbs = []
             picks = set(np.linspace(0, frames - 1, min(PREVIEW_COLUMNS, frames)).round().astype(int).tolist())
-            for i, (T, frame_ss) in enumerate(zip(poses, noise_ss.spawn(frames))):
+            for i, (T, frame_ss) in enumerate(zip(poses, noise_ss.spawn(frames), strict=True)):
                 image, depth_mm = render_frame(renderer, poses, i, lights[i], travel, sensor,
                                                np.random.default_rng(frame_ss))
                 stem = seq_dir / f"frame-{i:06d}"
@@ -308,13 +322,13 @@ def add_synth_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``sceneloc synth``."""
     p.add_argument("out_dir", metavar="OUT_DIR", help="output dataset folder (7-Scenes layout)")
     p.add_argument("--preset", default=DEFAULT_PRESET,
-                   help=f"scene: {', '.join(f'{k}' for k in PRESETS)} (default {DEFAULT_PRESET})")
-    p.add_argument("--seed", type=int, default=0, help="trajectories and noise (default 0)")
-    p.add_argument("--frames", type=int, default=60, help="frames per sequence (default 60)")
-    p.add_argument("--train-sequences", type=int, default=3, help="training sequences (default 3)")
-    p.add_argument("--test-sequences", type=int, default=1, help="test sequences (default 1)")
-    p.add_argument("--width", type=int, default=DEFAULT_SIZE[0], help="image width (default 640)")
-    p.add_argument("--height", type=int, default=DEFAULT_SIZE[1], help="image height (default 480)")
+                   help=f"scene: {', '.join(PRESETS)} (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="trajectories and noise (default %(default)s)")
+    p.add_argument("--frames", type=int, default=60, help="frames per sequence (default %(default)s)")
+    p.add_argument("--train-sequences", type=int, default=3, help="training sequences (default %(default)s)")
+    p.add_argument("--test-sequences", type=int, default=1, help="test sequences (default %(default)s)")
+    p.add_argument("--width", type=int, default=DEFAULT_SIZE[0], help="image width (default %(default)s)")
+    p.add_argument("--height", type=int, default=DEFAULT_SIZE[1], help="image height (default %(default)s)")
     p.add_argument("--intrinsics", help="'fx,fy,cx,cy' (default: Kinect 585,585,320,240 scaled to the size)")
     for name, what in (("depth-noise", "depth noise"), ("holes", "missing depth"), ("image-noise", "image noise"),
                        ("lighting-change", "exposure/lighting change between sequences"),
@@ -330,7 +344,6 @@ def add_synth_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
-    from .data import parse_intrinsics
     intr = None
     if args.intrinsics:
         K = parse_intrinsics(args.intrinsics)

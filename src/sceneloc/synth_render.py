@@ -14,6 +14,7 @@ from functools import lru_cache
 
 import cv2
 import numpy as np
+import skimage.data
 
 from .synth_scenes import Scene, _v
 
@@ -40,7 +41,6 @@ def _fit(img: np.ndarray, max_side: int = TEXTURE_MAX_SIDE) -> np.ndarray:
 
 def _photo(name: str) -> np.ndarray:
     """A scikit-image sample as BGR uint8 (grey images replicated, alpha composited on white)."""
-    import skimage.data
     img = np.asarray(getattr(skimage.data, PHOTOS[name])())
     if img.dtype == bool:
         img = img.astype(np.uint8) * 255
@@ -163,24 +163,26 @@ def _base_texture(name: str) -> np.ndarray:
     return texture_image(name)
 
 
-def build_atlas(keys: list[tuple[str, tuple[float, float, float]]], width: int = 2048) -> Atlas:
+def build_atlas(keys: list[tuple[str, tuple[float, ...]]], width: int = 2048) -> Atlas:
     """Pack tinted textures ``(name, tint)`` in rows (shelf packing, in the given order)."""
     tiles = []
     for name, tint in keys:
-        t = _base_texture(name).astype(np.float32) * np.array(tint, np.float32)
-        t = np.clip(cv2.GaussianBlur(t, (3, 3), 0.6), 0, 255).astype(np.uint8)   # tames aliasing a little
-        tiles.append(cv2.copyMakeBorder(t, 1, 1, 1, 1, cv2.BORDER_WRAP))
+        tinted = _base_texture(name).astype(np.float32) * np.array(tint, np.float32)
+        smoothed = np.clip(cv2.GaussianBlur(tinted, (3, 3), 0.6), 0, 255).astype(np.uint8)  # tames aliasing a little
+        tiles.append(cv2.copyMakeBorder(smoothed, 1, 1, 1, 1, cv2.BORDER_WRAP))
     pos, x, y, row_h = [], 0, 0, 0
-    for t in tiles:
-        h, w = t.shape[:2]
+    for tile in tiles:
+        h, w = tile.shape[:2]
         if x + w > width:
             x, y, row_h = 0, y + row_h, 0
         pos.append((x, y))
         x, row_h = x + w, max(row_h, h)
     image = np.zeros((y + row_h, width, 3), np.uint8)
-    for (x, y), t in zip(pos, tiles):
-        image[y:y + t.shape[0], x:x + t.shape[1]] = t
-    f32 = lambda v: np.array(v, np.float32)  # noqa: E731
+    for (x, y), tile in zip(pos, tiles, strict=True):
+        image[y:y + tile.shape[0], x:x + tile.shape[1]] = tile
+
+    def f32(v: list) -> np.ndarray:
+        return np.array(v, np.float32)
     return Atlas(image, f32([p[0] + 1 for p in pos]), f32([p[1] + 1 for p in pos]),
                  f32([t.shape[1] - 2 for t in tiles]), f32([t.shape[0] - 2 for t in tiles]),
                  {k: i for i, k in enumerate(keys)})
@@ -334,7 +336,8 @@ class Renderer:
         lamp = ndl / np.sqrt(d2) / (1 + d2 * (1 / self.LAMP_RADIUS ** 2))
         intensity = sun + float(light.lamp) * lamp           # 0 where no quad: sun = ndl = 0 there
         out = cv2.multiply(albedo, cv2.cvtColor(intensity, cv2.COLOR_GRAY2BGR), dtype=cv2.CV_32F)
-        return cv2.multiply(out, tuple(c * light.gain for c in light.color) + (0.0,))
+        # OpenCV's type stubs omit the per-channel Scalar form of src2 that the call uses
+        return cv2.multiply(out, tuple(c * light.gain for c in light.color) + (0.0,))  # type: ignore[call-overload]
 
     def view_cosine(self, r: Render, T_wc: np.ndarray) -> np.ndarray:
         """``|cos|`` of the angle between each pixel's ray and the surface normal ``(H, W)``
@@ -371,7 +374,7 @@ class SensorOptions:
     blur: bool = True               # mild motion blur along the image motion
 
     @classmethod
-    def clean(cls) -> "SensorOptions":
+    def clean(cls) -> SensorOptions:
         return cls(False, False, False, False, False)
 
 
@@ -383,7 +386,8 @@ def _gaussian(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     because it is several times faster than numpy's for the ~1M values a frame needs."""
     out = np.empty(shape, np.float32)
     cv2.setRNGSeed(int(rng.integers(1, 2 ** 31)))
-    cv2.randn(out.reshape(-1), 0.0, 1.0)   # flat view: one channel, so mean/std apply to all values
+    # flat view: one channel, so mean/std apply to all values (the stubs omit scalar mean/std)
+    cv2.randn(out.reshape(-1), 0.0, 1.0)  # type: ignore[call-overload]
     return out
 
 

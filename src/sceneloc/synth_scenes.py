@@ -8,13 +8,12 @@ metres, z up, floor at ``z = 0``. Presets are listed in :data:`PRESETS`; each is
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
 from .errors import SceneLocError
-
 
 # =============================================================================== scene description
 
@@ -101,8 +100,10 @@ def box(lo, hi, texture: str | dict, repeat=None, tint=(1.0, 1.0, 1.0), inward: 
         upv = _v(*up)
         right = np.cross(-nv, upv)
         w, h = abs(size @ right), abs(size @ upv)
-        tex, rep, tn = (texture.get(n, texture.get("default")) if isinstance(texture, dict)
-                        else (texture, repeat, tint))
+        if isinstance(texture, dict):
+            tex, rep, tn = texture[n] if n in texture else texture["default"]
+        else:
+            tex, rep, tn = texture, repeat, tint
         if inward:
             quads.append(rect(center, -nv, w, h, tex, up if n[2] == 0 else (0, -1, 0), rep, tn))
         else:
@@ -303,8 +304,8 @@ def _clutter(x: float, y: float, z: float, items: list[tuple[float, float, float
 def _preset_living() -> Scene:
     """The demo's scene: a 4.4 x 3.8 x 2.6 m living room full of things to recognise.
 
-    Every wall has its own texture (wallpaper, brick, stone, a green mural), pictures and furniture (bookshelves, a TV unit, a sofa,
-    a desk, a cabinet) with clutter on it; the camera stays in the middle of the room, at least
+    Every wall has its own texture (wallpaper, brick, stone, a green mural), pictures and furniture (bookshelves,
+    a TV unit, a sofa, a desk, a cabinet) with clutter on it; the camera stays in the middle of the room, at least
     about 0.8 m from any surface, and looks at furniture and pictures 1-3.2 m away (the walls
     themselves draw little attention), as someone filming a room would.
     """

@@ -11,7 +11,6 @@ import numpy as np
 
 from .synth_scenes import Scene, _v
 
-
 # ===================================================================================== trajectories
 
 
@@ -37,8 +36,8 @@ def surface_samples(scene: Scene, rng: np.random.Generator, n: int = 3000) -> tu
     weight = np.array([np.linalg.norm(np.cross(q.e1, q.e2)) * q.interest for q in quads])
     idx = rng.choice(len(quads), n, p=weight / weight.sum())
     ab = rng.random((n, 2))
-    O = np.array([q.origin for q in quads])[idx]
-    pts = O + ab[:, :1] * np.array([q.e1 for q in quads])[idx] + ab[:, 1:] * np.array([q.e2 for q in quads])[idx]
+    origins = np.array([q.origin for q in quads])[idx]
+    pts = origins + ab[:, :1] * np.array([q.e1 for q in quads])[idx] + ab[:, 1:] * np.array([q.e2 for q in quads])[idx]
     return pts, np.array([q.normal for q in quads])[idx]
 
 
@@ -73,7 +72,8 @@ def _waypoints(scene: Scene, rng: np.random.Generator,
     pts, normals = surface_samples(scene, rng)
     lo, hi = scene.camera_region
     sense = rng.choice([-1.0, 1.0])
-    cams, targets = [], []
+    cams: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
     while len(cams) < scene.waypoints:
         for _ in range(10000 if anchors is None else 2000):
             if anchors is None:

@@ -17,23 +17,27 @@ import random
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from .progress import progress as progress_bar
 
-from .frame_cache import FrameCache, make_batch
 from .encoders import encoder_identity
 from .errors import SceneLocError
+from .frame_cache import FrameCache, make_batch
 from .loop import load_checkpoint, lr_factor
 from .loop import save_checkpoint as save_checkpoint_file
 from .losses import CONFIDENCE_SCALE, INLIER_THRESHOLD_M, confidence_target, coordinate_loss
-from .networks import (ConfidencePointNet, SceneNormalisation, output_pixel_centres, confidence_inputs)
-
-
+from .networks import (
+    ConfidencePointNet,
+    SceneNormalisation,
+    confidence_inputs,
+    output_pixel_centres,
+)
+from .progress import progress as progress_bar
 
 #: Defaults that depend on the architecture (a ``None`` field of MappingConfig takes these).
-ARCH_DEFAULTS = {
+ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     # Frozen XFeat encoder + per-pixel head trained from a buffer (ACE's design): full-resolution
     # input (the encoder was trained on it), AdamW at ACE's order of learning rate, a few minutes.
     "xfeat": {"input_height": 480, "lr": 5e-3, "optimizer": "adamw", "minutes": 2.25, "aug_scale": 1.5,
@@ -45,6 +49,13 @@ ARCH_DEFAULTS = {
     "unet": {"input_height": 240, "lr": 5e-4, "optimizer": "rmsprop", "minutes": 16.0, "aug_scale": 1.25,
              "confidence_minutes": 2.0},
 }
+
+
+#: Base channel width of the from-scratch networks when ``MappingConfig.width`` is None.
+DEFAULT_WIDTH = {"fcn": 32, "unet": 16}
+OPTIMIZERS = ("rmsprop", "adamw")
+#: Stage 2: the regressor (paper III-B), the inlier classifier, or both (Fig. 3's ROC comparison).
+CONFIDENCE_MODES = ("regression", "classification", "both")
 
 
 @dataclass
@@ -61,7 +72,7 @@ class MappingConfig:
     head_blocks: int = 2
     head_loss: str = "euclidean"
     buffer_mb: float = 1536.0         # training buffer size (fp16 features): ~3 M pixels
-    buffer_copies: int = 3            # views of each mapping image (1 plain + 2 augmented): 4 measured the same, 30 % slower
+    buffer_copies: int = 3            # views per mapping image (1 plain + 2 augmented); 4: same accuracy, 30 % slower
     pixel_batch: int = 1024           # buffer entries per head step: more, smaller steps beat 4096 at equal time
     precision: str = "auto"           # encoder and head in bf16 where the hardware has it (encoders.use_bf16)
     # fcn / unet
@@ -101,7 +112,7 @@ class MappingConfig:
     n_k: int = 500
     confidence_scale: float = CONFIDENCE_SCALE
 
-    def resolved(self) -> "MappingConfig":
+    def resolved(self) -> MappingConfig:
         """A copy with every ``None`` architecture default filled in."""
         if self.arch not in ARCH_DEFAULTS:
             raise SceneLocError(f"unknown architecture {self.arch!r} (choose {', '.join(ARCH_DEFAULTS)})")
@@ -112,10 +123,9 @@ class MappingConfig:
         if self.arch == "xfeat":
             return {"arch": "xfeat", "encoder": self.encoder, "head_width": self.head_width,
                     "head_blocks": self.head_blocks, "encoder_sha256": encoder_identity(self.encoder)["weights_sha256"]}
-        default_width = {"unet": 16, "fcn": 32}
-        if self.arch not in default_width:
+        if self.arch not in DEFAULT_WIDTH:
             raise SceneLocError(f"unknown architecture {self.arch!r} (choose {', '.join(ARCH_DEFAULTS)})")
-        net = {"arch": self.arch, "width": self.width or default_width[self.arch]}
+        net = {"arch": self.arch, "width": self.width or DEFAULT_WIDTH[self.arch]}
         if self.arch == "fcn":
             net.update(stride=self.stride, stem=self.stem, blocks=self.blocks)
         return net
@@ -129,7 +139,7 @@ def _make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
         return torch.optim.RMSprop(params, lr=lr, alpha=0.9, eps=1e-6)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
-    raise ValueError(f"unknown optimizer {name!r} (choose rmsprop or adamw)")
+    raise ValueError(f"unknown optimizer {name!r} (choose {', '.join(OPTIMIZERS)})")
 
 
 def seed_everything(seed: int) -> None:
@@ -150,8 +160,9 @@ def train_coordinates(model: torch.nn.Module, norm: SceneNormalisation, cache: F
                       device: str = "cpu") -> TrainState:
     """Stage 1: fit ``model`` to the cached frames until the time budget or iteration count is reached."""
     cfg = cfg.resolved()
+    assert cfg.optimizer is not None and cfg.lr is not None and cfg.minutes is not None  # resolved() filled them
     model.to(device).train()
-    model.to(memory_format=torch.channels_last)
+    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # the stubs omit memory_format
     opt = _make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
     state = TrainState()
     rng = np.random.default_rng(cfg.seed)
@@ -205,7 +216,7 @@ def train_coordinates(model: torch.nn.Module, norm: SceneNormalisation, cache: F
             state.history.append((round(state.elapsed, 1), state.step, round(running_loss, 5), round(running_in10, 4)))
         bar.set_postfix(loss=f"{running_loss:.4f}", within10cm=f"{running_in10:.1%}", refresh=False)
         bar.update((state.step if total else min(int(state.elapsed), int(budget))) - bar.n)
-        while snapshots and state.elapsed >= snapshots[0] * 60:
+        while snapshots and checkpoint is not None and state.elapsed >= snapshots[0] * 60:
             _save_snapshot(checkpoint, model, snapshots.pop(0))
             t_prev = time.perf_counter()
         if checkpoint is not None and now - last_ck > cfg.checkpoint_minutes * 60:
@@ -268,6 +279,7 @@ def train_confidence(net: ConfidencePointNet, model: torch.nn.Module, norm: Scen
     on the original training images would (the paper trains on plain training predictions).
     """
     cfg = cfg.resolved()
+    assert cfg.optimizer is not None and cfg.lr is not None and cfg.confidence_minutes is not None  # resolved()
     rng = np.random.default_rng(cfg.seed + 1)
     uv_grid = output_pixel_centres(cache.masks.shape[1:], cache.stride, image_hw, cache.images.shape[1:3]).float()
     opt = _make_optimizer(cfg.optimizer, net.parameters(), cfg.lr)
