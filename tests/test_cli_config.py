@@ -81,7 +81,7 @@ def _other_value(action: argparse.Action) -> tuple[list[str], object]:
     if action.choices:
         value = next(c for c in action.choices if c != action.default)
         return [flag, str(value)], value
-    if action.nargs == "+":
+    if action.nargs in ("+", "*"):
         return [flag, "1", "2.5"], [1.0, 2.5]
     if action.type is int:
         value = 3 if action.default is None else action.default + 1

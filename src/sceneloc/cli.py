@@ -227,10 +227,14 @@ def _add_pose_arguments(s: argparse.ArgumentParser) -> None:
     _field_option(g, d, "pnp_method", "PnP solver of hypotheses and refinement", choices=PNP_CHOICES)
     _field_option(g, d, "score", "hypothesis score of --method confidence (default %(default)s, the paper's)",
                   choices=POSE_SCORES)
-    _field_option(g, d, "inlier_threshold_px", "PnP inlier threshold in pixels", flag="--threshold-px", metavar="PX")
+    _field_option(g, d, "inlier_threshold_px", "PnP inlier threshold in pixels (default 25 for ransac, measured "
+                                              "best; 10, DSAC*/ACE's, for the others)", flag="--threshold-px",
+                  metavar="PX", type=float)
     _field_option(g, d, "inlier_threshold_m", "Kabsch inlier threshold in metres", flag="--threshold-m", metavar="M")
     g.add_argument("--no-polish", dest="polish", action="store_false",
                    help="skip the final re-fit on all inliers (pure paper)")
+    _field_option(g, d, "polish_thresholds_m", "Kabsch: re-fit again on the inliers at each of these tighter "
+                                               "thresholds in metres", type=float, nargs="*")
     _field_option(g, d, "min_inliers", "fewer inliers report a failure")
     _field_option(g, d, "depth_gate", "--method joint: ignore the query depth when the pose refined with it fits "
                                       "the image worse than PnP by more than this fraction, 0: never")

@@ -34,14 +34,17 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
 
 from .geometry import invert_pose, is_rigid, kabsch, make_pose, pnp_ransac, solve_pnp
-from .pose_config import METHODS, MIN_POINTS, SCORES, SOLVERS, PoseConfig, PoseResult  # noqa: F401 (public names of pose)
+from .pose_config import METHODS, MIN_POINTS, REFERENCE_THRESHOLD_PX, SCORES, SOLVERS, PoseConfig, PoseResult  # noqa: F401 (public names of pose)
 from .pose_ransac import distance_residuals, hypotheses_needed, joint_ransac, refine_joint, reprojection_residuals
+
+#: Matches per pixel at which ``PoseConfig.min_inliers`` holds: 4800 over a 640 x 480 image.
+REFERENCE_DENSITY = 4800 / (640 * 480)
 
 # --------------------------------------------------------------------------------- correspondences
 
@@ -127,7 +130,7 @@ def select_correspondences(pixels: np.ndarray, scene_coords: np.ndarray, K: np.n
             valid &= has_depth
 
     index = np.flatnonzero(valid)
-    threshold = config.inlier_threshold_px if solver == "pnp" else config.inlier_threshold_m
+    threshold = config.threshold_px_for(K) if solver == "pnp" else config.inlier_threshold_m
     return Correspondences(pixels[index], scene[index], K,
                            None if confidence is None else confidence[index],
                            None if camera is None else camera[index], index, solver, threshold)
@@ -373,6 +376,22 @@ def kabsch_ransac(corr: Correspondences, config: PoseConfig,
 # ------------------------------------------------------------------------------------ entry point
 
 
+def required_inliers(config: PoseConfig, solver: str, threshold_px: float, pixels: np.ndarray | None = None) -> int:
+    """Fewest inliers that count as a localisation. ``config.min_inliers`` holds for PnP at 10 px on
+    4800 matches over a 640 x 480 image; unrelated 2D-3D matches gather chance inliers in proportion
+    to the threshold's area and to the density of matches, so a wider threshold over as dense
+    matches (``pixels (N, 2)``, default that density) asks for proportionally more, never fewer.
+    ``threshold_px``: the PnP threshold in use (``PoseConfig.threshold_px_for``)."""
+    if solver != "pnp":
+        return config.min_inliers
+    density = REFERENCE_DENSITY
+    if pixels is not None and len(pixels) > 1:
+        extent = np.ptp(pixels, axis=0)
+        density = len(pixels) / max(float(extent[0] * extent[1]), 1.0)
+    chance = (threshold_px / REFERENCE_THRESHOLD_PX) ** 2 * density / REFERENCE_DENSITY
+    return math.ceil(config.min_inliers * max(1.0, chance))
+
+
 def estimate_pose(pixels: np.ndarray, scene_coords: np.ndarray, K: np.ndarray,
                   confidence: np.ndarray | None = None, camera_points: np.ndarray | None = None,
                   config: PoseConfig = PoseConfig(),
@@ -406,13 +425,13 @@ def estimate_pose(pixels: np.ndarray, scene_coords: np.ndarray, K: np.ndarray,
     # --- hypotheses: sample, solve, score, keep the best
     start = time.perf_counter()
     if config.method == "joint":
-        pose, score, _ = joint_ransac(corr.scene, corr.pixels, corr.K, corr.camera, config.inlier_threshold_px,
+        pose, score, _ = joint_ransac(corr.scene, corr.pixels, corr.K, corr.camera, corr.threshold,
                                       config.inlier_threshold_m, config.joint_batch, config.joint_max_hypotheses,
                                       config.ransac_confidence, rng, corr.confidence)
         used = np.zeros(0, np.int64)  # refine_joint picks the points of the final solve
     elif config.method == "ransac":
         if corr.solver == "pnp":
-            pose, mask = pnp_ransac(corr.scene, corr.pixels, corr.K, config.inlier_threshold_px,
+            pose, mask = pnp_ransac(corr.scene, corr.pixels, corr.K, corr.threshold,
                                     config.ransac_iterations, config.ransac_confidence)
             used = np.flatnonzero(mask)
             score = float(len(used))
@@ -439,17 +458,20 @@ def estimate_pose(pixels: np.ndarray, scene_coords: np.ndarray, K: np.ndarray,
     # --- refinement (paper), then the re-fit on all inliers (DSAC*/ACE; always part of RANSAC)
     start = time.perf_counter()
     if config.method == "joint":   # its refinement is part of the method, like RANSAC's polish
-        pose, used = refine_joint(pose, corr.scene, corr.pixels, corr.K, corr.camera, config.inlier_threshold_px,
+        pose, used = refine_joint(pose, corr.scene, corr.pixels, corr.K, corr.camera, corr.threshold,
                                   config.inlier_threshold_m, config.polish_iterations, config.depth_gate)
     elif config.method != "ransac":
         pose, used = refine_pose(corr, pose, used, config, rng, cells)
     if config.method != "joint" and (config.polish or config.method == "ransac"):
         pose, used = polish_pose(corr, pose, used, config)
+        if corr.solver == "kabsch":
+            for threshold in config.polish_thresholds_m:
+                pose, used = polish_pose(replace(corr, threshold=threshold), pose, used, config)
     inliers = np.flatnonzero(residuals(corr, pose) < corr.threshold)
     timings["refinement"] = (time.perf_counter() - start) * 1e3
 
     # --- refuse poses that are not supported by enough, well-spread inliers
-    needed = max(config.min_inliers, corr.min_points)
+    needed = max(required_inliers(config, corr.solver, corr.threshold, corr.pixels), corr.min_points)
     if len(inliers) < needed:
         return failed(f"{len(inliers)} inliers, fewer than {needed}", score)
     if not spans_a_plane(corr.scene[inliers]):

@@ -14,6 +14,12 @@ from .pose_ransac import DEPTH_GATE
 MIN_POINTS = {"pnp": 4, "kabsch": 3}
 
 METHODS = ("confidence", "random", "ransac", "joint")
+#: PnP threshold at which ``min_inliers`` holds (DSAC*/ACE's); pose.required_inliers scales it.
+REFERENCE_THRESHOLD_PX = 10.0
+#: PnP inlier threshold per method when ``PoseConfig.inlier_threshold_px`` is None (others: 10 px),
+#: at a focal length of REFERENCE_FOCAL_PX (7-Scenes' 640 x 480 Kinect).
+DEFAULT_THRESHOLD_PX = {"ransac": 25.0}
+REFERENCE_FOCAL_PX = 585.0
 SOLVERS = ("auto", "pnp", "kabsch")
 SCORES = ("confidence", "inliers", "confident_inliers")
 
@@ -43,12 +49,23 @@ class PoseConfig:
         refine_rounds: rounds of the paper's refinement of the best hypothesis (8).
         pnp_method: solver for hypotheses and refinement: ``epnp`` (paper) or ``sqpnp`` (or any
             of ``geometry.PNP_METHODS`` that accepts many points).
-        inlier_threshold_px: reprojection error below which a 2D-3D match is an inlier (DSAC*/ACE: 10 px).
+        inlier_threshold_px: reprojection error below which a 2D-3D match is an inlier; None:
+            ``DEFAULT_THRESHOLD_PX`` of the method (``threshold_px_for``). DSAC*/ACE use 10 px; with
+            ``ransac`` on the xfeat map, whose coordinates are a few cm off on new views, 25 px
+            measured best (redkitchen dev RGB 52 % against 38.5 % within 5 cm / 5 deg, split 2 level;
+            BENCHMARKS.md). ``joint`` and the paper's estimators keep 10 px: their refinement lets
+            outliers in at 25 px.
         inlier_threshold_m: 3D distance below which a 3D-3D match is an inlier (paper IV: 0.1 m).
         polish: end with DSAC*/ACE's re-fit on all inliers (off: the pure paper pipeline).
+        polish_thresholds_m: Kabsch only: after the re-fit at ``inlier_threshold_m``, re-fit again on
+            the inliers at each of these tighter thresholds in turn. Query depth is precise where it
+            is valid, so the closest matches give the best pose; RANSAC itself needs the wider
+            threshold to find it (redkitchen RGB-D split 2: 58 % against 51.5 %; BENCHMARKS.md).
         polish_iterations: at most this many re-fits; stops earlier when the inlier set is stable.
         min_inliers: fewer inliers than this (over all correspondences) reports failure (pose None).
-            Unrelated (random) 2D-3D matches reach ~15 inliers at 10 px out of 4800 by chance.
+            Unrelated (random) 2D-3D matches reach ~15 inliers at 10 px out of 4800 by chance; for PnP
+            the number holds at 10 px and 4800 matches over 640 x 480 and grows with the threshold's
+            area and the matches' density (``pose.required_inliers``: 188 at 25 px).
         ransac_iterations: most hypotheses for ``ransac`` (stops earlier at ``ransac_confidence``).
         ransac_confidence: probability of having drawn one all-inlier minimal set, to stop early
             (``ransac`` with Kabsch, and ``joint``).
@@ -72,9 +89,10 @@ class PoseConfig:
     spread_cells: int = 0
     refine_rounds: int = 8
     pnp_method: str = "epnp"
-    inlier_threshold_px: float = 10.0
+    inlier_threshold_px: float | None = None
     inlier_threshold_m: float = 0.1
     polish: bool = True
+    polish_thresholds_m: tuple[float, ...] = (0.05, 0.03)
     polish_iterations: int = 10
     min_inliers: int = 30
     ransac_iterations: int = 10000
@@ -94,7 +112,7 @@ class PoseConfig:
         if not 0.0 < self.best_fraction <= 1.0:
             raise ValueError(f"PoseConfig.best_fraction={self.best_fraction} must be in (0, 1]")
         positive = {"hypotheses": self.hypotheses, "n_k": self.n_k,
-                    "inlier_threshold_px": self.inlier_threshold_px,
+                    "inlier_threshold_px": 1.0 if self.inlier_threshold_px is None else self.inlier_threshold_px,
                     "inlier_threshold_m": self.inlier_threshold_m, "ransac_iterations": self.ransac_iterations,
                     "joint_batch": self.joint_batch, "joint_max_hypotheses": self.joint_max_hypotheses,
                     "depth_gate": self.depth_gate}
@@ -103,10 +121,22 @@ class PoseConfig:
                 raise ValueError(f"PoseConfig.{name}={number} must be positive")
         if self.subset_size is not None and self.subset_size < 3:
             raise ValueError(f"PoseConfig.subset_size={self.subset_size}: a pose needs at least 3 points")
+        if any(not t > 0 for t in self.polish_thresholds_m):
+            raise ValueError(f"PoseConfig.polish_thresholds_m={self.polish_thresholds_m} must be positive")
         if min(self.refine_rounds, self.polish_iterations, self.min_inliers, self.spread_cells) < 0:
             raise ValueError("PoseConfig.refine_rounds, polish_iterations, min_inliers and spread_cells must be >= 0")
         if not 0.0 < self.ransac_confidence < 1.0:
             raise ValueError(f"PoseConfig.ransac_confidence={self.ransac_confidence} must be in (0, 1)")
+
+    def threshold_px_for(self, K: np.ndarray) -> float:
+        """The PnP inlier threshold in pixels for a camera ``K (3, 3)``: ``inlier_threshold_px``, or the
+        method's default. ``ransac``'s holds at ``REFERENCE_FOCAL_PX`` and scales with the focal length
+        (it is an angle: coordinates a few cm off are as many pixels off at any resolution)."""
+        if self.inlier_threshold_px is not None:
+            return self.inlier_threshold_px
+        if self.method in DEFAULT_THRESHOLD_PX:
+            return DEFAULT_THRESHOLD_PX[self.method] * float(K[0, 0]) / REFERENCE_FOCAL_PX
+        return REFERENCE_THRESHOLD_PX
 
     @property
     def n_best(self) -> int:
