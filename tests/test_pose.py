@@ -126,7 +126,7 @@ def test_indices_refer_to_the_callers_arrays_when_invalid_rows_are_dropped():
     result = estimate_pose(s.pixels, scene, K, noisy_confidences(s.outlier, 3, True), camera, rng=0)
     errors(result, s.T_wc)
     assert np.isfinite(scene[result.used]).all() and (camera[result.used, 2] > 0).all()
-    # The final solve used the inliers (within the tightest polish threshold, 3 cm, under the true
+    # The final solve used the inliers (within the tightest polish threshold, 5 cm, under the true
     # pose) and only them.
     true_distance = np.linalg.norm(g.transform_points(s.T_wc, s.camera) - scene, axis=1)
     true_distance[camera[:, 2] <= 0] = np.nan

@@ -60,7 +60,8 @@ class PoseConfig:
         polish_thresholds_m: Kabsch only: after the re-fit at ``inlier_threshold_m``, re-fit again on
             the inliers at each of these tighter thresholds in turn. Query depth is precise where it
             is valid, so the closest matches give the best pose; RANSAC itself needs the wider
-            threshold to find it (redkitchen RGB-D split 2: 58 % against 51.5 %; BENCHMARKS.md).
+            threshold to find it. 5 cm: redkitchen RGB-D split 2 +5 points on two maps, dev level
+            (a further 3 cm step: -4.5 to +1.5 on dev; BENCHMARKS.md).
         polish_iterations: at most this many re-fits; stops earlier when the inlier set is stable.
         min_inliers: fewer inliers than this (over all correspondences) reports failure (pose None).
             Unrelated (random) 2D-3D matches reach ~15 inliers at 10 px out of 4800 by chance; for PnP
@@ -92,7 +93,7 @@ class PoseConfig:
     inlier_threshold_px: float | None = None
     inlier_threshold_m: float = 0.1
     polish: bool = True
-    polish_thresholds_m: tuple[float, ...] = (0.05, 0.03)
+    polish_thresholds_m: tuple[float, ...] = (0.05,)
     polish_iterations: int = 10
     min_inliers: int = 30
     ransac_iterations: int = 10000
