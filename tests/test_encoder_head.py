@@ -220,8 +220,14 @@ def test_rgb_only_map_learns_consistent_geometry(overfit_scene, tmp_path):
     map_scene(data, tmp_path / "map", cfg, device="cpu", log=logs.append)
     assert any("RGB-only" in line for line in logs) and any("skipped" in line for line in logs)
     the_map = Map.load(tmp_path / "map")
-    assert the_map.confidence_net is None
+    assert the_map.confidence_net is None and the_map.config["supervision"] == "reprojection"
     frame = scene.frames("train")[0]
+    # such a map localizes at DSAC*/ACE's 10 px: every inlier it reports is within 10 px of its pose
+    res = the_map.localize(frame.load_image(), method="ransac", rng=np.random.default_rng(0))
+    if res.pose is not None:
+        from sceneloc.geometry import reprojection_errors
+        err = reprojection_errors(res.pose, res.coords.reshape(-1, 3), res.pixels.reshape(-1, 2), frame.K)
+        assert res.inliers == int((err < 10.0).sum())
     pred = the_map.predict(frame.load_image())
     K = torch.from_numpy(frame.K).float()
     T_cw = torch.from_numpy(np.linalg.inv(frame.pose)[:3]).float()

@@ -124,6 +124,8 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
         "network": net_cfg, "input_height": cfg.input_height, "image_size": list(image_hw),
         "intrinsics": train_frames[0].K.tolist(), "normalisation": {"center": list(norm.center), "scale": norm.scale},
         "tukey_c": tukey_c,
+        # how the coordinates were learned: Map.localize picks its default PnP threshold by it
+        "supervision": "reprojection" if len(missing) == len(train_frames) else "depth",
     }
     calibration = None
 

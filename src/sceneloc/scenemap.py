@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ from .networks import (
     output_pixel_centres,
 )
 from .pose import PoseConfig, estimate_pose
+from .pose_config import REFERENCE_THRESHOLD_PX
 from .progress import progress as progress_bar
 
 #: 2: the network may be a frozen pretrained encoder + head (the file holds the head; the config the
@@ -264,6 +265,11 @@ class Map:
         stage = resolve_stage(self, dsac_score) if method in DSAC_METHODS else None
         if pose_config is None:
             pose_config = PoseConfig()
+        if pose_config.inlier_threshold_px is None and self.config.get("supervision") == "reprojection":
+            # coordinates learned from reprojection alone are sharp in the image but not in depth: the
+            # wide RANSAC threshold that suits depth-supervised maps halved an RGB-only map's accuracy
+            # (redkitchen dev RGB 21 % at 10 px against 11 % at 25 px; BENCHMARKS.md)
+            pose_config = replace(pose_config, inlier_threshold_px=REFERENCE_THRESHOLD_PX)
         # only the confidence-guided and joint estimators read confidences: skip the PointNet otherwise
         uses_confidence = (method or pose_config.method) in CONFIDENCE_METHODS
         pred = prediction if prediction is not None else self.predict(image, max_points,

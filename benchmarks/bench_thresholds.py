@@ -1,0 +1,83 @@
+"""The pose stage's thresholds on one map: PnP inlier threshold (RGB) and Kabsch polish thresholds (RGB-D).
+
+The network runs once per test frame; its correspondences are cached (``--cache``) and every row
+re-estimates all poses from them with one ``PoseConfig`` change, so rows differ only by that change.
+Accuracy is the share of frames within 5 cm / 5 deg; ms is the pose estimation alone (median).
+
+Usage:
+    python benchmarks/bench_thresholds.py --map MAP_DIR --data DATASET [--cache preds.pkl] \\
+        [--px 10 15 20 25 30 40] [--polish none 0.05 0.05,0.03]
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from sceneloc.data import camera_points, load_scene
+from sceneloc.geometry import pose_errors
+from sceneloc.pose import PoseConfig, estimate_pose
+from sceneloc.scenemap import Map
+
+
+def cached_predictions(map_dir: str, frames: list, cache: Path | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(pixels (N, 2), coords (N, 3))`` of every frame, from ``cache`` when it exists."""
+    if cache is not None and cache.exists():
+        return pickle.loads(cache.read_bytes())
+    the_map = Map.load(map_dir)
+    preds = []
+    for f in frames:
+        p = the_map.predict(f.load_image(), confidence=False)
+        preds.append((p.pixels.reshape(-1, 2), p.coords.reshape(-1, 3)))
+    if cache is not None:
+        cache.write_bytes(pickle.dumps(preds))
+    return preds
+
+
+def score(frames: list, preds: list, config: PoseConfig, cams: list | None) -> tuple[float, float]:
+    """Share within 5 cm / 5 deg and median pose ms of ``config`` on cached correspondences (RGB-D with ``cams``)."""
+    ok, ms = [], []
+    for i, (f, (px, X)) in enumerate(zip(frames, preds, strict=True)):
+        t0 = time.perf_counter()
+        res = estimate_pose(px, X, f.K, camera_points=None if cams is None else cams[i], config=config,
+                            rng=np.random.default_rng([0, i]))
+        ms.append((time.perf_counter() - t0) * 1e3)
+        if res.pose is None:
+            ok.append(False)
+            continue
+        rot, trans = pose_errors(res.pose, f.pose)
+        ok.append(bool(rot < 5 and trans < 0.05))
+    return float(np.mean(ok)), float(np.median(ms))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--map", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--cache", type=Path, default=None, help="pickle of the network's correspondences")
+    ap.add_argument("--px", type=float, nargs="*", default=[10, 15, 20, 25, 30, 40], help="PnP thresholds (RGB)")
+    ap.add_argument("--polish", nargs="*", default=["none", "0.05", "0.05,0.03"],
+                    help="Kabsch polish thresholds in metres, comma-separated per row (RGB-D)")
+    args = ap.parse_args()
+    frames = load_scene(args.data).frames(args.split)
+    preds = cached_predictions(args.map, frames, args.cache)
+    print(f"`{args.map}` on `{args.data}` ({args.split}, {len(frames)} frames)\n")
+    print("| mode | setting | 5 cm / 5 deg | pose ms median |\n|---|---|---:|---:|")
+    for px in args.px:
+        acc, ms = score(frames, preds, PoseConfig(inlier_threshold_px=px), None)
+        print(f"| rgb | PnP threshold {px:g} px | {100 * acc:.1f} % | {ms:.0f} |", flush=True)
+    cams = [camera_points(f.load_depth(), px, f.K) for f, (px, _) in zip(frames, preds, strict=True)]
+    for spec in args.polish:
+        thresholds = () if spec == "none" else tuple(float(v) for v in spec.split(","))
+        acc, ms = score(frames, preds, replace(PoseConfig(), polish_thresholds_m=thresholds), cams)
+        print(f"| rgbd | Kabsch polish {spec} | {100 * acc:.1f} % | {ms:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
