@@ -30,7 +30,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
 
-from sceneloc.data import load_scene
+from sceneloc.data import evenly_spaced, load_scene
 from sceneloc.evaluation import pose_error_arrays, pose_metrics
 from sceneloc.pose import METHODS, PoseConfig
 from sceneloc.scenemap import Map
@@ -50,7 +50,7 @@ def subsample(frames: list, count: int | None) -> list:
     """``count`` frames evenly spread over the split (all when None or more than there are)."""
     if not count or count >= len(frames):
         return frames
-    return [frames[i] for i in np.linspace(0, len(frames) - 1, count).round().astype(int)]
+    return [frames[i] for i in evenly_spaced(len(frames), count)]
 
 
 def variants(modes: list[str], shift_px: int, shift_m: float) -> list[tuple[str, str]]:

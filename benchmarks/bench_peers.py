@@ -137,9 +137,8 @@ def job_prepare(job: dict) -> dict:
 
 
 def _evenly(frames: list, n: int | None) -> list:
-    if not n or n >= len(frames):
-        return list(frames)
-    return [frames[i] for i in np.linspace(0, len(frames) - 1, n).round().astype(int)]
+    from sceneloc.data import evenly_spaced
+    return [frames[i] for i in evenly_spaced(len(frames), n or None)]
 
 
 def subset_view(scene, out: Path, max_train: int | None, max_test: int | None) -> Path:

@@ -29,13 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-from sceneloc.data import load_scene
+from sceneloc.data import evenly_spaced, load_scene
 from sceneloc.geometry import kabsch
 from sceneloc.sfm import umeyama
 
 
 def pick(frames: list, n: int) -> list:
-    return [frames[i] for i in np.linspace(0, len(frames) - 1, min(n, len(frames))).round().astype(int)]
+    return [frames[i] for i in evenly_spaced(len(frames), n)]
 
 
 def link_inputs(frames: list, images: Path, depths: Path) -> dict[str, object]:

@@ -290,3 +290,12 @@ def test_read_pose_rejects_non_rigid(tmp_path):
     np.savetxt(p, np.diag([1.0, 1.0, 1.2, 1.0]))
     with pytest.raises(SceneLocError, match="not a rigid transform"):
         read_pose(p)
+
+
+def test_evenly_spaced_indices():
+    from sceneloc.data import evenly_spaced
+    assert evenly_spaced(10, 3).tolist() == [0, 4, 9]      # 4.5 rounds to even
+    assert evenly_spaced(5, None).tolist() == [0, 1, 2, 3, 4]
+    assert evenly_spaced(5, 9).tolist() == [0, 1, 2, 3, 4]
+    assert evenly_spaced(3, 3).tolist() == [0, 1, 2]
+    assert evenly_spaced(100, 1).tolist() == [0]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -34,6 +33,7 @@ from torch import nn
 
 from sceneloc.data import Frame
 from sceneloc.geometry import make_pose, matrix_to_quaternion, quaternion_to_matrix
+from sceneloc.loop import Budget, lr_factor
 
 MAP_FILES = ("posenet.pt", "config.json")
 _MEAN, _STD = 0.45, 0.25   # fixed input normalisation (nothing is pretrained), as sceneloc's networks
@@ -137,17 +137,13 @@ def train_posenet(frames: Sequence[Frame], out_dir: str | Path, cfg: PoseNetConf
     q_all = torch.from_numpy(quats).float()
     model = PoseRegressor(cfg.width, cfg.init_sx, cfg.init_sq).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    budget_s = cfg.minutes * 60.0
     H, W = cfg.input_hw
-    step, losses = 0, []
-    t0 = time.perf_counter()
-    while True:
-        elapsed = time.perf_counter() - t0
-        progress = step / cfg.iterations if cfg.iterations else elapsed / max(budget_s, 1e-9)
-        if progress >= 1.0:
-            break
+    losses = []
+    # the library's budgeted loop (sceneloc.loop): minutes or steps, progress, cosine decay
+    budget = Budget("posenet", cfg.minutes, cfg.iterations, show=False)
+    while not budget.done:
         for g in opt.param_groups:  # cosine decay over the budget: its end is known in advance
-            g["lr"] = cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+            g["lr"] = cfg.lr * lr_factor("cosine", budget.fraction, warmup=0.0)
         idx = rng.integers(0, len(frames), cfg.batch_size)
         top = rng.integers(0, images.shape[1] - H + 1, cfg.batch_size)
         left = rng.integers(0, images.shape[2] - W + 1, cfg.batch_size)
@@ -164,10 +160,11 @@ def train_posenet(frames: Sequence[Frame], out_dir: str | Path, cfg: PoseNetConf
         loss.backward()
         opt.step()
         losses.append(loss.item())
-        step += 1
-        if step % 200 == 0:
-            log(f"posenet step {step}: loss {np.mean(losses[-200:]):.3f} ({time.perf_counter() - t0:.0f} s)")
-    seconds = time.perf_counter() - t0
+        budget.tick(loss=loss.item())
+        if budget.step % 200 == 0:
+            log(f"posenet step {budget.step}: loss {np.mean(losses[-200:]):.3f} ({budget.elapsed:.0f} s)")
+    budget.close()
+    step, seconds = budget.step, budget.elapsed
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out / "posenet.pt")

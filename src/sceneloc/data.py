@@ -29,6 +29,14 @@ from .geometry import backproject, intrinsics_matrix, is_rigid, pixel_grid, proj
 
 #: 7-Scenes' Kinect depth intrinsics, the default when a dataset has none.
 SEVEN_SCENES_INTRINSICS = (585.0, 585.0, 320.0, 240.0)
+
+
+def evenly_spaced(n: int, count: int | None) -> np.ndarray:
+    """Indices of ``count`` items evenly spread over ``n`` (all of them when ``count`` is None or
+    at least ``n``), first and last included, in order, without repeats."""
+    if count is None or count >= n:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, max(count, 1)).round().astype(int))
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 INVALID_DEPTH_MM = (0, 65535)
 #: Leading bytes of the image formats OpenCV decodes (PNG, JPEG, TIFF, BMP, WebP's RIFF).
@@ -291,7 +299,7 @@ class Scene:
         if split is None:
             raise SceneLocError(f"{self.root}: no frames")
         frames = self.splits[split]
-        picks = [frames[i] for i in np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().astype(int)]
+        picks = [frames[i] for i in evenly_spaced(len(frames), max_frames)]
         has_depth = all(f.depth_path is not None for f in picks)
         if has_depth:
             pts, shares = [], []

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import load_scene
+from .data import evenly_spaced, load_scene
 from .diagnostics import EXAMPLE_FRAMES
 from .errors import SceneLocError
 from .evaluation import DEMO_COLUMNS, PLOT_FILES, evaluate, match_pose_records, pose_error_arrays, results_table
@@ -227,7 +227,7 @@ def write_demo_page(out: Path, results: list[dict], summary: dict) -> None:
     data = Path(summary["data"])
     errors = {m["mode"]: _example_pose_errors(out, data, m["mode"]) for m in results}
     names = list(errors[results[0]["mode"]])
-    picks = np.unique(np.linspace(0, len(names) - 1, min(EXAMPLE_FRAMES, len(names))).round().astype(int))
+    picks = evenly_spaced(len(names), EXAMPLE_FRAMES)
     example_rows = "".join(f"<tr><td>{e(names[i])}</td>" + "".join(
         f"<td>{e(_fmt_error(errors[m['mode']][names[i]]))}</td>" for m in results) + "</tr>" for i in picks)
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .data import scene_coordinates_at
+from .data import evenly_spaced, scene_coordinates_at
+from .losses import INLIER_THRESHOLD_M
 
-INLIER_THRESHOLD_M = 0.10                  # the paper's t_inlier (IV)
 EXAMPLE_FRAMES = 3                         # frames shown in the error/confidence map figure
 EXAMPLE_POINTS = 40_000                    # prediction grid of the example maps (denser than for poses)
 ERROR_MAP_MAX_M = 0.5                      # colour scale of the error maps; larger errors saturate
@@ -157,7 +157,7 @@ class Example:
 
 def example_maps(the_map, frames: list, count: int = EXAMPLE_FRAMES) -> list[Example]:
     """Dense error and confidence maps of ``count`` evenly spaced frames."""
-    picks = np.unique(np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int))
+    picks = evenly_spaced(len(frames), count)
     out = []
     for i in picks:
         image = frames[i].load_image()

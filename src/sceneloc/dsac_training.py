@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .data import load_scene
+from .data import evenly_spaced, load_scene
 from .dsac import (
     LOSSES,
     STAGE_FILES,
@@ -31,8 +30,8 @@ from .dsac import (
 from .errors import SceneLocError
 from .frame_cache import FrameCache, make_batch  # make_batch: stage 1's batches with photometric jitter, reused
 from .geometry import backproject, rotation_error_deg
+from .loop import Budget
 from .networks import CoordinateNetwork, SceneNormalisation, output_pixel_centres
-from .progress import progress as progress_bar
 from .scenemap import DEFAULT_POSE_POINTS, Map, grid_step
 from .training import MappingConfig, seed_everything
 
@@ -169,13 +168,10 @@ def train_dsac(net: nn.Module, norm: SceneNormalisation, score_net: ScoreCNN | N
     photometric = MappingConfig(aug_scale=1.0, aug_rotation=0.0, aug_brightness=config.aug_brightness,
                                 aug_contrast=config.aug_contrast)
     rng = np.random.default_rng(config.seed)
-    total, budget = config.iterations, config.minutes * 60.0
-    bar = progress_bar(total=total if total else int(budget), desc="DSAC fine-tuning", unit="it" if total else "s",
-               dynamic_ncols=True, mininterval=1.0)
+    budget = Budget("DSAC fine-tuning", config.minutes, config.iterations)
     order, pos = rng.permutation(len(data)), 0
-    steps, skipped, elapsed, running, history = 0, 0, 0.0, None, []
-    t_prev = time.perf_counter()
-    while ((steps + skipped) < total) if total else (elapsed < budget):
+    steps, skipped = 0, 0
+    while not budget.done:
         if pos == len(order):
             order, pos = rng.permutation(len(data)), 0
         i = int(order[pos])
@@ -192,22 +188,15 @@ def train_dsac(net: nn.Module, norm: SceneNormalisation, score_net: ScoreCNN | N
         if ok and out is not None:
             opt.step()
             steps += 1
-            running = out[1] if running is None else 0.95 * running + 0.05 * out[1]
-        else:
+            budget.tick(expected_loss=out[1])
+        else:  # a skipped frame spends the budget too (and counts against --iterations, as before)
             skipped += 1
-        now = time.perf_counter()
-        elapsed += now - t_prev
-        t_prev = now
-        if ok and running is not None and steps % 10 == 0:
-            history.append((round(elapsed, 1), steps, round(running, 4)))
-        if running is not None:
-            bar.set_postfix(expected_loss=f"{running:.2f}", refresh=False)
-        bar.update((steps + skipped if total else min(int(elapsed), int(budget))) - bar.n)
-    bar.close()
+            budget.tick()
+    budget.close()
     net.eval()
     if score_net is not None:
         score_net.eval()
-    return {"steps": steps, "skipped": skipped, "seconds": round(elapsed, 1), "history": history}
+    return {"steps": steps, "skipped": skipped, "seconds": round(budget.elapsed, 1), "history": budget.history}
 
 
 def finetune_dsac(dataset: str | Path, map_dir: str | Path, config: DSACConfig = DSACConfig(), force: bool = False,
@@ -236,7 +225,7 @@ def finetune_dsac(dataset: str | Path, map_dir: str | Path, config: DSACConfig =
     data = TrainingFrames.build(frames, the_map.config["input_height"], net)
     log(f"DSAC fine-tuning ({config.mode}, score {config.score}, {config.objective} loss, {config.hypotheses} "
         f"hypotheses) on {len(frames)} training frames, {data.pixels.shape[0]}x{data.pixels.shape[1]} cells each")
-    probe = np.linspace(0, len(data) - 1, min(config.eval_frames, len(data))).round().astype(int)
+    probe = evenly_spaced(len(data), config.eval_frames)
     if score_net is not None:
         score_net.to(device)
     before = mean_expected_loss(net, the_map.norm, score_net, data, config, probe, config.seed, device)

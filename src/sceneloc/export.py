@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import load_scene
+from .data import evenly_spaced, load_scene
 from .errors import SceneLocError
 from .progress import progress as progress_bar
 from .scenemap import Map
@@ -47,7 +47,7 @@ def export_point_cloud(map_dir: str | Path, dataset: str | Path, out: str | Path
     the_map = Map.load(map_dir, device=device)
     frames = load_scene(dataset, intrinsics).frames(split)
     if max_frames is not None and max_frames < len(frames):
-        frames = [frames[i] for i in np.linspace(0, len(frames) - 1, max_frames).round().astype(int)]
+        frames = [frames[i] for i in evenly_spaced(len(frames), max_frames)]
     xyz, rgb = [], []
     for frame in progress_bar(frames, desc="exporting", unit="frame", disable=not progress, dynamic_ncols=True):
         image = frame.load_image()

@@ -16,7 +16,7 @@ import torch
 from . import __version__
 from .buffer import entries_for_memory, fill_buffer
 from .calibration import PoseCalibration
-from .data import load_scene
+from .data import evenly_spaced, load_scene
 from .errors import SceneLocError
 from .frame_cache import FrameCache
 from .geometry import pose_errors
@@ -27,7 +27,6 @@ from .pose_config import PoseConfig
 from .scenemap import MAP_FORMAT_VERSION, Map, default_device, localize_frames
 from .training import (
     MappingConfig,
-    TrainState,
     confidence_config,
     coordinate_accuracy,
     predict_cache,
@@ -131,7 +130,7 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
 
     assert cfg.input_height is not None and cfg.aug_scale is not None and cfg.lr is not None  # resolved() filled them
     t0 = time.perf_counter()
-    state: Budget | TrainState
+    state: Budget
     if isinstance(model, EncoderHeadNet):  # cfg.arch == "xfeat"
         model.to(device)
         model.precision = cfg.precision
@@ -227,7 +226,7 @@ def calibrate_with_held_out_head(config: dict, norm: SceneNormalisation, buffer,
     train_head(probe, norm, buffer, cfg.calibration_minutes, iterations, cfg.pixel_batch, cfg.lr, cfg.schedule,
                loss=cfg.head_loss, seed=cfg.seed + 1, precision=cfg.precision, device=device, entries=entries,
                desc="calibration head")
-    pick = group[np.unique(np.linspace(0, len(group) - 1, min(len(group), CALIBRATION_FRAMES)).round().astype(int))]
+    pick = group[evenly_spaced(len(group), CALIBRATION_FRAMES)]
     log(f"pose calibration: a head trained without {len(group)} of the {len(frames)} training frames localizes "
         f"{len(pick)} of them")
     return fit_pose_calibration(Map(config, probe, None, device), [frames[i] for i in pick], cfg.seed, log)

@@ -55,7 +55,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .data import parse_intrinsics
+from .data import SEVEN_SCENES_INTRINSICS, parse_intrinsics
 from .errors import SceneLocError
 from .progress import progress as progress_bar
 
@@ -82,7 +82,7 @@ from .synth_trajectory import _smooth_wobble, free_space, look_at, sample_trajec
 
 #: Kinect intrinsics of 7-Scenes at 640x480, the default camera.
 DEFAULT_SIZE = (640, 480)
-DEFAULT_INTRINSICS = (585.0, 585.0, 320.0, 240.0)
+DEFAULT_INTRINSICS = SEVEN_SCENES_INTRINSICS
 #: Huffman-only PNG: lossless and deterministic, twice as fast as the default for noisy images
 PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
 

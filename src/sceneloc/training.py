@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import torch
 from .encoders import encoder_identity
 from .errors import SceneLocError
 from .frame_cache import FrameCache, make_batch
-from .loop import load_checkpoint, lr_factor
+from .loop import Budget, load_checkpoint, lr_factor
 from .loop import save_checkpoint as save_checkpoint_file
 from .losses import CONFIDENCE_SCALE, INLIER_THRESHOLD_M, confidence_target, coordinate_loss
 from .networks import (
@@ -34,7 +34,6 @@ from .networks import (
     confidence_inputs,
     output_pixel_centres,
 )
-from .progress import progress as progress_bar
 
 #: Defaults that depend on the architecture (a ``None`` field of MappingConfig takes these).
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -148,53 +147,39 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@dataclass
-class TrainState:
-    step: int = 0
-    elapsed: float = 0.0          # seconds of training so far (survives --resume)
-    history: list = field(default_factory=list)
-
-
 def train_coordinates(model: torch.nn.Module, norm: SceneNormalisation, cache: FrameCache, cfg: MappingConfig,
                       tukey_c: float, checkpoint: Path | None = None, resume: bool = False,
-                      device: str = "cpu") -> TrainState:
-    """Stage 1: fit ``model`` to the cached frames until the time budget or iteration count is reached."""
+                      device: str = "cpu") -> Budget:
+    """Stage 1: fit ``model`` to the cached frames until the time budget or iteration count is reached;
+    returns the finished :class:`~sceneloc.loop.Budget` (steps, seconds, history)."""
     cfg = cfg.resolved()
     assert cfg.optimizer is not None and cfg.lr is not None and cfg.minutes is not None  # resolved() filled them
     model.to(device).train()
     model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # the stubs omit memory_format
     opt = _make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
-    state = TrainState()
     rng = np.random.default_rng(cfg.seed)
+    step, elapsed, history = 0, 0.0, None
     if resume:
         ck = load_checkpoint(checkpoint, device)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
-        state = TrainState(ck["step"], ck["elapsed"], ck["history"])
+        step, elapsed, history = ck["step"], ck["elapsed"], ck["history"]
         rng.bit_generator.state = ck["rng"]
         torch.set_rng_state(ck["torch_rng"])
         order, pos = ck["order"], ck["pos"]
-    budget = cfg.minutes * 60.0
-    total = cfg.iterations
-    bar = progress_bar(total=total if total else int(budget), initial=state.step if total else int(state.elapsed),
-               desc="mapping", unit="it" if total else "s", dynamic_ncols=True, mininterval=1.0)
-    if not resume:
+    else:
         order, pos = rng.permutation(len(cache)), 0
-    running_in10, running_loss = None, None
-    snapshots = sorted(m for m in cfg.snapshot_minutes if m * 60 > state.elapsed) if checkpoint is not None else []
+    budget = Budget("mapping", cfg.minutes, cfg.iterations, step, elapsed, history)
+    snapshots = sorted(m for m in cfg.snapshot_minutes if m * 60 > budget.elapsed) if checkpoint is not None else []
     last_ck = time.perf_counter()
-    t_prev = time.perf_counter()
-    while True:
-        progress = state.step / total if total else state.elapsed / budget
-        if progress >= 1.0:
-            break
+    while not budget.done:
         if pos + cfg.batch_size > len(order):
             order, pos = rng.permutation(len(cache)), 0
         idx = order[pos:pos + cfg.batch_size]
         pos += cfg.batch_size
         image, target, mask, depth = make_batch(cache, idx, cfg, rng, train=True)
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * lr_factor(cfg.schedule, progress)
+            g["lr"] = cfg.lr * lr_factor(cfg.schedule, budget.fraction)
         # contiguous: the losses' elementwise work is several times slower on channels-last tensors
         pred = norm.to_metres(model(image.to(device))).float().contiguous()
         target, mask, depth = target.to(device), mask.to(device), depth.to(device)
@@ -206,28 +191,19 @@ def train_coordinates(model: torch.nn.Module, norm: SceneNormalisation, cache: F
         with torch.no_grad():
             err = torch.linalg.vector_norm(pred - target, dim=1)[mask]
             in10 = (err < INLIER_THRESHOLD_M).float().mean().item() if err.numel() else 0.0
-        running_in10 = in10 if running_in10 is None else 0.95 * running_in10 + 0.05 * in10
-        running_loss = loss.item() if running_loss is None else 0.95 * running_loss + 0.05 * loss.item()
-        now = time.perf_counter()
-        state.elapsed += now - t_prev
-        t_prev = now
-        state.step += 1
-        if state.step % 10 == 0:
-            state.history.append((round(state.elapsed, 1), state.step, round(running_loss, 5), round(running_in10, 4)))
-        bar.set_postfix(loss=f"{running_loss:.4f}", within10cm=f"{running_in10:.1%}", refresh=False)
-        bar.update((state.step if total else min(int(state.elapsed), int(budget))) - bar.n)
-        while snapshots and checkpoint is not None and state.elapsed >= snapshots[0] * 60:
-            _save_snapshot(checkpoint, model, snapshots.pop(0))
-            t_prev = time.perf_counter()
-        if checkpoint is not None and now - last_ck > cfg.checkpoint_minutes * 60:
-            save_checkpoint(checkpoint, model, opt, state, rng, order, pos)
-            last_ck = now
-            t_prev = time.perf_counter()  # checkpoint I/O is not training time
-    bar.close()
+        budget.tick(loss=loss.item(), within10cm=in10)
+        while snapshots and checkpoint is not None and budget.elapsed >= snapshots[0] * 60:
+            with budget.paused():
+                _save_snapshot(checkpoint, model, snapshots.pop(0))
+        if checkpoint is not None and time.perf_counter() - last_ck > cfg.checkpoint_minutes * 60:
+            with budget.paused():  # checkpoint I/O is not training time
+                save_checkpoint(checkpoint, model, opt, budget, rng, order, pos)
+            last_ck = time.perf_counter()
+    budget.close()
     if checkpoint is not None:
-        save_checkpoint(checkpoint, model, opt, state, rng, order, pos)
+        save_checkpoint(checkpoint, model, opt, budget, rng, order, pos)
     model.eval()
-    return state
+    return budget
 
 
 def _save_snapshot(checkpoint: Path, model: torch.nn.Module, minutes: float) -> None:
@@ -237,7 +213,7 @@ def _save_snapshot(checkpoint: Path, model: torch.nn.Module, minutes: float) -> 
     torch.save(model.state_dict(), d / f"coordinates_{minutes:g}min.pt")
 
 
-def save_checkpoint(path: Path, model, opt, state: TrainState, rng: np.random.Generator,
+def save_checkpoint(path: Path, model, opt, state: Budget, rng: np.random.Generator,
                     order: np.ndarray, pos: int) -> None:
     """Everything needed to continue exactly where training stopped (weights, optimiser, step,
     elapsed time, random states and the position in the current epoch's frame order)."""
@@ -283,13 +259,10 @@ def train_confidence(net: ConfidencePointNet, model: torch.nn.Module, norm: Scen
     rng = np.random.default_rng(cfg.seed + 1)
     uv_grid = output_pixel_centres(cache.masks.shape[1:], cache.stride, image_hw, cache.images.shape[1:3]).float()
     opt = _make_optimizer(cfg.optimizer, net.parameters(), cfg.lr)
-    budget = cfg.confidence_minutes * 60.0
-    t0 = time.perf_counter()
     net.to(device).train()
     model.eval()
-    steps, running = 0, None
-    bar = progress_bar(total=int(budget), desc="confidence", unit="s", dynamic_ncols=True, mininterval=1.0)
-    while time.perf_counter() - t0 < budget:
+    budget = Budget("confidence", cfg.confidence_minutes)
+    while not budget.done:
         idx = rng.choice(len(cache), size=min(cfg.batch_size, len(cache)), replace=False)
         image, target, mask, _ = make_batch(cache, idx, cfg, rng, train=True)
         with torch.no_grad():
@@ -307,6 +280,7 @@ def train_confidence(net: ConfidencePointNet, model: torch.nn.Module, norm: Scen
             pts.append(confidence_inputs(uv_grid.reshape(-1, 2)[pick], X_hat, image_hw, norm))
             dl.append(confidence_target(X_hat, target[b].reshape(-1, 3)[pick], cfg.confidence_scale))
         if not pts:
+            budget.tick()  # a batch with too few valid points still spends the budget
             continue
         x, delta = torch.stack(pts).to(device), torch.stack(dl).to(device)
         z = net.logits(x)
@@ -321,13 +295,10 @@ def train_confidence(net: ConfidencePointNet, model: torch.nn.Module, norm: Scen
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        steps += 1
-        running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
-        bar.set_postfix(loss=f"{running:.4f}", refresh=False)
-        bar.update(min(int(time.perf_counter() - t0), int(budget)) - bar.n)
-    bar.close()
+        budget.tick(loss=loss.item())
+    budget.close()
     net.eval()
-    return {"steps": steps, "loss": running}
+    return {"steps": budget.step, "loss": budget.running.get("loss")}
 
 
 # -------------------------------------------------------------------------------- whole mapping
