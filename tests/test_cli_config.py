@@ -31,6 +31,7 @@ POSE_NOT_EXPOSED = {
     "polish_iterations": "a bound: the re-fit stops as soon as its inlier set is stable",
     "ransac_iterations": "a bound: RANSAC stops at ransac_confidence long before it",
     "ransac_confidence": "RANSAC's stopping rule (DSAC*/ACE's value), a library option",
+    "ransac_points": "a speed bound of RANSAC's hypothesis scoring (the re-fit uses every point), a library option",
     "joint_batch": "hypotheses per round of --method joint (ACE/DSAC*'s 64)",
     "joint_max_hypotheses": "bounds --method joint's time at low inlier ratios, a library option",
 }

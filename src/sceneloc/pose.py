@@ -43,6 +43,8 @@ from .geometry import invert_pose, is_rigid, kabsch, make_pose, pnp_ransac, solv
 from .pose_config import METHODS, MIN_POINTS, REFERENCE_THRESHOLD_PX, SCORES, SOLVERS, PoseConfig, PoseResult  # noqa: F401 (public names of pose)
 from .pose_ransac import distance_residuals, hypotheses_needed, joint_ransac, refine_joint, reprojection_residuals
 
+#: Re-fits of ``joint``'s refinement: part of the method, so not bound by ``polish_iterations``.
+JOINT_REFINE_ITERATIONS = 10
 #: Matches per pixel at which ``PoseConfig.min_inliers`` holds: 4800 over a 640 x 480 image.
 REFERENCE_DENSITY = 4800 / (640 * 480)
 
@@ -431,9 +433,12 @@ def estimate_pose(pixels: np.ndarray, scene_coords: np.ndarray, K: np.ndarray,
         used = np.zeros(0, np.int64)  # refine_joint picks the points of the final solve
     elif config.method == "ransac":
         if corr.solver == "pnp":
-            pose, mask = pnp_ransac(corr.scene, corr.pixels, corr.K, corr.threshold,
+            sub = np.arange(len(corr))
+            if config.ransac_points is not None and len(corr) > config.ransac_points:
+                sub = np.sort(rng.choice(len(corr), config.ransac_points, replace=False))
+            pose, mask = pnp_ransac(corr.scene[sub], corr.pixels[sub], corr.K, corr.threshold,
                                     config.ransac_iterations, config.ransac_confidence)
-            used = np.flatnonzero(mask)
+            used = sub[mask]
             score = float(len(used))
         else:
             pose, used, count = kabsch_ransac(corr, config, rng)
@@ -459,7 +464,7 @@ def estimate_pose(pixels: np.ndarray, scene_coords: np.ndarray, K: np.ndarray,
     start = time.perf_counter()
     if config.method == "joint":   # its refinement is part of the method, like RANSAC's polish
         pose, used = refine_joint(pose, corr.scene, corr.pixels, corr.K, corr.camera, corr.threshold,
-                                  config.inlier_threshold_m, config.polish_iterations, config.depth_gate)
+                                  config.inlier_threshold_m, JOINT_REFINE_ITERATIONS, config.depth_gate)
     elif config.method != "ransac":
         pose, used = refine_pose(corr, pose, used, config, rng, cells)
     if config.method != "joint" and (config.polish or config.method == "ransac"):

@@ -62,12 +62,18 @@ class PoseConfig:
             is valid, so the closest matches give the best pose; RANSAC itself needs the wider
             threshold to find it. 5 cm: redkitchen RGB-D split 2 +5 points on two maps, dev level
             (a further 3 cm step: -4.5 to +1.5 on dev; BENCHMARKS.md).
-        polish_iterations: at most this many re-fits; stops earlier when the inlier set is stable.
+        polish_iterations: at most this many re-fits (not ``joint``, whose refinement runs to 10);
+            stops earlier when the inlier set is stable. 3:
+            on redkitchen (both splits, RGB and RGB-D) within a frame of 10 re-fits' accuracy, and
+            10-24 ms faster per frame (BENCHMARKS.md, session 5).
         min_inliers: fewer inliers than this (over all correspondences) reports failure (pose None).
             Unrelated (random) 2D-3D matches reach ~15 inliers at 10 px out of 4800 by chance; for PnP
             the number holds at 10 px and 4800 matches over 640 x 480 and grows with the threshold's
             area and the matches' density (``pose.required_inliers``: 188 at 25 px).
         ransac_iterations: most hypotheses for ``ransac`` (stops earlier at ``ransac_confidence``).
+        ransac_points: ``ransac`` PnP scores its hypotheses on a random subset of this many
+            correspondences (None: all); the re-fit then uses all of them. 1200 of 4800 lost no
+            frame on redkitchen and saves ~10 ms per frame.
         ransac_confidence: probability of having drawn one all-inlier minimal set, to stop early
             (``ransac`` with Kabsch, and ``joint``).
         joint_batch: hypotheses per round of ``joint`` (half P3P, half Kabsch with depth); it stops
@@ -94,9 +100,10 @@ class PoseConfig:
     inlier_threshold_m: float = 0.1
     polish: bool = True
     polish_thresholds_m: tuple[float, ...] = (0.05,)
-    polish_iterations: int = 10
+    polish_iterations: int = 3
     min_inliers: int = 30
     ransac_iterations: int = 10000
+    ransac_points: int | None = 1200
     ransac_confidence: float = 0.9999
     joint_batch: int = 64
     joint_max_hypotheses: int = 1024
@@ -122,6 +129,8 @@ class PoseConfig:
                 raise ValueError(f"PoseConfig.{name}={number} must be positive")
         if self.subset_size is not None and self.subset_size < 3:
             raise ValueError(f"PoseConfig.subset_size={self.subset_size}: a pose needs at least 3 points")
+        if self.ransac_points is not None and self.ransac_points < 4:
+            raise ValueError(f"PoseConfig.ransac_points={self.ransac_points}: PnP needs at least 4 points")
         if any(not t > 0 for t in self.polish_thresholds_m):
             raise ValueError(f"PoseConfig.polish_thresholds_m={self.polish_thresholds_m} must be positive")
         if min(self.refine_rounds, self.polish_iterations, self.min_inliers, self.spread_cells) < 0:
