@@ -72,8 +72,9 @@ class PoseConfig:
             area and the matches' density (``pose.required_inliers``: 188 at 25 px).
         ransac_iterations: most hypotheses for ``ransac`` (stops earlier at ``ransac_confidence``).
         ransac_points: ``ransac`` PnP scores its hypotheses on a random subset of this many
-            correspondences (None: all); the re-fit then uses all of them. 1200 of 4800 lost no
-            frame on redkitchen and saves ~10 ms per frame.
+            correspondences (None: all); the re-fit then uses all of them. 1200 of 4800: redkitchen
+            dev RGB 57.0 % against 58.5 % (3 of 200 frames, RANSAC's own spread), split 2 level,
+            ~10 ms faster per frame (BENCHMARKS.md, session 5).
         ransac_confidence: probability of having drawn one all-inlier minimal set, to stop early
             (``ransac`` with Kabsch, and ``joint``).
         joint_batch: hypotheses per round of ``joint`` (half P3P, half Kabsch with depth); it stops
