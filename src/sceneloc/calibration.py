@@ -3,12 +3,13 @@
 A robot or an AR session needs to know when to distrust a pose. The estimator's own numbers (inlier
 count, inlier ratio) rank poses well but are not probabilities, and their scale depends on the map
 and the mode. ``PoseCalibration`` turns them into one: a logistic regression per mode (``rgb``:
-PnP inliers in pixels, ``rgbd``: Kabsch inliers in metres) fitted on mapping frames that the map
-was *not* trained on (training.py holds out blocks of consecutive frames for it), so it sees
-errors like those of new queries rather than the optimistic ones of frames the head has memorised.
+PnP inliers in pixels, ``rgbd``: Kabsch inliers in metres) fitted on the poses of mapping frames
+that a second, short-trained head never saw (``mapping.calibrate_with_held_out_head``), so it sees
+failures as well as successes rather than the poses of frames a head has memorised, which all
+localize.
 
 >>> cal = PoseCalibration.fit({"rgb": (inliers, n_points, success)})      # doctest: +SKIP
->>> cal.probability("rgb", inliers=812, n_points=4800)                    # doctest: +SKIP
+>>> cal.probability("rgb", "ransac", inliers=812, n_points=4800)          # doctest: +SKIP
 0.93
 """
 

@@ -37,6 +37,12 @@ def use_bf16(precision: str, device_type: str) -> bool:
         raise SceneLocError(f"unknown precision {precision!r} (choose {', '.join(PRECISIONS)})")
     if precision != "auto":
         return precision == "bf16"
+    return _native_bf16(device_type)
+
+
+@cache
+def _native_bf16(device_type: str) -> bool:
+    """The hardware query behind ``use_bf16("auto")``, asked once: it runs on every encoder call."""
     if device_type == "cuda":
         return torch.cuda.is_bf16_supported()
     # the CPU check is private API; a torch without it simply stays in fp32

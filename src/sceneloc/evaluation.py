@@ -348,7 +348,8 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
                "near_training": _near_training(scene, split, frames)}
     probability = np.array([r.extras.get("probability", np.nan) for r in records], dtype=np.float64)
     if np.isfinite(probability).any():
-        success = (rot < 5.0) & (trans < 0.05)
+        max_deg, max_m = ACCURACY_THRESHOLDS[0]   # the calibration's 5 cm / 5 deg
+        success = (rot < max_deg) & (trans < max_m)
         metrics["calibration"] = {"bins": reliability_bins(probability, success),
                                   "operating_point": operating_point(probability, success, REJECT_BELOW)}
     else:

@@ -103,7 +103,8 @@ def train_head(net: EncoderHeadNet, norm: SceneNormalisation, buffer: PixelBuffe
     In bf16 (``encoders.use_bf16``) the hidden layers run under a bfloat16 autocast (weights,
     optimiser and the output layer stay fp32): 1.9x the steps per minute on this project's 2-core
     AVX-512 machine, and a lower test error at equal time (BENCHMARKS.md, head ablation)."""
-    bf16 = use_bf16(precision, torch.device(device).type)
+    device_type = torch.device(device).type
+    bf16 = use_bf16(precision, device_type)
     head = net.head.to(device).train()
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(seed)
@@ -126,7 +127,7 @@ def train_head(net: EncoderHeadNet, norm: SceneNormalisation, buffer: PixelBuffe
             g["lr"] = lr * lr_factor(schedule, budget.fraction)
         x = buffer.features[idx].to(device).float()
         target = buffer.targets[idx].to(device)
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
             pred = center + norm.scale * head(x)
         value = head_loss(loss, pred, target, buffer, idx, budget.fraction)
         opt.zero_grad(set_to_none=True)

@@ -236,6 +236,7 @@ def fit_pose_calibration(the_map: Map, frames: list, seed: int = 0, log=print) -
     """Localize held-out mapping ``frames`` with the default estimator, in RGB and (those with
     depth) RGB-D, and fit :class:`PoseCalibration` to which poses came within 5 cm / 5 deg."""
     config = PoseConfig()
+    max_deg, max_m = PoseCalibration.max_deg, PoseCalibration.max_cm / 100   # what the probability is of
     samples = {}
     for mode in ("rgb", "rgbd"):
         use = frames if mode == "rgb" else [f for f in frames if f.depth_path is not None]
@@ -248,7 +249,7 @@ def fit_pose_calibration(the_map: Map, frames: list, seed: int = 0, log=print) -
             ok = res.pose is not None
             if ok:
                 rot, trans = pose_errors(res.pose, frame.pose)
-                ok = bool(rot < 5.0 and trans < 0.05)
+                ok = bool(rot < max_deg and trans < max_m)
             success.append(ok)
         samples[mode] = (np.array(inliers), np.array(points), np.array(success))
         log(f"pose calibration ({mode}): {np.mean(success):.0%} of {len(use)} held-out frames within 5 cm / 5 deg")

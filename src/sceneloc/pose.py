@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -334,18 +334,21 @@ def refit_on_inliers(corr: Correspondences, pose: np.ndarray, idx: np.ndarray) -
 def polish_pose(corr: Correspondences, pose: np.ndarray, used: np.ndarray,
                 config: PoseConfig) -> tuple[np.ndarray, np.ndarray]:
     """DSAC*/ACE's final step (not in the paper): re-fit on all inliers of the current pose, until
-    the inlier set stops changing or ``polish_iterations`` re-fits. Returns the pose and its points
-    (``used`` unchanged if no re-fit happened)."""
-    previous = None
-    for _ in range(config.polish_iterations):
-        inliers = np.flatnonzero(residuals(corr, pose) < corr.threshold)
-        if len(inliers) < corr.min_points or (previous is not None and np.array_equal(inliers, previous)):
-            break
-        new_pose = refit_on_inliers(corr, pose, inliers)
-        if new_pose is None:
-            break
-        pose, used = new_pose, inliers
-        previous = inliers
+    the inlier set stops changing or ``polish_iterations`` re-fits; for Kabsch, then again at each
+    of ``config.polish_thresholds_m`` in turn. Returns the pose and its points (``used`` unchanged
+    if no re-fit happened)."""
+    tighter = config.polish_thresholds_m if corr.solver == "kabsch" else ()
+    for threshold in (corr.threshold, *tighter):
+        previous = None
+        for _ in range(config.polish_iterations):
+            inliers = np.flatnonzero(residuals(corr, pose) < threshold)
+            if len(inliers) < corr.min_points or (previous is not None and np.array_equal(inliers, previous)):
+                break
+            new_pose = refit_on_inliers(corr, pose, inliers)
+            if new_pose is None:
+                break
+            pose, used = new_pose, inliers
+            previous = inliers
     return pose, used
 
 
@@ -469,9 +472,6 @@ def estimate_pose(pixels: np.ndarray, scene_coords: np.ndarray, K: np.ndarray,
         pose, used = refine_pose(corr, pose, used, config, rng, cells)
     if config.method != "joint" and (config.polish or config.method == "ransac"):
         pose, used = polish_pose(corr, pose, used, config)
-        if corr.solver == "kabsch":
-            for threshold in config.polish_thresholds_m:
-                pose, used = polish_pose(replace(corr, threshold=threshold), pose, used, config)
     inliers = np.flatnonzero(residuals(corr, pose) < corr.threshold)
     timings["refinement"] = (time.perf_counter() - start) * 1e3
 
