@@ -220,3 +220,16 @@ def test_unknown_split_names_dataset(tmp_path):
     with pytest.raises(SceneLocError) as e:
         scene.frames("val")
     assert str(e.value) == f"{tmp_path / 'ds'}: unknown split 'val' (this dataset has: train, test)"
+
+
+def test_refuse_to_overwrite(tmp_path):
+    from sceneloc.errors import SceneLocError, refuse_to_overwrite
+    assert refuse_to_overwrite(tmp_path / "new", allowed=False) is False        # absent: nothing to guard
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x.txt").write_text("user's")
+    with pytest.raises(SceneLocError, match=r"full: directory is not empty \(use --resume\)"):
+        refuse_to_overwrite(tmp_path / "full", allowed=False, hint="use --resume")
+    assert refuse_to_overwrite(tmp_path / "full", allowed=True) is True         # the caller cleans up
+    assert (tmp_path / "full" / "x.txt").exists()                               # and only the caller
+    with pytest.raises(SceneLocError, match="x.txt: exists and is not a directory"):
+        refuse_to_overwrite(tmp_path / "full" / "x.txt", allowed=True)

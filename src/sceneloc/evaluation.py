@@ -37,7 +37,7 @@ from .diagnostics import (
     _concat_finite,
     example_maps,
 )
-from .errors import SceneLocError
+from .errors import SceneLocError, refuse_to_overwrite
 from .geometry import PoseRecord, pose_errors, read_pose_file, write_pose_file
 from .plots import plot_error_cdf, plot_error_histogram, plot_examples, plot_reliability, plot_roc, plot_topdown
 from .pose import PoseConfig
@@ -246,11 +246,7 @@ poses <a href="poses.txt">poses.txt</a>, <a href="metrics.json">metrics.json</a>
 def _check_out_dir(out: Path, force: bool, ours: Sequence[str] = REPORT_FILES) -> None:
     """Refuse a non-empty ``out`` unless ``force``; with ``force`` remove only the files we write
     (a stale ROC of an earlier map must not survive into a report that has none)."""
-    if out.exists() and not out.is_dir():
-        raise SceneLocError(f"{out}: exists and is not a directory")
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise SceneLocError(f"{out}: directory is not empty (use --force to overwrite)")
+    if refuse_to_overwrite(out, force):
         for name in ours:
             (out / name).unlink(missing_ok=True)
 

@@ -17,7 +17,7 @@ from . import __version__
 from .buffer import entries_for_memory, fill_buffer
 from .calibration import PoseCalibration
 from .data import evenly_spaced, load_scene
-from .errors import SceneLocError
+from .errors import SceneLocError, refuse_to_overwrite
 from .frame_cache import FrameCache
 from .geometry import pose_errors
 from .head_training import buffer_accuracy, train_head
@@ -68,10 +68,7 @@ def retrain_confidence(dataset: str | Path, map_dir: str | Path, cfg: MappingCon
 
 
 def _check_map_dir(map_dir: Path, force: bool, resume: bool) -> None:
-    if map_dir.exists() and not map_dir.is_dir():
-        raise SceneLocError(f"{map_dir}: exists and is not a directory")
-    if map_dir.exists() and any(map_dir.iterdir()) and not (force or resume):
-        raise SceneLocError(f"{map_dir}: directory is not empty (use --force to overwrite or --resume to continue)")
+    refuse_to_overwrite(map_dir, force or resume, "use --force to overwrite or --resume to continue")
 
 
 def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, force: bool = False,

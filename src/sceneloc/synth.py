@@ -56,7 +56,7 @@ import cv2
 import numpy as np
 
 from .data import SEVEN_SCENES_INTRINSICS, parse_intrinsics
-from .errors import SceneLocError
+from .errors import SceneLocError, refuse_to_overwrite
 from .progress import progress as progress_bar
 
 # Re-exported: the scene descriptions, the renderer and the trajectories moved to their own modules, and their
@@ -158,14 +158,9 @@ def render_frame(renderer: Renderer, poses: list[np.ndarray], i: int, light: Lig
 def _check_out_dir(out: Path, force: bool) -> None:
     """Refuse to write into a folder holding other files unless ``force``; with ``force`` remove
     what an earlier run wrote (stale frames of longer sequences would otherwise be read)."""
-    if out.exists() and not out.is_dir():
-        raise SceneLocError(f"{out}: OUT_DIR exists and is not a directory")
-    if not out.exists():
+    if not refuse_to_overwrite(out, force):
         return
-    entries = sorted(out.iterdir())
-    if entries and not force:
-        raise SceneLocError(f"{out}: OUT_DIR is not empty ({len(entries)} entries); pass --force to overwrite")
-    for p in entries:
+    for p in sorted(out.iterdir()):
         if p.is_dir() and re.fullmatch(r"seq-\d+", p.name):
             shutil.rmtree(p)
         elif p.name in ("TrainSplit.txt", "TestSplit.txt", "camera-intrinsics.txt", "synth.json"):
