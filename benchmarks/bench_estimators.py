@@ -73,7 +73,7 @@ def run(the_map: Map, frames: list, methods: list[str], rows: list[tuple[str, st
     # Warm-up, untimed: the first network call and the first OpenCV calls pay one-off costs.
     warm = frames[0].load_image()
     for method in methods:
-        the_map.localize(warm, intrinsics=frames[0].K, pose_config=replace(config, method=method))
+        the_map.localize(warm, intrinsics=frames[0].K, estimator=replace(config, method=method))
     for i, frame in enumerate(frames):
         image = frame.load_image()
         need_depth = any(mode == "rgbd" for _, mode, _ in out)
@@ -84,7 +84,7 @@ def run(the_map: Map, frames: list, methods: list[str], rows: list[tuple[str, st
         pred = the_map.predict(image)
         for (method, _mode, d), r in out.items():
             cfg = replace(config, method=method)
-            res = the_map.localize(image, depth=depths[d], intrinsics=frame.K, pose_config=cfg,
+            res = the_map.localize(image, depth=depths[d], intrinsics=frame.K, estimator=cfg,
                                    rng=np.random.default_rng([seed, i]), prediction=pred)
             r["poses"].append(res.pose)
             r["ms"].append(res.timings["total_ms"])

@@ -2,7 +2,7 @@
 
 Rows, on every dataset, in RGB (2D-3D, PnP) and RGB-D (3D-3D, Kabsch) mode:
 
-* ``sceneloc`` -- ``sceneloc map`` then ``Map.localize(method='confidence')``, the library's default
+* ``sceneloc`` -- ``sceneloc map`` then ``Map.localize()``, the library's default estimator
   (``random`` if a map given with --sceneloc-map has no confidence network).
 * ``sceneloc-ransac``, ``sceneloc+opencv``, ``sceneloc+poselib`` -- the same map and the same
   predicted correspondences handed to other robust estimators: the library's ``method='ransac'``
@@ -256,7 +256,7 @@ def job_sceneloc_localize(job: dict) -> dict:
                 t0 = time.perf_counter()
                 if row in ("sceneloc", "sceneloc-ransac"):
                     res = the_map.localize(image, depth if mode == "rgbd" else None, frame.K, prediction=pred, rng=rng,
-                                           method=method if row == "sceneloc" else "ransac")
+                                           estimator=method if row == "sceneloc" else "ransac")
                     pose, inliers = res.pose, res.inliers
                 elif row == "sceneloc+opencv":
                     pose, inliers = opencv_pnp(pred.pixels, pred.coords, frame.K)

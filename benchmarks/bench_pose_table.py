@@ -34,7 +34,7 @@ import numpy as np
 from sceneloc.data import load_scene, scene_coordinates_at
 from sceneloc.evaluation import pose_metrics
 from sceneloc.geometry import pose_errors
-from sceneloc.pose import PoseConfig
+from sceneloc.pose import DSAC_METHODS, PoseConfig
 from sceneloc.scenemap import Map
 
 TABLE1 = dict(hypotheses=1, refine_rounds=0, polish=False, min_inliers=0)
@@ -64,10 +64,10 @@ def run(the_map: Map, frames, configs: dict[str, PoseConfig | tuple[PoseConfig, 
         pred = the_map.predict(image)
         for key, cfg in configs.items():
             mode = key.split("/")[0]
-            cfg, options = cfg if isinstance(cfg, tuple) else (cfg, {})
+            # a DSAC stage predicts with its own fine-tuned network: the base prediction is not reused there
             res = the_map.localize(image, depth=depth if mode == "rgbd" else None, intrinsics=frame.K,
-                                   pose_config=cfg, rng=np.random.default_rng([seed, i]),
-                                   prediction=None if options else pred, **options)
+                                   estimator=cfg, rng=np.random.default_rng([seed, i]),
+                                   prediction=None if cfg.method in DSAC_METHODS else pred)
             r = out[key]
             if res.pose is None:
                 r["rot"].append(np.inf), r["trans"].append(np.inf)
@@ -128,7 +128,7 @@ def main() -> None:
                     configs[f"{mode}/table1-{est}"] = PoseConfig(**options, **TABLE1)
             if mode == stage_mode:  # a DSAC stage is fine-tuned for one mode: PnP (rgb) or Kabsch (rgbd)
                 for method in ("dsac", "softam"):
-                    configs[f"{mode}/{method}-finetuned"] = (PoseConfig(), {"method": method})
+                    configs[f"{mode}/{method}-finetuned"] = PoseConfig(method=method)
             if not aliases & full:
                 continue
             configs[f"{mode}/full-random"] = PoseConfig(method="random")
@@ -137,7 +137,7 @@ def main() -> None:
                 configs[f"{mode}/full-confidence-paper"] = PoseConfig(method="confidence", polish=False)
                 configs[f"{mode}/full-confidence-spread"] = PoseConfig(method="confidence", spread_cells=4)
             configs[f"{mode}/ransac"] = PoseConfig(method="ransac")
-            configs[f"{mode}/dsac-soft-inliers"] = (PoseConfig(), {"method": "dsac", "dsac_score": "soft-inliers"})
+            configs[f"{mode}/dsac-soft-inliers"] = PoseConfig(method="dsac", dsac_score="soft-inliers")
         print(f"{name}: {path} ({len(frames)} frames, {len(configs)} settings)", flush=True)
         results[name] = run(the_map, frames, configs)
         results[name]["_mapping_report"] = json.loads((Path(path) / "mapping_report.json").read_text())

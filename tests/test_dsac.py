@@ -22,6 +22,7 @@ from sceneloc.dsac import (
 )
 from sceneloc.dsac_training import finetune_dsac, frame_objective
 from sceneloc.geometry import backproject, intrinsics_matrix, make_pose, pose_errors, read_pose_file, transform_points
+from sceneloc.pose import PoseConfig
 from sceneloc.scenemap import Map
 
 
@@ -171,8 +172,8 @@ def test_finetuning_lowers_expected_pose_loss(tiny_map, overfit_scene, tmp_path)
     frame = load_scene(overfit_scene).frames("train")[0]
     m = Map.load(the_map)
     for method in ("dsac", "softam"):
-        res = m.localize(frame.load_image(), method=method, rng=np.random.default_rng(0),
-                         pose_config=__import__("sceneloc.pose", fromlist=["PoseConfig"]).PoseConfig(min_inliers=20))
+        res = m.localize(frame.load_image(), estimator=PoseConfig(method=method, min_inliers=20),
+                         rng=np.random.default_rng(0))
         assert res.success, res.failure
         rot, trans = pose_errors(res.pose, frame.pose)
         assert rot < 5 and trans < 0.05, (method, rot, trans)

@@ -141,7 +141,7 @@ def test_tiny_xfeat_map_maps_and_localizes(overfit_scene, tmp_path):
     assert (tmp_path / "map" / "coordinates.pt").stat().st_size < 200_000  # the head alone
     the_map = Map.load(tmp_path / "map")
     frame = load_scene(overfit_scene).frames("train")[0]
-    res = the_map.localize(frame.load_image(), depth=frame.load_depth(), method="ransac",
+    res = the_map.localize(frame.load_image(), depth=frame.load_depth(), estimator="ransac",
                            rng=np.random.default_rng(0))
     assert res.success, res.failure
     rot, trans = pose_errors(res.pose, frame.pose)
@@ -223,7 +223,7 @@ def test_rgb_only_map_learns_consistent_geometry(overfit_scene, tmp_path):
     assert the_map.confidence_net is None and the_map.config["supervision"] == "reprojection"
     frame = scene.frames("train")[0]
     # such a map localizes at DSAC*/ACE's 10 px: every inlier it reports is within 10 px of its pose
-    res = the_map.localize(frame.load_image(), method="ransac", rng=np.random.default_rng(0))
+    res = the_map.localize(frame.load_image(), estimator="ransac", rng=np.random.default_rng(0))
     if res.pose is not None:
         from sceneloc.geometry import reprojection_errors
         err = reprojection_errors(res.pose, res.coords.reshape(-1, 3), res.pixels.reshape(-1, 2), frame.K)
@@ -284,5 +284,5 @@ def test_map_holds_out_frames_and_calibrates_pose_probabilities(tmp_path):
     res = the_map.localize(frame.load_image(), rng=np.random.default_rng(0))
     assert 0.0 <= res.probability <= 1.0
     assert res.pose is not None or res.probability == 0.0
-    other = the_map.localize(frame.load_image(), method="random", rng=np.random.default_rng(0))  # not calibrated
+    other = the_map.localize(frame.load_image(), estimator="random", rng=np.random.default_rng(0))  # not calibrated
     assert np.isnan(other.probability) if other.pose is not None else other.probability == 0.0

@@ -218,7 +218,7 @@ def test_report_files_and_oracle_accuracy(oracle_map, tiny_data, tmp_path):
     inliers = rng.integers(0, 4 * H * W // 10, 200)
     oracle_map.calibration = PoseCalibration.fit({"rgbd": (inliers, np.full(200, H * W), inliers > H * W // 10)})
     try:
-        m = evaluate(oracle_map, tiny_data, out, mode="rgbd", pose_config=PoseConfig(method="ransac"), progress=False)
+        m = evaluate(oracle_map, tiny_data, out, mode="rgbd", estimator=PoseConfig(method="ransac"), progress=False)
     finally:
         oracle_map.calibration = None
     for name in REPORT_FILES:

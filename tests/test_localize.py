@@ -97,7 +97,7 @@ def test_other_image_size_with_intrinsics_is_rescaled(tiny_map, overfit_scene):
     image = cv2.resize(frame.load_image(), (80, 60), interpolation=cv2.INTER_AREA)
     depth = cv2.resize(frame.load_depth(), (80, 60), interpolation=cv2.INTER_NEAREST)
     res = Map.load(tiny_map).localize(image, depth=depth, intrinsics=scale_intrinsics(frame.K, 0.5),
-                                      pose_config=PoseConfig(min_inliers=10),
+                                      estimator=PoseConfig(min_inliers=10),
                                       rng=np.random.default_rng(0))
     assert res.success
     rot, trans = pose_errors(res.pose, frame.pose)

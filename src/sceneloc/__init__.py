@@ -1,7 +1,8 @@
 """sceneloc: camera relocalization by scene coordinate regression.
 
-Data flows data -> networks -> losses -> training -> pose estimation -> evaluation -> cli;
-see README.md (ARCHITECTURE). ``Map`` is the user-facing entry point for localization.
+Data flows geometry -> data -> encoders -> networks -> losses -> buffer -> head_training
+-> training -> pose -> dsac -> scenemap -> mapping -> evaluation -> demo -> cli; see README.md
+(ARCHITECTURE). ``Map`` is the user-facing entry point for localization.
 """
 
 __version__ = "0.1.0"

@@ -26,8 +26,7 @@ from . import __version__
 from .cli_capture import add_capture_commands
 from .data import load_scene, parse_intrinsics, read_depth, read_image
 from .demo import DEMO_CONFIDENCE_MINUTES, DEMO_MINUTES, run_demo
-from .dsac import DSAC_METHODS, MODES, OBJECTIVES, DSACConfig
-from .dsac import SCORES as DSAC_SCORES
+from .dsac import MODES, OBJECTIVES, DSACConfig
 from .dsac_training import finetune_dsac
 from .encoders import PRECISIONS
 from .errors import SceneLocError
@@ -39,7 +38,7 @@ from .loop import SCHEDULES
 from .losses import COORDINATE_LOSSES, NEIGHBOURHOODS
 from .mapping import map_scene, retrain_confidence
 from .networks import FCN_STEMS, FCN_STRIDES
-from .pose_config import METHODS, PoseConfig
+from .pose_config import DSAC_SCORES, METHODS, PoseConfig
 from .pose_config import SCORES as POSE_SCORES
 from .scenemap import Map, localize_frames
 from .synth import add_synth_arguments
@@ -200,11 +199,7 @@ def _add_map_arguments(s: argparse.ArgumentParser) -> None:
 
 def _pose_config(args: argparse.Namespace) -> PoseConfig:
     """The pose options, whose dests are PoseConfig's field names."""
-    given = {f.name: getattr(args, f.name) for f in fields(PoseConfig) if hasattr(args, f.name)}
-    # dsac/softam are not PoseConfig methods: Map.localize takes them as `method` (see _cmd_localize)
-    if given["method"] not in METHODS:
-        given["method"] = PoseConfig.method
-    return PoseConfig(**given)
+    return PoseConfig(**{f.name: getattr(args, f.name) for f in fields(PoseConfig) if hasattr(args, f.name)})
 
 
 def _add_pose_arguments(s: argparse.ArgumentParser) -> None:
@@ -213,9 +208,9 @@ def _add_pose_arguments(s: argparse.ArgumentParser) -> None:
                              "III-C estimator, whose defaults are the paper's)")
     _field_option(g, d, "method", "dsac|softam: DSAC's argmax|SoftAM selection with the map's --stage dsac (they "
                                   "use --hypotheses and --min-inliers; the other options are the stage's)",
-                  choices=list(METHODS) + list(DSAC_METHODS))
-    g.add_argument("--dsac-score", choices=DSAC_SCORES, default=None,
-                   help="hypothesis score of dsac|softam (default: the stage's); soft-inliers needs no DSAC stage")
+                  choices=METHODS)
+    _field_option(g, d, "dsac_score", "hypothesis score of dsac|softam (default: the stage's); soft-inliers needs "
+                                      "no DSAC stage", choices=DSAC_SCORES)
     _field_option(g, d, "hypotheses", "h_p, pose hypotheses sampled")
     _field_option(g, d, "n_k", "N_k points sampled per hypothesis")
     _field_option(g, d, "best_fraction", "most confident share kept")
@@ -242,13 +237,12 @@ def _add_pose_arguments(s: argparse.ArgumentParser) -> None:
 def _cmd_localize(args: argparse.Namespace) -> None:
     the_map = Map.load(args.map_dir, device=args.device)
     config = _pose_config(args)
-    options = {"method": args.method, "dsac_score": args.dsac_score}
     K = parse_intrinsics(args.intrinsics) if args.intrinsics else None
     if args.image:
         image = read_image(Path(args.image))
         depth = read_depth(Path(args.depth), image.shape[:2]) if args.depth else None
-        res = the_map.localize(image, depth=depth, intrinsics=K, pose_config=config,
-                               rng=np.random.default_rng(args.seed), **options)
+        res = the_map.localize(image, depth=depth, intrinsics=K, estimator=config,
+                               rng=np.random.default_rng(args.seed))
         if res.pose is None:
             raise SceneLocError(f"{args.image}: no pose found ({res.failure})")
         T_cw = invert_pose(res.pose)
@@ -271,7 +265,7 @@ def _cmd_localize(args: argparse.Namespace) -> None:
         raise SceneLocError(f"{out}: exists (use --force to overwrite)")
     frames = load_scene(args.dataset, K).frames(args.split)
     records, failures = [], 0
-    for frame, res in localize_frames(the_map, frames, args.mode, config, args.seed, **options):
+    for frame, res in localize_frames(the_map, frames, args.mode, config, args.seed):
         failures += res.pose is None
         records.append(PoseRecord(frame.name, res.pose, res.pose_file_columns(), res.failure))
     write_pose_file(out, records, comment=f"sceneloc localize {args.map_dir} {args.dataset} --split {args.split} "
@@ -284,9 +278,8 @@ def _cmd_localize(args: argparse.Namespace) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     K = parse_intrinsics(args.intrinsics) if args.intrinsics else None
     m = evaluate(args.map_dir, args.dataset, args.out, split=args.split, mode=args.mode,
-                 pose_config=_pose_config(args), poses=args.poses, force=args.force, seed=args.seed,
-                 device=args.device, intrinsics=K, progress=not args.quiet, method=args.method,
-                 dsac_score=args.dsac_score)
+                 estimator=_pose_config(args), poses=args.poses, force=args.force, seed=args.seed,
+                 device=args.device, intrinsics=K, progress=not args.quiet)
     rot, trans = m["median_rotation_deg"], m["median_translation_m"]
     print(f"{m['scene']} {m['split']} ({m['mode']}): median {rot:.2f} deg, {100 * trans:.1f} cm; "
           f"5cm/5deg {m['accuracy']['5cm_5deg']:.1%}, {m['failures']} failures of {m['frames']} frames")

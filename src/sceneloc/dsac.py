@@ -34,14 +34,10 @@ import torch
 import torch.nn as nn
 
 from .geometry import invert_pose, kabsch, make_pose, solve_pnp
-from .pose import MIN_POINTS, PoseResult, sample_subsets, spans_a_plane
+from .pose import MIN_POINTS, PoseResult, accepted_pose, sample_subsets, spans_a_plane
+from .pose_config import DSAC_SCORES
 
-# make_batch: the cached-frame batch with stage 1's photometric jitter (reused, not copied)
-
-#: ``Map.localize`` methods served here, and the selection each uses.
-DSAC_METHODS = {"dsac": "argmax", "softam": "softam"}
 MODES = ("rgb", "rgbd")
-SCORES = ("cnn", "soft-inliers")
 OBJECTIVES = ("expected", "sampled")
 SELECTIONS = ("argmax", "softam", "sample")
 LOSSES = ("max", "sum")
@@ -107,7 +103,7 @@ class DSACConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name, allowed in (("mode", MODES), ("score", SCORES), ("objective", OBJECTIVES), ("loss", LOSSES)):
+        for name, allowed in (("mode", MODES), ("score", DSAC_SCORES), ("objective", OBJECTIVES), ("loss", LOSSES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"DSACConfig.{name}={getattr(self, name)!r}; choose from {', '.join(allowed)}")
         for name in ("hypotheses", "threshold_px", "threshold_m", "alpha", "beta", "refine_beta", "error_clamp",
@@ -295,7 +291,7 @@ def pnp_hypotheses(m: Matches, sets: np.ndarray, steps: int = 2) -> tuple[torch.
     return poses[finite], sets[finite.cpu().numpy()]
 
 
-def solve_hypotheses(m: Matches, sets: np.ndarray, pnp_steps: int = 2) -> tuple[torch.Tensor, np.ndarray]:
+def solve_minimal_sets(m: Matches, sets: np.ndarray, pnp_steps: int = 2) -> tuple[torch.Tensor, np.ndarray]:
     """Hypotheses ``(B', 4, 4)`` of the minimal sets ``(B, k)`` that determine a pose, and those sets.
 
     Coincident or collinear sets are dropped first: they leave the pose undetermined and their
@@ -367,7 +363,7 @@ class ScoreCNN(nn.Module):
         return base + self.head(self.features(image).mean(dim=(2, 3))).squeeze(-1)
 
 
-def score_hypotheses(errors: torch.Tensor, m: Matches, config: DSACConfig,
+def hypothesis_scores(errors: torch.Tensor, m: Matches, config: DSACConfig,
                      score_net: ScoreCNN | None = None) -> torch.Tensor:
     """Scores ``(B,)`` of hypotheses from their errors ``(B, N)`` by ``config.score``."""
     tau = config.threshold(m.solver)
@@ -463,10 +459,10 @@ def estimate_pose_dsac(pixels: np.ndarray, scene_coords: np.ndarray, K: np.ndarr
         tau = config.threshold(m.solver)
         start = time.perf_counter()
         sets = sample_minimal_sets(m.valid.numpy(), hypotheses or config.hypotheses, m.solver, rng)
-        poses, sets = solve_hypotheses(m, sets, config.hypothesis_steps)
+        poses, sets = solve_minimal_sets(m, sets, config.hypothesis_steps)
         if len(poses) == 0:
             return PoseResult(None, timings_ms=timings, failure="no hypothesis could be solved")
-        scores = score_hypotheses(hypothesis_errors(poses, m), m, config, score_net)
+        scores = hypothesis_scores(hypothesis_errors(poses, m), m, config, score_net)
         probs = selection_probabilities(scores, config.alpha)
         timings["sampling"] = (time.perf_counter() - start) * 1e3
         start = time.perf_counter()
@@ -479,12 +475,5 @@ def estimate_pose_dsac(pixels: np.ndarray, scene_coords: np.ndarray, K: np.ndarr
             pose, score = refine(poses[j:j + 1], m, config)[0], float(scores[j])
         inliers = np.flatnonzero((hypothesis_errors(pose[None], m)[0] < tau).numpy())
         timings["refinement"] = (time.perf_counter() - start) * 1e3
-    needed = max(min_inliers, MIN_POINTS[m.solver])
-    if len(inliers) < needed:
-        return PoseResult(None, score=score, timings_ms=timings, failure=f"{len(inliers)} inliers, fewer than {needed}")
-    if not spans_a_plane(m.scene[inliers].numpy()):
-        return PoseResult(None, score=score, timings_ms=timings,
-                          failure="inliers are coincident or collinear: pose undetermined")
-    return PoseResult(pose.numpy(), len(inliers), inliers, score, timings)
-
-
+    return accepted_pose(pose.numpy(), inliers, m.scene.numpy(), max(min_inliers, MIN_POINTS[m.solver]), inliers,
+                         score, timings)

@@ -7,16 +7,17 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .dsac import SCORES, DSACConfig, ScoreCNN
+from .dsac import DSACConfig, ScoreCNN
 from .errors import SceneLocError
 from .networks import CoordinateNetwork, Net, build_coordinate_network, load_weights
+from .pose_config import DSAC_SCORES
 
 # ------------------------------------------------------------------------------- the map stage
 
 
 @dataclass
 class DSACStage:
-    """What ``Map.localize(method='dsac'|'softam')`` uses: options, coordinate network, Score CNN."""
+    """What ``Map.localize(estimator='dsac'|'softam')`` uses: options, coordinate network, Score CNN."""
     config: DSACConfig
     coord_net: CoordinateNetwork
     score_net: ScoreCNN | None
@@ -48,8 +49,8 @@ def resolve_stage(the_map, score: str | None = None) -> DSACStage:
     Loads the map's stage on first use. Without one, ``soft-inliers`` needs no weights and runs on
     the base coordinate network; ``cnn`` is an error that says how to train the stage.
     """
-    if score is not None and score not in SCORES:
-        raise SceneLocError(f"unknown DSAC score {score!r} (choose {' or '.join(SCORES)})")
+    if score is not None and score not in DSAC_SCORES:
+        raise SceneLocError(f"unknown DSAC score {score!r} (choose {' or '.join(DSAC_SCORES)})")
     if the_map.dsac is None and the_map.map_dir is not None:
         the_map.dsac = load_stage(the_map.map_dir, the_map.config, the_map.device)
     stage = the_map.dsac

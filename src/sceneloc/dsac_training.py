@@ -21,19 +21,19 @@ from .dsac import (
     Matches,
     ScoreCNN,
     hypothesis_errors,
+    hypothesis_scores,
     make_matches,
     refine,
     sample_minimal_sets,
-    score_hypotheses,
-    solve_hypotheses,
+    solve_minimal_sets,
 )
 from .errors import SceneLocError
-from .frame_cache import FrameCache, make_batch  # make_batch: stage 1's batches with photometric jitter, reused
+from .frame_cache import Augmentation, FrameCache, make_batch
 from .geometry import backproject, rotation_error_deg
 from .loop import Budget
 from .networks import CoordinateNetwork, SceneNormalisation, output_pixel_centres
 from .scenemap import DEFAULT_POSE_POINTS, Map, grid_step
-from .training import MappingConfig, seed_everything
+from .training import seed_everything
 
 # ---------------------------------------------------------------------------------------- loss
 
@@ -83,10 +83,10 @@ def frame_objective(m: Matches, T_gt: torch.Tensor, config: DSACConfig, score_ne
     REINFORCE surrogate with the draws' mean loss.
     """
     sets = sample_minimal_sets(m.valid.cpu().numpy(), config.hypotheses, m.solver, rng)
-    poses, sets = solve_hypotheses(m, sets, config.hypothesis_steps)
+    poses, sets = solve_minimal_sets(m, sets, config.hypothesis_steps)
     if len(poses) == 0:
         return None
-    log_p = torch.log_softmax(config.alpha * score_hypotheses(hypothesis_errors(poses, m), m, config, score_net), -1)
+    log_p = torch.log_softmax(config.alpha * hypothesis_scores(hypothesis_errors(poses, m), m, config, score_net), -1)
     if config.objective == "expected":
         losses = pose_loss(refine(poses, m, config), T_gt, config.loss, config.loss_clamp)
         loss = expected_pose_loss(losses, log_p.exp())
@@ -165,8 +165,7 @@ def train_dsac(net: nn.Module, norm: SceneNormalisation, score_net: ScoreCNN | N
         score_net.to(device).train()
         groups.append({"params": list(score_net.parameters()), "lr": config.lr_score})
     opt = torch.optim.Adam(groups)
-    photometric = MappingConfig(aug_scale=1.0, aug_rotation=0.0, aug_brightness=config.aug_brightness,
-                                aug_contrast=config.aug_contrast)
+    photometric = Augmentation(brightness=config.aug_brightness, contrast=config.aug_contrast)
     rng = np.random.default_rng(config.seed)
     budget = Budget("DSAC fine-tuning", config.minutes, config.iterations)
     order, pos = rng.permutation(len(data)), 0
@@ -176,7 +175,7 @@ def train_dsac(net: nn.Module, norm: SceneNormalisation, score_net: ScoreCNN | N
             order, pos = rng.permutation(len(data)), 0
         i = int(order[pos])
         pos += 1
-        image = make_batch(data.cache, np.array([i]), photometric, rng, train=True)[0].to(device)
+        image = make_batch(data.cache, np.array([i]), photometric, rng)[0].to(device)
         m = data.matches(i, _predict(net, norm, image), config.mode)
         out = frame_objective(m, torch.as_tensor(data.poses[i], device=m.scene.device), config, score_net, rng)
         ok = False

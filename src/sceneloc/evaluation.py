@@ -40,7 +40,7 @@ from .diagnostics import (
 from .errors import SceneLocError, refuse_to_overwrite
 from .geometry import PoseRecord, pose_errors, read_pose_file, write_pose_file
 from .plots import plot_error_cdf, plot_error_histogram, plot_examples, plot_reliability, plot_roc, plot_topdown
-from .pose import PoseConfig
+from .pose_config import PoseConfig, estimator_config
 from .progress import progress as progress_bar
 from .scenemap import Map, localize_frames
 
@@ -287,13 +287,13 @@ def match_pose_records(records: list, frames: list, path: Path) -> tuple[list, i
 
 
 def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "test",
-             mode: str = "rgb", pose_config=None, poses: str | Path | None = None, force: bool = False,
-             seed: int = 0, device: str | None = None, intrinsics: np.ndarray | None = None,
-             progress: bool = True, method: str | None = None, dsac_score: str | None = None) -> dict:
+             mode: str = "rgb", estimator: PoseConfig | str | None = None, poses: str | Path | None = None,
+             force: bool = False, seed: int = 0, device: str | None = None, intrinsics: np.ndarray | None = None,
+             progress: bool = True) -> dict:
     """``sceneloc evaluate``: localize ``split`` (or read ``poses``) and write the report folder.
 
-    ``map_dir`` is a map directory or an already loaded :class:`sceneloc.scenemap.Map`. ``method``
-    ``dsac`` or ``softam`` localizes with the map's DSAC stage (default: ``pose_config.method``).
+    ``map_dir`` is a map directory or an already loaded :class:`sceneloc.scenemap.Map`; ``estimator``
+    is :meth:`Map.localize`'s (a ``PoseConfig``, a method name, or None: the default).
     Returns the metrics dictionary (also ``out_dir/metrics.json``, infinite medians as null there).
     """
 
@@ -301,7 +301,7 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
     _check_out_dir(out, force)
     if mode not in ("rgb", "rgbd"):
         raise SceneLocError(f"unknown mode {mode!r} (choose rgb or rgbd)")
-    config = pose_config or PoseConfig()
+    config = estimator_config(estimator)
     the_map = map_dir if isinstance(map_dir, Map) else Map.load(map_dir, device=device)
     map_name = "(in-memory map)" if isinstance(map_dir, Map) else str(map_dir)
     scene = load_scene(dataset, intrinsics)
@@ -315,13 +315,11 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
 
     if poses is None:
         records = []
-        method = method or config.method
-        for frame, res in localize_frames(the_map, frames, mode, config, seed, progress, keep_points=True,
-                                          method=method, dsac_score=dsac_score):
+        for frame, res in localize_frames(the_map, frames, mode, config, seed, progress, keep_points=True):
             records.append(PoseRecord(frame.name, res.pose, res.pose_file_columns(), res.failure))
             _add_frame(diag, the_map, frame, res.pixels, res.coords, res.confidence,
                        res.used if res.pose is not None else None)
-        source = f"localized ({method})"
+        source = f"localized ({config.method})"
     else:
         poses = Path(poses)
         records, absent = match_pose_records(read_pose_file(poses), frames, poses)

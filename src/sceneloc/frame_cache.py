@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -16,10 +15,6 @@ from .data import Frame, sample_nearest, scene_coordinates_at
 from .errors import SceneLocError
 from .networks import input_size, output_pixel_centres
 from .progress import progress as progress_bar
-
-if TYPE_CHECKING:  # annotation only: training imports this module
-    from .training import MappingConfig
-
 
 # ------------------------------------------------------------------------------------ frame cache
 
@@ -89,25 +84,36 @@ def augment(image: np.ndarray, coords: np.ndarray, mask: np.ndarray, depth: np.n
     return img, warp(coords), warp(mask.astype(np.uint8)).astype(bool), warp(depth)
 
 
-def make_batch(cache: FrameCache, idx: np.ndarray, cfg: MappingConfig, rng: np.random.Generator, train: bool):
-    zoom = cfg.aug_scale
-    if zoom is None:
-        raise ValueError("make_batch needs a resolved MappingConfig (aug_scale is None)")
+@dataclass(frozen=True)
+class Augmentation:
+    """Random augmentation of a training batch: zoom in ``[1/zoom, zoom]`` and in-plane roll in
+    ``[-rotation_deg, rotation_deg]`` (image and targets alike), then per-image brightness offset in
+    ``[-brightness, brightness]`` and contrast factor in ``[1 - contrast, 1 + contrast]``."""
+    zoom: float = 1.0
+    rotation_deg: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+
+
+def make_batch(cache: FrameCache, idx: np.ndarray, aug: Augmentation, rng: np.random.Generator
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Frames ``idx`` of ``cache`` under random ``aug``: images ``(B, 3, H_in, W_in)`` in [0, 1]
+    (channels-last), targets ``(B, 3, h, w)`` metres, masks ``(B, h, w)``, depth ``(B, h, w)``."""
     imgs, crds, msks, dpts = [], [], [], []
     for i in idx:
         img, c, m, d = cache.images[i], cache.coords[i], cache.masks[i], cache.depths[i]
-        if train and (zoom > 1.0 or cfg.aug_rotation > 0):
-            s = math.exp(rng.uniform(-math.log(zoom), math.log(zoom))) if zoom > 1 else 1.0
-            a = rng.uniform(-cfg.aug_rotation, cfg.aug_rotation)
+        if aug.zoom > 1.0 or aug.rotation_deg > 0:
+            s = math.exp(rng.uniform(-math.log(aug.zoom), math.log(aug.zoom))) if aug.zoom > 1 else 1.0
+            a = rng.uniform(-aug.rotation_deg, aug.rotation_deg)
             img, c, m, d = augment(img, c, m, d, cache.stride, s, a)
         imgs.append(img)
         crds.append(c)
         msks.append(m)
         dpts.append(d)
     image = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float().div_(255.0)
-    if train:  # photometric jitter: per-image brightness and contrast
-        b = torch.from_numpy(rng.uniform(-cfg.aug_brightness, cfg.aug_brightness, (len(idx), 1, 1, 1))).float()
-        k = torch.from_numpy(rng.uniform(1 - cfg.aug_contrast, 1 + cfg.aug_contrast, (len(idx), 1, 1, 1))).float()
+    if aug.brightness > 0 or aug.contrast > 0:  # photometric jitter: per-image brightness and contrast
+        b = torch.from_numpy(rng.uniform(-aug.brightness, aug.brightness, (len(idx), 1, 1, 1))).float()
+        k = torch.from_numpy(rng.uniform(1 - aug.contrast, 1 + aug.contrast, (len(idx), 1, 1, 1))).float()
         mean = image.mean(dim=(1, 2, 3), keepdim=True)
         image = ((image - mean) * k + mean + b).clamp_(0, 1)
     coords = torch.from_numpy(np.stack(crds)).permute(0, 3, 1, 2)

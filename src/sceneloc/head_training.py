@@ -18,7 +18,7 @@ import torch
 from .buffer import PixelBuffer
 from .encoders import use_bf16
 from .errors import SceneLocError
-from .loop import Budget, load_checkpoint, lr_factor, save_checkpoint
+from .loop import Budget, lr_factor, resume_from, save_checkpoint
 from .losses import INLIER_THRESHOLD_M
 from .networks import EncoderHeadNet, SceneNormalisation
 
@@ -108,14 +108,11 @@ def train_head(net: EncoderHeadNet, norm: SceneNormalisation, buffer: PixelBuffe
     head = net.head.to(device).train()
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(seed)
-    step, elapsed, history = 0, 0.0, None
     if resume:
-        ck = load_checkpoint(checkpoint, device)
-        head.load_state_dict(ck["head"])
-        opt.load_state_dict(ck["optimizer"])
-        step, elapsed, history = ck["step"], ck["elapsed"], ck["history"]
+        budget, ck = resume_from(checkpoint, device, desc, minutes, iterations, head=head, optimizer=opt)
         gen.set_state(ck["generator"])
-    budget = Budget(desc, minutes, iterations, step, elapsed, history)
+    else:
+        budget = Budget(desc, minutes, iterations)
     n = len(buffer) if entries is None else len(entries)
     center = torch.as_tensor(norm.center, dtype=torch.float32, device=device)
     last_ck = time.perf_counter()

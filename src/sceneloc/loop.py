@@ -17,6 +17,7 @@ import math
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -106,3 +107,14 @@ def load_checkpoint(path: Path | None, device: str = "cpu") -> dict:
     if path is None or not path.exists():
         raise SceneLocError(f"{path}: no checkpoint to resume from")
     return torch.load(path, map_location=device, weights_only=False)
+
+
+def resume_from(path: Path | None, device: str, desc: str, minutes: float | None, iterations: int | None,
+                **restore: Any) -> tuple[Budget, dict]:
+    """Continue a run from checkpoint ``path``: each keyword's object (a module, an optimiser) loads
+    the checkpoint's state under that key; returns the budget at the checkpoint's step, time and
+    history, and the checkpoint for the rest of the trainer's state (random generators, data order)."""
+    ck = load_checkpoint(path, device)
+    for key, obj in restore.items():
+        obj.load_state_dict(ck[key])
+    return Budget(desc, minutes, iterations, ck["step"], ck["elapsed"], ck["history"]), ck

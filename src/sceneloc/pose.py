@@ -21,6 +21,10 @@ Four estimators share one pipeline (``estimate_pose``):
   (``pose_ransac``): query depth is evidence, never the only truth, so depth that is shifted
   against the image cannot make the pose worse than PnP alone. Without depth it is a fast PnP-RANSAC.
 
+The fifth and sixth, ``dsac`` and ``softam`` (DSAC's learned scores and selection), need the map's
+DSAC stage and live in ``dsac.py``; ``Map.localize`` runs any of the six from one ``PoseConfig``,
+and all return a ``PoseResult`` that ``accepted_pose`` has checked.
+
 Unless ``PoseConfig.polish`` is off, every estimator ends with DSAC*/ACE's final step: re-fit on
 all inliers of the current pose a few times. The paper does not have it; it is what makes
 DSAC*/ACE precise. ``polish=False`` with ``method='confidence'`` is the pure paper pipeline.
@@ -40,7 +44,16 @@ import cv2
 import numpy as np
 
 from .geometry import invert_pose, is_rigid, kabsch, make_pose, pnp_ransac, solve_pnp
-from .pose_config import METHODS, MIN_POINTS, REFERENCE_THRESHOLD_PX, SCORES, SOLVERS, PoseConfig, PoseResult  # noqa: F401 (public names of pose)
+from .pose_config import (  # noqa: F401 (public names of pose)
+    DSAC_METHODS,
+    METHODS,
+    MIN_POINTS,
+    REFERENCE_THRESHOLD_PX,
+    SCORES,
+    SOLVERS,
+    PoseConfig,
+    PoseResult,
+)
 from .pose_ransac import distance_residuals, hypotheses_needed, joint_ransac, refine_joint, reprojection_residuals
 
 #: Re-fits of ``joint``'s refinement: part of the method, so not bound by ``polish_iterations``.
@@ -397,6 +410,19 @@ def required_inliers(config: PoseConfig, solver: str, threshold_px: float, pixel
     return math.ceil(config.min_inliers * max(1.0, chance))
 
 
+def accepted_pose(pose: np.ndarray, inliers: np.ndarray, scene: np.ndarray, needed: int, used: np.ndarray,
+                  score: float, timings: dict[str, float]) -> PoseResult:
+    """Every estimator's last step: report ``pose`` only when its ``inliers`` (indices into ``scene
+    (N, 3)``) are at least ``needed`` and span a plane; otherwise a failure that says why. Never a
+    silently wrong pose: too few or degenerate inliers do not determine one."""
+    if len(inliers) < needed:
+        return PoseResult(None, score=score, timings_ms=timings, failure=f"{len(inliers)} inliers, fewer than {needed}")
+    if not spans_a_plane(scene[inliers]):
+        return PoseResult(None, score=score, timings_ms=timings,
+                          failure="inliers are coincident or collinear: pose undetermined")
+    return PoseResult(pose, len(inliers), used, score, timings)
+
+
 def estimate_pose(pixels: np.ndarray, scene_coords: np.ndarray, K: np.ndarray,
                   confidence: np.ndarray | None = None, camera_points: np.ndarray | None = None,
                   config: PoseConfig = PoseConfig(),
@@ -417,6 +443,9 @@ def estimate_pose(pixels: np.ndarray, scene_coords: np.ndarray, K: np.ndarray,
         number of points are valid, every solve failed, the inliers are degenerate (coincident or
         collinear) or fewer than ``config.min_inliers``.
     """
+    if config.method in DSAC_METHODS:
+        raise ValueError(f"method {config.method!r} needs a map's DSAC stage: use Map.localize "
+                         f"(or dsac.estimate_pose_dsac)")
     rng = np.random.default_rng(rng)
     corr = select_correspondences(pixels, scene_coords, K, confidence, camera_points, config)
     timings = {"sampling": 0.0, "refinement": 0.0}
@@ -475,10 +504,5 @@ def estimate_pose(pixels: np.ndarray, scene_coords: np.ndarray, K: np.ndarray,
     inliers = np.flatnonzero(residuals(corr, pose) < corr.threshold)
     timings["refinement"] = (time.perf_counter() - start) * 1e3
 
-    # --- refuse poses that are not supported by enough, well-spread inliers
     needed = max(required_inliers(config, corr.solver, corr.threshold, corr.pixels), corr.min_points)
-    if len(inliers) < needed:
-        return failed(f"{len(inliers)} inliers, fewer than {needed}", score)
-    if not spans_a_plane(corr.scene[inliers]):
-        return failed("inliers are coincident or collinear: pose undetermined", score)
-    return PoseResult(pose, len(inliers), corr.index[np.sort(used)], score, timings)
+    return accepted_pose(pose, inliers, corr.scene, needed, corr.index[np.sort(used)], score, timings)

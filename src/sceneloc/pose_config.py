@@ -13,7 +13,13 @@ from .pose_ransac import DEPTH_GATE
 # Points needed to determine a pose: EPnP (OpenCV) needs 4 2D-3D matches, Kabsch 3 3D-3D matches.
 MIN_POINTS = {"pnp": 4, "kabsch": 3}
 
-METHODS = ("confidence", "random", "ransac", "joint")
+#: Estimators of ``pose.estimate_pose``, which needs only correspondences.
+CORRESPONDENCE_METHODS = ("confidence", "random", "ransac", "joint")
+#: Estimators that need the map's DSAC stage (``dsac.py``), and the hypothesis selection each uses.
+DSAC_METHODS = {"dsac": "argmax", "softam": "softam"}
+METHODS = CORRESPONDENCE_METHODS + tuple(DSAC_METHODS)
+#: Hypothesis scores of the DSAC methods: the learned Score CNN or DSAC*'s soft inlier count.
+DSAC_SCORES = ("cnn", "soft-inliers")
 #: PnP threshold at which ``min_inliers`` holds (DSAC*/ACE's); pose.required_inliers scales it.
 REFERENCE_THRESHOLD_PX = 10.0
 #: PnP inlier threshold per method when ``PoseConfig.inlier_threshold_px`` is None (others: 10 px),
@@ -29,8 +35,10 @@ class PoseConfig:
     """Every number of the pose stage; defaults are the paper's (section III-C, after DSAC [12]).
 
     Attributes:
-        method: ``confidence`` (paper), ``random`` (paper baselines), ``ransac`` (standard) or
-            ``joint`` (2D-3D and 3D-3D hypotheses on one joint score; ``pose_ransac``).
+        method: ``confidence`` (paper), ``random`` (paper baselines), ``ransac`` (standard),
+            ``joint`` (2D-3D and 3D-3D hypotheses on one joint score; ``pose_ransac``), or ``dsac`` /
+            ``softam``: DSAC's argmax / SoftAM selection with the map's DSAC stage (``dsac.py``), which
+            reads only ``hypotheses``, ``min_inliers`` and ``dsac_score`` here (the rest is the stage's).
         solver: ``pnp`` (2D-3D), ``kabsch`` (3D-3D, needs ``camera_points``) or ``auto``:
             Kabsch when ``camera_points`` are given, PnP otherwise. ``joint`` ignores it (both).
         hypotheses: h_p, pose hypotheses sampled; for ``ransac`` with Kabsch, hypotheses per batch.
@@ -80,6 +88,8 @@ class PoseConfig:
         joint_batch: hypotheses per round of ``joint`` (half P3P, half Kabsch with depth); it stops
             after the round in which either kind reaches ``ransac_confidence``. ACE/DSAC* draw 64.
         joint_max_hypotheses: most hypotheses of ``joint`` (bounds its time at low inlier ratios).
+        dsac_score: ``dsac`` / ``softam`` hypothesis score, ``cnn`` or ``soft-inliers`` (None: the
+            score the map's DSAC stage was trained with); soft inliers need no DSAC stage.
         depth_gate: ``joint`` ignores the query depth when the pose refined with it fits the
             image worse than the PnP solution by more than this fraction (truncated reprojection
             cost): depth is trusted only where it is consistent with the image
@@ -109,11 +119,13 @@ class PoseConfig:
     joint_batch: int = 64
     joint_max_hypotheses: int = 1024
     depth_gate: float = DEPTH_GATE
+    dsac_score: str | None = None
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("method", self.method, METHODS), ("solver", self.solver, SOLVERS),
                                      ("score", self.score, SCORES),
-                                     ("pnp_method", self.pnp_method, tuple(PNP_METHODS))):
+                                     ("pnp_method", self.pnp_method, tuple(PNP_METHODS)),
+                                     ("dsac_score", self.dsac_score or DSAC_SCORES[0], DSAC_SCORES)):
             if value not in allowed:
                 raise ValueError(f"PoseConfig.{name}={value!r}; choose from {', '.join(allowed)}")
         if self.pnp_method == "p3p":
@@ -159,13 +171,16 @@ class PoseConfig:
 
 @dataclass
 class PoseResult:
-    """Outcome of ``estimate_pose`` for one image.
+    """Outcome of one image's pose estimation; every estimator (``pose.estimate_pose``,
+    ``dsac.estimate_pose_dsac``) fills it with the same meaning.
 
     Attributes:
         pose: camera-to-world ``(4, 4)``, or None when no trustworthy pose was found.
         n_inliers: correspondences within the inlier threshold of ``pose`` (px for PnP, m for Kabsch).
-        used: ``(M,)`` indices (into the input arrays) of the points of the final solve.
-        score: the selected hypothesis' score (mean confidence, or inlier count).
+        used: ``(M,)`` indices (into the input arrays) of the correspondences the final pose was
+            fitted to (the inliers of its last re-fit).
+        score: the selected hypothesis' score (mean confidence, inlier count or DSAC's score; SoftAM:
+            the probability-weighted mean score).
         timings_ms: ``sampling`` (hypothesis generation + scoring) and ``refinement`` (refinement + polish).
         failure: why ``pose`` is None (None on success).
     """
@@ -179,3 +194,15 @@ class PoseResult:
     @property
     def success(self) -> bool:
         return self.pose is not None
+
+
+def estimator_config(estimator: PoseConfig | str | None) -> PoseConfig:
+    """The pose estimator to run: ``estimator`` itself, a method name (that method with its
+    defaults, e.g. ``"dsac"``), or None (the default, ``PoseConfig()``)."""
+    if estimator is None:
+        return PoseConfig()
+    if isinstance(estimator, str):
+        return PoseConfig(method=estimator)
+    if not isinstance(estimator, PoseConfig):
+        raise TypeError(f"estimator must be a PoseConfig, a method name or None, not {type(estimator).__name__}")
+    return estimator

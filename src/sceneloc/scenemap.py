@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ import torch
 
 from .calibration import CALIBRATION_FILE, PoseCalibration
 from .data import camera_points
-from .dsac import DSAC_METHODS, STAGE_FILES, estimate_pose_dsac
+from .dsac import STAGE_FILES, estimate_pose_dsac
 from .dsac_stage import resolve_stage
 from .errors import SceneLocError
 from .networks import (
@@ -37,7 +37,7 @@ from .networks import (
     output_pixel_centres,
 )
 from .pose import PoseConfig, estimate_pose
-from .pose_config import REFERENCE_THRESHOLD_PX
+from .pose_config import DSAC_METHODS, REFERENCE_THRESHOLD_PX, estimator_config
 from .progress import progress as progress_bar
 
 #: 2: the network may be a frozen pretrained encoder + head (the file holds the head; the config the
@@ -236,9 +236,8 @@ class Map:
         return out.view(h, w)
 
     def localize(self, image: np.ndarray, depth: np.ndarray | None = None, intrinsics: np.ndarray | None = None,
-                 method: str | None = None, pose_config=None, rng: np.random.Generator | None = None,
-                 max_points: int = DEFAULT_POSE_POINTS, prediction: Prediction | None = None,
-                 dsac_score: str | None = None) -> Localization:
+                 estimator: PoseConfig | str | None = None, rng: np.random.Generator | None = None,
+                 max_points: int = DEFAULT_POSE_POINTS, prediction: Prediction | None = None) -> Localization:
         """Camera-to-world pose of one RGB image (PnP), or of an RGB-D frame (Kabsch) when ``depth``
         ``(H, W)`` in metres (0 = none) is given.
 
@@ -246,77 +245,71 @@ class Map:
             image: ``(H, W, 3)`` uint8 RGB; any size if ``intrinsics`` are given.
             depth: optional ``(H, W)`` metres aligned with ``image``.
             intrinsics: ``(3, 3)`` K of the query image; default the mapping camera's.
-            method: ``ransac`` (default: OpenCV MAGSAC++ PnP, or Kabsch-RANSAC with depth),
-                ``confidence`` (the paper's; needs the confidence network), ``random``, ``joint``
-                (P3P and Kabsch hypotheses on one 2D + 3D score; depth used only where it agrees
-                with the image, see ``pose_ransac``), or ``dsac`` / ``softam``: DSAC's argmax /
-                SoftAM selection (dsac.py) with the map's DSAC stage, of which ``pose_config``
-                gives only ``hypotheses`` and ``min_inliers``.
-            pose_config: a :class:`sceneloc.pose.PoseConfig` overriding the defaults.
+            estimator: a :class:`sceneloc.pose.PoseConfig`, or a method name with its defaults, or
+                None (``ransac``: OpenCV MAGSAC++ PnP, or Kabsch-RANSAC with depth). Its ``method`` is
+                ``ransac``, ``confidence`` (the paper's; needs the confidence network), ``random``,
+                ``joint`` (P3P and Kabsch hypotheses on one 2D + 3D score; depth used only where it
+                agrees with the image, see ``pose_ransac``), or ``dsac`` / ``softam``: DSAC's argmax /
+                SoftAM selection (dsac.py) with the map's DSAC stage and ``dsac_score``.
             prediction: reuse this image's ``predict`` output (to compare pose settings cheaply; for
                 dsac/softam it must come from the DSAC stage's network).
-            dsac_score: ``cnn`` or ``soft-inliers`` for dsac/softam (default: the stage's); soft
-                inliers need no DSAC stage (the base network is used then).
         """
         K = self._check_intrinsics(image, intrinsics)
         if depth is not None and depth.shape != image.shape[:2]:
             raise SceneLocError(f"depth map is {depth.shape[1]}x{depth.shape[0]} but the image is "
                                 f"{image.shape[1]}x{image.shape[0]}")
-        stage = resolve_stage(self, dsac_score) if method in DSAC_METHODS else None
-        if pose_config is None:
-            pose_config = PoseConfig()
-        if pose_config.inlier_threshold_px is None and self.config.get("supervision") == "reprojection":
+        config = estimator_config(estimator)
+        stage = resolve_stage(self, config.dsac_score) if config.method in DSAC_METHODS else None
+        if config.inlier_threshold_px is None and self.config.get("supervision") == "reprojection":
             # coordinates learned from reprojection alone are sharp in the image but not in depth: the
             # wide RANSAC threshold that suits depth-supervised maps halved an RGB-only map's accuracy
             # (redkitchen dev RGB 21 % at 10 px against 11 % at 25 px; BENCHMARKS.md)
-            pose_config = replace(pose_config, inlier_threshold_px=REFERENCE_THRESHOLD_PX)
+            config = replace(config, inlier_threshold_px=REFERENCE_THRESHOLD_PX)
         # only the confidence-guided and joint estimators read confidences: skip the PointNet otherwise
-        uses_confidence = (method or pose_config.method) in CONFIDENCE_METHODS
         pred = prediction if prediction is not None else self.predict(image, max_points,
                                                                       None if stage is None else stage.coord_net,
-                                                                      confidence=uses_confidence)
+                                                                      confidence=config.method in CONFIDENCE_METHODS)
         pixels, coords = pred.pixels.reshape(-1, 2), pred.coords.reshape(-1, 3)
         conf = None if pred.confidence is None else pred.confidence.reshape(-1)
         cam = None if depth is None else camera_points(depth, pixels, K)
-        if stage is not None and method is not None:  # a stage is resolved only for a DSAC method
+        if config.method == "confidence" and conf is None:
+            raise SceneLocError("this map has no confidence network (mapped with --no-confidence): "
+                                "use --method random or ransac")
+        if stage is not None:
             res = estimate_pose_dsac(pixels, coords, K, pred.coords.shape[:2], cam, stage.config, stage.score_net,
-                                     DSAC_METHODS[method], pose_config.hypotheses, pose_config.min_inliers, rng)
+                                     DSAC_METHODS[config.method], config.hypotheses, config.min_inliers, rng)
         else:
-            if method is not None:
-                pose_config = PoseConfig(**{**asdict(pose_config), "method": method})
-            if pose_config.method == "confidence" and conf is None:
-                raise SceneLocError("this map has no confidence network (mapped with --no-confidence): "
-                                    "use --method random or ransac")
-            res = estimate_pose(pixels, coords, K, confidence=conf, camera_points=cam, config=pose_config, rng=rng)
+            res = estimate_pose(pixels, coords, K, confidence=conf, camera_points=cam, config=config, rng=rng)
         timings = {"network_ms": pred.network_ms, "sampling_ms": res.timings_ms.get("sampling", 0.0),
                    "refinement_ms": res.timings_ms.get("refinement", 0.0)}
         timings["total_ms"] = sum(timings.values())
         probability = float("nan")
         if self.calibration is not None:
-            probability = self.calibration.probability("rgb" if depth is None else "rgbd", method or pose_config.method,
+            probability = self.calibration.probability("rgb" if depth is None else "rgbd", config.method,
                                                        res.n_inliers, len(pixels), res.pose is not None)
         return Localization(res.pose, res.n_inliers, res.score, timings, pixels, coords, conf, res.used, res.failure,
                             probability)
 
 
-def localize_frames(the_map: Map, frames: list, mode: str = "rgb", pose_config=None, seed: int = 0,
-                    progress: bool = True, keep_points: bool = False, **options):
+def localize_frames(the_map: Map, frames: list, mode: str = "rgb", estimator: PoseConfig | str | None = None,
+                    seed: int = 0, progress: bool = True, keep_points: bool = False):
     """Localize dataset frames one by one; yields ``(frame, Localization)``.
 
     ``mode`` is ``rgb`` (PnP on the image alone) or ``rgbd`` (Kabsch with the frame's depth).
     The random generator is seeded per frame, so a frame's result does not depend on the others.
-    ``options`` (e.g. ``method``, ``dsac_score``) go to :meth:`Map.localize`.
+    ``estimator`` is :meth:`Map.localize`'s.
     """
     if mode not in ("rgb", "rgbd"):
         raise SceneLocError(f"unknown mode {mode!r} (choose rgb or rgbd)")
-    if options.get("method") in DSAC_METHODS:  # a missing DSAC stage fails here, before any frame
-        resolve_stage(the_map, options.get("dsac_score"))
+    config = estimator_config(estimator)
+    if config.method in DSAC_METHODS:  # a missing DSAC stage fails here, before any frame
+        resolve_stage(the_map, config.dsac_score)
     for i, frame in enumerate(progress_bar(frames, desc=f"localizing ({mode})", unit="frame", disable=not progress,
                                    dynamic_ncols=True, mininterval=1.0)):
         image = frame.load_image()
         depth = frame.load_depth(image.shape[:2]) if mode == "rgbd" else None
-        res = the_map.localize(image, depth=depth, intrinsics=frame.K, pose_config=pose_config,
-                               rng=np.random.default_rng([seed, i]), **options)
+        res = the_map.localize(image, depth=depth, intrinsics=frame.K, estimator=config,
+                               rng=np.random.default_rng([seed, i]))
         if not keep_points:  # dense arrays are only needed for diagnostics; drop them to save memory
             res.pixels = res.coords = res.confidence = res.used = None
         yield frame, res

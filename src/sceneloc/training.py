@@ -24,8 +24,8 @@ import torch
 
 from .encoders import encoder_identity
 from .errors import SceneLocError
-from .frame_cache import FrameCache, make_batch
-from .loop import Budget, load_checkpoint, lr_factor
+from .frame_cache import Augmentation, FrameCache, make_batch
+from .loop import Budget, lr_factor, resume_from
 from .loop import save_checkpoint as save_checkpoint_file
 from .losses import CONFIDENCE_SCALE, INLIER_THRESHOLD_M, confidence_target, coordinate_loss
 from .networks import (
@@ -118,6 +118,12 @@ class MappingConfig:
         fill = {k: v for k, v in ARCH_DEFAULTS[self.arch].items() if getattr(self, k) is None}
         return replace(self, **fill)
 
+    def augmentation(self) -> Augmentation:
+        """The batch augmentation of stage 1 and stage 2 (needs a ``resolved`` config)."""
+        if self.aug_scale is None:
+            raise ValueError("MappingConfig.augmentation needs a resolved config (aug_scale is None)")
+        return Augmentation(self.aug_scale, self.aug_rotation, self.aug_brightness, self.aug_contrast)
+
     def network_config(self) -> dict:
         if self.arch == "xfeat":
             return {"arch": "xfeat", "encoder": self.encoder, "head_width": self.head_width,
@@ -158,18 +164,15 @@ def train_coordinates(model: torch.nn.Module, norm: SceneNormalisation, cache: F
     model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # the stubs omit memory_format
     opt = _make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
     rng = np.random.default_rng(cfg.seed)
-    step, elapsed, history = 0, 0.0, None
     if resume:
-        ck = load_checkpoint(checkpoint, device)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        step, elapsed, history = ck["step"], ck["elapsed"], ck["history"]
+        budget, ck = resume_from(checkpoint, device, "mapping", cfg.minutes, cfg.iterations, model=model,
+                                 optimizer=opt)
         rng.bit_generator.state = ck["rng"]
         torch.set_rng_state(ck["torch_rng"])
         order, pos = ck["order"], ck["pos"]
     else:
         order, pos = rng.permutation(len(cache)), 0
-    budget = Budget("mapping", cfg.minutes, cfg.iterations, step, elapsed, history)
+        budget = Budget("mapping", cfg.minutes, cfg.iterations)
     snapshots = sorted(m for m in cfg.snapshot_minutes if m * 60 > budget.elapsed) if checkpoint is not None else []
     last_ck = time.perf_counter()
     while not budget.done:
@@ -177,7 +180,7 @@ def train_coordinates(model: torch.nn.Module, norm: SceneNormalisation, cache: F
             order, pos = rng.permutation(len(cache)), 0
         idx = order[pos:pos + cfg.batch_size]
         pos += cfg.batch_size
-        image, target, mask, depth = make_batch(cache, idx, cfg, rng, train=True)
+        image, target, mask, depth = make_batch(cache, idx, cfg.augmentation(), rng)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * lr_factor(cfg.schedule, budget.fraction)
         # contiguous: the losses' elementwise work is several times slower on channels-last tensors
@@ -264,7 +267,7 @@ def train_confidence(net: ConfidencePointNet, model: torch.nn.Module, norm: Scen
     budget = Budget("confidence", cfg.confidence_minutes)
     while not budget.done:
         idx = rng.choice(len(cache), size=min(cfg.batch_size, len(cache)), replace=False)
-        image, target, mask, _ = make_batch(cache, idx, cfg, rng, train=True)
+        image, target, mask, _ = make_batch(cache, idx, cfg.augmentation(), rng)
         with torch.no_grad():
             pred = norm.to_metres(model(image.to(device))).float().permute(0, 2, 3, 1).cpu()
         target = target.permute(0, 2, 3, 1)
