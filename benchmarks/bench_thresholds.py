@@ -6,7 +6,7 @@ Accuracy is the share of frames within 5 cm / 5 deg; ms is the pose estimation a
 
 Usage:
     python benchmarks/bench_thresholds.py --map MAP_DIR --data DATASET [--cache preds.pkl] \\
-        [--px 10 15 20 25 30 40] [--polish none 0.05 0.05,0.03]
+        [--px 10 15 20 25 30 40] [--polish none 0.05 0.05,0.03] [--polish-px 15 15,10]
 """
 
 from __future__ import annotations
@@ -64,6 +64,8 @@ def main() -> None:
     ap.add_argument("--px", type=float, nargs="*", default=[10, 15, 20, 25, 30, 40], help="PnP thresholds (RGB)")
     ap.add_argument("--polish", nargs="*", default=["none", "0.05", "0.05,0.03"],
                     help="Kabsch polish thresholds in metres, comma-separated per row (RGB-D)")
+    ap.add_argument("--polish-px", nargs="*", default=[],
+                    help="PnP polish thresholds in pixels after RANSAC's, comma-separated per row (RGB)")
     args = ap.parse_args()
     frames = load_scene(args.data).frames(args.split)
     preds = cached_predictions(args.map, frames, args.cache)
@@ -72,6 +74,10 @@ def main() -> None:
     for px in args.px:
         acc, ms = score(frames, preds, PoseConfig(inlier_threshold_px=px), None)
         print(f"| rgb | PnP threshold {px:g} px | {100 * acc:.1f} % | {ms:.0f} |", flush=True)
+    for spec in args.polish_px:
+        polish = tuple(float(v) for v in spec.split(","))
+        acc, ms = score(frames, preds, PoseConfig(polish_thresholds_px=polish), None)
+        print(f"| rgb | PnP polish {spec} px | {100 * acc:.1f} % | {ms:.0f} |", flush=True)
     cams = [camera_points(f.load_depth(), px, f.K) for f, (px, _) in zip(frames, preds, strict=True)]
     for spec in args.polish:
         thresholds = () if spec == "none" else tuple(float(v) for v in spec.split(","))

@@ -34,7 +34,7 @@ def _samples(n=200, seed=0):
     rng = np.random.default_rng(seed)
     inliers = rng.integers(0, 2000, n)
     success = rng.random(n) < inliers / 2000   # more inliers, more often right
-    return inliers, np.full(n, 4800), success
+    return inliers, np.full(n, 4800), np.where(success, 0.5, 2.0)
 
 
 def test_calibration_probabilities_rise_with_inliers_and_round_trip(tmp_path):

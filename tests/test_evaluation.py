@@ -216,7 +216,8 @@ def test_report_files_and_oracle_accuracy(oracle_map, tiny_data, tmp_path):
     # a calibration that puts every pose of this map at p > 0.5: more inliers, more often right
     rng = np.random.default_rng(0)
     inliers = rng.integers(0, 4 * H * W // 10, 200)
-    oracle_map.calibration = PoseCalibration.fit({"rgbd": (inliers, np.full(200, H * W), inliers > H * W // 10)})
+    oracle_map.calibration = PoseCalibration.fit({"rgbd": (inliers, np.full(200, H * W),
+                                                                 np.where(inliers > H * W // 10, 0.5, np.inf))})
     try:
         m = evaluate(oracle_map, tiny_data, out, mode="rgbd", estimator=PoseConfig(method="ransac"), progress=False)
     finally:

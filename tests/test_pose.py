@@ -257,3 +257,21 @@ def test_spread_confidence_estimator_survives_70_percent_outliers(rgbd):
                            PoseConfig(method="confidence", spread_cells=4), rng=3)
     rot, trans = errors(result, s.T_wc)
     assert rot < 0.5 and trans < 0.01, (rot, trans)
+
+
+def test_pnp_polish_at_a_tighter_threshold_drops_mid_range_outliers():
+    # 40 % of the points are off by 12-20 px: inside RANSAC's 25 px, outside a 5 px re-fit
+    s = make_scene(3, n=1500, noise_px=0.5)
+    rng = np.random.default_rng(1)
+    bad = rng.random(len(s.pixels)) < 0.4
+    angle = rng.uniform(0, 2 * np.pi, bad.sum())
+    shift = rng.uniform(12, 20, bad.sum())[:, None] * np.stack([np.cos(angle), np.sin(angle)], 1)
+    shift[:, 0] = np.abs(shift[:, 0])   # one-sided, so the wide fit is biased, not just noisier
+    pixels = s.pixels.copy()
+    pixels[bad] += shift
+    wide = estimate_pose(pixels, s.scene, K, config=PoseConfig(method="ransac"), rng=0)
+    tight = estimate_pose(pixels, s.scene, K, config=PoseConfig(method="ransac", polish_thresholds_px=(5.0,)), rng=0)
+    assert set(tight.used.tolist()).isdisjoint(np.flatnonzero(bad).tolist())
+    assert g.pose_errors(tight.pose, s.T_wc)[1] < 0.5 * g.pose_errors(wide.pose, s.T_wc)[1]
+    with pytest.raises(ValueError, match="polish_thresholds_px"):
+        PoseConfig(polish_thresholds_px=(0.0,))

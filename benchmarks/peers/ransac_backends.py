@@ -15,7 +15,7 @@ import importlib.util
 import numpy as np
 
 from sceneloc.geometry import invert_pose, make_pose, pnp_ransac
-from sceneloc.pose import PoseConfig, required_inliers
+from sceneloc.pose import PoseConfig
 
 _DEFAULT = PoseConfig()
 BACKENDS = ("opencv", "poselib")
@@ -40,7 +40,7 @@ def opencv_pnp(pixels: np.ndarray, coords: np.ndarray, K: np.ndarray,
     pose, mask = pnp_ransac(coords, pixels, K, config.threshold_px_for(K), config.ransac_iterations,
                             config.ransac_confidence, method="magsac")
     inliers = int(mask.sum())
-    return (pose if inliers >= required_inliers(config, "pnp", config.threshold_px_for(K), pixels) else None), inliers
+    return (pose if inliers >= config.required_inliers("pnp", config.threshold_px_for(K), pixels) else None), inliers
 
 
 def poselib_pnp(pixels: np.ndarray, coords: np.ndarray, K: np.ndarray, image_hw: tuple[int, int],
@@ -59,5 +59,5 @@ def poselib_pnp(pixels: np.ndarray, coords: np.ndarray, K: np.ndarray, image_hw:
     pose, info = poselib.estimate_absolute_pose(pixels, coords, camera, ransac, {})
     inliers = int(info["num_inliers"])
     T_wc = invert_pose(make_pose(pose.R, pose.t))     # poselib's pose maps world to camera
-    ok = inliers >= required_inliers(config, "pnp", config.threshold_px_for(K), pixels) and np.isfinite(T_wc).all()
+    ok = inliers >= config.required_inliers("pnp", config.threshold_px_for(K), pixels) and np.isfinite(T_wc).all()
     return (T_wc if ok else None), inliers

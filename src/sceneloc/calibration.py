@@ -8,7 +8,7 @@ that a second, short-trained head never saw (``mapping.calibrate_with_held_out_h
 failures as well as successes rather than the poses of frames a head has memorised, which all
 localize.
 
->>> cal = PoseCalibration.fit({"rgb": (inliers, n_points, success)})      # doctest: +SKIP
+>>> cal = PoseCalibration.fit({"rgb": (inliers, n_points, error_ratio)})  # doctest: +SKIP
 >>> cal.probability("rgb", "ransac", inliers=812, n_points=4800)          # doctest: +SKIP
 0.93
 """
@@ -38,6 +38,14 @@ def pose_features(inliers: np.ndarray, n_points: np.ndarray) -> np.ndarray:
     return np.stack([np.log1p(inliers), inliers / n_points], axis=-1)
 
 
+def error_ratio(rotation_deg: np.ndarray | float, translation_m: np.ndarray | float, max_deg: float = 5.0,
+                max_cm: float = 5.0) -> np.ndarray:
+    """How far a pose is from the threshold: ``max(translation / max_cm, rotation / max_deg)``; below 1
+    is within it. A failed pose is ``inf``."""
+    return np.maximum(np.asarray(translation_m, dtype=np.float64) * 100.0 / max_cm,
+                      np.asarray(rotation_deg, dtype=np.float64) / max_deg)
+
+
 def fit_logistic(x: np.ndarray, y: np.ndarray, ridge: float = RIDGE, iterations: int = 50) -> np.ndarray:
     """Weights ``(D + 1,)`` (bias first) of a ridge-penalised logistic regression of labels ``y (N,)``
     in {0, 1} on features ``x (N, D)``, by Newton's method; the bias is not penalised."""
@@ -64,6 +72,8 @@ class ModeCalibration:
     std: list[float]
     frames: int            # held-out frames it was fitted on
     success_rate: float    # their observed share within the threshold
+    # the held-out frames themselves (inliers, correspondences, error ratio; null = failed): refittable
+    held_out: dict[str, list] = field(default_factory=dict)
 
     def probability(self, inliers: np.ndarray, n_points: np.ndarray) -> np.ndarray:
         """``(N,)`` probabilities for ``N`` poses (scalars broadcast)."""
@@ -83,19 +93,25 @@ class PoseCalibration:
     @classmethod
     def fit(cls, samples: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], max_cm: float = 5.0,
             max_deg: float = 5.0, method: str = "ransac", ridge: float = RIDGE) -> PoseCalibration:
-        """From ``{mode: (inliers (N,), n_points (N,), success (N,) bool)}`` of held-out frames; a
-        failed pose counts with 0 inliers. Modes with fewer than ``MIN_FRAMES`` frames are skipped."""
+        """From ``{mode: (inliers (N,), n_points (N,), error (N,))}`` of held-out frames, ``error`` the
+        ``error_ratio`` of each pose (``inf``: failed, which counts with 0 inliers). Modes with fewer
+        than ``MIN_FRAMES`` frames are skipped."""
         modes = {}
-        for mode, (inliers, n_points, success) in samples.items():
+        for mode, (inliers, n_points, error) in samples.items():
             if mode not in MODES:
                 raise SceneLocError(f"unknown calibration mode {mode!r} (choose {', '.join(MODES)})")
-            y = np.asarray(success, dtype=np.float64)
+            error = np.asarray(error, dtype=np.float64)
+            y = (error < 1.0).astype(np.float64)
             if len(y) < MIN_FRAMES:
                 continue
             f = pose_features(inliers, n_points)
             mean, std = f.mean(axis=0), np.maximum(f.std(axis=0), 1e-6)
             w = fit_logistic((f - mean) / std, y, ridge)
-            modes[mode] = ModeCalibration([float(v) for v in w], mean.tolist(), std.tolist(), len(y), float(y.mean()))
+            held_out = {"inliers": np.asarray(inliers).astype(int).tolist(),
+                        "points": np.asarray(n_points).astype(int).tolist(),
+                        "error": [round(float(e), 4) if np.isfinite(e) else None for e in error]}
+            modes[mode] = ModeCalibration([float(v) for v in w], mean.tolist(), std.tolist(), len(y), float(y.mean()),
+                                          held_out)
         return cls(modes, max_cm, max_deg, method)
 
     def probability(self, mode: str, method: str, inliers: float, n_points: int, success: bool = True) -> float:

@@ -228,6 +228,8 @@ def _add_pose_arguments(s: argparse.ArgumentParser) -> None:
                    help="skip the final re-fit on all inliers (pure paper)")
     _field_option(g, d, "polish_thresholds_m", "Kabsch: re-fit again on the inliers at each of these tighter "
                                                "thresholds in metres", type=float, nargs="*")
+    _field_option(g, d, "polish_thresholds_px", "PnP: the same in pixels (at a 585 px focal length, scaled with it)",
+                  type=float, nargs="*")
     _field_option(g, d, "min_inliers", "fewer inliers report a failure")
     _field_option(g, d, "depth_gate", "--method joint: ignore the query depth when the pose refined with it fits "
                                       "the image worse than PnP by more than this fraction, 0: never")

@@ -15,7 +15,7 @@ import torch
 
 from . import __version__
 from .buffer import entries_for_memory, fill_buffer
-from .calibration import PoseCalibration
+from .calibration import PoseCalibration, error_ratio
 from .data import evenly_spaced, load_scene
 from .errors import SceneLocError, refuse_to_overwrite
 from .frame_cache import FrameCache
@@ -203,12 +203,13 @@ def calibration_group(frames: list) -> np.ndarray:
 
 
 def calibrate_with_held_out_head(config: dict, norm: SceneNormalisation, buffer, frames: list, cfg: MappingConfig,
-                                 device: str, log=print) -> PoseCalibration | None:
+                                 device: str, log=print, group: np.ndarray | None = None) -> PoseCalibration | None:
     """Fit the per-pose calibration with a second, short-trained head that never saw one group of
     the training frames (``calibration_group``): its poses of those frames fail and succeed the way
     the map's poses of new queries do, which frames the map itself was trained on cannot show
-    (they all localize). Returns None when too few frames can be held out."""
-    group = calibration_group(frames)
+    (they all localize). ``group`` overrides which frames (indices) are held out. Returns None when
+    too few frames can be held out."""
+    group = calibration_group(frames) if group is None else group
     if len(group) < MIN_CALIBRATION_FRAMES or len(group) == len(frames):
         log(f"pose calibration skipped: {len(group)} of {len(frames)} frames to hold out (needs "
             f"{MIN_CALIBRATION_FRAMES} and some left to train on)")
@@ -233,21 +234,19 @@ def fit_pose_calibration(the_map: Map, frames: list, seed: int = 0, log=print) -
     """Localize held-out mapping ``frames`` with the default estimator, in RGB and (those with
     depth) RGB-D, and fit :class:`PoseCalibration` to which poses came within 5 cm / 5 deg."""
     config = PoseConfig()
-    max_deg, max_m = PoseCalibration.max_deg, PoseCalibration.max_cm / 100   # what the probability is of
     samples = {}
     for mode in ("rgb", "rgbd"):
         use = frames if mode == "rgb" else [f for f in frames if f.depth_path is not None]
         if not use:
             continue
-        inliers, points, success = [], [], []
+        inliers, points, errors = [], [], []
         for frame, res in localize_frames(the_map, use, mode, config, seed, keep_points=True):
             inliers.append(res.inliers if res.pose is not None else 0)
             points.append(len(res.pixels))
-            ok = res.pose is not None
-            if ok:
-                rot, trans = pose_errors(res.pose, frame.pose)
-                ok = bool(rot < max_deg and trans < max_m)
-            success.append(ok)
-        samples[mode] = (np.array(inliers), np.array(points), np.array(success))
-        log(f"pose calibration ({mode}): {np.mean(success):.0%} of {len(use)} held-out frames within 5 cm / 5 deg")
+            errors.append(math.inf if res.pose is None else float(error_ratio(*pose_errors(res.pose, frame.pose),
+                                                                           PoseCalibration.max_deg,
+                                                                           PoseCalibration.max_cm)))
+        samples[mode] = (np.array(inliers), np.array(points), np.array(errors))
+        log(f"pose calibration ({mode}): {np.mean(np.array(errors) < 1):.0%} of {len(use)} held-out frames within "
+            f"5 cm / 5 deg")
     return PoseCalibration.fit(samples, method=config.method)

@@ -48,6 +48,7 @@ from .pose_config import (  # noqa: F401 (public names of pose)
     DSAC_METHODS,
     METHODS,
     MIN_POINTS,
+    REFERENCE_FOCAL_PX,
     REFERENCE_THRESHOLD_PX,
     SCORES,
     SOLVERS,
@@ -58,8 +59,6 @@ from .pose_ransac import distance_residuals, hypotheses_needed, joint_ransac, re
 
 #: Re-fits of ``joint``'s refinement: part of the method, so not bound by ``polish_iterations``.
 JOINT_REFINE_ITERATIONS = 10
-#: Matches per pixel at which ``PoseConfig.min_inliers`` holds: 4800 over a 640 x 480 image.
-REFERENCE_DENSITY = 4800 / (640 * 480)
 
 # --------------------------------------------------------------------------------- correspondences
 
@@ -347,10 +346,12 @@ def refit_on_inliers(corr: Correspondences, pose: np.ndarray, idx: np.ndarray) -
 def polish_pose(corr: Correspondences, pose: np.ndarray, used: np.ndarray,
                 config: PoseConfig) -> tuple[np.ndarray, np.ndarray]:
     """DSAC*/ACE's final step (not in the paper): re-fit on all inliers of the current pose, until
-    the inlier set stops changing or ``polish_iterations`` re-fits; for Kabsch, then again at each
-    of ``config.polish_thresholds_m`` in turn. Returns the pose and its points (``used`` unchanged
-    if no re-fit happened)."""
-    tighter = config.polish_thresholds_m if corr.solver == "kabsch" else ()
+    the inlier set stops changing or ``polish_iterations`` re-fits; then again at each of
+    ``config.polish_thresholds_m`` (Kabsch) or ``polish_thresholds_px`` (PnP) in turn. Returns the
+    pose and its points (``used`` unchanged if no re-fit happened)."""
+    focal = float(corr.K[0, 0]) / REFERENCE_FOCAL_PX
+    tighter = (config.polish_thresholds_m if corr.solver == "kabsch"
+               else tuple(t * focal for t in config.polish_thresholds_px))
     for threshold in (corr.threshold, *tighter):
         previous = None
         for _ in range(config.polish_iterations):
@@ -392,22 +393,6 @@ def kabsch_ransac(corr: Correspondences, config: PoseConfig,
 
 
 # ------------------------------------------------------------------------------------ entry point
-
-
-def required_inliers(config: PoseConfig, solver: str, threshold_px: float, pixels: np.ndarray | None = None) -> int:
-    """Fewest inliers that count as a localisation. ``config.min_inliers`` holds for PnP at 10 px on
-    4800 matches over a 640 x 480 image; unrelated 2D-3D matches gather chance inliers in proportion
-    to the threshold's area and to the density of matches, so a wider threshold over as dense
-    matches (``pixels (N, 2)``, default that density) asks for proportionally more, never fewer.
-    ``threshold_px``: the PnP threshold in use (``PoseConfig.threshold_px_for``)."""
-    if solver != "pnp":
-        return config.min_inliers
-    density = REFERENCE_DENSITY
-    if pixels is not None and len(pixels) > 1:
-        extent = np.ptp(pixels, axis=0)
-        density = len(pixels) / max(float(extent[0] * extent[1]), 1.0)
-    chance = (threshold_px / REFERENCE_THRESHOLD_PX) ** 2 * density / REFERENCE_DENSITY
-    return math.ceil(config.min_inliers * max(1.0, chance))
 
 
 def accepted_pose(pose: np.ndarray, inliers: np.ndarray, scene: np.ndarray, needed: int, used: np.ndarray,
@@ -504,5 +489,5 @@ def estimate_pose(pixels: np.ndarray, scene_coords: np.ndarray, K: np.ndarray,
     inliers = np.flatnonzero(residuals(corr, pose) < corr.threshold)
     timings["refinement"] = (time.perf_counter() - start) * 1e3
 
-    needed = max(required_inliers(config, corr.solver, corr.threshold, corr.pixels), corr.min_points)
+    needed = max(config.required_inliers(corr.solver, corr.threshold, corr.pixels), corr.min_points)
     return accepted_pose(pose, inliers, corr.scene, needed, corr.index[np.sort(used)], score, timings)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,12 +21,14 @@ DSAC_METHODS = {"dsac": "argmax", "softam": "softam"}
 METHODS = CORRESPONDENCE_METHODS + tuple(DSAC_METHODS)
 #: Hypothesis scores of the DSAC methods: the learned Score CNN or DSAC*'s soft inlier count.
 DSAC_SCORES = ("cnn", "soft-inliers")
-#: PnP threshold at which ``min_inliers`` holds (DSAC*/ACE's); pose.required_inliers scales it.
+#: PnP threshold at which ``min_inliers`` holds (DSAC*/ACE's); PoseConfig.required_inliers scales it.
 REFERENCE_THRESHOLD_PX = 10.0
 #: PnP inlier threshold per method when ``PoseConfig.inlier_threshold_px`` is None (others: 10 px),
 #: at a focal length of REFERENCE_FOCAL_PX (7-Scenes' 640 x 480 Kinect).
 DEFAULT_THRESHOLD_PX = {"ransac": 25.0}
 REFERENCE_FOCAL_PX = 585.0
+#: Matches per pixel at which ``PoseConfig.min_inliers`` holds: 4800 over a 640 x 480 image.
+REFERENCE_DENSITY = 4800 / (640 * 480)
 SOLVERS = ("auto", "pnp", "kabsch")
 SCORES = ("confidence", "inliers", "confident_inliers")
 
@@ -70,6 +73,10 @@ class PoseConfig:
             is valid, so the closest matches give the best pose; RANSAC itself needs the wider
             threshold to find it. 5 cm: redkitchen RGB-D split 2 +5 points on two maps, dev level
             (a further 3 cm step: -4.5 to +1.5 on dev; BENCHMARKS.md).
+        polish_thresholds_px: PnP's counterpart (pixels at ``REFERENCE_FOCAL_PX``, scaled with the
+            focal length): none by default, because re-fitting on the inliers at 20, 15, 12, 10 or 8 px
+            after RANSAC's 25 px gained nothing on redkitchen (-2 to +0.5 points on three maps;
+            BENCHMARKS.md, session 6): PnP's error comes from the coordinates' bias, not the fit.
         polish_iterations: at most this many re-fits (not ``joint``, whose refinement runs to 10);
             stops earlier when the inlier set is stable. 3:
             on redkitchen (both splits, RGB and RGB-D) within a frame of 10 re-fits' accuracy, and
@@ -77,7 +84,7 @@ class PoseConfig:
         min_inliers: fewer inliers than this (over all correspondences) reports failure (pose None).
             Unrelated (random) 2D-3D matches reach ~15 inliers at 10 px out of 4800 by chance; for PnP
             the number holds at 10 px and 4800 matches over 640 x 480 and grows with the threshold's
-            area and the matches' density (``pose.required_inliers``: 188 at 25 px).
+            area and the matches' density (``required_inliers``: 188 at 25 px).
         ransac_iterations: most hypotheses for ``ransac`` (stops earlier at ``ransac_confidence``).
         ransac_points: ``ransac`` PnP scores its hypotheses on a random subset of this many
             correspondences (None: all); the re-fit then uses all of them. 1200 of 4800: redkitchen
@@ -111,6 +118,7 @@ class PoseConfig:
     inlier_threshold_m: float = 0.1
     polish: bool = True
     polish_thresholds_m: tuple[float, ...] = (0.05,)
+    polish_thresholds_px: tuple[float, ...] = ()
     polish_iterations: int = 3
     min_inliers: int = 30
     ransac_iterations: int = 10000
@@ -144,8 +152,9 @@ class PoseConfig:
             raise ValueError(f"PoseConfig.subset_size={self.subset_size}: a pose needs at least 3 points")
         if self.ransac_points is not None and self.ransac_points < 4:
             raise ValueError(f"PoseConfig.ransac_points={self.ransac_points}: PnP needs at least 4 points")
-        if any(not t > 0 for t in self.polish_thresholds_m):
-            raise ValueError(f"PoseConfig.polish_thresholds_m={self.polish_thresholds_m} must be positive")
+        if any(not t > 0 for t in (*self.polish_thresholds_m, *self.polish_thresholds_px)):
+            raise ValueError(f"PoseConfig.polish_thresholds_m={self.polish_thresholds_m} and polish_thresholds_px="
+                             f"{self.polish_thresholds_px} must be positive")
         if min(self.refine_rounds, self.polish_iterations, self.min_inliers, self.spread_cells) < 0:
             raise ValueError("PoseConfig.refine_rounds, polish_iterations, min_inliers and spread_cells must be >= 0")
         if not 0.0 < self.ransac_confidence < 1.0:
@@ -160,6 +169,21 @@ class PoseConfig:
         if self.method in DEFAULT_THRESHOLD_PX:
             return DEFAULT_THRESHOLD_PX[self.method] * float(K[0, 0]) / REFERENCE_FOCAL_PX
         return REFERENCE_THRESHOLD_PX
+
+    def required_inliers(self, solver: str, threshold_px: float, pixels: np.ndarray | None = None) -> int:
+        """Fewest inliers that count as a localisation. ``min_inliers`` holds for PnP at 10 px on
+        4800 matches over a 640 x 480 image; unrelated 2D-3D matches gather chance inliers in
+        proportion to the threshold's area and to the density of matches, so a wider threshold over
+        as dense matches (``pixels (N, 2)``, default that density) asks for proportionally more,
+        never fewer. ``threshold_px``: the PnP threshold in use (``threshold_px_for``)."""
+        if solver != "pnp":
+            return self.min_inliers
+        density = REFERENCE_DENSITY
+        if pixels is not None and len(pixels) > 1:
+            extent = np.ptp(pixels, axis=0)
+            density = len(pixels) / max(float(extent[0] * extent[1]), 1.0)
+        chance = (threshold_px / REFERENCE_THRESHOLD_PX) ** 2 * density / REFERENCE_DENSITY
+        return math.ceil(self.min_inliers * max(1.0, chance))
 
     @property
     def n_best(self) -> int:
