@@ -7,7 +7,7 @@ fits the calibration on them and scores it on the test poses of ``--poses-rgb`` 
 
 Usage:
     python benchmarks/bench_calibration.py --data ../shared/data/7scenes-redkitchen \\
-        --poses-rgb REPORT_RGB/poses.txt --poses-rgbd REPORT_RGBD/poses.txt [--minutes 0.5 1.0]
+        --poses-rgb REPORT_RGB/poses.txt --poses-rgbd REPORT_RGBD/poses.txt [--minutes 0.5 1.0] [--blocks 30 60]
 """
 
 from __future__ import annotations
@@ -56,6 +56,8 @@ def main() -> None:
     ap.add_argument("--poses-rgb", required=True)
     ap.add_argument("--poses-rgbd", required=True)
     ap.add_argument("--minutes", type=float, nargs="*", default=[0.5, 1.0], help="held-out head minutes per row")
+    ap.add_argument("--blocks", type=int, nargs="*", default=[30],
+                    help="rows holding out every 4th block of this many consecutive frames of each recording")
     args = ap.parse_args()
     scene = load_scene(args.data)
     train = scene.frames("train")
@@ -78,7 +80,9 @@ def main() -> None:
     queries = {"rgb": test_poses(args.poses_rgb, test), "rgbd": test_poses(args.poses_rgbd, test)}
     print("| held out | minutes | mode | held-out / test within 5 cm / 5 deg | max bin error (>= 20 frames) | bins "
           "(frames: predicted / observed %) |\n|---|---|---|---|---|---|")
-    for label, group in (("last recording (default)", calibration_group(train)), ("blocks of 30", blocks(train))):
+    groups = [("last recording (default)", calibration_group(train))]
+    groups += [(f"blocks of {size}", blocks(train, size)) for size in args.blocks]
+    for label, group in groups:
         for minutes in args.minutes:
             cal = calibrate_with_held_out_head(config, norm, buffer, train, replace(cfg, calibration_minutes=minutes),
                                                "cpu", log=lambda *a: None, group=group)

@@ -96,6 +96,27 @@ def test_depth_of_a_known_wall_is_exact():
     np.testing.assert_allclose(np.sort(y)[[0, -1]], [C[1] - 39.5 / 60 * 1.5, C[1] + 39.5 / 60 * 1.5], atol=1e-9)
 
 
+def test_unique_copies_make_two_uses_of_a_texture_differ():
+    # two posters with the same photograph, each filmed head-on from the same distance (no lamp: the
+    # light is then the same on both): identical images, unless the scene asks for unique copies (the
+    # demo room does), which shifts the second poster's texture
+    quads = [synth.rect((0, y, 1.0), (1, 0, 0), 1.6, 1.6, "astronaut") for y in (-1.0, 1.0)]
+    K = intrinsics_matrix(60.0, 60.0, 40.0, 30.0)
+    difference = {}
+    for unique in (False, True):
+        scene = synth.Scene("two", "", (2.0, 4.0, 2.0), quads, (np.zeros(3), np.ones(3)), unique_copies=unique)
+        r = synth.Renderer(scene, K, 80, 60)
+        images = []
+        for q, y in enumerate((-1.0, 1.0)):
+            C = np.array([1.0, y, 1.0])
+            T = make_pose(synth.look_at(C, C - np.array([1.0, 0, 0])), C)
+            out = r.render(T)
+            assert (out.quad == q).all()      # the poster fills the view
+            images.append(r.shade(out, T, synth.Lighting(lamp=0.0)))
+        difference[unique] = float(np.abs(images[0] - images[1]).mean())
+    assert difference[False] < 1e-3 and difference[True] > 10.0
+
+
 def test_noise_and_holes_when_on(tmp_path):
     clean = load_scene(_gen(tmp_path / "clean", sensor=CLEAN)).frames("train")
     noisy = load_scene(_gen(tmp_path / "noisy")).frames("train")

@@ -234,11 +234,16 @@ class Renderer:
         reps = np.array([(1.0, 1.0) if q.repeat is None else
                          (np.linalg.norm(q.e1) / q.repeat[0], np.linalg.norm(q.e2) / q.repeat[1]) for q in qs])
         sun = self.AMBIENT + self.SUN * np.clip(self.N @ self.SUN_DIR, 0, None)
+        shift = np.zeros((len(qs), 2))
+        if scene.unique_copies:   # every use of a texture after its first starts at a random point of it
+            first = {name: i for i, name in reversed(list(enumerate(q.texture for q in qs)))}
+            copies = np.array([first[q.texture] != i for i, q in enumerate(qs)])
+            shift[copies] = np.random.default_rng(0).uniform(0.2, 0.8, (int(copies.sum()), 2))
         # per-quad tables, gathered per pixel: tile repetitions along e1, e2 | tile window in the
-        # atlas (remap samples texel i's centre at i, hence -0.5) | ambient + window light | normal.
-        # Row 0 stands for "no quad" (zeros), row q + 1 for quad q.
+        # atlas (remap samples texel i's centre at i, hence -0.5) | ambient + window light | normal |
+        # texture shift in tiles. Row 0 stands for "no quad" (zeros), row q + 1 for quad q.
         table = np.column_stack([reps, self.atlas.x0[t] - 0.5, self.atlas.y0[t] - 0.5,
-                                 self.atlas.w[t], self.atlas.h[t], sun, self.N]).astype(np.float32)
+                                 self.atlas.w[t], self.atlas.h[t], sun, self.N, shift]).astype(np.float32)
         table = np.concatenate([np.zeros((1, table.shape[1]), np.float32), table])
         if len(table) <= 256:   # cv2.LUT gathers from 256-entry tables several times faster than np.take
             table = np.concatenate([table, np.zeros((256 - len(table), table.shape[1]), np.float32)])
@@ -319,9 +324,9 @@ class Renderer:
         frame of a sequence; it has an ambient term, a directional "window" term constant per quad
         and a ceiling lamp with a distance falloff, which shades walls gradually and gives shape cues.
         """
-        rep_a, rep_b, x0, y0, tw, th, sun, nx, ny, nz = self.per_pixel(r.quad, 0, 10)
+        rep_a, rep_b, x0, y0, tw, th, sun, nx, ny, nz, sa, sb = self.per_pixel(r.quad, 0, 12)
         # texture coordinates: fraction of a tile along each axis, then the tile's atlas window
-        ta, tb = r.a * rep_a, r.b * rep_b
+        ta, tb = r.a * rep_a + sa, r.b * rep_b + sb
         map_x = x0 + (ta - np.floor(ta)) * tw
         map_y = y0 + (tb - np.floor(tb)) * th
         albedo = cv2.remap(self.atlas.image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)

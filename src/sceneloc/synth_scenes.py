@@ -61,6 +61,9 @@ class Scene:
     light: tuple[float, float, float] = (1.5, 1.5, 2.4)  # ceiling lamp position
     waypoints: int = 7                                   # random waypoints per sequence
     sweep: bool = False                                  # sequences turn round the room (see _waypoints)
+    # a texture on several quads starts at a random point of itself on each after the first: two book
+    # shelves or the faces of one box then show different spines and crops, not copies of each other
+    unique_copies: bool = False
 
 
 def _v(*xs: float) -> np.ndarray:
@@ -378,7 +381,7 @@ def _preset_living() -> Scene:
     return Scene("living", "4.4 x 3.8 x 2.6 m living room full of furniture, pictures and clutter "
                  "(the demo's scene; a fair test of a real capture)",
                  (sx, sy, sz), q, (_v(1.4, 1.2, 1.1), _v(3.0, 2.6, 1.7)), obstacles, clearance=0.5,
-                 view_range=(1.0, 3.2), light=(2.2, 1.9, 2.55), waypoints=9, sweep=True)
+                 view_range=(1.0, 3.2), light=(2.2, 1.9, 2.55), waypoints=9, sweep=True, unique_copies=True)
 
 
 PRESETS: dict[str, Callable[[], Scene]] = {
