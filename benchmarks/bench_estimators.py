@@ -33,6 +33,7 @@ import numpy as np
 from sceneloc.data import evenly_spaced, load_scene
 from sceneloc.evaluation import pose_error_arrays, pose_metrics
 from sceneloc.pose import METHODS, PoseConfig
+from sceneloc.progress import progress
 from sceneloc.scenemap import Map
 
 
@@ -74,7 +75,7 @@ def run(the_map: Map, frames: list, methods: list[str], rows: list[tuple[str, st
     warm = frames[0].load_image()
     for method in methods:
         the_map.localize(warm, intrinsics=frames[0].K, estimator=replace(config, method=method))
-    for i, frame in enumerate(frames):
+    for i, frame in enumerate(progress(frames, desc="localizing", unit="frame")):
         image = frame.load_image()
         need_depth = any(mode == "rgbd" for _, mode, _ in out)
         depth = frame.load_depth(image.shape[:2]) if need_depth else None
@@ -89,8 +90,6 @@ def run(the_map: Map, frames: list, methods: list[str], rows: list[tuple[str, st
             r["poses"].append(res.pose)
             r["ms"].append(res.timings["total_ms"])
             r["pose_ms"].append(res.timings["total_ms"] - res.timings["network_ms"])
-        print(f"\r{i + 1}/{len(frames)} frames", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
     return out
 
 
