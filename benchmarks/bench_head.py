@@ -10,7 +10,8 @@ Usage:
         --rows base= w128=width=128 w512=width=512 b4096=batch=4096 lr1e-3=lr=1e-3 fused=features=64 \\
                copies4=copies=4 reproj=loss=euclidean+reprojection
 A row is ``NAME=KEY=VALUE[,KEY=VALUE...]`` over the defaults of ``sceneloc map`` (keys: width, blocks,
-batch, lr, loss, precision, copies, scale, features = how many leading encoder channels the head sees).
+batch, lr, loss, precision, copies, scale, features = how many leading encoder channels the head sees,
+average = share of the budget after which the head's weights are averaged).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def run_row(opts: dict, scene, norm: SceneNormalisation, cfg: MappingConfig, min
     torch.manual_seed(cfg.seed)
     budget = train_head(net, norm, train, minutes, None, int(opts.get("batch", cfg.pixel_batch)),
                         float(opts.get("lr", cfg.lr)), loss=opts.get("loss", cfg.head_loss), seed=cfg.seed,
-                        precision=opts.get("precision", "bf16"))
+                        precision=opts.get("precision", "bf16"), average_from=float(opts.get("average", 1.0)))
     center = torch.tensor(norm.center)
     with torch.no_grad():
         pred = torch.cat([norm.scale * net.head(test.features[i:i + 100_000].float()) + center

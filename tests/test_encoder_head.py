@@ -12,7 +12,7 @@ from sceneloc.data import load_scene
 from sceneloc.encoders import encoder_identity, load_encoder
 from sceneloc.errors import SceneLocError
 from sceneloc.geometry import pose_errors
-from sceneloc.head_training import head_loss, reprojection_error, train_head
+from sceneloc.head_training import WeightAverage, head_loss, reprojection_error, train_head
 from sceneloc.mapping import map_scene
 from sceneloc.networks import EncoderHeadNet, SceneNormalisation, build_coordinate_network
 from sceneloc.scenemap import Map
@@ -286,3 +286,21 @@ def test_map_holds_out_frames_and_calibrates_pose_probabilities(tmp_path):
     assert res.pose is not None or res.probability == 0.0
     other = the_map.localize(frame.load_image(), estimator="random", rng=np.random.default_rng(0))  # not calibrated
     assert np.isnan(other.probability) if other.pose is not None else other.probability == 0.0
+
+
+def test_weight_average_is_the_mean_of_the_added_steps():
+    layer = torch.nn.Linear(2, 1)
+    average = WeightAverage(layer)
+    average.apply()                                   # nothing added: the weights stay
+    with torch.no_grad():
+        layer.weight.fill_(5.0)
+    average.apply()
+    assert torch.all(layer.weight == 5.0)
+    for value in (1.0, 2.0, 6.0):
+        with torch.no_grad():
+            layer.weight.fill_(value)
+            layer.bias.fill_(-value)
+        average.add()
+    average.apply()
+    assert torch.allclose(layer.weight, torch.full_like(layer.weight, 3.0))
+    assert torch.allclose(layer.bias, torch.full_like(layer.bias, -3.0))
