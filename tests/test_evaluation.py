@@ -206,6 +206,11 @@ def test_handmade_pose_file_known_errors(oracle_map, tiny_data, tmp_path):
     m = evaluate(oracle_map, tiny_data, tmp_path / "r2", poses=pose_file, progress=False)
     assert m["failures"] == 2 and m["accuracy"]["5cm_5deg"] == 0.5
     assert any("2 frames of the split are not in" in n for n in m["notes"])
+    # re-evaluating a report's own pose file into that report (--force) reads it before replacing it
+    again = evaluate(oracle_map, tiny_data, tmp_path / "r", poses=tmp_path / "r" / "poses.txt", force=True,
+                     progress=False)
+    assert again["failures"] == 1 and again["accuracy"]["5cm_5deg"] == 0.75
+    assert (tmp_path / "r" / "poses.txt").is_file()
 
 
 def test_report_files_and_oracle_accuracy(oracle_map, tiny_data, tmp_path):

@@ -298,6 +298,8 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
     """
 
     out = Path(out_dir)
+    # read the pose file before --force clears the report folder: it may be that folder's poses.txt
+    given = None if poses is None else read_pose_file(Path(poses))
     _check_out_dir(out, force)
     if mode not in ("rgb", "rgbd"):
         raise SceneLocError(f"unknown mode {mode!r} (choose rgb or rgbd)")
@@ -321,8 +323,9 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
                        res.used if res.pose is not None else None)
         source = f"localized ({config.method})"
     else:
+        assert given is not None
         poses = Path(poses)
-        records, absent = match_pose_records(read_pose_file(poses), frames, poses)
+        records, absent = match_pose_records(given, frames, poses)
         if absent:
             notes.append(f"{absent} frames of the split are not in {poses.name}: counted as failures")
         # The file has no correspondences: run the network alone for the correspondence figures.
