@@ -334,6 +334,42 @@ def test_sfm_on_real_frames_matches_ground_truth(redkitchen, tmp_path):
     assert 0.85 < s < 1.15          # the depth-derived scale is metric to ~15 % (Kinect depth is not registered to RGB)
 
 
+@pytest.mark.slow
+def test_sfm_with_a_camera_per_folder_keeps_each_devices_intrinsics(redkitchen, tmp_path, capsys):
+    """Two devices: 6 redkitchen frames as recorded and 6 at half resolution, each in its own folder.
+    --camera-per-folder gives each its own camera (focal lengths in the ratio 2:1) and the poses still
+    match the ground truth after a similarity; the depth of the full-resolution frames makes them metric."""
+    frames = load_scene(redkitchen).frames("train")[:240:20]
+    images, depths = tmp_path / "images", tmp_path / "depth" / "full"
+    for d in (images / "full", images / "half", depths):
+        d.mkdir(parents=True)
+    for i, fr in enumerate(frames):
+        stem = Path(fr.name).name.split(".color")[0]
+        if i % 2 == 0:
+            (images / "full" / f"{stem}.color.jpg").symlink_to(fr.image_path)
+            (depths / f"{stem}.depth.png").symlink_to(fr.depth_path)
+        else:
+            half = cv2.resize(cv2.imread(str(fr.image_path)), (320, 240), interpolation=cv2.INTER_AREA)
+            cv2.imwrite(str(images / "half" / f"{stem}.color.jpg"), half)
+    out = tmp_path / "ds"
+    assert main(["sfm", str(images), str(out), "--camera-per-folder", "--depth-dir", str(tmp_path / "depth"),
+                 "--max-features", "1024", "--quiet"]) == 0
+    assert "cameras: 2" in capsys.readouterr().out
+    got = load_scene(out).frames("train")
+    assert len(got) >= 0.9 * len(frames)
+    focal = {folder: {round(f.K[0, 0], 3) for f in got if f"{folder}_" in Path(f.name).name}
+             for folder in ("full", "half")}
+    assert len(focal["full"]) == len(focal["half"]) == 1          # one camera per folder
+    (f_full,), (f_half,) = focal["full"], focal["half"]
+    assert f_full / f_half == pytest.approx(2.0, rel=0.05) and 500 < f_full < 650
+    gt = {Path(f.name).name.split(".color")[0]: f.pose for f in frames}
+    keys = [Path(f.name).name.split(".color")[0].split("_", 1)[1] for f in got]
+    est, ref = np.array([f.pose[:3, 3] for f in got]), np.array([gt[k][:3, 3] for k in keys])
+    s, R, t = umeyama(est, ref)
+    assert np.median(np.linalg.norm(est @ (s * R).T + t - ref, axis=1)) <= 0.05
+    assert 0.85 < s < 1.15
+
+
 # ----------------------------------------------------------------------------- small helpers
 
 

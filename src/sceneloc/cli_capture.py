@@ -31,6 +31,8 @@ def _print_import_summary(info: dict, out) -> None:
     print(f"{info['registered']} of {total} images registered ({info['registered'] / max(total, 1):.0%})"
           + unregistered)
     print(f"frames: {info['frames']['train']} train, {info['frames']['test']} test; images are {info['images']}")
+    if len(info["cameras"]) > 1:
+        print(f"cameras: {len(info['cameras'])} (each image keeps its own camera's intrinsics)")
     print(f"frame: {info['frame']}")
     print(f"units: {info['units']}")
     print(f"dataset written to {out} (details: {out}/import_info.json; check it with 'sceneloc check {out}')")
@@ -66,7 +68,8 @@ def _cmd_sfm(args: argparse.Namespace) -> None:
                    known_distance=_known_distance(args.known_distance), scale=args.scale,
                    max_features=args.max_features, matcher=args.matcher, overlap=args.overlap,
                    test_every=args.test_every, test_list=args.test_list, test_match=args.test_match,
-                   link=args.link, force=args.force, seed=args.seed, progress=not args.quiet)
+                   link=args.link, force=args.force, seed=args.seed, progress=not args.quiet,
+                   camera_per_folder=args.camera_per_folder)
     t = info["timings_s"]
     print(f"SfM: features {t['features_s']:.0f} s, matching {t['matching_s']:.0f} s, mapping {t['mapping_s']:.0f} s, "
           f"total {t['total_s']:.0f} s")
@@ -94,6 +97,9 @@ def add_capture_commands(sub: Any) -> None:
     s.add_argument("out", help="dataset to write (DSAC*/ACE layout; the COLMAP model is kept in OUT/colmap)")
     s.add_argument("--intrinsics", help="the camera, 'fx,fy,cx,cy' or a 3x3 file: kept fixed (default: a "
                    "pinhole whose focal length SfM estimates)")
+    s.add_argument("--camera-per-folder", action="store_true",
+                   help="one camera per sub-folder of IMAGE_DIR (images from several devices; each gets its own "
+                        "intrinsics, --intrinsics then being every camera's starting and fixed value)")
     s.add_argument("--max-features", type=int, default=2048, help="SIFT features per image (default %(default)s)")
     s.add_argument("--matcher", choices=MATCHERS, default="auto",
                    help=f"image pairs to match: auto = exhaustive up to {AUTO_EXHAUSTIVE_MAX} images, else "

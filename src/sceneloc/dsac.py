@@ -364,7 +364,7 @@ class ScoreCNN(nn.Module):
 
 
 def hypothesis_scores(errors: torch.Tensor, m: Matches, config: DSACConfig,
-                     score_net: ScoreCNN | None = None) -> torch.Tensor:
+                      score_net: ScoreCNN | None = None) -> torch.Tensor:
     """Scores ``(B,)`` of hypotheses from their errors ``(B, N)`` by ``config.score``."""
     tau = config.threshold(m.solver)
     if config.score == "soft-inliers":

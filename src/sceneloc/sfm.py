@@ -1,9 +1,10 @@
 """Images with no poses -> a posed sceneloc dataset, by COLMAP's incremental SfM on the CPU (pycolmap).
 
-Steps: SIFT extraction (one shared pinhole camera: fixed when the user gives --intrinsics, else a
-SIMPLE_PINHOLE whose focal length bundle adjustment refines, so no distortion model reaches
-sceneloc), sequential or exhaustive matching, incremental mapping, then the largest reconstruction
-is imported with :func:`sceneloc.colmap_import.import_colmap`.
+Steps: SIFT extraction (one shared pinhole camera, or one per sub-folder with --camera-per-folder
+for captures from several devices: fixed when the user gives --intrinsics, else a SIMPLE_PINHOLE
+whose focal length bundle adjustment refines, so no distortion model reaches sceneloc), sequential
+or exhaustive matching, incremental mapping, then the largest reconstruction is imported with
+:func:`sceneloc.colmap_import.import_colmap`.
 
 Scale: SfM recovers a scene only up to a similarity. It is made metric by sensor depth maps
 (--depth-dir: median ratio of sensor depth to model depth at the triangulated keypoints) or by a
@@ -129,9 +130,11 @@ def _say(msg: str) -> None:
 
 def reconstruct(image_dir: Path, work: Path, names: list[str], intrinsics: np.ndarray | None = None,
                 max_features: int = 2048, matcher: str = "auto", overlap: int = 10, seed: int = 0,
-                threads: int = -1, progress: bool = True) -> tuple[Any, dict[str, float], str]:
+                threads: int = -1, progress: bool = True,
+                camera_per_folder: bool = False) -> tuple[Any, dict[str, float], str]:
     """Run extraction, matching and incremental mapping into ``work``; return the largest
-    reconstruction (a pycolmap.Reconstruction), the per-step seconds and the matcher used."""
+    reconstruction (a pycolmap.Reconstruction), the per-step seconds and the matcher used.
+    ``camera_per_folder``: one camera per sub-folder of ``image_dir`` (several devices), else one for all."""
     pycolmap = pycolmap_module()
     if matcher not in MATCHERS:
         raise SceneLocError(f"--matcher {matcher}: one of {', '.join(MATCHERS)}")
@@ -150,7 +153,8 @@ def reconstruct(image_dir: Path, work: Path, names: list[str], intrinsics: np.nd
     ext.sift.max_num_features = max_features
     ext.num_threads = threads
     with _db_progress(db, "keypoints", len(names), "features", "image", progress):
-        pycolmap.extract_features(db, image_dir, image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,
+        mode = pycolmap.CameraMode.PER_FOLDER if camera_per_folder else pycolmap.CameraMode.SINGLE
+        pycolmap.extract_features(db, image_dir, image_names=names, camera_mode=mode,
                                   reader_options=_camera_options(pycolmap, intrinsics), extraction_options=ext,
                                   device=pycolmap.Device.cpu)
     times["features_s"] = time.perf_counter() - t
@@ -201,7 +205,7 @@ def run_sfm(image_dir: str | Path, out: str | Path, *, intrinsics: np.ndarray | 
             depth_dir=None, known_distance=None, scale: float | None = None, max_features: int = 2048,
             matcher: str = "auto", overlap: int = 10, test_every: int | None = None, test_list=None,
             test_match: str | None = None, link: bool = False, force: bool = False, seed: int = 0,
-            progress: bool = True) -> dict:
+            progress: bool = True, camera_per_folder: bool = False) -> dict:
     """SfM on the images below ``image_dir`` -> a sceneloc dataset in ``out`` (DSAC*/ACE layout),
     the COLMAP model kept in ``out/colmap/sparse``. Returns import_info (also in out/import_info.json)."""
     image_dir, out = Path(image_dir), Path(out)
@@ -215,7 +219,7 @@ def run_sfm(image_dir: str | Path, out: str | Path, *, intrinsics: np.ndarray | 
     work.mkdir()
     t0 = time.perf_counter()
     rec, times, matcher_used = reconstruct(image_dir, work, names, intrinsics, max_features, matcher, overlap, seed,
-                             progress=progress)
+                                           progress=progress, camera_per_folder=camera_per_folder)
     model = work / "model"
     model.mkdir()
     rec.write(str(model))
