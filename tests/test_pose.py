@@ -75,7 +75,7 @@ def test_exact_recovery_from_clean_correspondences(rgbd):
     assert set(result.timings_ms) == {"sampling", "refinement"}
 
 
-# 10 px (DSAC*/ACE's) rather than the default 25 px: these scenes' outliers are displaced by ~20 px,
+# 10 px (DSAC*/ACE's) rather than the default 40 px: these scenes' outliers are displaced by ~20 px,
 # and the inlier-count check below needs a threshold clearly below that.
 PX10 = {"inlier_threshold_px": 10.0}
 ROBUST_CASES = {
@@ -168,7 +168,7 @@ def test_missing_depth_everywhere_gives_no_pose():
 @pytest.mark.parametrize("method", ["random", "ransac"])
 def test_unrelated_correspondences_give_no_pose(method):
     # Scene coordinates that belong to no single pose: some pose always gathers a few chance
-    # inliers (~15 of 4800 at 10 px, ~90 at the default 25 px), which must not pass for a localisation.
+    # inliers (~15 of 4800 at 10 px, ~240 at the default 40 px), which must not pass for a localisation.
     rng = np.random.default_rng(6)
     pixels = np.stack([rng.uniform(0, 640, 4800), rng.uniform(0, 480, 4800)], axis=1)
     scene = rng.uniform(-3, 3, (4800, 3))
@@ -260,7 +260,7 @@ def test_spread_confidence_estimator_survives_70_percent_outliers(rgbd):
 
 
 def test_pnp_polish_at_a_tighter_threshold_drops_mid_range_outliers():
-    # 40 % of the points are off by 12-20 px: inside RANSAC's 25 px, outside a 5 px re-fit
+    # 40 % of the points are off by 12-20 px: inside RANSAC's 40 px, outside a 5 px re-fit
     s = make_scene(3, n=1500, noise_px=0.5)
     rng = np.random.default_rng(1)
     bad = rng.random(len(s.pixels)) < 0.4

@@ -220,7 +220,7 @@ def _add_pose_arguments(s: argparse.ArgumentParser) -> None:
     _field_option(g, d, "pnp_method", "PnP solver of hypotheses and refinement", choices=PNP_CHOICES)
     _field_option(g, d, "score", "hypothesis score of --method confidence (default %(default)s, the paper's)",
                   choices=POSE_SCORES)
-    _field_option(g, d, "inlier_threshold_px", "PnP inlier threshold in pixels (default 25 for ransac, measured "
+    _field_option(g, d, "inlier_threshold_px", "PnP inlier threshold in pixels (default 40 for ransac, measured "
                                               "best; 10, DSAC*/ACE's, for the others)", flag="--threshold-px",
                   metavar="PX", type=float)
     _field_option(g, d, "inlier_threshold_m", "Kabsch inlier threshold in metres", flag="--threshold-m", metavar="M")
