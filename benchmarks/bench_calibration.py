@@ -22,9 +22,10 @@ import numpy as np
 from sceneloc.buffer import entries_for_memory, fill_buffer
 from sceneloc.calibration import error_ratio, reliability_bins
 from sceneloc.data import load_scene
-from sceneloc.geometry import pose_errors, read_pose_file
-from sceneloc.mapping import calibrate_with_held_out_head, calibration_group
-from sceneloc.networks import EncoderHeadNet, SceneNormalisation, build_coordinate_network
+from sceneloc.evaluation import pose_error_arrays
+from sceneloc.geometry import read_pose_file
+from sceneloc.mapping import calibrate_with_held_out_head, calibration_group, map_config
+from sceneloc.networks import EncoderHeadNet, build_coordinate_network
 from sceneloc.training import MappingConfig
 
 
@@ -43,11 +44,10 @@ def blocks(frames: list, size: int = 30, every: int = 4) -> np.ndarray:
 
 def test_poses(path: str, frames: dict) -> tuple[np.ndarray, np.ndarray]:
     """Inlier counts and error ratios of a pose file's frames (failures: 0 and inf)."""
-    inliers, errors = [], []
-    for r in read_pose_file(path):
-        inliers.append(0 if r.pose is None else r.extras["inliers"])
-        errors.append(math.inf if r.pose is None else float(error_ratio(*pose_errors(r.pose, frames[r.image].pose))))
-    return np.array(inliers), np.array(errors)
+    records = read_pose_file(path)
+    rot, trans = pose_error_arrays([r.pose for r in records], [frames[r.image].pose for r in records])
+    inliers = np.array([0 if r.pose is None else r.extras["inliers"] for r in records])
+    return inliers, error_ratio(rot, trans)
 
 
 def main() -> None:
@@ -64,16 +64,10 @@ def main() -> None:
     test = {f.name: f for f in scene.frames("test")}
     cfg = MappingConfig().resolved()
     assert cfg.input_height is not None and cfg.aug_scale is not None
-    stats = scene.statistics()
-    net_cfg = cfg.network_config()
-    model = build_coordinate_network(net_cfg)
+    config, norm = map_config(cfg, scene.statistics(), train)
+    model = build_coordinate_network(config["network"])
     assert isinstance(model, EncoderHeadNet)
     model.precision = cfg.precision
-    norm = SceneNormalisation(tuple(float(v) for v in stats.center), float(stats.diameter / 2))
-    config = {"format_version": 2, "tukey_c": 1.0, "network": net_cfg, "input_height": cfg.input_height,
-              "image_size": list(stats.image_size), "intrinsics": train[0].K.tolist(),
-              "normalisation": {"center": list(norm.center), "scale": norm.scale},
-              "supervision": "depth"}
     buffer = fill_buffer(train, model, cfg.input_height, entries_for_memory(cfg.buffer_mb, model.encoder.channels),
                          cfg.buffer_copies, cfg.seed, cfg.aug_scale, cfg.aug_rotation, cfg.aug_brightness,
                          cfg.aug_contrast, "cpu")
@@ -88,7 +82,7 @@ def main() -> None:
                                                "cpu", log=lambda *a: None, group=group)
             assert cal is not None
             for mode, (inliers, errors) in queries.items():
-                p = np.array([cal.probability(mode, "ransac", i, 4800, i > 0) for i in inliers])
+                p = np.array([cal.probability(mode, cal.method, i, 4800, i > 0) for i in inliers])
                 ok = errors < 1
                 bins = [b for b in reliability_bins(p, ok) if b["frames"]]
                 worst = max((abs(b["predicted"] - b["observed"]) * 100 for b in bins if b["frames"] >= 20),

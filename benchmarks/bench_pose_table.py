@@ -52,11 +52,9 @@ TABLE1_ESTIMATORS = {"random": dict(method="random"), "random500": dict(method="
 PAPER_KITCHEN = "RGB 2.7 deg / 5 cm; RGB-D 1.3 deg / 4 cm, 66.4 % within 5 cm / 5 deg"
 
 
-def run(the_map: Map, frames, configs: dict[str, PoseConfig | tuple[PoseConfig, dict]], seed: int = 0) -> dict:
-    """Localize every frame with every (mode, config); the network runs once per frame.
-
-    A config may come with ``Map.localize`` options, e.g. ``{"method": "dsac"}`` (which runs its own network).
-    """
+def run(the_map: Map, frames, configs: dict[str, PoseConfig], seed: int = 0) -> dict:
+    """Localize every frame with every (mode, config); the network runs once per frame (a dsac/softam
+    config runs its DSAC stage's own network)."""
     out = {key: {"rot": [], "trans": [], "inlier_share": [], "spread": [], "ms": []} for key in configs}
     for i, frame in enumerate(frames):
         image = frame.load_image()

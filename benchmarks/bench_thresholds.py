@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import pickle
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from sceneloc.data import camera_points, load_scene
-from sceneloc.geometry import pose_errors
+from sceneloc.evaluation import pose_error_arrays, pose_metrics
 from sceneloc.pose import PoseConfig, estimate_pose
 from sceneloc.scenemap import Map
 
@@ -41,18 +40,15 @@ def cached_predictions(map_dir: str, frames: list, cache: Path | None) -> list[t
 
 def score(frames: list, preds: list, config: PoseConfig, cams: list | None) -> tuple[float, float]:
     """Share within 5 cm / 5 deg and median pose ms of ``config`` on cached correspondences (RGB-D with ``cams``)."""
-    ok, ms = [], []
+    poses, ms = [], []
     for i, (f, (px, X)) in enumerate(zip(frames, preds, strict=True)):
         t0 = time.perf_counter()
         res = estimate_pose(px, X, f.K, camera_points=None if cams is None else cams[i], config=config,
                             rng=np.random.default_rng([0, i]))
         ms.append((time.perf_counter() - t0) * 1e3)
-        if res.pose is None:
-            ok.append(False)
-            continue
-        rot, trans = pose_errors(res.pose, f.pose)
-        ok.append(bool(rot < 5 and trans < 0.05))
-    return float(np.mean(ok)), float(np.median(ms))
+        poses.append(res.pose)
+    accuracy = pose_metrics(*pose_error_arrays(poses, [f.pose for f in frames]))["accuracy"]["5cm_5deg"]
+    return accuracy, float(np.median(ms))
 
 
 def main() -> None:
@@ -78,10 +74,11 @@ def main() -> None:
         polish = tuple(float(v) for v in spec.split(","))
         acc, ms = score(frames, preds, PoseConfig(polish_thresholds_px=polish), None)
         print(f"| rgb | PnP polish {spec} px | {100 * acc:.1f} % | {ms:.0f} |", flush=True)
-    cams = [camera_points(f.load_depth(), px, f.K) for f, (px, _) in zip(frames, preds, strict=True)]
+    cams = [camera_points(f.load_depth(), px, f.K) for f, (px, _) in zip(frames, preds, strict=True)
+            ] if args.polish else []
     for spec in args.polish:
         thresholds = () if spec == "none" else tuple(float(v) for v in spec.split(","))
-        acc, ms = score(frames, preds, replace(PoseConfig(), polish_thresholds_m=thresholds), cams)
+        acc, ms = score(frames, preds, PoseConfig(polish_thresholds_m=thresholds), cams)
         print(f"| rgbd | Kabsch polish {spec} | {100 * acc:.1f} % | {ms:.0f} |", flush=True)
 
 

@@ -7,15 +7,24 @@ import numpy as np
 import pytest
 import torch
 
-from sceneloc.buffer import augmentation_matrix, cell_source_pixels, entries_for_memory, fill_buffer, resize_matrix
+from sceneloc.buffer import (
+    PixelBuffer,
+    augmentation_matrix,
+    cell_source_pixels,
+    entries_for_memory,
+    fill_buffer,
+    resize_matrix,
+)
+from sceneloc.calibration import PoseCalibration
 from sceneloc.data import load_scene
-from sceneloc.encoders import encoder_identity, load_encoder
+from sceneloc.encoders import encoder_identity, load_encoder, use_bf16
 from sceneloc.errors import SceneLocError
-from sceneloc.geometry import pose_errors
+from sceneloc.geometry import pose_errors, reprojection_errors
 from sceneloc.head_training import WeightAverage, head_loss, reprojection_error, train_head
 from sceneloc.mapping import map_scene
-from sceneloc.networks import EncoderHeadNet, SceneNormalisation, build_coordinate_network
+from sceneloc.networks import CoordinateHead, EncoderHeadNet, SceneNormalisation, build_coordinate_network
 from sceneloc.scenemap import Map
+from sceneloc.synth import SensorOptions, generate
 from sceneloc.training import MappingConfig
 
 
@@ -179,7 +188,6 @@ def test_build_network_unknown_arch():
 
 
 def _one_frame_buffer(T_cw: torch.Tensor, K: torch.Tensor, uv: torch.Tensor, target: torch.Tensor):
-    from sceneloc.buffer import PixelBuffer
     n = len(uv)
     return PixelBuffer(torch.zeros(n, 4, dtype=torch.float16), target, uv, torch.zeros(n, dtype=torch.int32),
                        T_cw[None], K[None])
@@ -225,7 +233,6 @@ def test_rgb_only_map_learns_consistent_geometry(overfit_scene, tmp_path):
     # such a map localizes at DSAC*/ACE's 10 px: every inlier it reports is within 10 px of its pose
     res = the_map.localize(frame.load_image(), estimator="ransac", rng=np.random.default_rng(0))
     if res.pose is not None:
-        from sceneloc.geometry import reprojection_errors
         err = reprojection_errors(res.pose, res.coords.reshape(-1, 3), res.pixels.reshape(-1, 2), frame.K)
         assert res.inliers == int((err < 10.0).sum())
     pred = the_map.predict(frame.load_image())
@@ -246,7 +253,6 @@ def test_fcn_still_needs_depth(overfit_scene, tmp_path):
 
 
 def test_use_bf16_explicit_and_unknown():
-    from sceneloc.encoders import use_bf16
     assert use_bf16("bf16", "cpu") and not use_bf16("fp32", "cpu")
     assert use_bf16("auto", "mps") is False
     with pytest.raises(SceneLocError, match="unknown precision"):
@@ -255,7 +261,6 @@ def test_use_bf16_explicit_and_unknown():
 
 def test_head_output_is_fp32_under_bf16_autocast():
     # bf16 keeps ~3 significant digits: the output layer must stay fp32 to resolve millimetres
-    from sceneloc.networks import CoordinateHead
     head = CoordinateHead(8, 16, 1)
     x = torch.randn(5, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -267,8 +272,6 @@ def test_head_output_is_fp32_under_bf16_autocast():
 
 @pytest.mark.slow
 def test_map_holds_out_frames_and_calibrates_pose_probabilities(tmp_path):
-    from sceneloc.calibration import PoseCalibration
-    from sceneloc.synth import SensorOptions, generate
     data = generate(tmp_path / "room", frames=20, train_sequences=2, test_sequences=1, width=160, height=120,
                     sensor=SensorOptions.clean(), force=True, progress=False)
     cfg = MappingConfig(arch="xfeat", head_width=32, head_blocks=1, input_height=96, buffer_mb=2, buffer_copies=1,

@@ -159,8 +159,9 @@ def train_posenet(frames: Sequence[Frame], out_dir: str | Path, cfg: PoseNetConf
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(loss.item())
-        budget.tick(loss=loss.item())
+        value = loss.item()
+        losses.append(value)
+        budget.tick(loss=value)
         if budget.step % 200 == 0:
             log(f"posenet step {budget.step}: loss {np.mean(losses[-200:]):.3f} ({budget.elapsed:.0f} s)")
     budget.close()

@@ -37,10 +37,11 @@ def opencv_pnp(pixels: np.ndarray, coords: np.ndarray, K: np.ndarray,
     """cv2.solvePnPRansac (USAC_MAGSAC) on all correspondences: camera-to-world ``(4, 4)`` or None,
     and the inlier count. ``pixels (N, 2)``, ``coords (N, 3)``, ``K (3, 3)``."""
     pixels, coords = _finite(pixels, coords)
-    pose, mask = pnp_ransac(coords, pixels, K, config.threshold_px_for(K), config.ransac_iterations,
-                            config.ransac_confidence, method="magsac")
+    threshold = config.threshold_px_for(K)
+    pose, mask = pnp_ransac(coords, pixels, K, threshold, config.ransac_iterations, config.ransac_confidence,
+                            method="magsac")
     inliers = int(mask.sum())
-    return (pose if inliers >= config.required_inliers("pnp", config.threshold_px_for(K), pixels) else None), inliers
+    return (pose if inliers >= config.required_inliers("pnp", threshold, pixels) else None), inliers
 
 
 def poselib_pnp(pixels: np.ndarray, coords: np.ndarray, K: np.ndarray, image_hw: tuple[int, int],
@@ -54,10 +55,11 @@ def poselib_pnp(pixels: np.ndarray, coords: np.ndarray, K: np.ndarray, image_hw:
         return None, 0
     camera = {"model": "PINHOLE", "width": int(image_hw[1]), "height": int(image_hw[0]),
               "params": [K[0, 0], K[1, 1], K[0, 2], K[1, 2]]}
-    ransac = {"max_reproj_error": config.threshold_px_for(K), "max_iterations": config.ransac_iterations,
+    threshold = config.threshold_px_for(K)
+    ransac = {"max_reproj_error": threshold, "max_iterations": config.ransac_iterations,
               "success_prob": config.ransac_confidence}
     pose, info = poselib.estimate_absolute_pose(pixels, coords, camera, ransac, {})
     inliers = int(info["num_inliers"])
     T_wc = invert_pose(make_pose(pose.R, pose.t))     # poselib's pose maps world to camera
-    ok = inliers >= config.required_inliers("pnp", config.threshold_px_for(K), pixels) and np.isfinite(T_wc).all()
+    ok = inliers >= config.required_inliers("pnp", threshold, pixels) and np.isfinite(T_wc).all()
     return (T_wc if ok else None), inliers

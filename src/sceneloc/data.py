@@ -30,6 +30,11 @@ from .geometry import backproject, intrinsics_matrix, is_rigid, pixel_grid, proj
 #: 7-Scenes' Kinect depth intrinsics, the default when a dataset has none.
 SEVEN_SCENES_INTRINSICS = (585.0, 585.0, 320.0, 240.0)
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+INVALID_DEPTH_MM = (0, 65535)
+#: Leading bytes of the image formats OpenCV decodes (PNG, JPEG, TIFF, BMP, WebP's RIFF).
+_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM", b"RIFF")
+
 
 def evenly_spaced(n: int, count: int | None) -> np.ndarray:
     """Indices of ``count`` items evenly spread over ``n`` (all of them when ``count`` is None or
@@ -37,10 +42,6 @@ def evenly_spaced(n: int, count: int | None) -> np.ndarray:
     if count is None or count >= n:
         return np.arange(n)
     return np.unique(np.linspace(0, n - 1, max(count, 1)).round().astype(int))
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-INVALID_DEPTH_MM = (0, 65535)
-#: Leading bytes of the image formats OpenCV decodes (PNG, JPEG, TIFF, BMP, WebP's RIFF).
-_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM", b"RIFF")
 
 
 # ------------------------------------------------------------------------------- file readers

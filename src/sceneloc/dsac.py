@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 
 from .geometry import invert_pose, kabsch, make_pose, solve_pnp
-from .pose import MIN_POINTS, PoseResult, accepted_pose, sample_subsets, spans_a_plane
+from .pose import MIN_POINTS, PoseResult, accepted_pose, failed_pose, sample_subsets, spans_a_plane
 from .pose_config import DSAC_SCORES
 
 MODES = ("rgb", "rgbd")
@@ -461,7 +461,7 @@ def estimate_pose_dsac(pixels: np.ndarray, scene_coords: np.ndarray, K: np.ndarr
         sets = sample_minimal_sets(m.valid.numpy(), hypotheses or config.hypotheses, m.solver, rng)
         poses, sets = solve_minimal_sets(m, sets, config.hypothesis_steps)
         if len(poses) == 0:
-            return PoseResult(None, timings_ms=timings, failure="no hypothesis could be solved")
+            return failed_pose("no hypothesis could be solved", timings)
         scores = hypothesis_scores(hypothesis_errors(poses, m), m, config, score_net)
         probs = selection_probabilities(scores, config.alpha)
         timings["sampling"] = (time.perf_counter() - start) * 1e3
@@ -475,5 +475,4 @@ def estimate_pose_dsac(pixels: np.ndarray, scene_coords: np.ndarray, K: np.ndarr
             pose, score = refine(poses[j:j + 1], m, config)[0], float(scores[j])
         inliers = np.flatnonzero((hypothesis_errors(pose[None], m)[0] < tau).numpy())
         timings["refinement"] = (time.perf_counter() - start) * 1e3
-    return accepted_pose(pose.numpy(), inliers, m.scene.numpy(), max(min_inliers, MIN_POINTS[m.solver]), inliers,
-                         score, timings)
+    return accepted_pose(pose.numpy(), inliers, m.scene.numpy(), min_inliers, m.solver, inliers, score, timings)

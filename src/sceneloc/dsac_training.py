@@ -169,7 +169,7 @@ def train_dsac(net: nn.Module, norm: SceneNormalisation, score_net: ScoreCNN | N
     rng = np.random.default_rng(config.seed)
     budget = Budget("DSAC fine-tuning", config.minutes, config.iterations)
     order, pos = rng.permutation(len(data)), 0
-    steps, skipped = 0, 0
+    skipped = 0
     while not budget.done:
         if pos == len(order):
             order, pos = rng.permutation(len(data)), 0
@@ -186,7 +186,6 @@ def train_dsac(net: nn.Module, norm: SceneNormalisation, score_net: ScoreCNN | N
             ok = all(bool(torch.isfinite(n)) for n in norms)  # a degenerate solve: skip, do not poison Adam
         if ok and out is not None:
             opt.step()
-            steps += 1
             budget.tick(expected_loss=out[1])
         else:  # a skipped frame spends the budget too (and counts against --iterations, as before)
             skipped += 1
@@ -195,7 +194,8 @@ def train_dsac(net: nn.Module, norm: SceneNormalisation, score_net: ScoreCNN | N
     net.eval()
     if score_net is not None:
         score_net.eval()
-    return {"steps": steps, "skipped": skipped, "seconds": round(budget.elapsed, 1), "history": budget.history}
+    return {"steps": budget.step - skipped, "skipped": skipped, "seconds": round(budget.elapsed, 1),
+            "history": budget.history}
 
 
 def finetune_dsac(dataset: str | Path, map_dir: str | Path, config: DSACConfig = DSACConfig(), force: bool = False,

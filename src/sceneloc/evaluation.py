@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .calibration import operating_point, reliability_bins
+from .calibration import error_ratio, operating_point, reliability_bins
 from .data import load_scene
 from .diagnostics import (
     ERROR_MAP_MAX_M,
@@ -323,9 +323,8 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
                        res.used if res.pose is not None else None)
         source = f"localized ({config.method})"
     else:
-        assert given is not None
         poses = Path(poses)
-        records, absent = match_pose_records(given, frames, poses)
+        records, absent = match_pose_records(given or [], frames, poses)
         if absent:
             notes.append(f"{absent} frames of the split are not in {poses.name}: counted as failures")
         # The file has no correspondences: run the network alone for the correspondence figures.
@@ -345,8 +344,7 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
                "near_training": _near_training(scene, split, frames)}
     probability = np.array([r.extras.get("probability", np.nan) for r in records], dtype=np.float64)
     if np.isfinite(probability).any():
-        max_deg, max_m = ACCURACY_THRESHOLDS[0]   # the calibration's 5 cm / 5 deg
-        success = (rot < max_deg) & (trans < max_m)
+        success = error_ratio(rot, trans) < 1.0   # within the calibration's 5 cm / 5 deg
         metrics["calibration"] = {"bins": reliability_bins(probability, success),
                                   "operating_point": operating_point(probability, success, REJECT_BELOW)}
     else:

@@ -46,8 +46,7 @@ def export_point_cloud(map_dir: str | Path, dataset: str | Path, out: str | Path
         raise SceneLocError(f"--max-frames {max_frames}: need at least 1 frame")
     the_map = Map.load(map_dir, device=device)
     frames = load_scene(dataset, intrinsics).frames(split)
-    if max_frames is not None and max_frames < len(frames):
-        frames = [frames[i] for i in evenly_spaced(len(frames), max_frames)]
+    frames = [frames[i] for i in evenly_spaced(len(frames), max_frames)]
     xyz, rgb = [], []
     for frame in progress_bar(frames, desc="exporting", unit="frame", disable=not progress, dynamic_ncols=True):
         image = frame.load_image()

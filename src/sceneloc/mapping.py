@@ -39,6 +39,23 @@ MIN_CALIBRATION_FRAMES = 20   # fewer held-out frames: no calibration
 CALIBRATION_FRAMES = 60       # held-out frames localized (evenly spaced) to fit the calibration
 
 
+def map_config(cfg: MappingConfig, stats, train_frames: list, with_depth: bool = True
+               ) -> tuple[dict, SceneNormalisation]:
+    """The map's ``config.json`` (without the stage-2 part) for a resolved ``cfg`` and the training
+    scene's ``stats`` (``Scene.statistics``), and the scene normalisation it records."""
+    cx, cy, cz = (float(v) for v in stats.center)
+    norm = SceneNormalisation((cx, cy, cz), float(stats.diameter / 2))
+    config = {
+        "format_version": MAP_FORMAT_VERSION, "sceneloc_version": __version__,
+        "network": cfg.network_config(), "input_height": cfg.input_height, "image_size": list(stats.image_size),
+        "intrinsics": train_frames[0].K.tolist(), "normalisation": {"center": list(norm.center), "scale": norm.scale},
+        "tukey_c": cfg.tukey_c if cfg.tukey_c else stats.tukey_c,
+        # how the coordinates were learned: Map.localize picks its default PnP threshold by it
+        "supervision": "depth" if with_depth else "reprojection",
+    }
+    return config, norm
+
+
 def retrain_confidence(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, force: bool = False,
                        device: str | None = None, intrinsics: np.ndarray | None = None, log=print) -> dict:
     """``sceneloc map --stage confidence``: (re)train stage 2 on an existing map's coordinate network.
@@ -105,24 +122,14 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
             log("no training frame has depth: the confidence network (stage 2) is skipped")
             cfg = replace(cfg, confidence=False)
     stats = scene.statistics()
-    tukey_c = cfg.tukey_c if cfg.tukey_c else stats.tukey_c
-    net_cfg = cfg.network_config()
-    model = build_coordinate_network(net_cfg)
-    cx, cy, cz = (float(v) for v in stats.center)
-    norm = SceneNormalisation((cx, cy, cz), float(stats.diameter / 2))
+    config, norm = map_config(cfg, stats, train_frames, with_depth=len(missing) < len(train_frames))
+    tukey_c = config["tukey_c"]
+    model = build_coordinate_network(config["network"])
     log(f"scene: {len(train_frames)} training frames, diameter {stats.diameter:.2f} m, Tukey c {tukey_c:.2f} m; "
         f"{cfg.arch} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters) on {device}")
     map_dir.mkdir(parents=True, exist_ok=True)
     (map_dir / "mapping_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     image_hw = stats.image_size
-    config = {
-        "format_version": MAP_FORMAT_VERSION, "sceneloc_version": __version__,
-        "network": net_cfg, "input_height": cfg.input_height, "image_size": list(image_hw),
-        "intrinsics": train_frames[0].K.tolist(), "normalisation": {"center": list(norm.center), "scale": norm.scale},
-        "tukey_c": tukey_c,
-        # how the coordinates were learned: Map.localize picks its default PnP threshold by it
-        "supervision": "reprojection" if len(missing) == len(train_frames) else "depth",
-    }
     calibration = None
 
     assert cfg.input_height is not None and cfg.aug_scale is not None and cfg.lr is not None  # resolved() filled them
@@ -166,9 +173,8 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
                                round(state.step * per_step / max(state.elapsed, 1e-9), 2),
                            "history": state.history},
               "confidence_training": conf_info}
-    if buffer_report is not None:
-        report["buffer"] = buffer_report
     if buffer_report is not None:  # the head's fit on a sample of its buffer: no second pass over the images
+        report["buffer"] = buffer_report
         if math.isfinite(buffer_report["median_error_m"]):  # NaN: no training frame has depth
             report["train"] = {k: buffer_report[k] for k in ("median_error_m", "within_10cm")}
     elif cache is not None:

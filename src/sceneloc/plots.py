@@ -159,8 +159,11 @@ def plot_topdown(gt: np.ndarray, est: list[np.ndarray | None], path: Path, title
     ax.set_aspect("equal", adjustable="box")
     ax.set_xlabel(f"world {names[a]} (m)")
     ax.set_ylabel(f"world {names[b]} (m)")
-    extra = {0: "", 1: "\n1 estimate lies outside the view (its line leaves it)"}.get(
-        outside, f"\n{outside} estimates lie outside the view (their lines leave it)")
+    extra = ""
+    if outside == 1:
+        extra = "\n1 estimate lies outside the view (its line leaves it)"
+    elif outside > 1:
+        extra = f"\n{outside} estimates lie outside the view (their lines leave it)"
     ax.set_title(f"{title}: camera positions, top-down ({names[a]}-{names[b]} plane){extra}", fontsize=10)
     ax.legend(fontsize=8)
     _save(fig, path)

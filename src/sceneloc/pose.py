@@ -48,12 +48,11 @@ from .pose_config import (  # noqa: F401 (public names of pose)
     DSAC_METHODS,
     METHODS,
     MIN_POINTS,
-    REFERENCE_FOCAL_PX,
-    REFERENCE_THRESHOLD_PX,
     SCORES,
     SOLVERS,
     PoseConfig,
     PoseResult,
+    at_focal_length,
 )
 from .pose_ransac import distance_residuals, hypotheses_needed, joint_ransac, refine_joint, reprojection_residuals
 
@@ -349,9 +348,8 @@ def polish_pose(corr: Correspondences, pose: np.ndarray, used: np.ndarray,
     the inlier set stops changing or ``polish_iterations`` re-fits; then again at each of
     ``config.polish_thresholds_m`` (Kabsch) or ``polish_thresholds_px`` (PnP) in turn. Returns the
     pose and its points (``used`` unchanged if no re-fit happened)."""
-    focal = float(corr.K[0, 0]) / REFERENCE_FOCAL_PX
     tighter = (config.polish_thresholds_m if corr.solver == "kabsch"
-               else tuple(t * focal for t in config.polish_thresholds_px))
+               else tuple(at_focal_length(t, corr.K) for t in config.polish_thresholds_px))
     for threshold in (corr.threshold, *tighter):
         previous = None
         for _ in range(config.polish_iterations):
@@ -395,16 +393,21 @@ def kabsch_ransac(corr: Correspondences, config: PoseConfig,
 # ------------------------------------------------------------------------------------ entry point
 
 
-def accepted_pose(pose: np.ndarray, inliers: np.ndarray, scene: np.ndarray, needed: int, used: np.ndarray,
-                  score: float, timings: dict[str, float]) -> PoseResult:
+def failed_pose(reason: str, timings: dict[str, float], score: float = float("nan")) -> PoseResult:
+    """No pose, and why."""
+    return PoseResult(None, score=score, timings_ms=timings, failure=reason)
+
+
+def accepted_pose(pose: np.ndarray, inliers: np.ndarray, scene: np.ndarray, needed: int, solver: str,
+                  used: np.ndarray, score: float, timings: dict[str, float]) -> PoseResult:
     """Every estimator's last step: report ``pose`` only when its ``inliers`` (indices into ``scene
-    (N, 3)``) are at least ``needed`` and span a plane; otherwise a failure that says why. Never a
-    silently wrong pose: too few or degenerate inliers do not determine one."""
+    (N, 3)``) are at least ``needed`` (and the ``solver``'s minimum) and span a plane; otherwise a
+    failure that says why. Never a silently wrong pose: too few or degenerate inliers do not determine one."""
+    needed = max(needed, MIN_POINTS[solver])
     if len(inliers) < needed:
-        return PoseResult(None, score=score, timings_ms=timings, failure=f"{len(inliers)} inliers, fewer than {needed}")
+        return failed_pose(f"{len(inliers)} inliers, fewer than {needed}", timings, score)
     if not spans_a_plane(scene[inliers]):
-        return PoseResult(None, score=score, timings_ms=timings,
-                          failure="inliers are coincident or collinear: pose undetermined")
+        return failed_pose("inliers are coincident or collinear: pose undetermined", timings, score)
     return PoseResult(pose, len(inliers), used, score, timings)
 
 
@@ -434,12 +437,8 @@ def estimate_pose(pixels: np.ndarray, scene_coords: np.ndarray, K: np.ndarray,
     rng = np.random.default_rng(rng)
     corr = select_correspondences(pixels, scene_coords, K, confidence, camera_points, config)
     timings = {"sampling": 0.0, "refinement": 0.0}
-
-    def failed(reason: str, score: float = float("nan")) -> PoseResult:
-        return PoseResult(None, score=score, timings_ms=timings, failure=reason)
-
     if len(corr) < corr.min_points:
-        return failed(f"{len(corr)} valid correspondences, {corr.solver} needs {corr.min_points}")
+        return failed_pose(f"{len(corr)} valid correspondences, {corr.solver} needs {corr.min_points}", timings)
 
     # --- hypotheses: sample, solve, score, keep the best
     start = time.perf_counter()
@@ -475,7 +474,7 @@ def estimate_pose(pixels: np.ndarray, scene_coords: np.ndarray, K: np.ndarray,
             pose, used, score = None, np.zeros(0, np.int64), -math.inf
     timings["sampling"] = (time.perf_counter() - start) * 1e3
     if pose is None:
-        return failed("no hypothesis could be solved", score)
+        return failed_pose("no hypothesis could be solved", timings, score)
 
     # --- refinement (paper), then the re-fit on all inliers (DSAC*/ACE; always part of RANSAC)
     start = time.perf_counter()
@@ -489,5 +488,5 @@ def estimate_pose(pixels: np.ndarray, scene_coords: np.ndarray, K: np.ndarray,
     inliers = np.flatnonzero(residuals(corr, pose) < corr.threshold)
     timings["refinement"] = (time.perf_counter() - start) * 1e3
 
-    needed = max(config.required_inliers(corr.solver, corr.threshold, corr.pixels), corr.min_points)
-    return accepted_pose(pose, inliers, corr.scene, needed, corr.index[np.sort(used)], score, timings)
+    needed = config.required_inliers(corr.solver, corr.threshold, corr.pixels)
+    return accepted_pose(pose, inliers, corr.scene, needed, corr.solver, corr.index[np.sort(used)], score, timings)

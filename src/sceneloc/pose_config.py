@@ -33,6 +33,12 @@ SOLVERS = ("auto", "pnp", "kabsch")
 SCORES = ("confidence", "inliers", "confident_inliers")
 
 
+def at_focal_length(threshold_px: float, K: np.ndarray) -> float:
+    """A pixel threshold given at ``REFERENCE_FOCAL_PX``, for a camera ``K (3, 3)``: it is an angle,
+    so it scales with the focal length."""
+    return threshold_px * float(K[0, 0]) / REFERENCE_FOCAL_PX
+
+
 @dataclass(frozen=True)
 class PoseConfig:
     """Every number of the pose stage; defaults are the paper's (section III-C, after DSAC [12]).
@@ -169,7 +175,7 @@ class PoseConfig:
         if self.inlier_threshold_px is not None:
             return self.inlier_threshold_px
         if self.method in DEFAULT_THRESHOLD_PX:
-            return DEFAULT_THRESHOLD_PX[self.method] * float(K[0, 0]) / REFERENCE_FOCAL_PX
+            return at_focal_length(DEFAULT_THRESHOLD_PX[self.method], K)
         return REFERENCE_THRESHOLD_PX
 
     def required_inliers(self, solver: str, threshold_px: float, pixels: np.ndarray | None = None) -> int:

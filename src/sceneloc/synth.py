@@ -55,7 +55,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .data import SEVEN_SCENES_INTRINSICS, parse_intrinsics
+from .data import SEVEN_SCENES_INTRINSICS, evenly_spaced, parse_intrinsics
 from .errors import SceneLocError, refuse_to_overwrite
 from .progress import progress as progress_bar
 
@@ -249,7 +249,7 @@ def generate(out_dir: str | Path, preset: str = DEFAULT_PRESET, seed: int = 0, f
             seq_dir = out / f"seq-{s + 1:02d}"
             seq_dir.mkdir(exist_ok=True)
             thumbs = []
-            picks = set(np.linspace(0, frames - 1, min(PREVIEW_COLUMNS, frames)).round().astype(int).tolist())
+            picks = set(evenly_spaced(frames, PREVIEW_COLUMNS).tolist())
             for i, (T, frame_ss) in enumerate(zip(poses, noise_ss.spawn(frames), strict=True)):
                 image, depth_mm = render_frame(renderer, poses, i, lights[i], travel, sensor,
                                                np.random.default_rng(frame_ss))

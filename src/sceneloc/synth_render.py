@@ -236,8 +236,8 @@ class Renderer:
         sun = self.AMBIENT + self.SUN * np.clip(self.N @ self.SUN_DIR, 0, None)
         shift = np.zeros((len(qs), 2))
         if scene.unique_copies:   # every use of a texture after its first starts at a random point of it
-            first = {name: i for i, name in reversed(list(enumerate(q.texture for q in qs)))}
-            copies = np.array([first[q.texture] != i for i, q in enumerate(qs)])
+            textures = [q.texture for q in qs]
+            copies = np.array([textures.index(name) != i for i, name in enumerate(textures)])
             shift[copies] = np.random.default_rng(0).uniform(0.2, 0.8, (int(copies.sum()), 2))
         # per-quad tables, gathered per pixel: tile repetitions along e1, e2 | tile window in the
         # atlas (remap samples texel i's centre at i, hence -0.5) | ambient + window light | normal |
@@ -324,9 +324,12 @@ class Renderer:
         frame of a sequence; it has an ambient term, a directional "window" term constant per quad
         and a ceiling lamp with a distance falloff, which shades walls gradually and gives shape cues.
         """
-        rep_a, rep_b, x0, y0, tw, th, sun, nx, ny, nz, sa, sb = self.per_pixel(r.quad, 0, 12)
+        rep_a, rep_b, x0, y0, tw, th, sun, nx, ny, nz = self.per_pixel(r.quad, 0, 10)
         # texture coordinates: fraction of a tile along each axis, then the tile's atlas window
-        ta, tb = r.a * rep_a + sa, r.b * rep_b + sb
+        ta, tb = r.a * rep_a, r.b * rep_b
+        if self.scene.unique_copies:   # only scenes that shift their texture copies pay for the lookup
+            sa, sb = self.per_pixel(r.quad, 10, 12)
+            ta, tb = ta + sa, tb + sb
         map_x = x0 + (ta - np.floor(ta)) * tw
         map_y = y0 + (tb - np.floor(tb)) * th
         albedo = cv2.remap(self.atlas.image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)

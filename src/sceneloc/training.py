@@ -175,12 +175,13 @@ def train_coordinates(model: torch.nn.Module, norm: SceneNormalisation, cache: F
         budget = Budget("mapping", cfg.minutes, cfg.iterations)
     snapshots = sorted(m for m in cfg.snapshot_minutes if m * 60 > budget.elapsed) if checkpoint is not None else []
     last_ck = time.perf_counter()
+    aug = cfg.augmentation()
     while not budget.done:
         if pos + cfg.batch_size > len(order):
             order, pos = rng.permutation(len(cache)), 0
         idx = order[pos:pos + cfg.batch_size]
         pos += cfg.batch_size
-        image, target, mask, depth = make_batch(cache, idx, cfg.augmentation(), rng)
+        image, target, mask, depth = make_batch(cache, idx, aug, rng)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * lr_factor(cfg.schedule, budget.fraction)
         # contiguous: the losses' elementwise work is several times slower on channels-last tensors
@@ -265,9 +266,10 @@ def train_confidence(net: ConfidencePointNet, model: torch.nn.Module, norm: Scen
     net.to(device).train()
     model.eval()
     budget = Budget("confidence", cfg.confidence_minutes)
+    aug = cfg.augmentation()
     while not budget.done:
         idx = rng.choice(len(cache), size=min(cfg.batch_size, len(cache)), replace=False)
-        image, target, mask, _ = make_batch(cache, idx, cfg.augmentation(), rng)
+        image, target, mask, _ = make_batch(cache, idx, aug, rng)
         with torch.no_grad():
             pred = norm.to_metres(model(image.to(device))).float().permute(0, 2, 3, 1).cpu()
         target = target.permute(0, 2, 3, 1)
