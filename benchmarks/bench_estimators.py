@@ -21,12 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import replace
-
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
 
@@ -34,7 +31,7 @@ from sceneloc.data import evenly_spaced, load_scene
 from sceneloc.evaluation import pose_error_arrays, pose_metrics
 from sceneloc.pose import METHODS, PoseConfig
 from sceneloc.progress import progress
-from sceneloc.scenemap import Map
+from sceneloc.scenemap import CONFIDENCE_METHODS, Map
 
 
 def shift_depth(depth: np.ndarray, shift_px: int, shift_m: float) -> np.ndarray:
@@ -82,11 +79,14 @@ def run(the_map: Map, frames: list, methods: list[str], rows: list[tuple[str, st
         depths = {"-": None, "clean": depth}
         if depth is not None and (shift_px or shift_m):
             depths["shifted"] = shift_depth(depth, shift_px, shift_m)
-        pred = the_map.predict(image)
+        # as in Map.localize: only the estimators that read confidences pay for the PointNet
+        preds = {needs: the_map.predict(image, confidence=needs)
+                 for needs in {method in CONFIDENCE_METHODS for method in methods}}
         for (method, _mode, d), r in out.items():
             cfg = replace(config, method=method)
             res = the_map.localize(image, depth=depths[d], intrinsics=frame.K, estimator=cfg,
-                                   rng=np.random.default_rng([seed, i]), prediction=pred)
+                                   rng=np.random.default_rng([seed, i]),
+                                   prediction=preds[method in CONFIDENCE_METHODS])
             r["poses"].append(res.pose)
             r["ms"].append(res.timings["total_ms"])
             r["pose_ms"].append(res.timings["total_ms"] - res.timings["network_ms"])

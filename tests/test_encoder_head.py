@@ -270,6 +270,21 @@ def test_head_output_is_fp32_under_bf16_autocast():
     assert torch.allclose(y, ref, atol=0.05) and not torch.equal(y, ref)
 
 
+def test_forward_runs_the_head_in_the_precision_it_trained_in():
+    net = EncoderHeadNet("xfeat", head_width=32, head_blocks=1, precision="bf16")
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        features = net.features(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            expected = net.regress(features)
+        assert torch.equal(net(x), expected)
+        net.precision = "fp32"
+        fp32 = net(x)
+        assert torch.equal(fp32, net.regress(net.features(x)))
+    assert fp32.dtype == torch.float32 and not torch.equal(fp32, expected)
+    assert torch.allclose(fp32, expected, atol=0.05)
+
+
 @pytest.mark.slow
 def test_map_holds_out_frames_and_calibrates_pose_probabilities(tmp_path):
     data = generate(tmp_path / "room", frames=20, train_sequences=2, test_sequences=1, width=160, height=120,

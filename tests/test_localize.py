@@ -2,7 +2,9 @@
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_info
 
+from sceneloc import scenemap
 from sceneloc.cli import main
 from sceneloc.data import load_scene
 from sceneloc.geometry import pose_errors, read_pose_file
@@ -21,6 +23,24 @@ def test_map_localize_recovers_training_frame(tiny_map, overfit_scene, mode):
     assert rot < 5 and trans < 0.05, (rot, trans)
     assert set(res.timings) == {"network_ms", "sampling_ms", "refinement_ms", "total_ms"}
     assert res.inliers >= 30 and len(res.used) > 0
+
+
+def test_pose_estimation_runs_on_one_blas_thread_and_restores_the_setting(tiny_map, overfit_scene, monkeypatch):
+    def blas_threads() -> list[int]:
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    seen, real = [], scenemap.estimate_pose
+
+    def spy(*args, **kwargs):
+        seen.append(blas_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scenemap, "estimate_pose", spy)
+    before = blas_threads()
+    frame = load_scene(overfit_scene).frames("train")[0]
+    Map.load(tiny_map).localize(frame.load_image(), depth=frame.load_depth(), rng=np.random.default_rng(0))
+    assert len(seen) == 1 and seen[0] and all(n == 1 for n in seen[0])
+    assert blas_threads() == before
 
 
 def test_single_image_cli_prints_pose(tiny_map, overfit_scene, capsys):

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from sceneloc import geometry as g
-from sceneloc.pose import PoseConfig, estimate_pose, mean_confidence, score_hypotheses, select_correspondences
+from sceneloc.pose import (
+    PoseConfig,
+    estimate_pose,
+    mean_confidence,
+    score_hypotheses,
+    select_correspondences,
+)
+from sceneloc.pose_ransac import scoring_subset
 
 K = g.intrinsics_matrix(585.0, 585.0, 320.0, 240.0)  # 7-Scenes-like 640x480 camera
 
@@ -275,3 +282,21 @@ def test_pnp_polish_at_a_tighter_threshold_drops_mid_range_outliers():
     assert g.pose_errors(tight.pose, s.T_wc)[1] < 0.5 * g.pose_errors(wide.pose, s.T_wc)[1]
     with pytest.raises(ValueError, match="polish_thresholds_px"):
         PoseConfig(polish_thresholds_px=(0.0,))
+
+
+def test_scoring_subset_is_sorted_distinct_and_all_when_few():
+    rng = np.random.default_rng(0)
+    sub = scoring_subset(5000, 1200, rng)
+    assert len(sub) == 1200 and np.all(np.diff(sub) > 0) and sub.max() < 5000
+    assert np.array_equal(scoring_subset(800, 1200, rng), np.arange(800))
+    assert np.array_equal(scoring_subset(5000, None, rng), np.arange(5000))
+
+
+def test_kabsch_ransac_scored_on_a_small_subset_still_recovers_the_pose():
+    # hypotheses ranked on 150 of 3000 matches; the re-fit and the reported inliers use all of them
+    s = make_scene(4, n=3000, outlier_ratio=0.5, noise_m=0.002)
+    result = estimate_pose(s.pixels, s.scene, K, camera_points=s.camera,
+                           config=PoseConfig(method="ransac", ransac_points=150), rng=0)
+    rot, trans = errors(result, s.T_wc)
+    assert rot < 0.3 and trans < 0.005, (rot, trans)
+    assert abs(result.n_inliers - (~s.outlier).sum()) < 0.02 * len(s.outlier)

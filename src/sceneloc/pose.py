@@ -21,17 +21,16 @@ Four estimators share one pipeline (``estimate_pose``):
   (``pose_ransac``): query depth is evidence, never the only truth, so depth that is shifted
   against the image cannot make the pose worse than PnP alone. Without depth it is a fast PnP-RANSAC.
 
-The fifth and sixth, ``dsac`` and ``softam`` (DSAC's learned scores and selection), need the map's
-DSAC stage and live in ``dsac.py``; ``Map.localize`` runs any of the six from one ``PoseConfig``,
-and all return a ``PoseResult`` that ``accepted_pose`` has checked.
+``dsac`` and ``softam`` (DSAC's learned scores and selection) need the map's DSAC stage and live in
+``dsac.py``; ``Map.localize`` runs any of the six from one ``PoseConfig``, and all return a
+``PoseResult`` that ``accepted_pose`` has checked.
 
 Unless ``PoseConfig.polish`` is off, every estimator ends with DSAC*/ACE's final step: re-fit on
 all inliers of the current pose a few times. The paper does not have it; it is what makes
 DSAC*/ACE precise. ``polish=False`` with ``method='confidence'`` is the pure paper pipeline.
 
-Hypotheses are solved and scored in batches: sampling and top-k selection for all hypotheses at
-once, Kabsch batched in torch, inlier counting for all hypotheses with one matrix product. PnP
-hypotheses are a loop of OpenCV calls (tens of microseconds each).
+Hypotheses are solved and scored in batches (sampling, top-k selection, batched Kabsch, inlier
+counts in one matrix product); PnP hypotheses are a loop of OpenCV calls (tens of microseconds each).
 """
 
 from __future__ import annotations
@@ -54,7 +53,14 @@ from .pose_config import (  # noqa: F401 (public names of pose)
     PoseResult,
     at_focal_length,
 )
-from .pose_ransac import distance_residuals, hypotheses_needed, joint_ransac, refine_joint, reprojection_residuals
+from .pose_ransac import (
+    distance_residuals,
+    hypotheses_needed,
+    joint_ransac,
+    refine_joint,
+    reprojection_residuals,
+    scoring_subset,
+)
 
 #: Re-fits of ``joint``'s refinement: part of the method, so not bound by ``polish_iterations``.
 JOINT_REFINE_ITERATIONS = 10
@@ -201,9 +207,9 @@ def residuals(corr: Correspondences, poses: np.ndarray, idx: np.ndarray | None =
     return distance_residuals(poses, _given(corr.camera, "camera points")[sel], corr.scene[sel], dtype)
 
 
-def count_inliers(corr: Correspondences, poses: np.ndarray) -> np.ndarray:
-    """Inlier counts ``(B,)`` of poses ``(B, 4, 4)`` over all correspondences (float32 residuals)."""
-    return (residuals(corr, poses, dtype=np.float32) < corr.threshold).sum(-1)
+def count_inliers(corr: Correspondences, poses: np.ndarray, idx: np.ndarray | None = None) -> np.ndarray:
+    """Inlier counts ``(B,)`` of poses ``(B, 4, 4)`` on the correspondences ``idx`` (default all), in float32."""
+    return (residuals(corr, poses, idx, dtype=np.float32) < corr.threshold).sum(-1)
 
 
 def spans_a_plane(points: np.ndarray) -> bool:
@@ -372,19 +378,22 @@ def kabsch_ransac(corr: Correspondences, config: PoseConfig,
     """RANSAC with minimal sets of 3 for 3D-3D matches: batches of ``config.hypotheses`` hypotheses
     solved and scored at once, until ``ransac_confidence`` or ``ransac_iterations``.
 
-    Returns the best pose (or None), its minimal set and its inlier count.
+    Hypotheses are scored on ``scoring_subset`` (``config.ransac_points``) of the correspondences.
+
+    Returns the best pose (or None), its minimal set and its inlier count among the scored points.
     """
     best_pose, best_set, best_count = None, np.zeros(0, dtype=np.int64), 0
     drawn, needed = 0, float(config.ransac_iterations)
+    scored = scoring_subset(len(corr), config.ransac_points, rng)
     while drawn < min(needed, config.ransac_iterations):
         batch = min(config.hypotheses, math.ceil(min(needed, config.ransac_iterations)) - drawn)
         subsets = sample_subsets(len(corr), batch, MIN_POINTS["kabsch"], rng)
         poses, ok = solve_hypotheses(corr, subsets)
-        counts = np.where(ok, count_inliers(corr, poses), -1)
+        counts = np.where(ok, count_inliers(corr, poses, scored), -1)
         b = int(np.argmax(counts))
         if counts[b] > best_count:
             best_pose, best_set, best_count = poses[b], subsets[b], int(counts[b])
-            needed = hypotheses_needed(best_count / len(corr), MIN_POINTS["kabsch"],
+            needed = hypotheses_needed(best_count / len(scored), MIN_POINTS["kabsch"],
                                               config.ransac_confidence)
         drawn += batch
     return best_pose, best_set, best_count
@@ -449,9 +458,7 @@ def estimate_pose(pixels: np.ndarray, scene_coords: np.ndarray, K: np.ndarray,
         used = np.zeros(0, np.int64)  # refine_joint picks the points of the final solve
     elif config.method == "ransac":
         if corr.solver == "pnp":
-            sub = np.arange(len(corr))
-            if config.ransac_points is not None and len(corr) > config.ransac_points:
-                sub = np.sort(rng.choice(len(corr), config.ransac_points, replace=False))
+            sub = scoring_subset(len(corr), config.ransac_points, rng)
             pose, mask = pnp_ransac(corr.scene[sub], corr.pixels[sub], corr.K, corr.threshold,
                                     config.ransac_iterations, config.ransac_confidence)
             used = sub[mask]

@@ -94,10 +94,11 @@ class PoseConfig:
             the number holds at 10 px and 4800 matches over 640 x 480 and grows with the threshold's
             area and the matches' density (``required_inliers``: 495 at 40 px on a 60 x 80 grid).
         ransac_iterations: most hypotheses for ``ransac`` (stops earlier at ``ransac_confidence``).
-        ransac_points: ``ransac`` PnP scores its hypotheses on a random subset of this many
-            correspondences (None: all); the re-fit then uses all of them. 1200 of 4800: redkitchen
+        ransac_points: ``ransac`` (PnP and Kabsch) scores its hypotheses on a random subset of this
+            many correspondences (None: all); the re-fit then uses all of them. 1200 of 4800: redkitchen
             dev RGB 57.0 % against 58.5 % (3 of 200 frames, RANSAC's own spread), split 2 level,
-            ~10 ms faster per frame (BENCHMARKS.md, session 5).
+            ~10 ms faster per frame (BENCHMARKS.md, session 5); Kabsch: RGB-D level on both splits,
+            clean and shifted depth, 4 ms faster (session 7).
         ransac_confidence: probability of having drawn one all-inlier minimal set, to stop early
             (``ransac`` with Kabsch, and ``joint``).
         joint_batch: hypotheses per round of ``joint`` (half P3P, half Kabsch with depth); it stops

@@ -178,6 +178,14 @@ def random_subsets(pool: np.ndarray, count: int, size: int, rng: np.random.Gener
         idx[repeats] = draw((int(repeats.sum()), size))
 
 
+def scoring_subset(n: int, count: int | None, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of ``count`` of ``n`` correspondences (all if fewer or None), drawn without
+    replacement: RANSAC ranks its hypotheses on them as well as on all, at a fraction of the cost."""
+    if count is None or n <= count:
+        return np.arange(n)
+    return np.sort(rng.choice(n, count, replace=False))
+
+
 def hypotheses_needed(inlier_ratio: float, sample_size: int, confidence: float) -> float:
     """Hypotheses needed to draw one all-inlier minimal set with probability ``confidence``."""
     p_good = inlier_ratio ** sample_size

@@ -15,10 +15,12 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field, replace
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import torch
+from threadpoolctl import ThreadpoolController
 
 from .calibration import CALIBRATION_FILE, PoseCalibration
 from .data import camera_points
@@ -52,6 +54,12 @@ DEFAULT_POSE_POINTS = 4800
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@cache
+def _blas_threads() -> ThreadpoolController:
+    """numpy's BLAS thread pools, found once (a search of the loaded libraries, ~1 ms)."""
+    return ThreadpoolController()
 
 
 def grid_step(out_hw: tuple[int, ...], max_points: int) -> int:
@@ -276,11 +284,16 @@ class Map:
         if config.method == "confidence" and conf is None:
             raise SceneLocError("this map has no confidence network (mapped with --no-confidence): "
                                 "use --method random or ransac")
-        if stage is not None:
-            res = estimate_pose_dsac(pixels, coords, K, pred.coords.shape[:2], cam, stage.config, stage.score_net,
-                                     DSAC_METHODS[config.method], config.hypotheses, config.min_inliers, rng)
-        else:
-            res = estimate_pose(pixels, coords, K, confidence=conf, camera_points=cam, config=config, rng=rng)
+        # Pose estimation's BLAS calls are tiny (3x3 SVDs, batches of 4x4 products): one thread is as fast,
+        # and a multi-threaded BLAS leaves threads spinning that slowed the *next* network call 2x on
+        # 2 cores (RGB-D frame 119 -> 61 ms, BENCHMARKS.md session 7).
+        with _blas_threads().limit(limits=1, user_api="blas"):
+            if stage is not None:
+                res = estimate_pose_dsac(pixels, coords, K, pred.coords.shape[:2], cam, stage.config,
+                                         stage.score_net, DSAC_METHODS[config.method], config.hypotheses,
+                                         config.min_inliers, rng)
+            else:
+                res = estimate_pose(pixels, coords, K, confidence=conf, camera_points=cam, config=config, rng=rng)
         timings = {"network_ms": pred.network_ms, "sampling_ms": res.timings_ms.get("sampling", 0.0),
                    "refinement_ms": res.timings_ms.get("refinement", 0.0)}
         timings["total_ms"] = sum(timings.values())
