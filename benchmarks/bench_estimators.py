@@ -29,7 +29,8 @@ import numpy as np
 
 from sceneloc.data import evenly_spaced, load_scene
 from sceneloc.evaluation import pose_error_arrays, pose_metrics
-from sceneloc.pose import METHODS, PoseConfig
+from sceneloc.pose import DSAC_METHODS, METHODS, PoseConfig
+from sceneloc.pose_config import DSAC_SCORES
 from sceneloc.progress import progress
 from sceneloc.scenemap import CONFIDENCE_METHODS, Map
 
@@ -81,12 +82,13 @@ def run(the_map: Map, frames: list, methods: list[str], rows: list[tuple[str, st
             depths["shifted"] = shift_depth(depth, shift_px, shift_m)
         # as in Map.localize: only the estimators that read confidences pay for the PointNet
         preds = {needs: the_map.predict(image, confidence=needs)
-                 for needs in {method in CONFIDENCE_METHODS for method in methods}}
+                 for needs in {method in CONFIDENCE_METHODS for method in methods if method not in DSAC_METHODS}}
         for (method, _mode, d), r in out.items():
             cfg = replace(config, method=method)
+            # dsac/softam predict with their stage's network: localize runs it (and times it) itself
+            pred = None if method in DSAC_METHODS else preds[method in CONFIDENCE_METHODS]
             res = the_map.localize(image, depth=depths[d], intrinsics=frame.K, estimator=cfg,
-                                   rng=np.random.default_rng([seed, i]),
-                                   prediction=preds[method in CONFIDENCE_METHODS])
+                                   rng=np.random.default_rng([seed, i]), prediction=pred)
             r["poses"].append(res.pose)
             r["ms"].append(res.timings["total_ms"])
             r["pose_ms"].append(res.timings["total_ms"] - res.timings["network_ms"])
@@ -130,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="depth added along every ray for the 'shifted' rows (default %(default)s m)")
     p.add_argument("--frames", type=int, default=None, help="use N frames evenly spread over the split (default all)")
     p.add_argument("--depth-gate", type=float, default=PoseConfig.depth_gate, help="PoseConfig.depth_gate of joint")
+    p.add_argument("--dsac-score", choices=DSAC_SCORES, default=None,
+                   help="hypothesis score of dsac/softam (default: the map's DSAC stage's)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -151,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     frames = subsample(load_scene(args.data).frames(args.split), args.frames)
     start = time.time()
     results = run(the_map, frames, methods, variants(modes, args.shift_px, args.shift_m), args.shift_px,
-                  args.shift_m, PoseConfig(depth_gate=args.depth_gate), args.seed)
+                  args.shift_m, PoseConfig(depth_gate=args.depth_gate, dsac_score=args.dsac_score), args.seed)
     text, rows = table(results, [f.pose for f in frames])
     print(f"{args.map} on {args.data} ({args.split}, {len(frames)} frames; shifted depth: {args.shift_px} px, "
           f"+{args.shift_m} m; {time.time() - start:.0f} s)\n")

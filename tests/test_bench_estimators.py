@@ -26,11 +26,12 @@ def test_rows_and_subsampling():
 
 def test_benchmark_runs_end_to_end(tiny_map, overfit_scene, tmp_path, capsys):
     out = tmp_path / "rows.json"
-    bench_estimators.main(["--map", str(tiny_map), "--data", str(overfit_scene), "--methods", "ransac,joint",
-                           "--frames", "1", "--shift-px", "2", "--json", str(out)])
+    bench_estimators.main(["--map", str(tiny_map), "--data", str(overfit_scene), "--methods", "ransac,joint,dsac",
+                           "--dsac-score", "soft-inliers", "--frames", "1", "--shift-px", "2", "--json", str(out)])
     text = capsys.readouterr().out
     rows = json.loads(out.read_text())["rows"]
+    variants = (("rgb", "-"), ("rgbd", "clean"), ("rgbd", "shifted"))
     assert [(r["method"], r["mode"], r["depth"]) for r in rows] == [
-        (m, mode, d) for m in ("ransac", "joint") for mode, d in (("rgb", "-"), ("rgbd", "clean"), ("rgbd", "shifted"))]
+        (m, mode, d) for m in ("ransac", "joint", "dsac") for mode, d in variants]
     assert all(r["frames"] == 1 and r["ms_median"] >= r["pose_ms_median"] > 0 for r in rows)
-    assert text.count("| joint |") == 3 and "5 cm / 5 deg" in text
+    assert text.count("| joint |") == 3 and text.count("| dsac |") == 3 and "5 cm / 5 deg" in text

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SceneLocError
+from .pose_config import MODES
 
 CALIBRATION_FILE = "calibration.json"
-MODES = ("rgb", "rgbd")
 #: Ridge penalty on the standardised feature weights: a few dozen frames must not give 0 / 1 certainties.
 RIDGE = 1.0
 MIN_FRAMES = 10   # fewer held-out frames than this: no calibration for that mode

@@ -28,6 +28,7 @@ from .errors import SceneLocError
 from .evaluation import DEMO_COLUMNS, PLOT_FILES, evaluate, match_pose_records, pose_error_arrays, results_table
 from .geometry import read_pose_file
 from .mapping import map_scene
+from .pose_config import MODES
 from .synth import generate
 from .synth_render import SensorOptions
 from .synth_scenes import DEMO_PRESET, make_scene
@@ -40,7 +41,6 @@ DEMO_CONFIDENCE_MODE = "regression"        # one PointNet: a second (the classif
 #: walk on 2 cores); frames are what the mapping pays for, so there are few of them
 DEMO_SYNTH = {"seed": 0, "frames": 50, "train_sequences": 3, "test_sequences": 1, "width": 640, "height": 480,
               "test_walk": "inside"}
-MODES = ("rgb", "rgbd")
 #: what a run writes into OUT (``data`` aside); --force replaces exactly these
 RUN_FILES = ("map", "report_rgb", "report_rgbd", "index.html", "demo.json", "results.md")
 PEERS_FILE = Path("peers") / "bench_peers.json"   # benchmarks/bench_peers.py --out OUT/peers

@@ -35,9 +35,8 @@ import torch.nn as nn
 
 from .geometry import invert_pose, kabsch, make_pose, solve_pnp
 from .pose import MIN_POINTS, PoseResult, accepted_pose, failed_pose, sample_subsets, spans_a_plane
-from .pose_config import DSAC_SCORES
+from .pose_config import DSAC_SCORES, MODES
 
-MODES = ("rgb", "rgbd")
 OBJECTIVES = ("expected", "sampled")
 SELECTIONS = ("argmax", "softam", "sample")
 LOSSES = ("max", "sum")

@@ -40,7 +40,7 @@ from .diagnostics import (
 from .errors import SceneLocError, refuse_to_overwrite
 from .geometry import PoseRecord, pose_errors, read_pose_file, write_pose_file
 from .plots import plot_error_cdf, plot_error_histogram, plot_examples, plot_reliability, plot_roc, plot_topdown
-from .pose_config import PoseConfig, estimator_config
+from .pose_config import MODES, PoseConfig, estimator_config
 from .progress import progress as progress_bar
 from .scenemap import Map, localize_frames
 
@@ -301,7 +301,7 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
     # read the pose file before --force clears the report folder: it may be that folder's poses.txt
     given = None if poses is None else read_pose_file(Path(poses))
     _check_out_dir(out, force)
-    if mode not in ("rgb", "rgbd"):
+    if mode not in MODES:
         raise SceneLocError(f"unknown mode {mode!r} (choose rgb or rgbd)")
     config = estimator_config(estimator)
     the_map = map_dir if isinstance(map_dir, Map) else Map.load(map_dir, device=device)

@@ -23,7 +23,7 @@ from .geometry import pose_errors
 from .head_training import buffer_accuracy, train_head
 from .loop import Budget
 from .networks import EncoderHeadNet, SceneNormalisation, build_coordinate_network
-from .pose_config import PoseConfig
+from .pose_config import MODES, PoseConfig
 from .scenemap import MAP_FORMAT_VERSION, Map, default_device, localize_frames
 from .training import (
     MappingConfig,
@@ -241,7 +241,7 @@ def fit_pose_calibration(the_map: Map, frames: list, seed: int = 0, log=print) -
     depth) RGB-D, and fit :class:`PoseCalibration` to which poses came within 5 cm / 5 deg."""
     config = PoseConfig()
     samples = {}
-    for mode in ("rgb", "rgbd"):
+    for mode in MODES:
         use = frames if mode == "rgb" else [f for f in frames if f.depth_path is not None]
         if not use:
             continue

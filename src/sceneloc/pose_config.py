@@ -12,6 +12,8 @@ from .geometry import PNP_METHODS
 from .pose_ransac import DEPTH_GATE
 
 # Points needed to determine a pose: EPnP (OpenCV) needs 4 2D-3D matches, Kabsch 3 3D-3D matches.
+#: Query modes: ``rgb`` (2D-3D, PnP) or ``rgbd`` (3D-3D with the query depth, Kabsch).
+MODES = ("rgb", "rgbd")
 MIN_POINTS = {"pnp": 4, "kabsch": 3}
 
 #: Estimators of ``pose.estimate_pose``, which needs only correspondences.

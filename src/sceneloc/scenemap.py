@@ -39,7 +39,7 @@ from .networks import (
     output_pixel_centres,
 )
 from .pose import PoseConfig, estimate_pose
-from .pose_config import DEFAULT_THRESHOLD_PX, DSAC_METHODS, REFERENCE_THRESHOLD_PX, estimator_config
+from .pose_config import DEFAULT_THRESHOLD_PX, DSAC_METHODS, MODES, REFERENCE_THRESHOLD_PX, estimator_config
 from .progress import progress as progress_bar
 
 #: 2: the network may be a frozen pretrained encoder + head (the file holds the head; the config the
@@ -313,7 +313,7 @@ def localize_frames(the_map: Map, frames: list, mode: str = "rgb", estimator: Po
     The random generator is seeded per frame, so a frame's result does not depend on the others.
     ``estimator`` is :meth:`Map.localize`'s.
     """
-    if mode not in ("rgb", "rgbd"):
+    if mode not in MODES:
         raise SceneLocError(f"unknown mode {mode!r} (choose rgb or rgbd)")
     config = estimator_config(estimator)
     if config.method in DSAC_METHODS:  # a missing DSAC stage fails here, before any frame
