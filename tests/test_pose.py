@@ -15,6 +15,7 @@ from sceneloc.pose import (
     score_hypotheses,
     select_correspondences,
 )
+from sceneloc.pose_config import for_reprojection_map
 from sceneloc.pose_ransac import scoring_subset
 
 K = g.intrinsics_matrix(585.0, 585.0, 320.0, 240.0)  # 7-Scenes-like 640x480 camera
@@ -300,3 +301,13 @@ def test_kabsch_ransac_scored_on_a_small_subset_still_recovers_the_pose():
     rot, trans = errors(result, s.T_wc)
     assert rot < 0.3 and trans < 0.005, (rot, trans)
     assert abs(result.n_inliers - (~s.outlier).sum()) < 0.02 * len(s.outlier)
+
+
+def test_reprojection_maps_get_a_tighter_threshold_and_more_refits_unless_set():
+    K2 = g.intrinsics_matrix(292.5, 292.5, 160.0, 120.0)   # half 7-Scenes' focal length: half the pixels
+    cfg = for_reprojection_map(PoseConfig(), K2)
+    assert cfg.inlier_threshold_px == pytest.approx(7.5) and cfg.polish_iterations == 10
+    assert cfg.threshold_px_for(K2) == pytest.approx(7.5)
+    mine = for_reprojection_map(PoseConfig(inlier_threshold_px=4.0, polish_iterations=2), K)
+    assert mine.inlier_threshold_px == 4.0 and mine.polish_iterations == 2
+    assert for_reprojection_map(PoseConfig(method="confidence"), K) == PoseConfig(method="confidence")

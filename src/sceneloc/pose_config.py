@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -29,6 +29,11 @@ REFERENCE_THRESHOLD_PX = 10.0
 #: at a focal length of REFERENCE_FOCAL_PX (7-Scenes' 640 x 480 Kinect).
 DEFAULT_THRESHOLD_PX = {"ransac": 40.0}
 REFERENCE_FOCAL_PX = 585.0
+#: ``ransac``'s defaults on a map learned from reprojection alone (RGB-only mapping): its coordinates
+#: are sharp in the image but not in depth, so a tighter threshold (at REFERENCE_FOCAL_PX) and more
+#: re-fits, as the inlier set at that threshold keeps growing. Two redkitchen dev RGB-only maps:
+#: 43.5 / 37.5 % within 5 cm / 5 deg against 35.0 / 24.0 % at 10 px and 3 re-fits (BENCHMARKS.md, session 7).
+REPROJECTION_MAP_RANSAC = {"threshold_px": 15.0, "polish_iterations": 10}
 #: Matches per pixel at which ``PoseConfig.min_inliers`` holds: 4800 over a 640 x 480 image.
 REFERENCE_DENSITY = 4800 / (640 * 480)
 SOLVERS = ("auto", "pnp", "kabsch")
@@ -229,6 +234,21 @@ class PoseResult:
     @property
     def success(self) -> bool:
         return self.pose is not None
+
+
+def for_reprojection_map(config: PoseConfig, K: np.ndarray) -> PoseConfig:
+    """``config`` for a map learned from reprojection alone and a camera ``K (3, 3)``: ``ransac``'s
+    default threshold and re-fit count become REPROJECTION_MAP_RANSAC's. A threshold the caller set
+    stays; a ``polish_iterations`` equal to the default cannot be told from it and is replaced too."""
+    if config.method not in DEFAULT_THRESHOLD_PX:
+        return config
+    threshold = config.inlier_threshold_px
+    if threshold is None:
+        threshold = at_focal_length(REPROJECTION_MAP_RANSAC["threshold_px"], K)
+    polish = config.polish_iterations
+    if polish == PoseConfig.polish_iterations:
+        polish = int(REPROJECTION_MAP_RANSAC["polish_iterations"])
+    return replace(config, inlier_threshold_px=threshold, polish_iterations=polish)
 
 
 def estimator_config(estimator: PoseConfig | str | None) -> PoseConfig:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -39,7 +39,7 @@ from .networks import (
     output_pixel_centres,
 )
 from .pose import PoseConfig, estimate_pose
-from .pose_config import DEFAULT_THRESHOLD_PX, DSAC_METHODS, MODES, REFERENCE_THRESHOLD_PX, estimator_config
+from .pose_config import DSAC_METHODS, MODES, estimator_config, for_reprojection_map
 from .progress import progress as progress_bar
 
 #: 2: the network may be a frozen pretrained encoder + head (the file holds the head; the config the
@@ -268,12 +268,9 @@ class Map:
                                 f"{image.shape[1]}x{image.shape[0]}")
         config = estimator_config(estimator)
         stage = resolve_stage(self, config.dsac_score) if config.method in DSAC_METHODS else None
-        if (config.inlier_threshold_px is None and config.method in DEFAULT_THRESHOLD_PX
-                and self.config.get("supervision") == "reprojection"):
-            # coordinates learned from reprojection alone are sharp in the image but not in depth: the
-            # wide RANSAC threshold that suits depth-supervised maps halved an RGB-only map's accuracy
-            # (redkitchen dev RGB 21 % at 10 px against 11 % at 25 px; BENCHMARKS.md)
-            config = replace(config, inlier_threshold_px=REFERENCE_THRESHOLD_PX)
+        if self.config.get("supervision") == "reprojection":
+            # the wide threshold that suits depth-supervised maps halved an RGB-only map's accuracy
+            config = for_reprojection_map(config, K)
         # only the confidence-guided and joint estimators read confidences: skip the PointNet otherwise
         pred = prediction if prediction is not None else self.predict(image, max_points,
                                                                       None if stage is None else stage.coord_net,
