@@ -31,8 +31,9 @@ DEFAULT_THRESHOLD_PX = {"ransac": 40.0}
 REFERENCE_FOCAL_PX = 585.0
 #: ``ransac``'s defaults on a map learned from reprojection alone (RGB-only mapping): its coordinates
 #: are sharp in the image but not in depth, so a tighter threshold (at REFERENCE_FOCAL_PX) and more
-#: re-fits, as the inlier set at that threshold keeps growing. Two redkitchen dev RGB-only maps:
-#: 43.5 / 37.5 % within 5 cm / 5 deg against 35.0 / 24.0 % at 10 px and 3 re-fits (BENCHMARKS.md, session 7).
+#: re-fits, as the inlier set at that threshold keeps growing. Three redkitchen dev RGB-only maps:
+#: 43.5 / 37.5 / 34.0 % within 5 cm / 5 deg against 35.0 / 24.0 / 33.0 % at 10 px and 3 re-fits, and
+#: 40.5 / 30.5 / 38.5 % at 10 px and 10 re-fits (BENCHMARKS.md, session 7).
 REPROJECTION_MAP_RANSAC = {"threshold_px": 15.0, "polish_iterations": 10}
 #: Matches per pixel at which ``PoseConfig.min_inliers`` holds: 4800 over a 640 x 480 image.
 REFERENCE_DENSITY = 4800 / (640 * 480)
