@@ -43,6 +43,28 @@ def test_pose_estimation_runs_on_one_blas_thread_and_restores_the_setting(tiny_m
     assert blas_threads() == before
 
 
+def test_several_query_scales_keep_the_pass_with_the_highest_inlier_ratio(tiny_map, overfit_scene, monkeypatch):
+    passes, real = [], scenemap.estimate_pose
+
+    def spy(pixels, *args, **kwargs):
+        res = real(pixels, *args, **kwargs)
+        passes.append((len(pixels), res.n_inliers / len(pixels)))
+        return res
+
+    monkeypatch.setattr(scenemap, "estimate_pose", spy)
+    frame = load_scene(overfit_scene).frames("train")[0]
+    the_map = Map.load(tiny_map)
+    res = the_map.localize(frame.load_image(), depth=frame.load_depth(), rng=np.random.default_rng(0),
+                           estimator=PoseConfig(query_scales=(1.0, 0.5)))
+    assert res.success and len(passes) == 2 and passes[0][0] > passes[1][0]  # half the scale, fewer cells
+    best = max(passes, key=lambda p: p[1])
+    assert len(res.pixels) == best[0] and res.inliers / len(res.pixels) == best[1]
+    rot, trans = pose_errors(res.pose, frame.pose)
+    assert rot < 5 and trans < 0.05
+    with pytest.raises(ValueError, match="query_scales"):
+        PoseConfig(query_scales=())
+
+
 def test_single_image_cli_prints_pose(tiny_map, overfit_scene, capsys):
     frame = load_scene(overfit_scene).frames("train")[1]
     depth = str(frame.depth_path)

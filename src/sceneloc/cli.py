@@ -232,6 +232,9 @@ def _add_pose_arguments(s: argparse.ArgumentParser) -> None:
     _field_option(g, d, "polish_thresholds_px", "PnP: the same in pixels (at a 585 px focal length, scaled with it)",
                   type=float, nargs="*")
     _field_option(g, d, "min_inliers", "fewer inliers report a failure")
+    _field_option(g, d, "query_scales", "run the network on the query at each of these scales and keep the pose "
+                                        "with the highest inlier ratio (default 1; 0.9 0.75: views closer than the "
+                                        "mapping views, ~2x the time)", type=float, nargs="+", metavar="S")
     _field_option(g, d, "depth_gate", "--method joint: ignore the query depth when the pose refined with it fits "
                                       "the image worse than PnP by more than this fraction, 0: never")
     g.add_argument("--seed", type=int, default=0, help="random seed of the pose estimator (default %(default)s)")

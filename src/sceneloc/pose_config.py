@@ -114,6 +114,12 @@ class PoseConfig:
         joint_max_hypotheses: most hypotheses of ``joint`` (bounds its time at low inlier ratios).
         dsac_score: ``dsac`` / ``softam`` hypothesis score, ``cnn`` or ``soft-inliers`` (None: the
             score the map's DSAC stage was trained with); soft inliers need no DSAC stage.
+        query_scales: ``Map.localize`` runs the network on the query resized by each of these factors
+            (each side rounded to the encoder's multiple) and keeps the pose with the highest inlier
+            ratio: a view much closer to the scene than the mapping views is recognised at a smaller
+            scale. (1.0,): one pass. ``0.9 0.75`` on redkitchen, every other test frame: split 2 RGB
+            32 % / RGB-D 51 % against 13 / 44 % at (1.0,), dev 62 / 82 % against 58 / 80 %, at ~1.4x the
+            network's and 2x the pose's time (BENCHMARKS.md, session 7). Not ``dsac``/``softam``.
         depth_gate: ``joint`` ignores the query depth when the pose refined with it fits the
             image worse than the PnP solution by more than this fraction (truncated reprojection
             cost): depth is trusted only where it is consistent with the image
@@ -145,8 +151,11 @@ class PoseConfig:
     joint_max_hypotheses: int = 1024
     depth_gate: float = DEPTH_GATE
     dsac_score: str | None = None
+    query_scales: tuple[float, ...] = (1.0,)
 
     def __post_init__(self) -> None:
+        if not self.query_scales or any(not 0.1 <= s <= 4.0 for s in self.query_scales):
+            raise ValueError(f"PoseConfig.query_scales={self.query_scales}: give one or more factors in [0.1, 4]")
         for name, value, allowed in (("method", self.method, METHODS), ("solver", self.solver, SOLVERS),
                                      ("score", self.score, SCORES),
                                      ("pnp_method", self.pnp_method, tuple(PNP_METHODS)),

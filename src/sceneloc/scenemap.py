@@ -25,7 +25,7 @@ from threadpoolctl import ThreadpoolController
 from .calibration import CALIBRATION_FILE, PoseCalibration
 from .data import camera_points
 from .dsac import STAGE_FILES, estimate_pose_dsac
-from .dsac_stage import resolve_stage
+from .dsac_stage import DSACStage, resolve_stage
 from .errors import SceneLocError
 from .networks import (
     ConfidencePointNet,
@@ -38,7 +38,7 @@ from .networks import (
     load_weights,
     output_pixel_centres,
 )
-from .pose import PoseConfig, estimate_pose
+from .pose import PoseConfig, PoseResult, estimate_pose
 from .pose_config import DSAC_METHODS, MODES, estimator_config, for_reprojection_map
 from .progress import progress as progress_bar
 
@@ -197,19 +197,22 @@ class Map:
 
     @torch.no_grad()
     def predict(self, image: np.ndarray, max_points: int = DEFAULT_POSE_POINTS,
-                net: CoordinateNetwork | None = None, confidence: bool = True) -> Prediction:
+                net: CoordinateNetwork | None = None, confidence: bool = True, scale: float = 1.0) -> Prediction:
         """Scene coordinates (and confidences) for an ``(H, W, 3)`` uint8 RGB image of any size.
 
         A dense output grid (the U-Net predicts every input pixel) is thinned to a regular sub-grid
         of at most ~``max_points`` cells: far more than pose estimation needs, and the confidence
         network's cost grows with the number of points. ``net`` replaces the coordinate network
-        (the DSAC stage's fine-tuned one); its predictions get no confidences.
+        (the DSAC stage's fine-tuned one); its predictions get no confidences. ``scale`` resizes the
+        network's input (each side rounded to the encoder's multiple); pixels stay full-resolution.
         """
         net = self.coord_net if net is None else net
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise SceneLocError(f"expected an (H, W, 3) uint8 RGB image, got {image.dtype} with shape {image.shape}")
         t0 = time.perf_counter()
         h_in, w_in, _ = input_size(image.shape[:2], self.config["input_height"], net.multiple)
+        if scale != 1.0:
+            h_in, w_in = (max(net.multiple, round(v * scale / net.multiple) * net.multiple) for v in (h_in, w_in))
         x = image_to_tensor(image, (h_in, w_in)).to(self.device)
         y = self.norm.to_metres(net(x))[0].permute(1, 2, 0).float()
         pixels = output_pixel_centres(y.shape[:2], net.stride, image.shape[:2], (h_in, w_in))
@@ -243,38 +246,17 @@ class Map:
         out[idx.reshape(-1)] = c
         return out.view(h, w)
 
-    def localize(self, image: np.ndarray, depth: np.ndarray | None = None, intrinsics: np.ndarray | None = None,
-                 estimator: PoseConfig | str | None = None, rng: np.random.Generator | None = None,
-                 max_points: int = DEFAULT_POSE_POINTS, prediction: Prediction | None = None) -> Localization:
-        """Camera-to-world pose of one RGB image (PnP), or of an RGB-D frame (Kabsch) when ``depth``
-        ``(H, W)`` in metres (0 = none) is given.
-
-        Args:
-            image: ``(H, W, 3)`` uint8 RGB; any size if ``intrinsics`` are given.
-            depth: optional ``(H, W)`` metres aligned with ``image``.
-            intrinsics: ``(3, 3)`` K of the query image; default the mapping camera's.
-            estimator: a :class:`sceneloc.pose.PoseConfig`, or a method name with its defaults, or
-                None (``ransac``: OpenCV MAGSAC++ PnP, or Kabsch-RANSAC with depth). Its ``method`` is
-                ``ransac``, ``confidence`` (the paper's; needs the confidence network), ``random``,
-                ``joint`` (P3P and Kabsch hypotheses on one 2D + 3D score; depth used only where it
-                agrees with the image, see ``pose_ransac``), or ``dsac`` / ``softam``: DSAC's argmax /
-                SoftAM selection (dsac.py) with the map's DSAC stage and ``dsac_score``.
-            prediction: reuse this image's ``predict`` output (to compare pose settings cheaply; for
-                dsac/softam it must come from the DSAC stage's network).
-        """
-        K = self._check_intrinsics(image, intrinsics)
-        if depth is not None and depth.shape != image.shape[:2]:
-            raise SceneLocError(f"depth map is {depth.shape[1]}x{depth.shape[0]} but the image is "
-                                f"{image.shape[1]}x{image.shape[0]}")
-        config = estimator_config(estimator)
-        stage = resolve_stage(self, config.dsac_score) if config.method in DSAC_METHODS else None
-        if self.config.get("supervision") == "reprojection":
-            # the wide threshold that suits depth-supervised maps halved an RGB-only map's accuracy
-            config = for_reprojection_map(config, K)
+    def _localize_at(self, image: np.ndarray, depth: np.ndarray | None, K: np.ndarray, config: PoseConfig,
+                     stage: DSACStage | None, rng: np.random.Generator | None, max_points: int,
+                     prediction: Prediction | None, scale: float
+                     ) -> tuple[PoseResult, Prediction, np.ndarray, np.ndarray, np.ndarray | None]:
+        """One network pass at ``scale`` (or ``prediction``) and its pose: result, prediction, pixels
+        ``(N, 2)``, coordinates ``(N, 3)`` and confidences ``(N,)`` or None."""
         # only the confidence-guided and joint estimators read confidences: skip the PointNet otherwise
         pred = prediction if prediction is not None else self.predict(image, max_points,
                                                                       None if stage is None else stage.coord_net,
-                                                                      confidence=config.method in CONFIDENCE_METHODS)
+                                                                      confidence=config.method in CONFIDENCE_METHODS,
+                                                                      scale=scale)
         pixels, coords = pred.pixels.reshape(-1, 2), pred.coords.reshape(-1, 3)
         conf = None if pred.confidence is None else pred.confidence.reshape(-1)
         cam = None if depth is None else camera_points(depth, pixels, K)
@@ -291,8 +273,49 @@ class Map:
                                          config.min_inliers, rng)
             else:
                 res = estimate_pose(pixels, coords, K, confidence=conf, camera_points=cam, config=config, rng=rng)
-        timings = {"network_ms": pred.network_ms, "sampling_ms": res.timings_ms.get("sampling", 0.0),
-                   "refinement_ms": res.timings_ms.get("refinement", 0.0)}
+        return res, pred, pixels, coords, conf
+
+    def localize(self, image: np.ndarray, depth: np.ndarray | None = None, intrinsics: np.ndarray | None = None,
+                 estimator: PoseConfig | str | None = None, rng: np.random.Generator | None = None,
+                 max_points: int = DEFAULT_POSE_POINTS, prediction: Prediction | None = None) -> Localization:
+        """Camera-to-world pose of one RGB image (PnP), or of an RGB-D frame (Kabsch) when ``depth``
+        ``(H, W)`` in metres (0 = none) is given.
+
+        Args:
+            image: ``(H, W, 3)`` uint8 RGB; any size if ``intrinsics`` are given.
+            depth: optional ``(H, W)`` metres aligned with ``image``.
+            intrinsics: ``(3, 3)`` K of the query image; default the mapping camera's.
+            estimator: a :class:`sceneloc.pose.PoseConfig`, or a method name with its defaults, or
+                None (``ransac``: OpenCV MAGSAC++ PnP, or Kabsch-RANSAC with depth). Its ``method`` is
+                ``ransac``, ``confidence`` (the paper's; needs the confidence network), ``random``,
+                ``joint`` (P3P and Kabsch hypotheses on one 2D + 3D score; depth used only where it
+                agrees with the image, see ``pose_ransac``), or ``dsac`` / ``softam``: DSAC's argmax /
+                SoftAM selection (dsac.py) with the map's DSAC stage and ``dsac_score``. Its
+                ``query_scales`` run the network once per scale and keep the pose with the highest
+                inlier ratio.
+            prediction: reuse this image's ``predict`` output (to compare pose settings cheaply; for
+                dsac/softam it must come from the DSAC stage's network).
+        """
+        K = self._check_intrinsics(image, intrinsics)
+        if depth is not None and depth.shape != image.shape[:2]:
+            raise SceneLocError(f"depth map is {depth.shape[1]}x{depth.shape[0]} but the image is "
+                                f"{image.shape[1]}x{image.shape[0]}")
+        config = estimator_config(estimator)
+        stage = resolve_stage(self, config.dsac_score) if config.method in DSAC_METHODS else None
+        if self.config.get("supervision") == "reprojection":
+            # the wide threshold that suits depth-supervised maps halved an RGB-only map's accuracy
+            config = for_reprojection_map(config, K)
+        if len(config.query_scales) > 1 and (stage is not None or prediction is not None):
+            raise SceneLocError("several query scales work with the correspondence estimators and without "
+                                "a given prediction")
+        # every scale is a full pass; the pose with the highest inlier ratio wins (a failure never does)
+        passes = [self._localize_at(image, depth, K, config, stage, rng, max_points, prediction, scale)
+                  for scale in config.query_scales]
+        res, pred, pixels, coords, conf = max(passes, key=lambda p: (p[0].pose is not None,
+                                                                     p[0].n_inliers / max(len(p[2]), 1)))
+        timings = {"network_ms": sum(p[1].network_ms for p in passes),
+                   "sampling_ms": sum(p[0].timings_ms.get("sampling", 0.0) for p in passes),
+                   "refinement_ms": sum(p[0].timings_ms.get("refinement", 0.0) for p in passes)}
         timings["total_ms"] = sum(timings.values())
         probability = float("nan")
         if self.calibration is not None:
