@@ -117,9 +117,9 @@ class PoseConfig:
         query_scales: ``Map.localize`` runs the network on the query resized by each of these factors
             (each side rounded to the encoder's multiple) and keeps the pose with the highest inlier
             ratio: a view much closer to the scene than the mapping views is recognised at a smaller
-            scale. (1.0,): one pass. ``0.9 0.75`` on redkitchen, every other test frame: split 2 RGB
-            32 % / RGB-D 51 % against 13 / 44 % at (1.0,), dev 62 / 82 % against 58 / 80 %, at ~1.4x the
-            network's and 2x the pose's time (BENCHMARKS.md, session 7). Not ``dsac``/``softam``.
+            scale. (1.0,): one pass. ``0.9 0.75`` on redkitchen's test frames: split 2 RGB 33 % / RGB-D
+            52 % against 13 / 43 % with one pass, dev 60 / 83 % against 59 / 82.5 %, at 1.6-2x the time
+            (BENCHMARKS.md, session 7), over the time budget of a default. Not ``dsac``/``softam``.
         depth_gate: ``joint`` ignores the query depth when the pose refined with it fits the
             image worse than the PnP solution by more than this fraction (truncated reprojection
             cost): depth is trusted only where it is consistent with the image
