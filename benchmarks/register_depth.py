@@ -8,8 +8,9 @@ images). This writes a copy of DATASET in which every depth map is resampled ont
 camera's; colour images and poses are symbolic links.
 
 Usage:
-    python benchmarks/register_depth.py ../shared/data/7scenes-redkitchen /tmp/rk_reg \\
-        [--depth-focal 585] [--colour-focal 525]
+    python benchmarks/register_depth.py ../shared/data/7scenes-redkitchen /tmp/rk_reg [--colour-focal 525]
+
+The depth camera is the dataset's own intrinsics (`sceneloc.data.load_scene`).
 """
 
 from __future__ import annotations
@@ -21,21 +22,22 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from sceneloc.data import load_scene
 
-def registration_maps(depth_focal: float, colour_focal: float, hw: tuple[int, int] = (480, 640),
-                      centre: tuple[float, float] = (320.0, 240.0)) -> tuple[np.ndarray, np.ndarray]:
-    """``cv2.remap`` maps ``(H, W)`` float32: the depth pixel on each colour pixel's ray."""
+
+def registration_maps(K_depth: np.ndarray, colour_focal: float, hw: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``cv2.remap`` maps ``(H, W)`` float32: the depth pixel on each colour pixel's ray (the colour
+    camera has the depth camera's principal point and focal length ``colour_focal``)."""
     v, u = np.mgrid[0:hw[0], 0:hw[1]].astype(np.float32)
-    ratio = depth_focal / colour_focal
-    return ((centre[0] + (u - centre[0]) * ratio).astype(np.float32),
-            (centre[1] + (v - centre[1]) * ratio).astype(np.float32))
+    (fx, cx), (fy, cy) = K_depth[0, [0, 2]], K_depth[1, [1, 2]]
+    return ((cx + (u - cx) * fx / colour_focal).astype(np.float32),
+            (cy + (v - cy) * fy / colour_focal).astype(np.float32))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("dataset", type=Path)
     ap.add_argument("out", type=Path)
-    ap.add_argument("--depth-focal", type=float, default=585.0)
     ap.add_argument("--colour-focal", type=float, default=525.0)
     args = ap.parse_args()
     if args.out.exists():
@@ -43,16 +45,19 @@ def main() -> None:
     args.out.mkdir(parents=True)
     for name in ("TrainSplit.txt", "TestSplit.txt"):
         shutil.copy(args.dataset / name, args.out / name)
-    f = args.colour_focal
-    (args.out / "camera-intrinsics.txt").write_text(f"{f} 0 320\n0 {f} 240\n0 0 1\n")
-    map_x, map_y = registration_maps(args.depth_focal, args.colour_focal)
+    K_depth = next(fr for frames in load_scene(args.dataset).splits.values() for fr in frames).K
+    f, (cx, cy) = args.colour_focal, K_depth[:2, 2]
+    (args.out / "camera-intrinsics.txt").write_text(f"{f} 0 {cx}\n0 {f} {cy}\n0 0 1\n")
+    maps: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}   # per depth-map size, built once
     for seq in sorted(args.dataset.glob("seq-*")):
         out = args.out / seq.name
         out.mkdir()
         for p in sorted(seq.iterdir()):
             if p.name.endswith(".depth.png"):
                 depth = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
-                cv2.imwrite(str(out / p.name), cv2.remap(depth, map_x, map_y, cv2.INTER_NEAREST,
+                if depth.shape not in maps:
+                    maps[depth.shape] = registration_maps(K_depth, f, depth.shape)
+                cv2.imwrite(str(out / p.name), cv2.remap(depth, *maps[depth.shape], cv2.INTER_NEAREST,
                                                           borderMode=cv2.BORDER_CONSTANT, borderValue=0))
             else:
                 (out / p.name).symlink_to(p.resolve())

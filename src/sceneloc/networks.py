@@ -199,11 +199,14 @@ class EncoderHeadNet(CoordinateNetwork):
         self._encoder[0]._apply(fn)
         return super()._apply(fn, *args, **kwargs)
 
+    def _autocast(self, device_type: str) -> torch.autocast:
+        """The bf16 autocast of ``self.precision`` (off where it means fp32)."""
+        return torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_bf16(self.precision, device_type))
+
     @torch.no_grad()
     def features(self, image: torch.Tensor) -> torch.Tensor:
         """Frozen encoder features ``(B, C, H / 8, W / 8)`` (fp32) of images in [0, 1]."""
-        with torch.autocast(image.device.type, dtype=torch.bfloat16,
-                            enabled=use_bf16(self.precision, image.device.type)):
+        with self._autocast(image.device.type):
             return self.encoder(image).float()
 
     def regress(self, features: torch.Tensor) -> torch.Tensor:
@@ -215,8 +218,7 @@ class EncoderHeadNet(CoordinateNetwork):
         features = self.features(image)
         # the head trains under this autocast (head_training.py): inference in bf16 matches it at half the
         # time on a CPU (18 -> 10 ms per 640x480 frame; coordinates within 1.5 mm median, BENCHMARKS.md)
-        with torch.autocast(image.device.type, dtype=torch.bfloat16,
-                            enabled=use_bf16(self.precision, image.device.type)):
+        with self._autocast(image.device.type):
             return self.regress(features)
 
 

@@ -34,7 +34,8 @@ REFERENCE_FOCAL_PX = 585.0
 #: re-fits, as the inlier set at that threshold keeps growing. Three redkitchen dev RGB-only maps:
 #: 43.5 / 37.5 / 34.0 % within 5 cm / 5 deg against 35.0 / 24.0 / 33.0 % at 10 px and 3 re-fits, and
 #: 40.5 / 30.5 / 38.5 % at 10 px and 10 re-fits (BENCHMARKS.md, session 7).
-REPROJECTION_MAP_RANSAC = {"threshold_px": 15.0, "polish_iterations": 10}
+REPROJECTION_MAP_THRESHOLD_PX = 15.0
+REPROJECTION_MAP_POLISH_ITERATIONS = 10
 #: Matches per pixel at which ``PoseConfig.min_inliers`` holds: 4800 over a 640 x 480 image.
 REFERENCE_DENSITY = 4800 / (640 * 480)
 SOLVERS = ("auto", "pnp", "kabsch")
@@ -248,16 +249,17 @@ class PoseResult:
 
 def for_reprojection_map(config: PoseConfig, K: np.ndarray) -> PoseConfig:
     """``config`` for a map learned from reprojection alone and a camera ``K (3, 3)``: ``ransac``'s
-    default threshold and re-fit count become REPROJECTION_MAP_RANSAC's. A threshold the caller set
-    stays; a ``polish_iterations`` equal to the default cannot be told from it and is replaced too."""
+    default threshold and re-fit count become ``REPROJECTION_MAP_THRESHOLD_PX`` and
+    ``REPROJECTION_MAP_POLISH_ITERATIONS``. A threshold the caller set stays; a ``polish_iterations``
+    equal to the default cannot be told from it and is replaced too."""
     if config.method not in DEFAULT_THRESHOLD_PX:
         return config
     threshold = config.inlier_threshold_px
     if threshold is None:
-        threshold = at_focal_length(REPROJECTION_MAP_RANSAC["threshold_px"], K)
+        threshold = at_focal_length(REPROJECTION_MAP_THRESHOLD_PX, K)
     polish = config.polish_iterations
     if polish == PoseConfig.polish_iterations:
-        polish = int(REPROJECTION_MAP_RANSAC["polish_iterations"])
+        polish = REPROJECTION_MAP_POLISH_ITERATIONS
     return replace(config, inlier_threshold_px=threshold, polish_iterations=polish)
 
 

@@ -248,10 +248,8 @@ class Map:
 
     def _localize_at(self, image: np.ndarray, depth: np.ndarray | None, K: np.ndarray, config: PoseConfig,
                      stage: DSACStage | None, rng: np.random.Generator | None, max_points: int,
-                     prediction: Prediction | None, scale: float
-                     ) -> tuple[PoseResult, Prediction, np.ndarray, np.ndarray, np.ndarray | None]:
-        """One network pass at ``scale`` (or ``prediction``) and its pose: result, prediction, pixels
-        ``(N, 2)``, coordinates ``(N, 3)`` and confidences ``(N,)`` or None."""
+                     prediction: Prediction | None, scale: float) -> tuple[PoseResult, Prediction]:
+        """One network pass at ``scale`` (or ``prediction``) and the pose from it."""
         # only the confidence-guided and joint estimators read confidences: skip the PointNet otherwise
         pred = prediction if prediction is not None else self.predict(image, max_points,
                                                                       None if stage is None else stage.coord_net,
@@ -273,7 +271,7 @@ class Map:
                                          config.min_inliers, rng)
             else:
                 res = estimate_pose(pixels, coords, K, confidence=conf, camera_points=cam, config=config, rng=rng)
-        return res, pred, pixels, coords, conf
+        return res, pred
 
     def localize(self, image: np.ndarray, depth: np.ndarray | None = None, intrinsics: np.ndarray | None = None,
                  estimator: PoseConfig | str | None = None, rng: np.random.Generator | None = None,
@@ -311,11 +309,13 @@ class Map:
         # every scale is a full pass; the pose with the highest inlier ratio wins (a failure never does)
         passes = [self._localize_at(image, depth, K, config, stage, rng, max_points, prediction, scale)
                   for scale in config.query_scales]
-        res, pred, pixels, coords, conf = max(passes, key=lambda p: (p[0].pose is not None,
-                                                                     p[0].n_inliers / max(len(p[2]), 1)))
-        timings = {"network_ms": sum(p[1].network_ms for p in passes),
-                   "sampling_ms": sum(p[0].timings_ms.get("sampling", 0.0) for p in passes),
-                   "refinement_ms": sum(p[0].timings_ms.get("refinement", 0.0) for p in passes)}
+        res, pred = max(passes, key=lambda p: (p[0].pose is not None,
+                                               p[0].n_inliers / max(p[1].pixels[..., 0].size, 1)))
+        pixels, coords = pred.pixels.reshape(-1, 2), pred.coords.reshape(-1, 3)
+        conf = None if pred.confidence is None else pred.confidence.reshape(-1)
+        timings = {"network_ms": sum(p.network_ms for _, p in passes),
+                   "sampling_ms": sum(r.timings_ms.get("sampling", 0.0) for r, _ in passes),
+                   "refinement_ms": sum(r.timings_ms.get("refinement", 0.0) for r, _ in passes)}
         timings["total_ms"] = sum(timings.values())
         probability = float("nan")
         if self.calibration is not None:
