@@ -27,8 +27,9 @@ def resplit(root: Path, out: Path, train: list[int], test: list[int]) -> Path:
         link.symlink_to(src)
     for name, seqs in (("TrainSplit.txt", train), ("TestSplit.txt", test)):
         (out / name).write_text("".join(f"sequence{n}\n" for n in seqs))
-    if (root / "camera-intrinsics.txt").exists():
-        shutil.copyfile(root / "camera-intrinsics.txt", out / "camera-intrinsics.txt")
+    for name in ("camera-intrinsics.txt", "color-intrinsics.txt"):   # the depth and the colour camera
+        if (root / name).exists():
+            shutil.copyfile(root / name, out / name)
     return out
 
 

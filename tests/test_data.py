@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from sceneloc import geometry as g
-from sceneloc.data import load_scene, read_depth, read_image, read_matrix, read_pose, scene_coordinates
+from sceneloc.data import (KINECT_COLOUR_INTRINSICS, KINECT_DEPTH_INTRINSICS, load_scene, read_depth, read_image,
+                           read_matrix, read_pose, register_depth, scene_coordinates, seven_scenes_cameras)
 from sceneloc.errors import SceneLocError
 
 
@@ -45,7 +46,9 @@ def test_redkitchen_splits(kitchen_scene, redkitchen):
     f = kitchen_scene.frames("test")[0]
     assert f.name == "seq-02/frame-000400.color.jpg" and f.image_path.is_absolute()
     assert f.depth_path is not None and f.depth_path.name == "frame-000400.depth.png"
-    np.testing.assert_array_equal(f.K, np.loadtxt(redkitchen / "camera-intrinsics.txt"))
+    # camera-intrinsics.txt is the Kinect's depth camera: the images are the colour camera's
+    np.testing.assert_array_equal(f.depth_K, np.loadtxt(redkitchen / "camera-intrinsics.txt"))
+    np.testing.assert_array_equal(f.K, g.intrinsics_matrix(*KINECT_COLOUR_INTRINSICS))
 
 
 def test_7scenes_poses_projected_onto_so3(kitchen_scene, redkitchen):
@@ -164,6 +167,67 @@ def test_stairs_sample_original_format(stairs):
     np.testing.assert_array_equal(f.pose[:3, 3], raw[:3, 3])
     np.testing.assert_allclose(f.pose[:3, :3], raw[:3, :3], atol=1e-3)
     assert f.load().image.shape == (480, 640, 3)
+    # no intrinsics file: 7-Scenes' Kinect, depth registered onto the colour grid as it is read
+    np.testing.assert_array_equal(f.K, g.intrinsics_matrix(*KINECT_COLOUR_INTRINSICS))
+    np.testing.assert_array_equal(f.depth_K, g.intrinsics_matrix(*KINECT_DEPTH_INTRINSICS))
+    raw_depth = read_depth(f.depth_path)
+    np.testing.assert_array_equal(f.load_depth(), register_depth(raw_depth, f.depth_K, f.K, raw_depth.shape))
+    # the colour camera sees wider than the depth camera: its outer columns have no depth
+    assert not f.load_depth()[:, :30].any() and f.load_depth()[:, 100:540].any()
+
+
+def test_register_depth_closed_form():
+    """Depth encoding its own column and row: each colour pixel gets the depth pixel nearest its ray."""
+    K_d, K_c = g.intrinsics_matrix(585.0, 585.0, 320.0, 240.0), g.intrinsics_matrix(525.0, 500.0, 300.0, 250.0)
+    v, u = np.mgrid[0:480, 0:640]
+    depth = (1.0 + u / 1000.0 + v / 1e6).astype(np.float32)
+    out = register_depth(depth, K_d, K_c, (480, 640))
+    ud = np.rint(320.0 + (u - 300.0) * 585.0 / 525.0)
+    vd = np.rint(240.0 + (v - 250.0) * 585.0 / 500.0)
+    inside = (ud >= 0) & (ud <= 639) & (vd >= 0) & (vd <= 479)
+    np.testing.assert_allclose(out[inside], (1.0 + ud / 1000.0 + vd / 1e6)[inside], atol=1e-6)
+    assert not out[~inside].any() and (~inside).any()
+    # one camera: unchanged
+    np.testing.assert_array_equal(register_depth(depth, K_d, K_d, (480, 640)), depth)
+
+
+def _write_7scenes_intrinsics(root, shape, depth_K=None, colour_K=None):
+    root.mkdir(parents=True)
+    (root / "seq-01").mkdir()
+    _write_png(root / "seq-01" / "frame-000000.color.png", shape)
+    for name, K in (("camera-intrinsics.txt", depth_K), ("color-intrinsics.txt", colour_K)):
+        if K is not None:
+            np.savetxt(root / name, K)
+    return root
+
+
+def test_seven_scenes_cameras(tmp_path):
+    kinect_d, kinect_c = g.intrinsics_matrix(*KINECT_DEPTH_INTRINSICS), g.intrinsics_matrix(*KINECT_COLOUR_INTRINSICS)
+    other = g.intrinsics_matrix(500.0, 500.0, 30.0, 20.0)
+    # 7-Scenes (no file, or the Kinect depth camera's) on 640x480 images: colour 525 px, depth 585 px
+    for i, K_file in enumerate((None, kinect_d)):
+        K, K_depth = seven_scenes_cameras(_write_7scenes_intrinsics(tmp_path / f"k{i}", (480, 640), K_file))
+        np.testing.assert_array_equal(K, kinect_c)
+        np.testing.assert_array_equal(K_depth, kinect_d)
+    # the same numbers on images of another size are not a Kinect: one camera
+    K, K_depth = seven_scenes_cameras(_write_7scenes_intrinsics(tmp_path / "small", (48, 64)))
+    np.testing.assert_array_equal(K, kinect_d)
+    assert K_depth is None
+    # any other camera file: registered depth, one camera
+    K, K_depth = seven_scenes_cameras(_write_7scenes_intrinsics(tmp_path / "o", (480, 640), other))
+    np.testing.assert_array_equal(K, other)
+    assert K_depth is None
+    # a colour-camera file names the colour camera; equal to the depth camera means registered
+    K, K_depth = seven_scenes_cameras(_write_7scenes_intrinsics(tmp_path / "c", (480, 640), kinect_d, other))
+    np.testing.assert_array_equal(K, other)
+    np.testing.assert_array_equal(K_depth, kinect_d)
+    K, K_depth = seven_scenes_cameras(_write_7scenes_intrinsics(tmp_path / "s", (480, 640), kinect_d, kinect_d))
+    np.testing.assert_array_equal(K, kinect_d)
+    assert K_depth is None
+    # an override is the camera of images and depth alike
+    K, K_depth = seven_scenes_cameras(tmp_path / "k0", other)
+    np.testing.assert_array_equal(K, other)
+    assert K_depth is None
 
 
 # ----------------------------------------------------------------------------- synthetic layouts

@@ -159,6 +159,15 @@ def test_scale_intrinsics_with_skew():
     np.testing.assert_allclose(h2[:, :2] / h2[:, 2:], (uv + 0.5) * 0.25 - 0.5, atol=1e-9)
 
 
+def test_pixels_between_cameras():
+    K_from = g.intrinsics_matrix(525.0, 520.0, 320.0, 240.0)
+    K_to = g.intrinsics_matrix(585.0, 590.0, 310.0, 250.0)
+    uv = np.array([[320.0, 240.0], [0.0, 0.0], [639.0, 100.0]])
+    expected = np.stack([310.0 + (uv[:, 0] - 320.0) * 585.0 / 525.0, 250.0 + (uv[:, 1] - 240.0) * 590.0 / 520.0], -1)
+    np.testing.assert_allclose(g.pixels_between_cameras(uv, K_from, K_to), expected, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(g.pixels_between_cameras(uv, K_from, K_from), uv, atol=1e-9)
+
+
 def test_pixel_grid():
     grid = g.pixel_grid(3, 4)
     assert grid.shape == (3, 4, 2)

@@ -151,7 +151,7 @@ def test_same_seed_is_byte_identical(tmp_path):
     b = _gen(tmp_path / "b", seed=3)
     files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
-    assert files_a == files_b and len(files_a) == 2 * 4 * 3 + 4
+    assert files_a == files_b and len(files_a) == 2 * 4 * 3 + 5
     for f in files_a:
         assert (a / f).read_bytes() == (b / f).read_bytes(), f
 

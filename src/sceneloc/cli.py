@@ -76,13 +76,18 @@ def _cmd_info(args: argparse.Namespace) -> None:
     K = parse_intrinsics(args.intrinsics) if args.intrinsics else None
     scene = load_scene(args.dataset, K)
     stats = scene.statistics()
-    K0 = next(f for fr in scene.splits.values() for f in fr).K
+    first = next(f for fr in scene.splits.values() for f in fr)
+    K0 = first.K
     print(f"dataset      {scene.root}  ({scene.layout} layout)")
     for split, n in stats.frames.items():
         print(f"{split + ' frames':<12} {n}")
     print(f"image size   {stats.image_size[1]}x{stats.image_size[0]}")
     print(f"intrinsics   fx={K0[0, 0]:.2f} fy={K0[1, 1]:.2f} cx={K0[0, 2]:.2f} cy={K0[1, 2]:.2f}")
     print(f"depth        {'yes' if stats.has_depth else 'no'}, valid share {stats.valid_depth_share:.1%}")
+    if first.depth_K is not None:
+        Kd = first.depth_K
+        print(f"depth camera fx={Kd[0, 0]:.2f} fy={Kd[1, 1]:.2f} cx={Kd[0, 2]:.2f} cy={Kd[1, 2]:.2f}: "
+              f"depth maps registered onto the image grid as they are read")
     lo, hi = stats.extent_min, stats.extent_max
     print(f"extent (m)   x [{lo[0]:.2f}, {hi[0]:.2f}]  y [{lo[1]:.2f}, {hi[1]:.2f}]  z [{lo[2]:.2f}, {hi[2]:.2f}]")
     print(f"diameter     {stats.diameter:.2f} m  (Tukey c = {stats.tukey_c:.2f} m)")

@@ -4,7 +4,10 @@ Two on-disk layouts are read:
 
 * **7-Scenes**: ``seq-XX/frame-XXXXXX.color.{png,jpg}``, ``frame-XXXXXX.depth.png`` (uint16 mm,
   0 and 65535 = no depth), ``frame-XXXXXX.pose.txt`` (4x4 camera-to-world), ``TrainSplit.txt`` /
-  ``TestSplit.txt`` (``sequenceN`` lines), optional ``camera-intrinsics.txt`` (3x3).
+  ``TestSplit.txt`` (``sequenceN`` lines), optional ``camera-intrinsics.txt`` (3x3): the camera of the
+  depth maps, as 7-Scenes documents it; optional ``color-intrinsics.txt`` (3x3): the colour camera's,
+  when it differs. 7-Scenes' own Kinect depth camera (585 px) implies its colour camera (525 px).
+  Depth maps of another camera are resampled onto the colour pixel grid as they are read.
 * **DSAC*/ACE**: ``train|test/rgb/*``, ``poses/*.txt`` (4x4 camera-to-world), ``calibration/*.txt``
   (one focal length, principal point at the image centre, or a 3x3 matrix), optional ``depth/*``;
   files are paired by sorted name.
@@ -18,17 +21,24 @@ from __future__ import annotations
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from .errors import SceneLocError
-from .geometry import backproject, intrinsics_matrix, is_rigid, pixel_grid, project_to_so3, scale_intrinsics
+from .geometry import (backproject, intrinsics_matrix, is_rigid, pixel_grid, pixels_between_cameras,
+                       project_to_so3, scale_intrinsics)
 
-#: 7-Scenes' Kinect depth intrinsics, the default when a dataset has none.
-SEVEN_SCENES_INTRINSICS = (585.0, 585.0, 320.0, 240.0)
+#: 7-Scenes' Kinect depth camera (the dataset's documented intrinsics), the default when a dataset has none.
+KINECT_DEPTH_INTRINSICS = (585.0, 585.0, 320.0, 240.0)
+#: 7-Scenes' Kinect colour camera (what DSAC* and ACE use for its images): its depth maps are not
+#: registered to the colour images, which measures 7-31 points of accuracy (BENCHMARKS.md, session 8).
+KINECT_COLOUR_INTRINSICS = (525.0, 525.0, 320.0, 240.0)
+KINECT_IMAGE_HW = (480, 640)
+#: the 7-Scenes layout's files for the depth camera and the colour camera
+INTRINSICS_FILES = ("camera-intrinsics.txt", "color-intrinsics.txt")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 INVALID_DEPTH_MM = (0, 65535)
@@ -139,6 +149,24 @@ def read_depth(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
     return out
 
 
+def register_depth(depth: np.ndarray, K_depth: np.ndarray, K_colour: np.ndarray,
+                   colour_hw: tuple[int, ...]) -> np.ndarray:
+    """Depth ``(H_d, W_d)`` of camera ``K_depth`` resampled onto the ``colour_hw`` pixel grid of camera
+    ``K_colour``: each colour pixel takes the depth of the depth pixel nearest to its ray (nearest, so no
+    depth is blended across an edge). The two cameras are taken to share optical centre and orientation
+    (the Kinect's ~2.5 cm baseline is ignored), so a point's depth z is the same in both."""
+    map_u, map_v = _registration_maps(tuple(np.asarray(K_depth, float).ravel()),
+                                      tuple(np.asarray(K_colour, float).ravel()), tuple(colour_hw[:2]))
+    return cv2.remap(depth, map_u, map_v, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+@lru_cache(maxsize=8)
+def _registration_maps(K_depth: tuple, K_colour: tuple, hw: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """``cv2.remap`` maps ``(H, W)`` float32 for :func:`register_depth`, built once per camera pair."""
+    uv = pixels_between_cameras(pixel_grid(*hw), np.reshape(K_colour, (3, 3)), np.reshape(K_depth, (3, 3)))
+    return uv[..., 0].astype(np.float32), uv[..., 1].astype(np.float32)
+
+
 def read_intrinsics(path: Path, image_size: tuple[int, int] | None = None) -> np.ndarray:
     """3x3 K from a file holding a 3x3 matrix, or a single focal length (principal point at the
     centre of ``image_size`` = (H, W), the DSAC*/ACE calibration convention)."""
@@ -189,16 +217,20 @@ class Frame:
     pose: np.ndarray            # (4, 4) camera-to-world
     K: np.ndarray               # (3, 3) at full resolution
     depth_path: Path | None = None
+    depth_K: np.ndarray | None = None   # (3, 3) the depth camera's when it is not K (depth gets registered)
 
     def load_image(self) -> np.ndarray:
         """``(H, W, 3)`` uint8 RGB."""
         return read_image(self.image_path)
 
     def load_depth(self, shape: tuple[int, int] | None = None) -> np.ndarray:
-        """``(H, W)`` metres, 0 = no depth."""
+        """``(H, W)`` metres, 0 = no depth, on the image's pixel grid (registered when ``depth_K`` is set)."""
         if self.depth_path is None:
             raise SceneLocError(f"{self.image_path}: missing depth (no depth map for this frame)")
-        return read_depth(self.depth_path, shape)
+        if self.depth_K is None:
+            return read_depth(self.depth_path, shape)
+        depth = read_depth(self.depth_path, shape)
+        return register_depth(depth, self.depth_K, self.K, depth.shape)
 
     def load(self, need_depth: bool = True) -> FrameData:
         image = self.load_image()
@@ -344,10 +376,27 @@ def _read_split_file(path: Path) -> list[int]:
     return seqs
 
 
-def _load_7scenes(root: Path, K: np.ndarray | None) -> Scene:
-    if K is None:
-        calib = root / "camera-intrinsics.txt"
-        K = read_intrinsics(calib) if calib.exists() else intrinsics_matrix(*SEVEN_SCENES_INTRINSICS)
+def seven_scenes_cameras(root: Path, K_override: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The colour camera ``K (3, 3)`` of a 7-Scenes-layout dataset and its depth camera ``(3, 3)``, or
+    None where the depth maps are registered to the images (one camera). ``K_override`` is both.
+    The Kinect's depth camera on 640x480 images, without a colour-camera file, means 7-Scenes' Kinect."""
+    if K_override is not None:
+        return K_override, None
+    depth_file, colour_file = (root / name for name in INTRINSICS_FILES)
+    K_depth = read_intrinsics(depth_file) if depth_file.exists() else intrinsics_matrix(*KINECT_DEPTH_INTRINSICS)
+    first_image = next(iter(sorted(root.glob("seq-*/frame-*.color.*"))), None)
+    if colour_file.exists():
+        K = read_intrinsics(colour_file)
+    elif (np.array_equal(K_depth, intrinsics_matrix(*KINECT_DEPTH_INTRINSICS)) and first_image is not None
+          and read_image(first_image).shape[:2] == KINECT_IMAGE_HW):
+        K = intrinsics_matrix(*KINECT_COLOUR_INTRINSICS)
+    else:
+        K = K_depth
+    return K, None if np.array_equal(K, K_depth) else K_depth
+
+
+def _load_7scenes(root: Path, K_override: np.ndarray | None) -> Scene:
+    K, K_depth = seven_scenes_cameras(root, K_override)
     seq_dirs = {int(m.group(1)): p for p in root.iterdir() if p.is_dir() and (m := _SEQ_RE.match(p.name))}
     scene = Scene(root, "7scenes")
     for split, fname in (("train", "TrainSplit.txt"), ("test", "TestSplit.txt")):
@@ -370,7 +419,7 @@ def _load_7scenes(root: Path, K: np.ndarray | None) -> Scene:
                 if depth.exists():
                     check_image_file(depth, "depth map")
                 frames.append(Frame(str(img.relative_to(root)), img, read_pose(Path(f"{stem}.pose.txt")), K,
-                                    depth if depth.exists() else None))
+                                    depth if depth.exists() else None, K_depth))
             if len(frames) == n_before:
                 raise SceneLocError(f"{seq}: empty split folder (no frame-XXXXXX.color.png/jpg images), "
                                     f"listed in {split_file.name}")
@@ -445,7 +494,8 @@ def load_scene(path: str | Path, intrinsics: np.ndarray | None = None) -> Scene:
 
     Args:
         path: the dataset root.
-        intrinsics: optional ``(3, 3)`` K overriding what the dataset says (or 7-Scenes' default).
+        intrinsics: optional ``(3, 3)`` K overriding what the dataset says (or 7-Scenes' default), for
+            the images and their depth maps alike.
     """
     root = Path(path)
     if not root.is_dir():

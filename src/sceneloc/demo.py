@@ -52,6 +52,8 @@ PEERS_FILE = Path("peers") / "bench_peers.json"   # benchmarks/bench_peers.py --
 def _is_demo_data(data: Path, preset: str, synth: dict) -> bool:
     """True if ``data`` is a complete rendering of ``preset`` with the ``synth`` settings (synth.json
     is written last, so its presence means the rendering finished)."""
+    if not (data / "color-intrinsics.txt").is_file():  # rendered before the layout named the colour camera
+        return False
     try:
         meta = json.loads((data / "synth.json").read_text())
     except (OSError, ValueError):

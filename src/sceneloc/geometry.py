@@ -155,6 +155,12 @@ def backproject(uv: np.ndarray, depth: np.ndarray, K: np.ndarray) -> np.ndarray:
     return np.stack([x, y, depth], axis=-1)
 
 
+def pixels_between_cameras(uv: np.ndarray, K_from: np.ndarray, K_to: np.ndarray) -> np.ndarray:
+    """Pixels ``(..., 2)`` of camera ``K_from`` -> the pixels ``(..., 2)`` on the same rays in camera
+    ``K_to``, for two cameras with one optical centre and one orientation (``K_to K_from^-1``)."""
+    return project(backproject(uv, np.ones(uv.shape[:-1]), K_from), K_to)
+
+
 # ----------------------------------------------------------------------------------- pose errors
 
 

@@ -55,7 +55,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .data import SEVEN_SCENES_INTRINSICS, evenly_spaced, parse_intrinsics
+from .data import INTRINSICS_FILES, KINECT_DEPTH_INTRINSICS, evenly_spaced, parse_intrinsics
 from .errors import SceneLocError, refuse_to_overwrite
 from .progress import progress as progress_bar
 
@@ -82,7 +82,7 @@ from .synth_trajectory import _smooth_wobble, free_space, look_at, sample_trajec
 
 #: Kinect intrinsics of 7-Scenes at 640x480, the default camera.
 DEFAULT_SIZE = (640, 480)
-DEFAULT_INTRINSICS = SEVEN_SCENES_INTRINSICS
+DEFAULT_INTRINSICS = KINECT_DEPTH_INTRINSICS
 #: Huffman-only PNG: lossless and deterministic, twice as fast as the default for noisy images
 PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
 
@@ -163,7 +163,7 @@ def _check_out_dir(out: Path, force: bool) -> None:
     for p in sorted(out.iterdir()):
         if p.is_dir() and re.fullmatch(r"seq-\d+", p.name):
             shutil.rmtree(p)
-        elif p.name in ("TrainSplit.txt", "TestSplit.txt", "camera-intrinsics.txt", "synth.json"):
+        elif p.name in ("TrainSplit.txt", "TestSplit.txt", *INTRINSICS_FILES, "synth.json"):
             p.unlink()
 
 
@@ -189,8 +189,8 @@ def generate(out_dir: str | Path, preset: str = DEFAULT_PRESET, seed: int = 0, f
 
     Writes ``seq-XX/frame-XXXXXX.{color.png, depth.png, pose.txt}`` (colour ``(H, W, 3)`` uint8,
     depth ``(H, W)`` uint16 mm with 0 = none, pose 4x4 camera-to-world), ``TrainSplit.txt`` (the
-    first ``train_sequences``), ``TestSplit.txt`` (the rest, if any), ``camera-intrinsics.txt`` (3x3) and
-    ``synth.json`` (the options). The same arguments give byte-identical files.
+    first ``train_sequences``), ``TestSplit.txt`` (the rest, if any), ``camera-intrinsics.txt`` and
+    ``color-intrinsics.txt`` (3x3, the same camera: the depth is registered) and ``synth.json`` (the options). The same arguments give byte-identical files.
 
     Args:
         out_dir: output folder; must be absent or empty unless ``force``.
@@ -265,7 +265,8 @@ def generate(out_dir: str | Path, preset: str = DEFAULT_PRESET, seed: int = 0, f
     (out / "TrainSplit.txt").write_text("".join(f"sequence{s + 1}\n" for s in range(train_sequences)))
     if test_sequences:  # the reader refuses an empty split file
         (out / "TestSplit.txt").write_text("".join(f"sequence{s + 1}\n" for s in range(train_sequences, n_seq)))
-    (out / "camera-intrinsics.txt").write_text(format_matrix(K))
+    for name in INTRINSICS_FILES:  # depth rendered from the image's camera: registered, one camera
+        (out / name).write_text(format_matrix(K))
     meta = {"generator": "sceneloc synth", "preset": preset, "description": scene.description,
             "seed": seed, "frames_per_sequence": frames, "test_walk": test_walk,
             "train_sequences": [f"seq-{s + 1:02d}" for s in range(train_sequences)],
