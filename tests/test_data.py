@@ -11,8 +11,18 @@ import numpy as np
 import pytest
 
 from sceneloc import geometry as g
-from sceneloc.data import (KINECT_COLOUR_INTRINSICS, KINECT_DEPTH_INTRINSICS, load_scene, read_depth, read_image,
-                           read_matrix, read_pose, register_depth, scene_coordinates, seven_scenes_cameras)
+from sceneloc.data import (
+    KINECT_COLOUR_INTRINSICS,
+    KINECT_DEPTH_INTRINSICS,
+    load_scene,
+    read_depth,
+    read_image,
+    read_matrix,
+    read_pose,
+    register_depth,
+    scene_coordinates,
+    seven_scenes_cameras,
+)
 from sceneloc.errors import SceneLocError
 
 

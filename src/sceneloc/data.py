@@ -28,8 +28,15 @@ import cv2
 import numpy as np
 
 from .errors import SceneLocError
-from .geometry import (backproject, intrinsics_matrix, is_rigid, pixel_grid, pixels_between_cameras,
-                       project_to_so3, scale_intrinsics)
+from .geometry import (
+    backproject,
+    intrinsics_matrix,
+    is_rigid,
+    pixel_grid,
+    pixels_between_cameras,
+    project_to_so3,
+    scale_intrinsics,
+)
 
 #: 7-Scenes' Kinect depth camera (the dataset's documented intrinsics), the default when a dataset has none.
 KINECT_DEPTH_INTRINSICS = (585.0, 585.0, 320.0, 240.0)

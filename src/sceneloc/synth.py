@@ -190,7 +190,8 @@ def generate(out_dir: str | Path, preset: str = DEFAULT_PRESET, seed: int = 0, f
     Writes ``seq-XX/frame-XXXXXX.{color.png, depth.png, pose.txt}`` (colour ``(H, W, 3)`` uint8,
     depth ``(H, W)`` uint16 mm with 0 = none, pose 4x4 camera-to-world), ``TrainSplit.txt`` (the
     first ``train_sequences``), ``TestSplit.txt`` (the rest, if any), ``camera-intrinsics.txt`` and
-    ``color-intrinsics.txt`` (3x3, the same camera: the depth is registered) and ``synth.json`` (the options). The same arguments give byte-identical files.
+    ``color-intrinsics.txt`` (3x3, the same camera: the depth is registered) and ``synth.json`` (the
+    options). The same arguments give byte-identical files.
 
     Args:
         out_dir: output folder; must be absent or empty unless ``force``.
