@@ -37,6 +37,9 @@ def test_info_redkitchen(redkitchen):
         assert n == expected
         assert re.search(rf"^{split} frames\s+{n}$", out, re.M), out
     assert re.search(r"^image size\s+640x480$", out, re.M)
+    # the Kinect's two cameras: images from the colour one, depth registered from the depth one
+    assert re.search(r"^intrinsics\s+fx=525.00 fy=525.00 cx=320.00 cy=240.00$", out, re.M), out
+    assert re.search(r"^depth camera fx=585.00 fy=585.00 cx=320.00 cy=240.00: depth maps registered", out, re.M), out
     m = re.search(r"^diameter\s+([0-9.]+) m\s+\(Tukey c = ([0-9.]+) m\)$", out, re.M)
     assert m, out
     diameter, c = float(m.group(1)), float(m.group(2))
@@ -90,7 +93,7 @@ def test_info_tiny_dataset_ok(tmp_path, capsys):
     assert main(["info", str(root)]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^train frames\s+2$", out, re.M) and re.search(r"^test frames\s+2$", out, re.M)
-    assert "64x48" in out and "fx=585.00" in out
+    assert "64x48" in out and "fx=585.00" in out and "depth camera" not in out   # not a Kinect at 64x48
 
 
 def _bad_missing_pose(root):

@@ -55,6 +55,8 @@ from .training import (
 DSAC_SHARED_OPTIONS = ("minutes", "iterations", "seed")
 #: PoseConfig.pnp_method values offered: the solvers that take many points (p3p takes exactly 4).
 PNP_CHOICES = ("epnp", "sqpnp")
+INTRINSICS_HELP = ("override: 'fx,fy,cx,cy' or a file with a 3x3 matrix, the camera of the images and of "
+                   "their depth maps alike (no registration)")
 
 
 def _field_option(group: Any, config: object, name: str, help: str = "", *, flag: str | None = None,
@@ -84,7 +86,7 @@ def _cmd_info(args: argparse.Namespace) -> None:
     print(f"image size   {stats.image_size[1]}x{stats.image_size[0]}")
     print(f"intrinsics   fx={K0[0, 0]:.2f} fy={K0[1, 1]:.2f} cx={K0[0, 2]:.2f} cy={K0[1, 2]:.2f}")
     print(f"depth        {'yes' if stats.has_depth else 'no'}, valid share {stats.valid_depth_share:.1%}")
-    if first.depth_K is not None:
+    if first.depth_K is not None and stats.has_depth:
         Kd = first.depth_K
         print(f"depth camera fx={Kd[0, 0]:.2f} fy={Kd[1, 1]:.2f} cx={Kd[0, 2]:.2f} cy={Kd[1, 2]:.2f}: "
               f"depth maps registered onto the image grid as they are read")
@@ -182,7 +184,7 @@ def _add_map_arguments(s: argparse.ArgumentParser) -> None:
     option(g, "confidence_minutes", f"stage-2 budget (default {per_arch('confidence_minutes')})", type=float)
     option(g, "confidence_blocks", "context-normalised residual blocks in the PointNet (Yi et al.; 0: plain PointNet)")
     option(g, "n_k", "points per PointNet set")
-    s.add_argument("--intrinsics", help="override: 'fx,fy,cx,cy' or a file with a 3x3 matrix")
+    s.add_argument("--intrinsics", help=INTRINSICS_HELP)
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     s.add_argument("--resume", action="store_true", help="continue from MAP_DIR/checkpoint.pt")
     s.add_argument("--force", action="store_true", help="overwrite a non-empty MAP_DIR")
@@ -307,7 +309,7 @@ def _add_evaluate_arguments(s: argparse.ArgumentParser) -> None:
                    help="report folder: metrics.json, report.md, index.html, poses.txt, plots")
     s.add_argument("--poses", metavar="POSES.txt", help="evaluate this pose file instead of localizing "
                    "(the network still runs for the correspondence plots)")
-    s.add_argument("--intrinsics", help="override: 'fx,fy,cx,cy' or a file with a 3x3 matrix")
+    s.add_argument("--intrinsics", help=INTRINSICS_HELP)
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     s.add_argument("--force", action="store_true", help="write into a non-empty REPORT_DIR (replaces its report files)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -332,7 +334,7 @@ def _add_export_arguments(s: argparse.ArgumentParser) -> None:
                    help="keep points above this confidence, when the map has a confidence network "
                         "(default %(default)s)")
     s.add_argument("--max-frames", type=int, default=None, help="at most N evenly spaced frames (default all)")
-    s.add_argument("--intrinsics", help="override: 'fx,fy,cx,cy' or a file with a 3x3 matrix")
+    s.add_argument("--intrinsics", help=INTRINSICS_HELP)
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     s.add_argument("--force", action="store_true", help="overwrite --out")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -378,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("info", help="print a dataset's splits, intrinsics, extent and diameter")
     s.add_argument("dataset", help="dataset root (7-Scenes or DSAC*/ACE layout)")
-    s.add_argument("--intrinsics", help="override: 'fx,fy,cx,cy' or a file with a 3x3 matrix")
+    s.add_argument("--intrinsics", help=INTRINSICS_HELP)
     s.set_defaults(func=_cmd_info)
 
     _add_map_arguments(sub.add_parser("map", help="learn a scene map from a dataset's train split"))
