@@ -304,7 +304,7 @@ def test_kabsch_ransac_scored_on_a_small_subset_still_recovers_the_pose():
 
 
 def test_reprojection_maps_get_a_tighter_threshold_and_more_refits_unless_set():
-    K2 = g.intrinsics_matrix(292.5, 292.5, 160.0, 120.0)   # half 7-Scenes' focal length: half the pixels
+    K2 = g.intrinsics_matrix(262.5, 262.5, 160.0, 120.0)   # half 7-Scenes' colour focal length: half the pixels
     cfg = for_reprojection_map(PoseConfig(), K2)
     assert cfg.inlier_threshold_px == pytest.approx(7.5) and cfg.polish_iterations == 10
     assert cfg.threshold_px_for(K2) == pytest.approx(7.5)

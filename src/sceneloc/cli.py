@@ -227,8 +227,8 @@ def _add_pose_arguments(s: argparse.ArgumentParser) -> None:
     _field_option(g, d, "pnp_method", "PnP solver of hypotheses and refinement", choices=PNP_CHOICES)
     _field_option(g, d, "score", "hypothesis score of --method confidence (default %(default)s, the paper's)",
                   choices=POSE_SCORES)
-    _field_option(g, d, "inlier_threshold_px", "PnP inlier threshold in pixels (default 40 for ransac, measured "
-                                              "best, and 15 on a map made without depth, both scaled from a 585 px "
+    _field_option(g, d, "inlier_threshold_px", "PnP inlier threshold in pixels (default 20 for ransac, measured "
+                                              "best, and 15 on a map made without depth, both scaled from a 525 px "
                                               "focal length; 10, DSAC*/ACE's, for the others)", flag="--threshold-px",
                   metavar="PX", type=float)
     _field_option(g, d, "inlier_threshold_m", "Kabsch inlier threshold in metres", flag="--threshold-m", metavar="M")
@@ -236,7 +236,7 @@ def _add_pose_arguments(s: argparse.ArgumentParser) -> None:
                    help="skip the final re-fit on all inliers (pure paper)")
     _field_option(g, d, "polish_thresholds_m", "Kabsch: re-fit again on the inliers at each of these tighter "
                                                "thresholds in metres", type=float, nargs="*")
-    _field_option(g, d, "polish_thresholds_px", "PnP: the same in pixels (at a 585 px focal length, scaled with it)",
+    _field_option(g, d, "polish_thresholds_px", "PnP: the same in pixels (at a 525 px focal length, scaled with it)",
                   type=float, nargs="*")
     _field_option(g, d, "min_inliers", "fewer inliers report a failure")
     _field_option(g, d, "query_scales", "run the network on the query at each of these scales and keep the pose "

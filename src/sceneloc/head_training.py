@@ -25,7 +25,7 @@ from .networks import EncoderHeadNet, SceneNormalisation
 LOSSES = ("euclidean", "euclidean+reprojection")
 EUCLIDEAN_CLAMP_M = 5.0   # beyond this error a target is likely an outlier (depth edge, misregistration)
 #: Metres one pixel of (robust) reprojection error weighs against the Euclidean error: at 2 m
-#: depth and f = 585 px, 1 px is 3.4 mm of lateral error.
+#: depth and f = 525 px, 1 px is 3.8 mm of lateral error.
 REPROJECTION_WEIGHT_M_PER_PX = 0.005
 PRIOR_DEPTH_M = 3.0       # ACE pulls invalid predictions to a point on the ray (10 m there; indoor scenes here)
 

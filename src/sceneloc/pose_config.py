@@ -26,14 +26,14 @@ DSAC_SCORES = ("cnn", "soft-inliers")
 #: PnP threshold at which ``min_inliers`` holds (DSAC*/ACE's); PoseConfig.required_inliers scales it.
 REFERENCE_THRESHOLD_PX = 10.0
 #: PnP inlier threshold per method when ``PoseConfig.inlier_threshold_px`` is None (others: 10 px),
-#: at a focal length of REFERENCE_FOCAL_PX (7-Scenes' 640 x 480 Kinect).
-DEFAULT_THRESHOLD_PX = {"ransac": 40.0}
-REFERENCE_FOCAL_PX = 585.0
-#: ``ransac``'s defaults on a map learned from reprojection alone (RGB-only mapping): its coordinates
-#: are sharp in the image but not in depth, so a tighter threshold (at REFERENCE_FOCAL_PX) and more
-#: re-fits, as the inlier set at that threshold keeps growing. Three redkitchen dev RGB-only maps:
-#: 43.5 / 37.5 / 34.0 % within 5 cm / 5 deg against 35.0 / 24.0 / 33.0 % at 10 px and 3 re-fits, and
-#: 40.5 / 30.5 / 38.5 % at 10 px and 10 re-fits (BENCHMARKS.md, session 7).
+#: at a focal length of REFERENCE_FOCAL_PX (7-Scenes' 640 x 480 Kinect colour camera).
+DEFAULT_THRESHOLD_PX = {"ransac": 20.0}
+REFERENCE_FOCAL_PX = 525.0
+#: ``ransac``'s defaults on a map learned from reprojection alone (RGB-only mapping): a tighter
+#: threshold (at REFERENCE_FOCAL_PX) and more re-fits, as the inlier set keeps growing. Four
+#: redkitchen RGB-only maps (three dev, one split 2): 58.0 / 56.5 / 55.0 / 36.5 % within 5 cm / 5 deg
+#: against 57.5 / 55.5 / 53.0 / 35.5 % with the depth maps' 20 px and 3 re-fits, ~15 ms slower
+#: (BENCHMARKS.md, session 8).
 REPROJECTION_MAP_THRESHOLD_PX = 15.0
 REPROJECTION_MAP_POLISH_ITERATIONS = 10
 #: Matches per pixel at which ``PoseConfig.min_inliers`` holds: 4800 over a 640 x 480 image.
@@ -77,19 +77,23 @@ class PoseConfig:
             of ``geometry.PNP_METHODS`` that accepts many points).
         inlier_threshold_px: reprojection error below which a 2D-3D match is an inlier; None:
             ``DEFAULT_THRESHOLD_PX`` of the method (``threshold_px_for``). DSAC*/ACE use 10 px; with
-            ``ransac`` on the xfeat map, whose coordinates are a few cm off on new views, a wide
-            threshold averages more of them: 40 px measured best on three redkitchen dev maps (RGB
-            within 5 cm / 5 deg at 10 / 25 / 40 px: 38.5 / 52.0 / 50.5 %, 46.0 / 58.5 / 60.0 %,
-            32.0 / 38.0 / 45.0 %; 50 px and more lose), level on split 2 and the demo room
-            (BENCHMARKS.md, sessions 5 and 6). ``joint`` and the paper's estimators keep 10 px: their
-            refinement lets outliers in at wide thresholds.
+            ``ransac`` on the xfeat map, whose coordinates are a few cm off on new views, a wider
+            threshold averages more of them: 20 px (at 525 px) measured best on four redkitchen
+            maps, two per split (RGB within 5 cm / 5 deg at 15 / 20 / 25 / 40 px: dev 67.0 / 68.0 /
+            67.0 / 63.5 % and 73.5 / 76.5 / 74.5 / 66.0 %, split 2 42.0 / 39.0 / 36.5 / 33.0 % and
+            36.0 / 35.0 / 33.5 / 30.5 %; BENCHMARKS.md, session 8). (40 px had measured best before
+            7-Scenes depth was registered to its colour images: the coordinates were less sharp.)
+            ``joint`` and the paper's estimators keep 10 px: their refinement lets outliers in at
+            wide thresholds.
         inlier_threshold_m: 3D distance below which a 3D-3D match is an inlier (paper IV: 0.1 m).
         polish: end with DSAC*/ACE's re-fit on all inliers (off: the pure paper pipeline).
         polish_thresholds_m: Kabsch only: after the re-fit at ``inlier_threshold_m``, re-fit again on
             the inliers at each of these tighter thresholds in turn. Query depth is precise where it
             is valid, so the closest matches give the best pose; RANSAC itself needs the wider
-            threshold to find it. 5 cm: redkitchen RGB-D split 2 +5 points on two maps, dev level
-            (a further 3 cm step: -4.5 to +1.5 on dev; BENCHMARKS.md).
+            threshold to find it. 5 cm then 3 cm: redkitchen RGB-D against 5 cm alone, four maps,
+            two per split: dev +3.0 / +0.5, split 2 +1.0 / +2.5 points, ~6 ms slower (a 2 cm step
+            after them: -1.5 to +2.5; BENCHMARKS.md, session 8). 5 cm alone against none: split 2 +5
+            to +10 points, dev +5. (Before 7-Scenes depth was registered, the 3 cm step lost on dev.)
         polish_thresholds_px: PnP's counterpart (pixels at ``REFERENCE_FOCAL_PX``, scaled with the
             focal length): none by default, because re-fitting on the inliers at 20, 15, 12, 10 or 8 px
             after RANSAC's 25 px (the default then) gained nothing on redkitchen (-2 to +0.5 points on three maps;
@@ -141,7 +145,7 @@ class PoseConfig:
     inlier_threshold_px: float | None = None
     inlier_threshold_m: float = 0.1
     polish: bool = True
-    polish_thresholds_m: tuple[float, ...] = (0.05,)
+    polish_thresholds_m: tuple[float, ...] = (0.05, 0.03)
     polish_thresholds_px: tuple[float, ...] = ()
     polish_iterations: int = 3
     min_inliers: int = 30
