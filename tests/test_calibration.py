@@ -1,12 +1,18 @@
 """Per-pose probability calibration: logistic fit, file round trip, reliability and operating point."""
 
+import json
 import math
 
 import numpy as np
 import pytest
 
+from sceneloc import geometry as g
 from sceneloc.calibration import PoseCalibration, fit_logistic, operating_point, pose_features, reliability_bins
 from sceneloc.errors import SceneLocError
+from sceneloc.pose_config import PoseConfig, inlier_settings
+
+K = g.intrinsics_matrix(525.0, 525.0, 320.0, 240.0)
+SETTINGS = inlier_settings(PoseConfig(), K)
 
 
 def test_pose_features():
@@ -38,21 +44,45 @@ def _samples(n=200, seed=0):
 
 
 def test_calibration_probabilities_rise_with_inliers_and_round_trip(tmp_path):
-    cal = PoseCalibration.fit({"rgb": _samples()})
-    low, high = cal.probability("rgb", "ransac", 100, 4800), cal.probability("rgb", "ransac", 1900, 4800)
+    cal = PoseCalibration.fit({"rgb": _samples()}, SETTINGS)
+    low, high = cal.probability("rgb", SETTINGS, 100, 4800), cal.probability("rgb", SETTINGS, 1900, 4800)
     assert 0 < low < 0.3 < 0.7 < high < 1
-    assert cal.probability("rgb", "ransac", 1900, 4800, success=False) == 0.0
-    assert math.isnan(cal.probability("rgbd", "ransac", 1900, 4800))      # no model for this mode
-    assert math.isnan(cal.probability("rgb", "confidence", 1900, 4800))   # fitted with another estimator
+    assert cal.probability("rgb", SETTINGS, 1900, 4800, success=False) == 0.0
+    assert math.isnan(cal.probability("rgbd", SETTINGS, 1900, 4800))      # no model for this mode
+    for other in (PoseConfig(method="confidence"), PoseConfig(inlier_threshold_px=40.0),
+                  PoseConfig(polish_thresholds_m=(0.05,))):                # fitted under other settings
+        assert math.isnan(cal.probability("rgb", inlier_settings(other, K), 1900, 4800))
     cal.save(tmp_path)
     again = PoseCalibration.load(tmp_path)
-    assert again.probability("rgb", "ransac", 700, 4800) == pytest.approx(cal.probability("rgb", "ransac", 700, 4800))
+    assert again.probability("rgb", SETTINGS, 700, 4800) == pytest.approx(cal.probability("rgb", SETTINGS, 700, 4800))
     assert PoseCalibration.load(tmp_path / "nowhere") is None
+
+
+def test_inlier_settings_hold_across_focal_lengths():
+    """The default threshold is an angle: a camera of half the focal length has the same settings."""
+    half = g.intrinsics_matrix(262.5, 262.5, 160.0, 120.0)
+    assert inlier_settings(PoseConfig(), half) == SETTINGS
+    assert SETTINGS["threshold_rad"] == pytest.approx(20.0 / 525.0, abs=1e-6)
+    # a threshold in pixels is not an angle: at half the focal length it is twice as wide
+    fixed = PoseConfig(inlier_threshold_px=20.0)
+    wide, narrow = inlier_settings(fixed, half)["threshold_rad"], inlier_settings(fixed, K)["threshold_rad"]
+    assert wide == pytest.approx(2 * narrow)
+
+
+def test_calibration_file_without_settings_matches_none(tmp_path):
+    """A calibration saved before the settings were recorded gives no probability (NaN), not a wrong one."""
+    cal = PoseCalibration.fit({"rgb": _samples()}, SETTINGS)
+    cal.save(tmp_path)
+    raw = json.loads((tmp_path / "calibration.json").read_text())
+    del raw["settings"]
+    raw["method"] = "ransac"
+    (tmp_path / "calibration.json").write_text(json.dumps(raw))
+    assert math.isnan(PoseCalibration.load(tmp_path).probability("rgb", SETTINGS, 700, 4800))
 
 
 def test_too_few_frames_give_no_model_and_bad_file_is_one_line(tmp_path):
     inl, n, ok = _samples(5)
-    assert PoseCalibration.fit({"rgb": (inl, n, ok)}).modes == {}
+    assert PoseCalibration.fit({"rgb": (inl, n, ok)}, SETTINGS).modes == {}
     (tmp_path / "calibration.json").write_text("{\"modes\": 3}")
     with pytest.raises(SceneLocError, match="calibration.json: not a pose calibration file"):
         PoseCalibration.load(tmp_path)

@@ -23,6 +23,7 @@ from sceneloc.geometry import pose_errors, reprojection_errors
 from sceneloc.head_training import WeightAverage, head_loss, reprojection_error, train_head
 from sceneloc.mapping import map_scene
 from sceneloc.networks import CoordinateHead, EncoderHeadNet, SceneNormalisation, build_coordinate_network
+from sceneloc.pose_config import PoseConfig, inlier_settings
 from sceneloc.scenemap import Map
 from sceneloc.synth import SensorOptions, generate
 from sceneloc.training import MappingConfig
@@ -296,14 +297,19 @@ def test_map_holds_out_frames_and_calibrates_pose_probabilities(tmp_path):
     assert any("a head trained without 20 of the 40 training frames localizes 20 of them" in line
                for line in logged), logged
     cal = PoseCalibration.load(tmp_path / "map")
-    assert set(cal.modes) == {"rgb", "rgbd"} and cal.modes["rgb"].frames == 20 and cal.method == "ransac"
-    the_map = Map.load(tmp_path / "map")
     frame = load_scene(data).frames("test")[0]
+    assert set(cal.modes) == {"rgb", "rgbd"} and cal.modes["rgb"].frames == 20
+    assert cal.settings == inlier_settings(PoseConfig(), frame.K)   # fitted with the default estimator
+    the_map = Map.load(tmp_path / "map")
     res = the_map.localize(frame.load_image(), rng=np.random.default_rng(0))
     assert 0.0 <= res.probability <= 1.0
     assert res.pose is not None or res.probability == 0.0
     other = the_map.localize(frame.load_image(), estimator="random", rng=np.random.default_rng(0))  # not calibrated
     assert np.isnan(other.probability) if other.pose is not None else other.probability == 0.0
+    # the same method at another threshold: its inlier counts mean something else
+    wider = the_map.localize(frame.load_image(), estimator=PoseConfig(inlier_threshold_px=30.0),
+                             rng=np.random.default_rng(0))
+    assert np.isnan(wider.probability) if wider.pose is not None else wider.probability == 0.0
 
 
 def test_weight_average_is_the_mean_of_the_added_steps():

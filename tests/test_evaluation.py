@@ -215,16 +215,21 @@ def test_handmade_pose_file_known_errors(oracle_map, tiny_data, tmp_path):
 
 def test_report_files_and_oracle_accuracy(oracle_map, tiny_data, tmp_path):
     from sceneloc.calibration import PoseCalibration
+    from sceneloc.data import load_scene
     from sceneloc.evaluation import PLOT_FILES, REPORT_FILES, evaluate
     from sceneloc.pose import PoseConfig
+    from sceneloc.pose_config import inlier_settings
     out = tmp_path / "report"
     # a calibration that puts every pose of this map at p > 0.5: more inliers, more often right
     rng = np.random.default_rng(0)
     inliers = rng.integers(0, 4 * H * W // 10, 200)
+    K = load_scene(tiny_data).frames("test")[0].K
+    estimator = PoseConfig(method="ransac")
     oracle_map.calibration = PoseCalibration.fit({"rgbd": (inliers, np.full(200, H * W),
-                                                                 np.where(inliers > H * W // 10, 0.5, np.inf))})
+                                                           np.where(inliers > H * W // 10, 0.5, np.inf))},
+                                                 inlier_settings(oracle_map.estimator_for(estimator, K), K))
     try:
-        m = evaluate(oracle_map, tiny_data, out, mode="rgbd", estimator=PoseConfig(method="ransac"), progress=False)
+        m = evaluate(oracle_map, tiny_data, out, mode="rgbd", estimator=estimator, progress=False)
     finally:
         oracle_map.calibration = None
     for name in REPORT_FILES:

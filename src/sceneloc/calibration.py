@@ -8,8 +8,8 @@ that a second, short-trained head never saw (``mapping.calibrate_with_held_out_h
 failures as well as successes rather than the poses of frames a head has memorised, which all
 localize.
 
->>> cal = PoseCalibration.fit({"rgb": (inliers, n_points, error_ratio)})  # doctest: +SKIP
->>> cal.probability("rgb", "ransac", inliers=812, n_points=4800)          # doctest: +SKIP
+>>> cal = PoseCalibration.fit({"rgb": (inliers, n_points, error_ratio)}, settings)  # doctest: +SKIP
+>>> cal.probability("rgb", settings, inliers=812, n_points=4800)                # doctest: +SKIP
 0.93
 """
 
@@ -88,11 +88,13 @@ class PoseCalibration:
     modes: dict[str, ModeCalibration] = field(default_factory=dict)
     max_cm: float = 5.0
     max_deg: float = 5.0
-    method: str = "ransac"   # the estimator it was fitted with: inlier counts of another mean something else
+    #: the estimator settings it was fitted with (``pose_config.inlier_settings``): inlier counts under
+    #: other settings (another method, threshold or re-fit) mean something else
+    settings: dict = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, samples: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], max_cm: float = 5.0,
-            max_deg: float = 5.0, method: str = "ransac", ridge: float = RIDGE) -> PoseCalibration:
+    def fit(cls, samples: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], settings: dict,
+            max_cm: float = 5.0, max_deg: float = 5.0, ridge: float = RIDGE) -> PoseCalibration:
         """From ``{mode: (inliers (N,), n_points (N,), error (N,))}`` of held-out frames, ``error`` the
         ``error_ratio`` of each pose (``inf``: failed, which counts with 0 inliers). Modes with fewer
         than ``MIN_FRAMES`` frames are skipped."""
@@ -112,15 +114,15 @@ class PoseCalibration:
                         "error": [round(float(e), 4) if np.isfinite(e) else None for e in error]}
             modes[mode] = ModeCalibration([float(v) for v in w], mean.tolist(), std.tolist(), len(y), float(y.mean()),
                                           held_out)
-        return cls(modes, max_cm, max_deg, method)
+        return cls(modes, max_cm, max_deg, dict(settings))
 
-    def probability(self, mode: str, method: str, inliers: float, n_points: int, success: bool = True) -> float:
-        """Probability that a pose found by ``method`` with ``inliers`` of ``n_points``
-        correspondences is within the threshold: 0 for a failed pose, NaN when this calibration
-        has no model for ``mode`` or was fitted with another method."""
+    def probability(self, mode: str, settings: dict, inliers: float, n_points: int, success: bool = True) -> float:
+        """Probability that a pose found under ``settings`` (``pose_config.inlier_settings``) with
+        ``inliers`` of ``n_points`` correspondences is within the threshold: 0 for a failed pose, NaN
+        when this calibration has no model for ``mode`` or was fitted under other settings."""
         if not success:
             return 0.0
-        cal = self.modes.get(mode) if method == self.method else None
+        cal = self.modes.get(mode) if settings == self.settings else None
         return float("nan") if cal is None else float(cal.probability(np.array([inliers]), np.array([n_points]))[0])
 
     def save(self, map_dir: Path) -> None:
@@ -134,8 +136,10 @@ class PoseCalibration:
             return None
         try:
             raw = json.loads(path.read_text())
+            # a file from before the settings were recorded names its method only: it matches no settings
+            settings = raw["settings"] if "settings" in raw else {"method": raw["method"]}
             return cls({m: ModeCalibration(**c) for m, c in raw["modes"].items()}, raw["max_cm"], raw["max_deg"],
-                       raw["method"])
+                       settings)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise SceneLocError(f"{path}: not a pose calibration file ({e})") from None
 

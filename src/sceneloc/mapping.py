@@ -23,7 +23,7 @@ from .geometry import pose_errors
 from .head_training import buffer_accuracy, train_head
 from .loop import Budget
 from .networks import EncoderHeadNet, SceneNormalisation, build_coordinate_network
-from .pose_config import MODES, PoseConfig
+from .pose_config import MODES, PoseConfig, inlier_settings
 from .scenemap import MAP_FORMAT_VERSION, Map, default_device, localize_frames
 from .training import (
     MappingConfig,
@@ -255,4 +255,5 @@ def fit_pose_calibration(the_map: Map, frames: list, seed: int = 0, log=print) -
         samples[mode] = (np.array(inliers), np.array(points), np.array(errors))
         log(f"pose calibration ({mode}): {np.mean(np.array(errors) < 1):.0%} of {len(use)} held-out frames within "
             f"5 cm / 5 deg")
-    return PoseCalibration.fit(samples, method=config.method)
+    K = frames[0].K   # the default threshold is an angle: the settings hold for every camera of the map
+    return PoseCalibration.fit(samples, inlier_settings(the_map.estimator_for(config, K), K))

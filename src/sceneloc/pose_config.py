@@ -251,6 +251,15 @@ class PoseResult:
         return self.pose is not None
 
 
+def inlier_settings(config: PoseConfig, K: np.ndarray) -> dict:
+    """What an inlier count means under ``config`` with a camera ``K (3, 3)``: the method, the PnP
+    threshold as an angle (pixels over the focal length) and the Kabsch thresholds. Inlier counts under
+    settings that differ here are not comparable (a pose calibration holds for its own only)."""
+    return {"method": config.method, "threshold_rad": round(config.threshold_px_for(K) / float(K[0, 0]), 6),
+            "threshold_m": config.inlier_threshold_m, "polish_thresholds_m": list(config.polish_thresholds_m),
+            "polish_thresholds_px": list(config.polish_thresholds_px)}
+
+
 def for_reprojection_map(config: PoseConfig, K: np.ndarray) -> PoseConfig:
     """``config`` for a map learned from reprojection alone and a camera ``K (3, 3)``: ``ransac``'s
     default threshold and re-fit count become ``REPROJECTION_MAP_THRESHOLD_PX`` and

@@ -39,7 +39,7 @@ from .networks import (
     output_pixel_centres,
 )
 from .pose import PoseConfig, PoseResult, estimate_pose
-from .pose_config import DSAC_METHODS, MODES, estimator_config, for_reprojection_map
+from .pose_config import DSAC_METHODS, MODES, estimator_config, for_reprojection_map, inlier_settings
 from .progress import progress as progress_bar
 
 #: 2: the network may be a frozen pretrained encoder + head (the file holds the head; the config the
@@ -195,6 +195,15 @@ class Map:
                                 f"images: pass the query camera's intrinsics")
         return np.asarray(self.config["intrinsics"], dtype=np.float64)
 
+    def estimator_for(self, estimator: PoseConfig | str | None, K: np.ndarray) -> PoseConfig:
+        """The pose settings a query with camera ``K (3, 3)`` runs under: ``estimator`` (see
+        ``estimator_config``), adapted to a map learned from reprojection alone."""
+        config = estimator_config(estimator)
+        if self.config.get("supervision") == "reprojection":
+            # the threshold that suits depth-supervised maps costs an RGB-only map accuracy
+            config = for_reprojection_map(config, K)
+        return config
+
     @torch.no_grad()
     def predict(self, image: np.ndarray, max_points: int = DEFAULT_POSE_POINTS,
                 net: CoordinateNetwork | None = None, confidence: bool = True, scale: float = 1.0) -> Prediction:
@@ -298,11 +307,8 @@ class Map:
         if depth is not None and depth.shape != image.shape[:2]:
             raise SceneLocError(f"depth map is {depth.shape[1]}x{depth.shape[0]} but the image is "
                                 f"{image.shape[1]}x{image.shape[0]}")
-        config = estimator_config(estimator)
+        config = self.estimator_for(estimator, K)
         stage = resolve_stage(self, config.dsac_score) if config.method in DSAC_METHODS else None
-        if self.config.get("supervision") == "reprojection":
-            # the wide threshold that suits depth-supervised maps halved an RGB-only map's accuracy
-            config = for_reprojection_map(config, K)
         if len(config.query_scales) > 1 and (stage is not None or prediction is not None):
             raise SceneLocError("several query scales work with the correspondence estimators and without "
                                 "a given prediction")
@@ -319,7 +325,7 @@ class Map:
         timings["total_ms"] = sum(timings.values())
         probability = float("nan")
         if self.calibration is not None:
-            probability = self.calibration.probability("rgb" if depth is None else "rgbd", config.method,
+            probability = self.calibration.probability("rgb" if depth is None else "rgbd", inlier_settings(config, K),
                                                        res.n_inliers, len(pixels), res.pose is not None)
         return Localization(res.pose, res.n_inliers, res.score, timings, pixels, coords, conf, res.used, res.failure,
                             probability)
