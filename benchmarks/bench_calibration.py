@@ -82,7 +82,7 @@ def main() -> None:
                                                "cpu", log=lambda *a: None, group=group)
             assert cal is not None
             for mode, (inliers, errors) in queries.items():
-                p = np.array([cal.probability(mode, cal.method, i, 4800, i > 0) for i in inliers])
+                p = np.array([cal.probability(mode, cal.settings, i, 4800, i > 0) for i in inliers])
                 ok = errors < 1
                 bins = [b for b in reliability_bins(p, ok) if b["frames"]]
                 worst = max((abs(b["predicted"] - b["observed"]) * 100 for b in bins if b["frames"] >= 20),
