@@ -146,7 +146,7 @@ def test_tiny_xfeat_map_maps_and_localizes(overfit_scene, tmp_path):
                         iterations=300, pixel_batch=1024, confidence_minutes=0.05)
     map_scene(overfit_scene, tmp_path / "map", cfg, device="cpu", evaluate_test=False, log=lambda *a: None)
     config = json.loads((tmp_path / "map" / "config.json").read_text())
-    assert config["format_version"] == 2 and config["network"]["arch"] == "xfeat"
+    assert config["format_version"] == 3 and config["network"]["arch"] == "xfeat"
     assert config["network"]["encoder_sha256"] == encoder_identity("xfeat")["weights_sha256"]
     assert (tmp_path / "map" / "coordinates.pt").stat().st_size < 200_000  # the head alone
     the_map = Map.load(tmp_path / "map")
@@ -179,8 +179,27 @@ def test_version_1_maps_still_load(tiny_map):
     try:
         assert Map.load(tiny_map).config["format_version"] == 1
     finally:
-        config["format_version"] = 2
+        config["format_version"] = 3
         path.write_text(json.dumps(config))
+
+
+def test_map_of_unregistered_7scenes_images_is_refused(tiny_map):
+    """Before format 3, 7-Scenes images were learned with the depth camera's 585 px: such a map is one
+    line and a re-map, never a wrong pose; the same camera in a format-3 map (e.g. a rendered scene) loads."""
+    path = tiny_map / "config.json"
+    config = json.loads(path.read_text())
+    saved = dict(config)
+    config.update(format_version=2, image_size=[480, 640],
+                  intrinsics=[[585.0, 0.0, 320.0], [0.0, 585.0, 240.0], [0.0, 0.0, 1.0]])
+    path.write_text(json.dumps(config))
+    try:
+        with pytest.raises(SceneLocError, match="config.json: this map learned 7-Scenes images with the depth"):
+            Map.load(tiny_map)
+        config["format_version"] = 3
+        path.write_text(json.dumps(config))
+        assert Map.load(tiny_map).config["format_version"] == 3
+    finally:
+        path.write_text(json.dumps(saved))
 
 
 def test_build_network_unknown_arch():

@@ -81,7 +81,7 @@ def test_map_directory_round_trip_gives_identical_predictions(tiny_map, overfit_
     p1, p2 = m1.predict(image), m2.predict(image)
     assert np.array_equal(p1.coords, p2.coords) and np.array_equal(p1.confidence, p2.confidence)
     cfg = json.loads((tiny_map / "config.json").read_text())
-    assert cfg["format_version"] == 2 and cfg["network"]["arch"] == "fcn"
+    assert cfg["format_version"] == 3 and cfg["network"]["arch"] == "fcn"
     # Everything localize needs is in the directory, nothing from the dataset.
     assert {p.name for p in tiny_map.iterdir()} >= {"config.json", "coordinates.pt", "confidence.pt"}
     report = json.loads((tiny_map / "mapping_report.json").read_text())

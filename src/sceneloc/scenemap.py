@@ -23,10 +23,11 @@ import torch
 from threadpoolctl import ThreadpoolController
 
 from .calibration import CALIBRATION_FILE, PoseCalibration
-from .data import camera_points
+from .data import KINECT_DEPTH_INTRINSICS, KINECT_IMAGE_HW, camera_points
 from .dsac import STAGE_FILES, estimate_pose_dsac
 from .dsac_stage import DSACStage, resolve_stage
 from .errors import SceneLocError
+from .geometry import intrinsics_matrix
 from .networks import (
     ConfidencePointNet,
     CoordinateNetwork,
@@ -44,8 +45,9 @@ from .progress import progress as progress_bar
 
 #: 2: the network may be a frozen pretrained encoder + head (the file holds the head; the config the
 #: encoder's name and weights hash). Version-1 maps (fcn, unet) are read unchanged.
-MAP_FORMAT_VERSION = 2
-READABLE_FORMAT_VERSIONS = (1, 2)
+#: 3: 7-Scenes images read with their colour camera (depth registered to it); 1-2 read them with the depth camera's
+MAP_FORMAT_VERSION = 3
+READABLE_FORMAT_VERSIONS = (1, 2, 3)
 #: Pose estimators that use the confidence network's output.
 CONFIDENCE_METHODS = ("confidence", "joint")
 #: Correspondences handed to pose estimation per image: the ~4800 of a stride-8 net at 480x640.
@@ -60,6 +62,14 @@ def default_device() -> str:
 def _blas_threads() -> ThreadpoolController:
     """numpy's BLAS thread pools, found once (a search of the loaded libraries, ~1 ms)."""
     return ThreadpoolController()
+
+
+def _is_unregistered_kinect_map(config: dict) -> bool:
+    """A map made (before format 3) from 640x480 images with 7-Scenes' Kinect depth intrinsics: what
+    sceneloc used for 7-Scenes colour images before it registered their depth."""
+    K = np.asarray(config.get("intrinsics", np.eye(3)), dtype=np.float64)
+    return (tuple(config.get("image_size", ())) == KINECT_IMAGE_HW
+            and np.array_equal(K, intrinsics_matrix(*KINECT_DEPTH_INTRINSICS)))
 
 
 def grid_step(out_hw: tuple[int, ...], max_points: int) -> int:
@@ -162,6 +172,10 @@ class Map:
             raise SceneLocError(f"{cfg_path}: map format version {version} is not supported by this sceneloc "
                                 f"(reads {', '.join(map(str, READABLE_FORMAT_VERSIONS))}); re-map with "
                                 f"'sceneloc map DATASET {d} --force'")
+        if version < 3 and _is_unregistered_kinect_map(config):
+            raise SceneLocError(f"{cfg_path}: this map learned 7-Scenes images with the depth camera's 585 px "
+                                f"intrinsics, before sceneloc registered 7-Scenes depth to the colour camera; its "
+                                f"poses would be wrong: re-map with 'sceneloc map DATASET {d} --force'")
         device = device or default_device()
         net = load_weights(build_coordinate_network(config["network"]), d / "coordinates.pt", device,
                            "coordinate network")
