@@ -15,15 +15,11 @@ from sceneloc.data import (
     KINECT_COLOUR_INTRINSICS,
     KINECT_DEPTH_INTRINSICS,
     load_scene,
-    read_depth,
-    read_image,
-    read_matrix,
-    read_pose,
-    register_depth,
     scene_coordinates,
     seven_scenes_cameras,
 )
 from sceneloc.errors import SceneLocError
+from sceneloc.readers import read_depth, read_image, read_matrix, read_pose, register_depth
 
 
 def _count_listed_frames(root, split_file):

@@ -12,8 +12,9 @@ import pytest
 
 from sceneloc import synth
 from sceneloc.cli import main
-from sceneloc.data import load_scene, read_depth
+from sceneloc.data import load_scene
 from sceneloc.geometry import intrinsics_matrix, invert_pose, make_pose, transform_points
+from sceneloc.readers import read_depth
 
 CLEAN = synth.SensorOptions.clean()
 

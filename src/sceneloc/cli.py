@@ -24,7 +24,7 @@ import numpy as np
 
 from . import __version__
 from .cli_capture import add_capture_commands
-from .data import load_scene, parse_intrinsics, read_depth, read_image
+from .data import load_scene
 from .demo import DEMO_CONFIDENCE_MINUTES, DEMO_MINUTES, run_demo
 from .dsac import MODES, OBJECTIVES, DSACConfig
 from .dsac_training import finetune_dsac
@@ -40,6 +40,7 @@ from .mapping import map_scene, retrain_confidence
 from .networks import FCN_STEMS, FCN_STRIDES
 from .pose_config import DSAC_SCORES, METHODS, PoseConfig
 from .pose_config import SCORES as POSE_SCORES
+from .readers import parse_intrinsics, read_depth, read_image
 from .scenemap import Map, localize_frames
 from .synth import add_synth_arguments
 from .synth_scenes import DEMO_PRESET, PRESETS

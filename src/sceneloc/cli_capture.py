@@ -8,8 +8,8 @@ from typing import Any
 
 from .capture import check_capture, format_check
 from .colmap_import import import_colmap
-from .data import parse_intrinsics
 from .errors import SceneLocError
+from .readers import parse_intrinsics
 from .sfm import AUTO_EXHAUSTIVE_MAX, MATCHERS, run_sfm
 
 

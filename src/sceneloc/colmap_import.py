@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import IMAGE_SUFFIXES, check_image_file, read_depth
 from .errors import SceneLocError
 from .geometry import intrinsics_matrix, invert_pose
+from .readers import IMAGE_SUFFIXES, check_image_file, read_depth
 
 #: Camera models that are pinhole, and the indices of their (fx, fy, cx, cy) in ``params``.
 PINHOLE_PARAMS = {"SIMPLE_PINHOLE": (0, 0, 1, 2), "PINHOLE": (0, 1, 2, 3)}

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 
 from .colmap_import import COLMAP_PIXEL_OFFSET, import_colmap, prepare_output, pycolmap_module
-from .data import IMAGE_SUFFIXES, check_image_file
 from .errors import SceneLocError
 from .progress import progress as progress_bar
+from .readers import IMAGE_SUFFIXES, check_image_file
 
 MATCHERS = ("auto", "sequential", "exhaustive")
 #: --matcher auto: exhaustive up to this many images (every pair; robust to any order), sequential above.

@@ -55,9 +55,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .data import INTRINSICS_FILES, KINECT_DEPTH_INTRINSICS, evenly_spaced, parse_intrinsics
+from .data import INTRINSICS_FILES, KINECT_DEPTH_INTRINSICS, evenly_spaced
 from .errors import SceneLocError, refuse_to_overwrite
 from .progress import progress as progress_bar
+from .readers import parse_intrinsics
 
 # Re-exported: the scene descriptions, the renderer and the trajectories moved to their own modules, and their
 # public names stay importable from here (``sceneloc.synth.Renderer``, ``sceneloc.synth.look_at``, ...).
