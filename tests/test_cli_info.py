@@ -88,6 +88,17 @@ def make_7scenes(root, frames=2):
     return root
 
 
+def test_info_into_a_closed_pipe_is_quiet(tmp_path):
+    """`sceneloc info DATA | head -1`: the reader leaves early; no traceback, exit 0."""
+    root = make_7scenes(tmp_path / "ds")
+    proc = subprocess.Popen([sys.executable, "-m", "sceneloc.cli", "info", str(root)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()   # before the command writes: every write meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
 def test_info_tiny_dataset_ok(tmp_path, capsys):
     root = make_7scenes(tmp_path / "ds")
     assert main(["info", str(root)]) == 0

@@ -418,12 +418,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.func(args)
+        sys.stdout.flush()   # here, not at exit: a closed pipe is then handled below
     except SceneLocError as e:
         print(f"sceneloc: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sceneloc: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader stopped early (`sceneloc info DATA | head`): not an error; point stdout at devnull
+        # so that Python's own flush at exit does not print a traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0
 
 
