@@ -145,6 +145,7 @@ def subset_view(scene, out: Path, max_train: int | None, max_test: int | None) -
     """A 7-Scenes-layout dataset of evenly spaced frames of ``scene`` made of symbolic links to the
     original files (nothing is copied): seq-01 = train, seq-02 = test, the first frame's cameras (its
     depth maps are linked as they are on disk, so the depth camera is written beside the colour one)."""
+    from sceneloc.data import INTRINSICS_FILES
     from sceneloc.synth import format_matrix
     out.mkdir(parents=True, exist_ok=True)
     for split, seq, n in (("train", 1, max_train), ("test", 2, max_test)):
@@ -163,8 +164,8 @@ def subset_view(scene, out: Path, max_train: int | None, max_test: int | None) -
                 Path(f"{stem}.pose.txt").write_text(format_matrix(f.pose))
         (out / f"{split.capitalize()}Split.txt").write_text(f"sequence{seq}\n")
     first = scene.frames("train")[0]
-    (out / "camera-intrinsics.txt").write_text(format_matrix(first.K if first.depth_K is None else first.depth_K))
-    (out / "color-intrinsics.txt").write_text(format_matrix(first.K))
+    for name, K in zip(INTRINSICS_FILES, (first.K if first.depth_K is None else first.depth_K, first.K), strict=True):
+        (out / name).write_text(format_matrix(K))
     return out
 
 

@@ -14,6 +14,8 @@ import argparse
 import shutil
 from pathlib import Path
 
+from sceneloc.data import INTRINSICS_FILES
+
 
 def resplit(root: Path, out: Path, train: list[int], test: list[int]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
@@ -27,7 +29,7 @@ def resplit(root: Path, out: Path, train: list[int], test: list[int]) -> Path:
         link.symlink_to(src)
     for name, seqs in (("TrainSplit.txt", train), ("TestSplit.txt", test)):
         (out / name).write_text("".join(f"sequence{n}\n" for n in seqs))
-    for name in ("camera-intrinsics.txt", "color-intrinsics.txt"):   # the depth and the colour camera
+    for name in INTRINSICS_FILES:   # the depth and the colour camera
         if (root / name).exists():
             shutil.copyfile(root / name, out / name)
     return out

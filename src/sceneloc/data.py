@@ -82,10 +82,8 @@ class Frame:
         """``(H, W)`` metres, 0 = no depth, on the image's pixel grid (registered when ``depth_K`` is set)."""
         if self.depth_path is None:
             raise SceneLocError(f"{self.image_path}: missing depth (no depth map for this frame)")
-        if self.depth_K is None:
-            return read_depth(self.depth_path, shape)
         depth = read_depth(self.depth_path, shape)
-        return register_depth(depth, self.depth_K, self.K, depth.shape)
+        return depth if self.depth_K is None else register_depth(depth, self.depth_K, self.K, depth.shape)
 
     def load(self, need_depth: bool = True) -> FrameData:
         image = self.load_image()
@@ -231,6 +229,18 @@ def _read_split_file(path: Path) -> list[int]:
     return seqs
 
 
+def is_kinect_depth_camera(K: np.ndarray, image_hw: tuple[int, ...] | None) -> bool:
+    """True if ``K (3, 3)`` is 7-Scenes' Kinect depth camera and ``image_hw`` its 640x480 image size."""
+    return (image_hw is not None and tuple(image_hw) == KINECT_IMAGE_HW
+            and np.array_equal(np.asarray(K, dtype=np.float64), intrinsics_matrix(*KINECT_DEPTH_INTRINSICS)))
+
+
+def _any_image_hw(root: Path) -> tuple[int, ...] | None:
+    """``(H, W)`` of one colour image of a 7-Scenes-layout folder, None if it has none."""
+    image = next(root.glob("seq-*/frame-*.color.*"), None)
+    return None if image is None else read_image(image).shape[:2]
+
+
 def seven_scenes_cameras(root: Path, K_override: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """The colour camera ``K (3, 3)`` of a 7-Scenes-layout dataset and its depth camera ``(3, 3)``, or
     None where the depth maps are registered to the images (one camera). ``K_override`` is both.
@@ -239,11 +249,9 @@ def seven_scenes_cameras(root: Path, K_override: np.ndarray | None = None) -> tu
         return K_override, None
     depth_file, colour_file = (root / name for name in INTRINSICS_FILES)
     K_depth = read_intrinsics(depth_file) if depth_file.exists() else intrinsics_matrix(*KINECT_DEPTH_INTRINSICS)
-    first_image = next(iter(sorted(root.glob("seq-*/frame-*.color.*"))), None)
     if colour_file.exists():
         K = read_intrinsics(colour_file)
-    elif (np.array_equal(K_depth, intrinsics_matrix(*KINECT_DEPTH_INTRINSICS)) and first_image is not None
-          and read_image(first_image).shape[:2] == KINECT_IMAGE_HW):
+    elif is_kinect_depth_camera(K_depth, _any_image_hw(root)):   # one image decoded, once per dataset
         K = intrinsics_matrix(*KINECT_COLOUR_INTRINSICS)
     else:
         K = K_depth

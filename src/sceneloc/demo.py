@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import evenly_spaced, load_scene
+from .data import INTRINSICS_FILES, evenly_spaced, load_scene
 from .diagnostics import EXAMPLE_FRAMES
 from .errors import SceneLocError
 from .evaluation import DEMO_COLUMNS, PLOT_FILES, evaluate, match_pose_records, pose_error_arrays, results_table
@@ -52,7 +52,7 @@ PEERS_FILE = Path("peers") / "bench_peers.json"   # benchmarks/bench_peers.py --
 def _is_demo_data(data: Path, preset: str, synth: dict) -> bool:
     """True if ``data`` is a complete rendering of ``preset`` with the ``synth`` settings (synth.json
     is written last, so its presence means the rendering finished)."""
-    if not (data / "color-intrinsics.txt").is_file():  # rendered before the layout named the colour camera
+    if not (data / INTRINSICS_FILES[1]).is_file():  # rendered before the layout named the colour camera
         return False
     try:
         meta = json.loads((data / "synth.json").read_text())

@@ -23,11 +23,10 @@ import torch
 from threadpoolctl import ThreadpoolController
 
 from .calibration import CALIBRATION_FILE, PoseCalibration
-from .data import KINECT_DEPTH_INTRINSICS, KINECT_IMAGE_HW, camera_points
+from .data import camera_points, is_kinect_depth_camera
 from .dsac import STAGE_FILES, estimate_pose_dsac
 from .dsac_stage import DSACStage, resolve_stage
 from .errors import SceneLocError
-from .geometry import intrinsics_matrix
 from .networks import (
     ConfidencePointNet,
     CoordinateNetwork,
@@ -62,14 +61,6 @@ def default_device() -> str:
 def _blas_threads() -> ThreadpoolController:
     """numpy's BLAS thread pools, found once (a search of the loaded libraries, ~1 ms)."""
     return ThreadpoolController()
-
-
-def _is_unregistered_kinect_map(config: dict) -> bool:
-    """A map made (before format 3) from 640x480 images with 7-Scenes' Kinect depth intrinsics: what
-    sceneloc used for 7-Scenes colour images before it registered their depth."""
-    K = np.asarray(config.get("intrinsics", np.eye(3)), dtype=np.float64)
-    return (tuple(config.get("image_size", ())) == KINECT_IMAGE_HW
-            and np.array_equal(K, intrinsics_matrix(*KINECT_DEPTH_INTRINSICS)))
 
 
 def grid_step(out_hw: tuple[int, ...], max_points: int) -> int:
@@ -172,7 +163,8 @@ class Map:
             raise SceneLocError(f"{cfg_path}: map format version {version} is not supported by this sceneloc "
                                 f"(reads {', '.join(map(str, READABLE_FORMAT_VERSIONS))}); re-map with "
                                 f"'sceneloc map DATASET {d} --force'")
-        if version < 3 and _is_unregistered_kinect_map(config):
+        # before format 3, sceneloc learned 7-Scenes colour images with the Kinect's depth camera
+        if version < 3 and is_kinect_depth_camera(config.get("intrinsics", np.eye(3)), config.get("image_size")):
             raise SceneLocError(f"{cfg_path}: this map learned 7-Scenes images with the depth camera's 585 px "
                                 f"intrinsics, before sceneloc registered 7-Scenes depth to the colour camera; its "
                                 f"poses would be wrong: re-map with 'sceneloc map DATASET {d} --force'")
