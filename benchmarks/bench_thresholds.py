@@ -1,4 +1,5 @@
-"""The pose stage's thresholds on one map: PnP inlier threshold (RGB) and Kabsch polish thresholds (RGB-D).
+"""The pose stage's thresholds on one map: PnP inlier threshold (RGB), Kabsch polish thresholds and the
+depth offset's prior (RGB-D, clean and shifted depth).
 
 The network runs once per test frame; its correspondences are cached (``--cache``) and every row
 re-estimates all poses from them with one ``PoseConfig`` change, so rows differ only by that change.
@@ -6,7 +7,11 @@ Accuracy is the share of frames within 5 cm / 5 deg; ms is the pose estimation a
 
 Usage:
     python benchmarks/bench_thresholds.py --map MAP_DIR --data DATASET [--cache preds.pkl] \\
-        [--px 10 15 20 25 30 40] [--polish none 0.05 0.05,0.03] [--polish-px 15 15,10]
+        [--px 10 15 20 25 30 40] [--polish none 0.05 0.05,0.03] [--polish-px 15 15,10] \\
+        [--offset-sigma 0 0.0015] [--shift-px 4] [--shift-m 0.03]
+
+``--offset-sigma`` rows run on the query depth as read and on the depth moved as in
+``bench_estimators.py`` (``--shift-px`` pixels right and down, ``--shift-m`` further along every ray).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from bench_estimators import shift_depth
 
 from sceneloc.data import camera_points, load_scene
 from sceneloc.evaluation import pose_error_arrays, pose_metrics
@@ -62,6 +69,10 @@ def main() -> None:
                     help="Kabsch polish thresholds in metres, comma-separated per row (RGB-D)")
     ap.add_argument("--polish-px", nargs="*", default=[],
                     help="PnP polish thresholds in pixels after RANSAC's, comma-separated per row (RGB)")
+    ap.add_argument("--offset-sigma", type=float, nargs="*", default=[],
+                    help="PoseConfig.depth_offset_sigma_m per row, metres (0: off), on clean and shifted depth")
+    ap.add_argument("--shift-px", type=int, default=4, help="shifted depth: pixels right and down (default %(default)s)")
+    ap.add_argument("--shift-m", type=float, default=0.03, help="shifted depth: metres along every ray (default %(default)s)")
     args = ap.parse_args()
     frames = load_scene(args.data).frames(args.split)
     preds = cached_predictions(args.map, frames, args.cache)
@@ -80,6 +91,12 @@ def main() -> None:
         thresholds = () if spec == "none" else tuple(float(v) for v in spec.split(","))
         acc, ms = score(frames, preds, PoseConfig(polish_thresholds_m=thresholds), cams)
         print(f"| rgbd | Kabsch polish {spec} | {100 * acc:.1f} % | {ms:.0f} |", flush=True)
+    for depth in ("clean", "shifted") if args.offset_sigma else ():
+        moved = [camera_points(shift_depth(f.load_depth(), args.shift_px, args.shift_m) if depth == "shifted"
+                               else f.load_depth(), px, f.K) for f, (px, _) in zip(frames, preds, strict=True)]
+        for sigma in args.offset_sigma:
+            acc, ms = score(frames, preds, PoseConfig(depth_offset_sigma_m=sigma), moved)
+            print(f"| rgbd {depth} | depth offset prior {1000 * sigma:g} mm | {100 * acc:.1f} % | {ms:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

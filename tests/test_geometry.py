@@ -243,6 +243,42 @@ def test_kabsch_torch_batched_weighted():
     np.testing.assert_allclose(R32.numpy(), Ts[:, :3, :3], atol=1e-4)
 
 
+def _offset_scene(rng, offset):
+    """Camera points of a 60 deg view at 1-4 m whose depth reads ``offset`` too far, and their exact world points."""
+    T = random_pose(rng)
+    uv = rng.uniform(-0.55, 0.55, size=(200, 2))
+    z = rng.uniform(1.0, 4.0, size=200)
+    rays = np.column_stack([uv, np.ones(200)])
+    truth = z[:, None] * rays
+    return T, (z + offset)[:, None] * rays, g.transform_points(T, truth)
+
+
+def test_kabsch_depth_offset_free_fit_recovers_offset_and_pose():
+    rng = np.random.default_rng(21)
+    T, camera, scene = _offset_scene(rng, 0.03)
+    R, t, c = g.kabsch_depth_offset(camera, scene, offset_sigma=1e3, point_sigma=0.01, iterations=200)
+    assert c == pytest.approx(0.03, abs=1e-7)
+    np.testing.assert_allclose(R, T[:3, :3], atol=1e-7)
+    np.testing.assert_allclose(t, T[:3, 3], atol=1e-7)
+    # plain Kabsch on the same points is centimetres off: the offset is what the fit removed
+    R_k, t_k = g.kabsch(camera, scene)
+    assert np.linalg.norm(t_k - T[:3, 3]) > 0.01
+
+
+def test_kabsch_depth_offset_prior_shrinks_to_kabsch():
+    rng = np.random.default_rng(22)
+    _, camera, scene = _offset_scene(rng, 0.03)
+    R_k, t_k = g.kabsch(camera, scene)
+    R, t, c = g.kabsch_depth_offset(camera, scene, offset_sigma=1e-9, point_sigma=0.01)
+    assert abs(c) < 1e-9
+    np.testing.assert_allclose(R, R_k, atol=1e-9)
+    np.testing.assert_allclose(t, t_k, atol=1e-9)
+    # in between, the offset is shrunk towards 0 and grows with the prior's width
+    offsets = [g.kabsch_depth_offset(camera, scene, offset_sigma=s, point_sigma=0.01, iterations=200)[2]
+               for s in (0.001, 0.003, 0.01)]
+    assert 0 < offsets[0] < offsets[1] < offsets[2] < 0.03
+
+
 def test_kabsch_reflection_case():
     """dst is a mirror image of src: the naive SVD answer V U^T is a reflection (det -1)."""
     rng = np.random.default_rng(8)

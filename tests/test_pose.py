@@ -83,6 +83,25 @@ def test_exact_recovery_from_clean_correspondences(rgbd):
     assert set(result.timings_ms) == {"sampling", "refinement"}
 
 
+def test_depth_that_reads_too_far_is_fitted_as_an_offset_along_the_rays():
+    """Query depth 3 cm long everywhere (misregistered RGB-D): a rigid fit moves the camera by
+    centimetres; the offset re-fit recovers the exact pose with a free offset, and most of the way
+    under the default prior."""
+    s = make_scene(3, n=800, outlier_ratio=0.3)
+    z = s.camera[:, 2:3]
+    far = s.camera * (z + 0.03) / z
+    fits = {sigma: estimate_pose(s.pixels, s.scene, K, camera_points=far, config=PoseConfig(depth_offset_sigma_m=sigma),
+                                 rng=0) for sigma in (0.0, 1.0, PoseConfig().depth_offset_sigma_m)}
+    _, rigid_error = errors(fits[0.0], s.T_wc)
+    assert rigid_error > 0.01 and fits[0.0].depth_offset_m == 0.0
+    rot, trans = errors(fits[1.0], s.T_wc)
+    assert rot < 1e-6 and trans < 1e-6
+    assert fits[1.0].depth_offset_m == pytest.approx(0.03, abs=1e-6)
+    _, default_error = errors(fits[PoseConfig().depth_offset_sigma_m], s.T_wc)
+    assert default_error < 0.5 * rigid_error
+    assert 0.01 < fits[PoseConfig().depth_offset_sigma_m].depth_offset_m < 0.03
+
+
 # 10 px (DSAC*/ACE's) rather than the default 40 px: these scenes' outliers are displaced by ~20 px,
 # and the inlier-count check below needs a threshold clearly below that.
 PX10 = {"inlier_threshold_px": 10.0}

@@ -239,6 +239,9 @@ def _add_pose_arguments(s: argparse.ArgumentParser) -> None:
                                                "thresholds in metres", type=float, nargs="*")
     _field_option(g, d, "polish_thresholds_px", "PnP: the same in pixels (at a 525 px focal length, scaled with it)",
                   type=float, nargs="*")
+    _field_option(g, d, "depth_offset_sigma_m", "Kabsch: then re-fit with an offset of the query depth along its "
+                                                "rays, under a Gaussian prior of this width in metres (0: off)",
+                  flag="--depth-offset-sigma", metavar="M")
     _field_option(g, d, "min_inliers", "fewer inliers report a failure")
     _field_option(g, d, "query_scales", "run the network on the query at each of these scales and keep the pose "
                                         "with the highest inlier ratio (default 1; 0.9 0.75: views closer than the "

@@ -37,12 +37,12 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
 
-from .geometry import invert_pose, is_rigid, kabsch, make_pose, pnp_ransac, solve_pnp
+from .geometry import invert_pose, is_rigid, kabsch, kabsch_depth_offset, make_pose, pnp_ransac, solve_pnp
 from .pose_config import (  # noqa: F401 (public names of pose)
     DSAC_METHODS,
     METHODS,
@@ -59,11 +59,15 @@ from .pose_ransac import (
     joint_ransac,
     refine_joint,
     reprojection_residuals,
+    robust_sigma,
     scoring_subset,
 )
 
 #: Re-fits of ``joint``'s refinement: part of the method, so not bound by ``polish_iterations``.
 JOINT_REFINE_ITERATIONS = 10
+#: Smallest per-axis residual sigma (metres) that weighs the depth offset's prior: exact data would
+#: otherwise leave the prior no weight at all.
+OFFSET_POINT_SIGMA_FLOOR_M = 0.005
 
 # --------------------------------------------------------------------------------- correspondences
 
@@ -370,6 +374,28 @@ def polish_pose(corr: Correspondences, pose: np.ndarray, used: np.ndarray,
     return pose, used
 
 
+def refit_depth_offset(corr: Correspondences, pose: np.ndarray, used: np.ndarray,
+                       config: PoseConfig) -> tuple[np.ndarray, np.ndarray, Correspondences, float]:
+    """Kabsch only, after the polish: re-fit ``pose`` with an offset of the query depth along its
+    rays (``geometry.kabsch_depth_offset``, prior ``config.depth_offset_sigma_m``) on its points
+    ``used``, then on the inliers at each Kabsch polish threshold. Real RGB-D depth can read a few
+    centimetres long or short against the image (misregistration), which a rigid fit turns into as
+    large an error of the camera position. Returns the pose, its points, the correspondences with the
+    offset taken off their camera points, and the offset in metres."""
+    camera = _given(corr.camera, "camera points")
+    rays = camera / camera[:, 2:3]
+    sigma = robust_sigma(residuals(corr, pose, used), 3, OFFSET_POINT_SIGMA_FLOOR_M)
+    R, t, offset = kabsch_depth_offset(camera[used], corr.scene[used], config.depth_offset_sigma_m, sigma)
+    for threshold in config.polish_thresholds_m or (corr.threshold,):
+        moved = replace(corr, camera=camera - offset * rays)
+        inliers = np.flatnonzero(residuals(moved, make_pose(R, t)) < threshold)
+        if len(inliers) < corr.min_points:
+            break
+        R, t, offset = kabsch_depth_offset(camera[inliers], corr.scene[inliers], config.depth_offset_sigma_m, sigma)
+        used = inliers
+    return make_pose(R, t), used, replace(corr, camera=camera - offset * rays), offset
+
+
 # ------------------------------------------------------------------------------------ RANSAC
 
 
@@ -490,10 +516,15 @@ def estimate_pose(pixels: np.ndarray, scene_coords: np.ndarray, K: np.ndarray,
                                   config.inlier_threshold_m, JOINT_REFINE_ITERATIONS, config.depth_gate)
     elif config.method != "ransac":
         pose, used = refine_pose(corr, pose, used, config, rng, cells)
+    offset = 0.0
     if config.method != "joint" and (config.polish or config.method == "ransac"):
         pose, used = polish_pose(corr, pose, used, config)
+        if corr.solver == "kabsch" and config.depth_offset_sigma_m > 0:
+            pose, used, corr, offset = refit_depth_offset(corr, pose, used, config)
     inliers = np.flatnonzero(residuals(corr, pose) < corr.threshold)
     timings["refinement"] = (time.perf_counter() - start) * 1e3
 
     needed = config.required_inliers(corr.solver, corr.threshold, corr.pixels)
-    return accepted_pose(pose, inliers, corr.scene, needed, corr.solver, corr.index[np.sort(used)], score, timings)
+    result = accepted_pose(pose, inliers, corr.scene, needed, corr.solver, corr.index[np.sort(used)], score, timings)
+    result.depth_offset_m = offset
+    return result

@@ -94,6 +94,12 @@ class PoseConfig:
             two per split: dev +3.0 / +0.5, split 2 +1.0 / +2.5 points, ~6 ms slower (a 2 cm step
             after them: -1.5 to +2.5; BENCHMARKS.md, session 8). 5 cm alone against none: split 2 +5
             to +10 points, dev +5. (Before 7-Scenes depth was registered, the 3 cm step lost on dev.)
+        depth_offset_sigma_m: Kabsch only, after the polish (not ``joint``): re-fit the pose together
+            with an offset of the query depth along its rays, under a Gaussian prior of this standard
+            deviation (metres; 0: off; ``pose.refit_depth_offset``). Kinect depth can read centimetres
+            long or short against the image, and a rigid fit moves the camera by as much. 1.5 mm
+            (the fit's data still move it by centimetres: hundreds of points outweigh the prior)
+            measured on six redkitchen maps, three per split: FIXME.
         polish_thresholds_px: PnP's counterpart (pixels at ``REFERENCE_FOCAL_PX``, scaled with the
             focal length): none by default, because re-fitting on the inliers at 20, 15, 12, 10 or 8 px
             after RANSAC's 25 px (the default then) gained nothing on redkitchen (-2 to +0.5 points on three maps;
@@ -146,6 +152,7 @@ class PoseConfig:
     inlier_threshold_m: float = 0.1
     polish: bool = True
     polish_thresholds_m: tuple[float, ...] = (0.05, 0.03)
+    depth_offset_sigma_m: float = 0.0015
     polish_thresholds_px: tuple[float, ...] = ()
     polish_iterations: int = 3
     min_inliers: int = 30
@@ -176,6 +183,8 @@ class PoseConfig:
                     "inlier_threshold_m": self.inlier_threshold_m, "ransac_iterations": self.ransac_iterations,
                     "joint_batch": self.joint_batch, "joint_max_hypotheses": self.joint_max_hypotheses,
                     "depth_gate": self.depth_gate}
+        if not self.depth_offset_sigma_m >= 0:
+            raise ValueError(f"PoseConfig.depth_offset_sigma_m={self.depth_offset_sigma_m} must be >= 0 (0: off)")
         for name, number in positive.items():
             if not number > 0:
                 raise ValueError(f"PoseConfig.{name}={number} must be positive")
@@ -238,6 +247,8 @@ class PoseResult:
             the probability-weighted mean score).
         timings_ms: ``sampling`` (hypothesis generation + scoring) and ``refinement`` (refinement + polish).
         failure: why ``pose`` is None (None on success).
+        depth_offset_m: how much further than the fitted pose the query depth reads along its rays
+            (``PoseConfig.depth_offset_sigma_m``; 0 where not fitted).
     """
     pose: np.ndarray | None
     n_inliers: int = 0
@@ -245,6 +256,7 @@ class PoseResult:
     score: float = float("nan")
     timings_ms: dict[str, float] = field(default_factory=lambda: {"sampling": 0.0, "refinement": 0.0})
     failure: str | None = None
+    depth_offset_m: float = 0.0
 
     @property
     def success(self) -> bool:
@@ -257,7 +269,8 @@ def inlier_settings(config: PoseConfig, K: np.ndarray) -> dict:
     settings that differ here are not comparable (a pose calibration holds for its own only)."""
     return {"method": config.method, "threshold_rad": round(config.threshold_px_for(K) / float(K[0, 0]), 6),
             "threshold_m": config.inlier_threshold_m, "polish_thresholds_m": list(config.polish_thresholds_m),
-            "polish_thresholds_px": list(config.polish_thresholds_px)}
+            "polish_thresholds_px": list(config.polish_thresholds_px),
+            "depth_offset_sigma_m": config.depth_offset_sigma_m}
 
 
 def for_reprojection_map(config: PoseConfig, K: np.ndarray) -> PoseConfig:

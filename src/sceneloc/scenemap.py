@@ -85,7 +85,8 @@ class Localization:
     correspondences used for the final pose (indices into ``pixels``/``coords``; the dense arrays are
     None when ``localize_frames`` drops them to save memory) and ``probability``: the calibrated
     chance that the pose is within 5 cm / 5 deg (calibration.py; 0 for a failure, NaN for a map
-    without calibration or another ``method`` than the one calibrated)."""
+    without calibration or another ``method`` than the one calibrated); ``depth_offset_m``: how much
+    further the query depth reads along its rays than the pose fits (RGB-D; ``PoseConfig.depth_offset_sigma_m``)."""
     pose: np.ndarray | None
     inliers: int
     score: float
@@ -96,6 +97,7 @@ class Localization:
     used: np.ndarray | None = field(repr=False)
     failure: str | None = None
     probability: float = float("nan")
+    depth_offset_m: float = 0.0
 
     @property
     def success(self) -> bool:
@@ -103,9 +105,10 @@ class Localization:
 
     def pose_file_columns(self) -> dict[str, float]:
         """The extra columns of a pose-file line for this result (time per frame and its parts, inliers,
-        calibrated probability)."""
+        calibrated probability, the query depth's fitted offset)."""
         t = self.timings
         return {"time_ms": t["total_ms"], "inliers": self.inliers, "probability": self.probability,
+                "depth_offset_m": self.depth_offset_m,
                 "network_ms": t["network_ms"],
                 "sampling_ms": t["sampling_ms"], "refinement_ms": t["refinement_ms"]}
 
@@ -334,7 +337,7 @@ class Map:
             probability = self.calibration.probability("rgb" if depth is None else "rgbd", inlier_settings(config, K),
                                                        res.n_inliers, len(pixels), res.pose is not None)
         return Localization(res.pose, res.n_inliers, res.score, timings, pixels, coords, conf, res.used, res.failure,
-                            probability)
+                            probability, res.depth_offset_m)
 
 
 def localize_frames(the_map: Map, frames: list, mode: str = "rgb", estimator: PoseConfig | str | None = None,
