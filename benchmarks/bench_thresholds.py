@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 
 from bench_estimators import shift_depth
-
 from sceneloc.data import camera_points, load_scene
 from sceneloc.evaluation import pose_error_arrays, pose_metrics
 from sceneloc.pose import PoseConfig, estimate_pose
@@ -71,8 +70,10 @@ def main() -> None:
                     help="PnP polish thresholds in pixels after RANSAC's, comma-separated per row (RGB)")
     ap.add_argument("--offset-sigma", type=float, nargs="*", default=[],
                     help="PoseConfig.depth_offset_sigma_m per row, metres (0: off), on clean and shifted depth")
-    ap.add_argument("--shift-px", type=int, default=4, help="shifted depth: pixels right and down (default %(default)s)")
-    ap.add_argument("--shift-m", type=float, default=0.03, help="shifted depth: metres along every ray (default %(default)s)")
+    ap.add_argument("--shift-px", type=int, default=4,
+                    help="shifted depth: pixels right and down (default %(default)s)")
+    ap.add_argument("--shift-m", type=float, default=0.03,
+                    help="shifted depth: metres along every ray (default %(default)s)")
     args = ap.parse_args()
     frames = load_scene(args.data).frames(args.split)
     preds = cached_predictions(args.map, frames, args.cache)
@@ -96,7 +97,8 @@ def main() -> None:
                                else f.load_depth(), px, f.K) for f, (px, _) in zip(frames, preds, strict=True)]
         for sigma in args.offset_sigma:
             acc, ms = score(frames, preds, PoseConfig(depth_offset_sigma_m=sigma), moved)
-            print(f"| rgbd {depth} | depth offset prior {1000 * sigma:g} mm | {100 * acc:.1f} % | {ms:.0f} |", flush=True)
+            row = f"| rgbd {depth} | depth offset prior {1000 * sigma:g} mm | {100 * acc:.1f} % | {ms:.0f} |"
+            print(row, flush=True)
 
 
 if __name__ == "__main__":
