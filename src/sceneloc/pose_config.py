@@ -98,8 +98,11 @@ class PoseConfig:
             with an offset of the query depth along its rays, under a Gaussian prior of this standard
             deviation (metres; 0: off; ``pose.refit_depth_offset``). Kinect depth can read centimetres
             long or short against the image, and a rigid fit moves the camera by as much. 1.5 mm
-            (the fit's data still move it by centimetres: hundreds of points outweigh the prior)
-            measured on six redkitchen maps, three per split: FIXME.
+            (hundreds of points still move the offset by centimetres) on six redkitchen maps, three
+            per split, query depth moved 4 px and 3 cm along the rays: dev RGB-D 50.0-56.5 % ->
+            73.0-80.5 %, above RGB; clean depth -1.5 to +2.5 points; split 2's shifted depth -2.5 to
+            -3; ~5 ms (BENCHMARKS.md, session 9). 3 mm gains more on shifted and loses up to 3.5
+            points on clean depth.
         polish_thresholds_px: PnP's counterpart (pixels at ``REFERENCE_FOCAL_PX``, scaled with the
             focal length): none by default, because re-fitting on the inliers at 20, 15, 12, 10 or 8 px
             after RANSAC's 25 px (the default then) gained nothing on redkitchen (-2 to +0.5 points on three maps;
