@@ -50,12 +50,23 @@ def test_calibration_probabilities_rise_with_inliers_and_round_trip(tmp_path):
     assert cal.probability("rgb", SETTINGS, 1900, 4800, success=False) == 0.0
     assert math.isnan(cal.probability("rgbd", SETTINGS, 1900, 4800))      # no model for this mode
     for other in (PoseConfig(method="confidence"), PoseConfig(inlier_threshold_px=40.0),
-                  PoseConfig(polish_thresholds_m=(0.05,))):                # fitted under other settings
+                  PoseConfig(polish_thresholds_px=(15.0,))):               # fitted under other settings
         assert math.isnan(cal.probability("rgb", inlier_settings(other, K), 1900, 4800))
     cal.save(tmp_path)
     again = PoseCalibration.load(tmp_path)
     assert again.probability("rgb", SETTINGS, 700, 4800) == pytest.approx(cal.probability("rgb", SETTINGS, 700, 4800))
     assert PoseCalibration.load(tmp_path / "nowhere") is None
+
+
+def test_a_setting_of_one_mode_leaves_the_other_modes_calibration_valid():
+    cal = PoseCalibration.fit({"rgb": _samples(), "rgbd": _samples(seed=1)}, SETTINGS)
+    for rgbd_only in (PoseConfig(polish_thresholds_m=(0.05,)), PoseConfig(depth_offset_sigma_m=0.0)):
+        settings = inlier_settings(rgbd_only, K)
+        assert cal.probability("rgb", settings, 1900, 4800) == cal.probability("rgb", SETTINGS, 1900, 4800)
+        assert math.isnan(cal.probability("rgbd", settings, 1900, 4800))
+    settings = inlier_settings(PoseConfig(inlier_threshold_px=40.0), K)
+    assert math.isnan(cal.probability("rgb", settings, 1900, 4800))
+    assert cal.probability("rgbd", settings, 1900, 4800) == cal.probability("rgbd", SETTINGS, 1900, 4800)
 
 
 def test_inlier_settings_hold_across_focal_lengths():

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SceneLocError
-from .pose_config import MODES
+from .pose_config import MODE_SETTINGS, MODES
 
 CALIBRATION_FILE = "calibration.json"
 #: Ridge penalty on the standardised feature weights: a few dozen frames must not give 0 / 1 certainties.
@@ -119,10 +119,12 @@ class PoseCalibration:
     def probability(self, mode: str, settings: dict, inliers: float, n_points: int, success: bool = True) -> float:
         """Probability that a pose found under ``settings`` (``pose_config.inlier_settings``) with
         ``inliers`` of ``n_points`` correspondences is within the threshold: 0 for a failed pose, NaN
-        when this calibration has no model for ``mode`` or was fitted under other settings."""
+        when this calibration has no model for ``mode`` or was fitted under other settings of that
+        mode (``pose_config.MODE_SETTINGS``)."""
         if not success:
             return 0.0
-        cal = self.modes.get(mode) if settings == self.settings else None
+        same = all(key in self.settings and self.settings[key] == settings.get(key) for key in MODE_SETTINGS[mode])
+        cal = self.modes.get(mode) if same else None
         return float("nan") if cal is None else float(cal.probability(np.array([inliers]), np.array([n_points]))[0])
 
     def save(self, map_dir: Path) -> None:

@@ -266,6 +266,12 @@ class PoseResult:
         return self.pose is not None
 
 
+#: The ``inlier_settings`` that shape each mode's poses and inlier counts: a calibration fitted under
+#: other settings of the *other* mode still holds.
+MODE_SETTINGS = {"rgb": ("method", "threshold_rad", "polish_thresholds_px"),
+                 "rgbd": ("method", "threshold_m", "polish_thresholds_m", "depth_offset_sigma_m")}
+
+
 def inlier_settings(config: PoseConfig, K: np.ndarray) -> dict:
     """What an inlier count means under ``config`` with a camera ``K (3, 3)``: the method, the PnP
     threshold as an angle (pixels over the focal length) and the Kabsch thresholds. Inlier counts under
