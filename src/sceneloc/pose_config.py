@@ -96,7 +96,7 @@ class PoseConfig:
             to +10 points, dev +5. (Before 7-Scenes depth was registered, the 3 cm step lost on dev.)
         depth_offset_sigma_m: Kabsch only, after the polish (not ``joint``): re-fit the pose together
             with an offset of the query depth along its rays, under a Gaussian prior of this standard
-            deviation (metres; 0: off; ``pose.refit_depth_offset``). Kinect depth can read centimetres
+            deviation (metres; 0: off; ``pose_fit.refit_depth_offset``). Kinect depth can read centimetres
             long or short against the image, and a rigid fit moves the camera by as much. 1.5 mm
             (hundreds of points still move the offset by centimetres) on six redkitchen maps, three
             per split, query depth moved 4 px and 3 cm along the rays: dev RGB-D 50.0-56.5 % ->
