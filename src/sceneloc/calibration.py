@@ -6,7 +6,11 @@ and the mode. ``PoseCalibration`` turns them into one: a logistic regression per
 PnP inliers in pixels, ``rgbd``: Kabsch inliers in metres) fitted on the poses of mapping frames
 that a second, short-trained head never saw (``mapping.calibrate_with_held_out_head``), so it sees
 failures as well as successes rather than the poses of frames a head has memorised, which all
-localize.
+localize. Its third feature is the pose's *view novelty* (``view_novelty``): how far the estimated
+camera is from the nearest view the head learned from. Held-out frames and real queries differ in
+how new their views are (a held-out recording can be further from the rest than the queries are, or
+nearer), and at equal inlier counts a newer view is less often right: with the novelty in the model
+the calibration carries over from one to the other.
 
 >>> cal = PoseCalibration.fit({"rgb": (inliers, n_points, error_ratio)}, settings)  # doctest: +SKIP
 >>> cal.probability("rgb", settings, inliers=812, n_points=4800)                # doctest: +SKIP
@@ -31,11 +35,33 @@ RIDGE = 1.0
 MIN_FRAMES = 10   # fewer held-out frames than this: no calibration for that mode
 
 
-def pose_features(inliers: np.ndarray, n_points: np.ndarray) -> np.ndarray:
-    """``(N, 2)`` features of ``N`` poses: log(1 + inlier count) and inlier ratio."""
+#: View novelty: distance to the nearest mapping view in units of these (camera centre metres, angle
+#: between optical axes in degrees; the larger of the two counts), capped: beyond it all views are new.
+NOVELTY_M, NOVELTY_DEG, NOVELTY_CAP = 0.3, 30.0, 3.0
+
+
+def view_novelty(T_wc: np.ndarray, centres: np.ndarray, axes: np.ndarray) -> np.ndarray:
+    """How new the views of camera-to-world poses ``T_wc (N, 4, 4)`` are against mapping views with
+    camera centres ``centres (M, 3)`` and optical axes ``axes (M, 3)`` (unit): ``(N,)``, the smallest
+    over the mapping views of ``max(distance / NOVELTY_M, angle / NOVELTY_DEG)``, capped at
+    ``NOVELTY_CAP`` (also the value of a non-finite pose). Below 1: a mapping view within 30 cm and 30 deg."""
+    T = np.asarray(T_wc, dtype=np.float64).reshape(-1, 4, 4)
+    distance = np.linalg.norm(T[:, None, :3, 3] - np.asarray(centres)[None], axis=-1)
+    cosine = np.clip(T[:, :3, 2] @ np.asarray(axes).T, -1.0, 1.0)
+    score = np.maximum(distance / NOVELTY_M, np.degrees(np.arccos(cosine)) / NOVELTY_DEG)
+    best = score.min(axis=1) if score.shape[1] else np.full(len(T), NOVELTY_CAP)
+    return np.where(np.isfinite(best), np.minimum(best, NOVELTY_CAP), NOVELTY_CAP)
+
+
+def pose_features(inliers: np.ndarray, n_points: np.ndarray, novelty: np.ndarray | None = None) -> np.ndarray:
+    """``(N, 2)`` features of ``N`` poses: log(1 + inlier count) and inlier ratio; ``(N, 3)`` with
+    their ``novelty (N,)`` (``view_novelty``)."""
     inliers = np.asarray(inliers, dtype=np.float64)
     n_points = np.maximum(np.asarray(n_points, dtype=np.float64), 1.0)
-    return np.stack([np.log1p(inliers), inliers / n_points], axis=-1)
+    columns = [np.log1p(inliers), inliers / n_points]
+    if novelty is not None:
+        columns.append(np.broadcast_to(np.asarray(novelty, dtype=np.float64), inliers.shape))
+    return np.stack(columns, axis=-1)
 
 
 def error_ratio(rotation_deg: np.ndarray | float, translation_m: np.ndarray | float, max_deg: float = 5.0,
@@ -75,9 +101,18 @@ class ModeCalibration:
     # the held-out frames themselves (inliers, correspondences, error ratio; null = failed): refittable
     held_out: dict[str, list] = field(default_factory=dict)
 
-    def probability(self, inliers: np.ndarray, n_points: np.ndarray) -> np.ndarray:
-        """``(N,)`` probabilities for ``N`` poses (scalars broadcast)."""
-        z = (pose_features(inliers, n_points) - np.asarray(self.mean)) / np.asarray(self.std)
+    @property
+    def uses_novelty(self) -> bool:
+        """Whether the model has the view-novelty feature (calibrations before it have two features)."""
+        return len(self.mean) == 3
+
+    def probability(self, inliers: np.ndarray, n_points: np.ndarray, novelty: np.ndarray | None = None) -> np.ndarray:
+        """``(N,)`` probabilities for ``N`` poses (scalars broadcast); ``novelty`` is read only by a model
+        that has it (``uses_novelty``), which needs it."""
+        if self.uses_novelty and novelty is None:
+            raise ValueError("this pose calibration needs the poses' view novelty")
+        features = pose_features(inliers, n_points, novelty if self.uses_novelty else None)
+        z = (features - np.asarray(self.mean)) / np.asarray(self.std)
         w = np.asarray(self.weights)
         return 1.0 / (1.0 + np.exp(-(w[0] + z @ w[1:])))
 
@@ -91,41 +126,56 @@ class PoseCalibration:
     #: the estimator settings it was fitted with (``pose_config.inlier_settings``): inlier counts under
     #: other settings (another method, threshold or re-fit) mean something else
     settings: dict = field(default_factory=dict)
+    #: the map's mapping views, ``centres`` and optical ``axes`` (lists of 3-vectors), that a query's
+    #: view novelty is measured against; empty for a calibration without the novelty feature
+    views: dict[str, list] = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, samples: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], settings: dict,
+    def fit(cls, samples: dict[str, tuple[np.ndarray, ...]], settings: dict, views: dict[str, list] | None = None,
             max_cm: float = 5.0, max_deg: float = 5.0, ridge: float = RIDGE) -> PoseCalibration:
-        """From ``{mode: (inliers (N,), n_points (N,), error (N,))}`` of held-out frames, ``error`` the
-        ``error_ratio`` of each pose (``inf``: failed, which counts with 0 inliers). Modes with fewer
-        than ``MIN_FRAMES`` frames are skipped."""
+        """From ``{mode: (inliers (N,), n_points (N,), error (N,)[, novelty (N,)])}`` of held-out frames,
+        ``error`` the ``error_ratio`` of each pose (``inf``: failed, which counts with 0 inliers) and
+        ``novelty`` its ``view_novelty`` against the views the held-out head learned from. With novelty,
+        ``views`` (``centres``, ``axes``) are the map's own mapping views, which queries are measured
+        against. Modes with fewer than ``MIN_FRAMES`` frames are skipped."""
         modes = {}
-        for mode, (inliers, n_points, error) in samples.items():
+        for mode, (inliers, n_points, error, *rest) in samples.items():
             if mode not in MODES:
                 raise SceneLocError(f"unknown calibration mode {mode!r} (choose {', '.join(MODES)})")
             error = np.asarray(error, dtype=np.float64)
             y = (error < 1.0).astype(np.float64)
             if len(y) < MIN_FRAMES:
                 continue
-            f = pose_features(inliers, n_points)
+            novelty = rest[0] if rest else None
+            f = pose_features(inliers, n_points, novelty)
             mean, std = f.mean(axis=0), np.maximum(f.std(axis=0), 1e-6)
             w = fit_logistic((f - mean) / std, y, ridge)
             held_out = {"inliers": np.asarray(inliers).astype(int).tolist(),
                         "points": np.asarray(n_points).astype(int).tolist(),
                         "error": [round(float(e), 4) if np.isfinite(e) else None for e in error]}
+            if novelty is not None:
+                held_out["novelty"] = [round(float(v), 4) for v in novelty]
             modes[mode] = ModeCalibration([float(v) for v in w], mean.tolist(), std.tolist(), len(y), float(y.mean()),
                                           held_out)
-        return cls(modes, max_cm, max_deg, dict(settings))
+        return cls(modes, max_cm, max_deg, dict(settings), dict(views or {}))
 
-    def probability(self, mode: str, settings: dict, inliers: float, n_points: int, success: bool = True) -> float:
+    def probability(self, mode: str, settings: dict, inliers: float, n_points: int, success: bool = True,
+                    pose: np.ndarray | None = None) -> float:
         """Probability that a pose found under ``settings`` (``pose_config.inlier_settings``) with
         ``inliers`` of ``n_points`` correspondences is within the threshold: 0 for a failed pose, NaN
         when this calibration has no model for ``mode`` or was fitted under other settings of that
-        mode (``pose_config.MODE_SETTINGS``)."""
+        mode (``pose_config.MODE_SETTINGS``). A model with the view-novelty feature reads the
+        camera-to-world ``pose (4, 4)`` (NaN without it)."""
         if not success:
             return 0.0
         same = all(key in self.settings and self.settings[key] == settings.get(key) for key in MODE_SETTINGS[mode])
         cal = self.modes.get(mode) if same else None
-        return float("nan") if cal is None else float(cal.probability(np.array([inliers]), np.array([n_points]))[0])
+        if cal is None or (cal.uses_novelty and pose is None):
+            return float("nan")
+        novelty = None
+        if pose is not None and cal.uses_novelty:
+            novelty = view_novelty(pose, np.asarray(self.views["centres"]), np.asarray(self.views["axes"]))
+        return float(cal.probability(np.array([inliers]), np.array([n_points]), novelty)[0])
 
     def save(self, map_dir: Path) -> None:
         (Path(map_dir) / CALIBRATION_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -141,7 +191,7 @@ class PoseCalibration:
             # a file from before the settings were recorded names its method only: it matches no settings
             settings = raw["settings"] if "settings" in raw else {"method": raw["method"]}
             return cls({m: ModeCalibration(**c) for m, c in raw["modes"].items()}, raw["max_cm"], raw["max_deg"],
-                       settings)
+                       settings, raw.get("views", {}))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise SceneLocError(f"{path}: not a pose calibration file ({e})") from None
 

@@ -15,7 +15,7 @@ import torch
 
 from . import __version__
 from .buffer import entries_for_memory, fill_buffer
-from .calibration import PoseCalibration, error_ratio
+from .calibration import NOVELTY_CAP, PoseCalibration, error_ratio, view_novelty
 from .data import evenly_spaced, load_scene
 from .errors import SceneLocError, refuse_to_overwrite
 from .frame_cache import FrameCache
@@ -233,27 +233,41 @@ def calibrate_with_held_out_head(config: dict, norm: SceneNormalisation, buffer,
     pick = group[evenly_spaced(len(group), CALIBRATION_FRAMES)]
     log(f"pose calibration: a head trained without {len(group)} of the {len(frames)} training frames localizes "
         f"{len(pick)} of them")
-    return fit_pose_calibration(Map(config, probe, None, device), [frames[i] for i in pick], cfg.seed, log)
+    learned = [f for i, f in enumerate(frames) if not held[i]]
+    return fit_pose_calibration(Map(config, probe, None, device), [frames[i] for i in pick], learned, frames,
+                                cfg.seed, log)
 
 
-def fit_pose_calibration(the_map: Map, frames: list, seed: int = 0, log=print) -> PoseCalibration:
+def mapping_views(frames: list) -> dict[str, list]:
+    """Camera centres and optical axes of ``frames`` (``calibration.view_novelty``'s reference views)."""
+    poses = np.stack([f.pose for f in frames])
+    return {"centres": poses[:, :3, 3].round(4).tolist(), "axes": poses[:, :3, 2].round(5).tolist()}
+
+
+def fit_pose_calibration(the_map: Map, frames: list, learned: list, mapped: list, seed: int = 0,
+                         log=print) -> PoseCalibration:
     """Localize held-out mapping ``frames`` with the default estimator, in RGB and (those with
-    depth) RGB-D, and fit :class:`PoseCalibration` to which poses came within 5 cm / 5 deg."""
+    depth) RGB-D, and fit :class:`PoseCalibration` to which poses came within 5 cm / 5 deg, given
+    their inliers and their view novelty against the frames ``learned`` by ``the_map``'s head; queries
+    of the final map are measured against all ``mapped`` frames."""
     config = PoseConfig()
-    samples = {}
+    reference = mapping_views(learned)
+    centres, axes = np.asarray(reference["centres"]), np.asarray(reference["axes"])
+    samples: dict[str, tuple[np.ndarray, ...]] = {}
     for mode in MODES:
         use = frames if mode == "rgb" else [f for f in frames if f.depth_path is not None]
         if not use:
             continue
-        inliers, points, errors = [], [], []
+        inliers, points, errors, novelty = [], [], [], []
         for frame, res in localize_frames(the_map, use, mode, config, seed, keep_points=True):
             inliers.append(res.inliers if res.pose is not None else 0)
             points.append(len(res.pixels))
             errors.append(math.inf if res.pose is None else float(error_ratio(*pose_errors(res.pose, frame.pose),
                                                                            PoseCalibration.max_deg,
                                                                            PoseCalibration.max_cm)))
-        samples[mode] = (np.array(inliers), np.array(points), np.array(errors))
+            novelty.append(NOVELTY_CAP if res.pose is None else float(view_novelty(res.pose, centres, axes)[0]))
+        samples[mode] = (np.array(inliers), np.array(points), np.array(errors), np.array(novelty))
         log(f"pose calibration ({mode}): {np.mean(np.array(errors) < 1):.0%} of {len(use)} held-out frames within "
             f"5 cm / 5 deg")
     K = frames[0].K   # the default threshold is an angle: the settings hold for every camera of the map
-    return PoseCalibration.fit(samples, inlier_settings(the_map.estimator_for(config, K), K))
+    return PoseCalibration.fit(samples, inlier_settings(the_map.estimator_for(config, K), K), mapping_views(mapped))

@@ -335,7 +335,7 @@ class Map:
         probability = float("nan")
         if self.calibration is not None:
             probability = self.calibration.probability("rgb" if depth is None else "rgbd", inlier_settings(config, K),
-                                                       res.n_inliers, len(pixels), res.pose is not None)
+                                                       res.n_inliers, len(pixels), res.pose is not None, res.pose)
         return Localization(res.pose, res.n_inliers, res.score, timings, pixels, coords, conf, res.used, res.failure,
                             probability, res.depth_offset_m)
 
