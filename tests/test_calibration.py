@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 from sceneloc import geometry as g
-from sceneloc.calibration import PoseCalibration, fit_logistic, operating_point, pose_features, reliability_bins
+from sceneloc.calibration import (
+    NOVELTY_CAP,
+    PoseCalibration,
+    fit_logistic,
+    operating_point,
+    pose_features,
+    reliability_bins,
+    view_novelty,
+)
 from sceneloc.errors import SceneLocError
 from sceneloc.pose_config import PoseConfig, inlier_settings
 
@@ -18,6 +26,45 @@ SETTINGS = inlier_settings(PoseConfig(), K)
 def test_pose_features():
     f = pose_features(np.array([0, 99]), np.array([100, 4800]))
     assert np.allclose(f, [[0.0, 0.0], [math.log(100), 99 / 4800]])
+
+
+def _looking_along_z(centre, yaw_deg=0.0):
+    """Camera-to-world pose at ``centre`` whose optical axis is +z turned ``yaw_deg`` about y."""
+    a = math.radians(yaw_deg)
+    R = np.array([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]])
+    return g.make_pose(R, np.asarray(centre, dtype=float))
+
+
+def test_view_novelty_against_closed_form():
+    centres, axes = np.array([[0.0, 0, 0], [5.0, 0, 0]]), np.array([[0.0, 0, 1], [1.0, 0, 0]])
+    poses = np.stack([_looking_along_z([0.15, 0, 0]),            # 15 cm from view 0, same axis: 0.5
+                      _looking_along_z([0, 0, 0], 45.0),          # same place, 45 deg: 1.5
+                      _looking_along_z([5.0, 0, 0.06], 90.0),     # 6 cm from view 1, its axis (+x): 0.2
+                      _looking_along_z([40.0, 0, 0]),             # far from both: capped
+                      np.full((4, 4), np.nan)])                   # no pose: as new as can be
+    np.testing.assert_allclose(view_novelty(poses, centres, axes), [0.5, 1.5, 0.2, NOVELTY_CAP, NOVELTY_CAP],
+                               atol=1e-9)
+
+
+def test_calibration_with_view_novelty_lowers_the_probability_of_new_views(tmp_path):
+    """Held-out poses whose success depends on the novelty of their view at equal inlier counts:
+    the fitted model gives a pose far from every mapping view a lower probability than one beside a
+    view, keeps the mapping views through a file round trip, and needs the pose."""
+    rng = np.random.default_rng(3)
+    n = 400
+    inliers, novelty = rng.integers(200, 2000, n), rng.uniform(0, NOVELTY_CAP, n)
+    p = 1 / (1 + np.exp(-(2.0 * (np.log1p(inliers) - 6.5) - 2.5 * (novelty - 1.0))))
+    error = np.where(rng.random(n) < p, 0.5, 2.0)
+    views = {"centres": [[0.0, 0.0, 0.0]], "axes": [[0.0, 0.0, 1.0]]}
+    cal = PoseCalibration.fit({"rgbd": (inliers, np.full(n, 4800), error, novelty)}, SETTINGS, views)
+    near = cal.probability("rgbd", SETTINGS, 900, 4800, pose=_looking_along_z([0.03, 0, 0]))
+    far = cal.probability("rgbd", SETTINGS, 900, 4800, pose=_looking_along_z([0.6, 0, 0]))
+    assert far < near - 0.3
+    assert math.isnan(cal.probability("rgbd", SETTINGS, 900, 4800))          # no pose, no novelty
+    cal.save(tmp_path)
+    again = PoseCalibration.load(tmp_path)
+    assert again.views == views
+    assert again.probability("rgbd", SETTINGS, 900, 4800, pose=_looking_along_z([0.6, 0, 0])) == pytest.approx(far)
 
 
 def test_fit_logistic_recovers_the_generating_model():
