@@ -76,6 +76,22 @@ def test_single_image_cli_prints_pose(tiny_map, overfit_scene, capsys):
     T = np.array([[float(v) for v in r.replace("[", " ").replace("]", " ").split()] for r in rows])
     rot, trans = pose_errors(T, frame.pose)
     assert rot < 5 and trans < 0.05
+    assert "query depth reads" in out
+
+
+def test_single_image_cli_reports_depth_that_reads_long(tiny_map, overfit_scene, tmp_path, capsys):
+    """The query's depth map written 5 cm long: the printed offset says so and the pose stays close."""
+    import cv2
+    frame = load_scene(overfit_scene).frames("train")[1]
+    raw = cv2.imread(str(frame.depth_path), cv2.IMREAD_UNCHANGED)
+    long = tmp_path / "long.depth.png"
+    cv2.imwrite(str(long), np.where(raw > 0, raw + 50, 0).astype(np.uint16))
+    offsets = []
+    for depth in (frame.depth_path, long):
+        assert main(["localize", str(tiny_map), "--image", str(frame.image_path), "--depth", str(depth)]) == 0
+        head = next(r for r in capsys.readouterr().out.splitlines() if "query depth reads" in r)
+        offsets.append(float(head.split("query depth reads ")[1].split(" cm")[0]))
+    assert offsets[1] > offsets[0] + 0.5     # the prior holds a small image's offset well below 5 cm
 
 
 def test_dataset_cli_writes_every_frame_including_failures(tiny_map, overfit_scene, tmp_path, capsys):
@@ -85,7 +101,8 @@ def test_dataset_cli_writes_every_frame_including_failures(tiny_map, overfit_sce
     recs = read_pose_file(out)
     frames = load_scene(overfit_scene).frames("train")
     assert [r.image for r in recs] == [f.name for f in frames]
-    assert all({"time_ms", "inliers"} <= set(r.extras) for r in recs)
+    assert all({"time_ms", "inliers", "depth_offset_m"} <= set(r.extras) for r in recs)
+    assert "query depth reads" in capsys.readouterr().out
     for r, f in zip(recs, frames, strict=True):
         assert r.pose is not None and pose_errors(r.pose, f.pose)[1] < 0.05
     # an impossible inlier requirement: every frame fails, and is still written (as nan)

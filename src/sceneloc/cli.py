@@ -266,8 +266,9 @@ def _cmd_localize(args: argparse.Namespace) -> None:
         np.set_printoptions(precision=6, suppress=True)
         solver = "Kabsch" if depth is not None else "PnP"
         chance = "" if np.isnan(res.probability) else f", P(within 5 cm / 5 deg) = {res.probability:.2f}"
+        offset = "" if depth is None else f", query depth reads {100 * res.depth_offset_m:+.1f} cm along its rays"
         print(f"camera-to-world pose of {args.image} ({solver}, {res.inliers} inliers, "
-              f"{res.timings['total_ms']:.0f} ms{chance}):")
+              f"{res.timings['total_ms']:.0f} ms{chance}{offset}):")
         print(res.pose)
         q = matrix_to_quaternion(T_cw[:3, :3])
         print("pose-file line (world-to-camera qw qx qy qz tx ty tz):")
@@ -290,6 +291,10 @@ def _cmd_localize(args: argparse.Namespace) -> None:
     times = np.array([r.extras["time_ms"] for r in records])
     print(f"{len(records)} frames localized, {failures} failures; time per frame median {np.median(times):.0f} ms, "
           f"p95 {np.percentile(times, 95):.0f} ms; poses written to {out}")
+    offsets = [r.extras["depth_offset_m"] for r in records if r.pose is not None]
+    if args.mode == "rgbd" and offsets:   # a depth sensor misregistered against the camera shows here
+        print(f"query depth reads {100 * float(np.median(offsets)):+.1f} cm along its rays against the map "
+              f"(median fitted offset, column depth_offset_m)")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
