@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -126,18 +127,23 @@ class PoseCalibration:
     #: the estimator settings it was fitted with (``pose_config.inlier_settings``): inlier counts under
     #: other settings (another method, threshold or re-fit) mean something else
     settings: dict = field(default_factory=dict)
-    #: the map's mapping views, ``centres`` and optical ``axes`` (lists of 3-vectors), that a query's
-    #: view novelty is measured against; empty for a calibration without the novelty feature
+    #: the map's mapping views, ``centres`` and optical ``axes`` (lists of 3-vectors, as in the file),
+    #: that a query's view novelty is measured against; empty for a calibration without the novelty feature
     views: dict[str, list] = field(default_factory=dict)
 
+    @cached_property
+    def view_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """``views`` as ``centres (M, 3)`` and ``axes (M, 3)`` arrays, made once (every query reads them)."""
+        return np.asarray(self.views["centres"], np.float64), np.asarray(self.views["axes"], np.float64)
+
     @classmethod
-    def fit(cls, samples: dict[str, tuple[np.ndarray, ...]], settings: dict, views: dict[str, list] | None = None,
+    def fit(cls, samples: dict[str, tuple[np.ndarray, ...]], settings: dict, views: dict | None = None,
             max_cm: float = 5.0, max_deg: float = 5.0, ridge: float = RIDGE) -> PoseCalibration:
         """From ``{mode: (inliers (N,), n_points (N,), error (N,)[, novelty (N,)])}`` of held-out frames,
         ``error`` the ``error_ratio`` of each pose (``inf``: failed, which counts with 0 inliers) and
         ``novelty`` its ``view_novelty`` against the views the held-out head learned from. With novelty,
-        ``views`` (``centres``, ``axes``) are the map's own mapping views, which queries are measured
-        against. Modes with fewer than ``MIN_FRAMES`` frames are skipped."""
+        ``views`` (``centres``, ``axes``: ``(M, 3)`` arrays or lists) are the map's own mapping views,
+        which queries are measured against. Modes with fewer than ``MIN_FRAMES`` frames are skipped."""
         modes = {}
         for mode, (inliers, n_points, error, *rest) in samples.items():
             if mode not in MODES:
@@ -157,7 +163,10 @@ class PoseCalibration:
                 held_out["novelty"] = [round(float(v), 4) for v in novelty]
             modes[mode] = ModeCalibration([float(v) for v in w], mean.tolist(), std.tolist(), len(y), float(y.mean()),
                                           held_out)
-        return cls(modes, max_cm, max_deg, dict(settings), dict(views or {}))
+        # rounded to 0.1 mm and 1e-5 in the file: far below what novelty resolves (30 cm, 30 deg)
+        stored = {} if not views else {"centres": np.asarray(views["centres"], np.float64).round(4).tolist(),
+                                       "axes": np.asarray(views["axes"], np.float64).round(5).tolist()}
+        return cls(modes, max_cm, max_deg, dict(settings), stored)
 
     def probability(self, mode: str, settings: dict, inliers: float, n_points: int, success: bool = True,
                     pose: np.ndarray | None = None) -> float:
@@ -172,9 +181,7 @@ class PoseCalibration:
         cal = self.modes.get(mode) if same else None
         if cal is None or (cal.uses_novelty and pose is None):
             return float("nan")
-        novelty = None
-        if pose is not None and cal.uses_novelty:
-            novelty = view_novelty(pose, np.asarray(self.views["centres"]), np.asarray(self.views["axes"]))
+        novelty = view_novelty(pose, *self.view_arrays) if pose is not None and cal.uses_novelty else None
         return float(cal.probability(np.array([inliers]), np.array([n_points]), novelty)[0])
 
     def save(self, map_dir: Path) -> None:

@@ -204,8 +204,8 @@ def kabsch(src, dst, weights=None):
     """
     # numpy in, numpy throughout (float64): 2-3x faster than a round trip through torch for the
     # small problems of pose estimation; torch in keeps torch (autograd, device).
-    xp = np if isinstance(src, np.ndarray) else None
-    if xp is np:
+    is_numpy = isinstance(src, np.ndarray)
+    if is_numpy:
         s = np.asarray(src, np.float64)
         d = np.asarray(dst, np.float64)
         w = np.ones(s.shape[:-1]) if weights is None else np.asarray(weights, np.float64)
@@ -219,13 +219,13 @@ def kabsch(src, dst, weights=None):
     cs = (w[..., None] * s).sum(-2)
     cd = (w[..., None] * d).sum(-2)
     H = _swap(s - cs[..., None, :]) @ (w[..., None] * (d - cd[..., None, :]))
-    lin = np.linalg if xp is np else torch.linalg
+    lin = np.linalg if is_numpy else torch.linalg
     U, _, Vt = lin.svd(H)
     V = _swap(Vt)
     # Reflection guard: flip the last singular direction where det(V U^T) < 0.
     sign = lin.det(V @ _swap(U))
     sign = (sign >= 0) * 2.0 - 1.0
-    D = (np.ones(s.shape[:-2] + (3,)) if xp is np
+    D = (np.ones(s.shape[:-2] + (3,)) if is_numpy
          else torch.ones(s.shape[:-2] + (3,), dtype=s.dtype, device=s.device))
     D[..., 2] = sign
     R = (V * D[..., None, :]) @ _swap(U)

@@ -238,10 +238,11 @@ def calibrate_with_held_out_head(config: dict, norm: SceneNormalisation, buffer,
                                 cfg.seed, log)
 
 
-def mapping_views(frames: list) -> dict[str, list]:
-    """Camera centres and optical axes of ``frames`` (``calibration.view_novelty``'s reference views)."""
+def mapping_views(frames: list) -> dict[str, np.ndarray]:
+    """Camera ``centres (N, 3)`` and optical ``axes (N, 3)`` of ``frames`` (``calibration.view_novelty``'s
+    reference views)."""
     poses = np.stack([f.pose for f in frames])
-    return {"centres": poses[:, :3, 3].round(4).tolist(), "axes": poses[:, :3, 2].round(5).tolist()}
+    return {"centres": poses[:, :3, 3], "axes": poses[:, :3, 2]}
 
 
 def fit_pose_calibration(the_map: Map, frames: list, learned: list, mapped: list, seed: int = 0,
@@ -252,7 +253,6 @@ def fit_pose_calibration(the_map: Map, frames: list, learned: list, mapped: list
     of the final map are measured against all ``mapped`` frames."""
     config = PoseConfig()
     reference = mapping_views(learned)
-    centres, axes = np.asarray(reference["centres"]), np.asarray(reference["axes"])
     samples: dict[str, tuple[np.ndarray, ...]] = {}
     for mode in MODES:
         use = frames if mode == "rgb" else [f for f in frames if f.depth_path is not None]
@@ -265,7 +265,7 @@ def fit_pose_calibration(the_map: Map, frames: list, learned: list, mapped: list
             errors.append(math.inf if res.pose is None else float(error_ratio(*pose_errors(res.pose, frame.pose),
                                                                            PoseCalibration.max_deg,
                                                                            PoseCalibration.max_cm)))
-            novelty.append(NOVELTY_CAP if res.pose is None else float(view_novelty(res.pose, centres, axes)[0]))
+            novelty.append(NOVELTY_CAP if res.pose is None else float(view_novelty(res.pose, **reference)[0]))
         samples[mode] = (np.array(inliers), np.array(points), np.array(errors), np.array(novelty))
         log(f"pose calibration ({mode}): {np.mean(np.array(errors) < 1):.0%} of {len(use)} held-out frames within "
             f"5 cm / 5 deg")
