@@ -102,6 +102,23 @@ def test_second_run_refused_without_force_then_reuses_the_scene(demo_run, capsys
     assert (out / "index.html").stat().st_mtime_ns != before
 
 
+def test_a_rendering_of_an_older_version_of_the_preset_is_not_reused(demo_run):
+    """The scene's fingerprint in synth.json: a rendering whose scene has since changed is rendered again."""
+    from sceneloc.demo import DEMO_SYNTH, _is_demo_data
+    out, _, _, _ = demo_run
+    settings = {**DEMO_SYNTH, **TINY}
+    assert _is_demo_data(out / "data", "living", settings)
+    meta_file = out / "data" / "synth.json"
+    meta = json.loads(meta_file.read_text())
+    try:
+        meta_file.write_text(json.dumps({**meta, "scene_fingerprint": "0123456789abcdef"}))
+        assert not _is_demo_data(out / "data", "living", settings)
+        meta_file.write_text(json.dumps({k: v for k, v in meta.items() if k != "scene_fingerprint"}))
+        assert not _is_demo_data(out / "data", "living", settings)
+    finally:
+        meta_file.write_text(json.dumps(meta))
+
+
 def test_demo_bad_input_is_one_line_exit_2(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "o"), "--data", str(tmp_path / "missing")]) == 2
     assert "not a dataset folder" in capsys.readouterr().err

@@ -227,6 +227,24 @@ def test_living_preset_keeps_its_distance_and_shows_things():
     assert np.median(content) > 0.35 and np.mean(np.array(content) < 0.1) < 0.1
 
 
+def test_living_preset_films_one_half_of_the_room():
+    """Look-at points all lie in the preset's half-space, drawn in the same proportions as without it;
+    the camera's optical axes point into that half of the room."""
+    import dataclasses
+
+    from sceneloc.synth_trajectory import surface_samples
+    scene = synth.make_scene("living")
+    (direction, offset) = scene.look_halfspace
+    pts, normals = surface_samples(scene, np.random.default_rng(0), 2000)
+    assert len(pts) == len(normals) == 2000 and (pts @ np.array(direction) < offset).all()
+    anywhere, _ = surface_samples(dataclasses.replace(scene, look_halfspace=None), np.random.default_rng(0), 2000)
+    assert (anywhere @ np.array(direction) >= offset).mean() > 0.3        # the other half exists
+    poses = synth.sample_trajectory(scene, 40, np.random.default_rng(3))
+    assert (poses[:, :3, 2] @ np.array(direction) < 0).mean() > 0.9        # looking towards -x - y
+    assert scene.fingerprint() == synth.make_scene("living").fingerprint()
+    assert scene.fingerprint() != dataclasses.replace(scene, look_halfspace=None).fingerprint()
+
+
 def test_test_walks_go_where_the_training_walks_went():
     """``inside`` test walks: separate walks (no training pose repeated) whose views mostly have a
     training view within 30 cm / 30 deg -- more often than walks drawn anywhere (``free``)."""

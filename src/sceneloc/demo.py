@@ -60,7 +60,8 @@ def _is_demo_data(data: Path, preset: str, synth: dict) -> bool:
         return False
     want = {"preset": preset, "seed": synth["seed"], "frames_per_sequence": synth["frames"],
             "width": synth["width"], "height": synth["height"], "test_walk": synth["test_walk"],
-            "sensor": asdict(synth.get("sensor", SensorOptions()))}
+            "sensor": asdict(synth.get("sensor", SensorOptions())),
+            "scene_fingerprint": make_scene(preset).fingerprint()}   # an older version of the preset: re-render
     return (all(meta.get(k) == v for k, v in want.items())
             and len(meta.get("train_sequences", [])) == synth["train_sequences"]
             and len(meta.get("test_sequences", [])) == synth["test_sequences"])

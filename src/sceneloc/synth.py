@@ -270,6 +270,7 @@ def generate(out_dir: str | Path, preset: str = DEFAULT_PRESET, seed: int = 0, f
     for name in INTRINSICS_FILES:  # depth rendered from the image's camera: registered, one camera
         (out / name).write_text(format_matrix(K))
     meta = {"generator": "sceneloc synth", "preset": preset, "description": scene.description,
+            "scene_fingerprint": scene.fingerprint(),
             "seed": seed, "frames_per_sequence": frames, "test_walk": test_walk,
             "train_sequences": [f"seq-{s + 1:02d}" for s in range(train_sequences)],
             "test_sequences": [f"seq-{s + 1:02d}" for s in range(train_sequences, n_seq)],

@@ -31,14 +31,22 @@ def free_space(scene: Scene, p: np.ndarray, slack: float = 0.0) -> np.ndarray:
 
 def surface_samples(scene: Scene, rng: np.random.Generator, n: int = 3000) -> tuple[np.ndarray, np.ndarray]:
     """Random points on the scene's surfaces worth looking at (weighted by area and interest, no
-    ceiling): ``points (n, 3)`` and their ``normals (n, 3)``."""
+    ceiling), within the scene's ``look_halfspace`` if it has one: ``points (n, 3)`` and their
+    ``normals (n, 3)``."""
     quads = [q for q in scene.quads if q.normal[2] > -0.5]
     weight = np.array([np.linalg.norm(np.cross(q.e1, q.e2)) * q.interest for q in quads])
-    idx = rng.choice(len(quads), n, p=weight / weight.sum())
-    ab = rng.random((n, 2))
+    # a half-space keeps part of the draws: draw more (rejection sampling keeps the weights' proportions)
+    draws = n if scene.look_halfspace is None else 4 * n
+    idx = rng.choice(len(quads), draws, p=weight / weight.sum())
+    ab = rng.random((draws, 2))
     origins = np.array([q.origin for q in quads])[idx]
     pts = origins + ab[:, :1] * np.array([q.e1 for q in quads])[idx] + ab[:, 1:] * np.array([q.e2 for q in quads])[idx]
-    return pts, np.array([q.normal for q in quads])[idx]
+    normals = np.array([q.normal for q in quads])[idx]
+    if scene.look_halfspace is not None:
+        direction, offset = scene.look_halfspace
+        keep = np.flatnonzero(pts @ np.asarray(direction, np.float64) < offset)[:n]
+        pts, normals = pts[keep], normals[keep]
+    return pts, normals
 
 
 #: A test walk's waypoints lie within this distance (m) and view angle (deg) of a training frame.
