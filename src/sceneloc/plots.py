@@ -108,6 +108,7 @@ def plot_error_cdf(rot: np.ndarray, trans: np.ndarray, path: Path, title: str) -
     """Cumulative share of frames below each rotation / translation error; failures (inf) keep the
     curves below 1. Log axes, with the paper's 5 deg / 5 cm marked."""
     plt = _pyplot()
+    from matplotlib import ticker  # with pyplot: matplotlib loads only when a report is drawn
     n = len(rot)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, errs, floor, unit, scale in ((axes[0], rot, 1e-3, "deg", 1.0), (axes[1], trans, 1e-4, "cm", 100.0)):
@@ -119,6 +120,10 @@ def plot_error_cdf(rot: np.ndarray, trans: np.ndarray, path: Path, title: str) -
             ax.text(0.5, 0.5, "every frame failed", ha="center", transform=ax.transAxes)
         ax.axvline(5.0, color="tab:red", ls="--", lw=1, label=f"5 {unit} (the paper's threshold)")
         ax.set_xscale("log")
+        # ticks at 1-2-5 steps, plain numbers: over less than a decade matplotlib labels every minor tick
+        ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_ylim(0, 1.02)
         ax.set_xlabel(f"{'rotation' if unit == 'deg' else 'translation'} error ({unit})")
         ax.set_ylabel("share of frames")

@@ -22,9 +22,10 @@ image noise, exposure and lighting change between sequences, mild motion blur.
 Presets (:data:`PRESETS`; room size, camera region):
 
 * ``living`` (the demo's scene, ``sceneloc demo``): 4.4 x 3.8 x 2.6 m living room full of
-  furniture, pictures and clutter, patterned wallpaper on every wall; the camera stays in the
+  furniture, pictures and clutter, a different texture on every wall; the camera stays in the
   middle (about 1.6 x 1.4 x 0.6 m), at least ~0.8 m from what it sees, and looks at furniture
-  and pictures 1-3.2 m away. A fair stand-in for a real capture.
+  and pictures 1-3.2 m away in one half of the room (bookshelf, TV, sofa), as a real capture
+  films part of a room. A fair stand-in for a real capture.
 * ``room`` (``sceneloc synth``'s default): 3.2 x 3.0 x 2.5 m living room with posters, table,
   cabinet, bookshelf, sofa and bare walls; the camera moves in about 2.1 x 1.9 x 0.7 m and sees
   close-ups of brick and plain wall. Moderate to hard.
