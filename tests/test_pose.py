@@ -102,6 +102,19 @@ def test_depth_that_reads_too_far_is_fitted_as_an_offset_along_the_rays():
     assert 0.01 < fits[PoseConfig().depth_offset_sigma_m].depth_offset_m < 0.03
 
 
+def test_an_offset_shorter_than_the_minimum_leaves_the_rigid_pose():
+    """Well-registered but noisy depth: the fitted offset is noise (a few mm at most), so the re-fit is
+    dropped and the pose is exactly the rigid one; with no minimum it is kept and moves the pose."""
+    s = make_scene(4, n=800, outlier_ratio=0.3, noise_m=0.01)
+    fit = {name: estimate_pose(s.pixels, s.scene, K, camera_points=s.camera, config=config, rng=0)
+           for name, config in (("rigid", PoseConfig(depth_offset_sigma_m=0.0)), ("default", PoseConfig()),
+                                ("always", PoseConfig(depth_offset_min_m=0.0)))}
+    assert 0.0 < abs(fit["always"].depth_offset_m) < PoseConfig().depth_offset_min_m
+    assert not np.array_equal(fit["always"].pose, fit["rigid"].pose)
+    assert fit["default"].depth_offset_m == 0.0 and np.array_equal(fit["default"].pose, fit["rigid"].pose)
+    assert fit["default"].n_inliers == fit["rigid"].n_inliers
+
+
 # 10 px (DSAC*/ACE's) rather than the default 40 px: these scenes' outliers are displaced by ~20 px,
 # and the inlier-count check below needs a threshold clearly below that.
 PX10 = {"inlier_threshold_px": 10.0}

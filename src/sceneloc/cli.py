@@ -242,6 +242,8 @@ def _add_pose_arguments(s: argparse.ArgumentParser) -> None:
     _field_option(g, d, "depth_offset_sigma_m", "Kabsch: then re-fit with an offset of the query depth along its "
                                                 "rays, under a Gaussian prior of this width in metres (0: off)",
                   flag="--depth-offset-sigma", metavar="M")
+    _field_option(g, d, "depth_offset_min_m", "Kabsch: keep that re-fit only where the offset is at least this "
+                                              "long in metres (0: always)", flag="--depth-offset-min", metavar="M")
     _field_option(g, d, "min_inliers", "fewer inliers report a failure")
     _field_option(g, d, "query_scales", "run the network on the query at each of these scales and keep the pose "
                                         "with the highest inlier ratio (default 1; 0.9 0.75: views closer than the "

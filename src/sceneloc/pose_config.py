@@ -103,6 +103,12 @@ class PoseConfig:
             73.0-80.5 %, above RGB; clean depth -1.5 to +2.5 points; split 2's shifted depth -2.5 to
             -3; ~5 ms (BENCHMARKS.md, session 9). 3 mm gains more on shifted and loses up to 3.5
             points on clean depth.
+        depth_offset_min_m: the offset re-fit is kept only where the fitted offset is at least this
+            long (metres; 0: always): smaller offsets are noise on well-registered depth, and a pose
+            moved by noise loses frames. 5 mm on the same six maps: clean depth equal to no re-fit
+            on dev (0 / 0 / 0 points; -1.5 / 0 / +0.5 without the gate) and +1.5 / +1.5 / 0 on split 2;
+            shifted depth 80.5 / 76.5 / 72.0 % on dev (80.5 / 77.5 / 73.0 without), 62.5 / 50.5 /
+            53.0 % on split 2 (60.5 / 48.0 / 51.0) (BENCHMARKS.md, session 10).
         polish_thresholds_px: PnP's counterpart (pixels at ``REFERENCE_FOCAL_PX``, scaled with the
             focal length): none by default, because re-fitting on the inliers at 20, 15, 12, 10 or 8 px
             after RANSAC's 25 px (the default then) gained nothing on redkitchen (-2 to +0.5 points on three maps;
@@ -156,6 +162,7 @@ class PoseConfig:
     polish: bool = True
     polish_thresholds_m: tuple[float, ...] = (0.05, 0.03)
     depth_offset_sigma_m: float = 0.0015
+    depth_offset_min_m: float = 0.005
     polish_thresholds_px: tuple[float, ...] = ()
     polish_iterations: int = 3
     min_inliers: int = 30
@@ -188,6 +195,8 @@ class PoseConfig:
                     "depth_gate": self.depth_gate}
         if not self.depth_offset_sigma_m >= 0:
             raise ValueError(f"PoseConfig.depth_offset_sigma_m={self.depth_offset_sigma_m} must be >= 0 (0: off)")
+        if not self.depth_offset_min_m >= 0:
+            raise ValueError(f"PoseConfig.depth_offset_min_m={self.depth_offset_min_m} must be >= 0 (0: always)")
         for name, number in positive.items():
             if not number > 0:
                 raise ValueError(f"PoseConfig.{name}={number} must be positive")
@@ -269,7 +278,7 @@ class PoseResult:
 #: The ``inlier_settings`` that shape each mode's poses and inlier counts: a calibration fitted under
 #: other settings of the *other* mode still holds.
 MODE_SETTINGS = {"rgb": ("method", "threshold_rad", "polish_thresholds_px"),
-                 "rgbd": ("method", "threshold_m", "polish_thresholds_m", "depth_offset_sigma_m")}
+                 "rgbd": ("method", "threshold_m", "polish_thresholds_m", "depth_offset_sigma_m", "depth_offset_min_m")}
 
 
 def inlier_settings(config: PoseConfig, K: np.ndarray) -> dict:
@@ -279,7 +288,7 @@ def inlier_settings(config: PoseConfig, K: np.ndarray) -> dict:
     return {"method": config.method, "threshold_rad": round(config.threshold_px_for(K) / float(K[0, 0]), 6),
             "threshold_m": config.inlier_threshold_m, "polish_thresholds_m": list(config.polish_thresholds_m),
             "polish_thresholds_px": list(config.polish_thresholds_px),
-            "depth_offset_sigma_m": config.depth_offset_sigma_m}
+            "depth_offset_sigma_m": config.depth_offset_sigma_m, "depth_offset_min_m": config.depth_offset_min_m}
 
 
 def for_reprojection_map(config: PoseConfig, K: np.ndarray) -> PoseConfig:

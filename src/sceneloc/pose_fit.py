@@ -223,17 +223,21 @@ def refit_depth_offset(corr: Correspondences, pose: np.ndarray, used: np.ndarray
     rays (``geometry.kabsch_depth_offset``, prior ``config.depth_offset_sigma_m``) on its points
     ``used``, then on the inliers at each Kabsch polish threshold. Real RGB-D depth can read a few
     centimetres long or short against the image (misregistration), which a rigid fit turns into as
-    large an error of the camera position. Returns the pose, its points, the correspondences with the
-    offset taken off their camera points, and the offset in metres."""
+    large an error of the camera position. An offset shorter than ``config.depth_offset_min_m`` is
+    dropped (the rigid pose stays). Returns the pose, its points, the correspondences with the
+    offset taken off their camera points, and the offset in metres (0 where dropped)."""
     camera = required(corr.camera, "camera points")
     rays = camera / camera[:, 2:3]
     sigma = robust_sigma(residuals(corr, pose, used), 3, OFFSET_POINT_SIGMA_FLOOR_M)
     R, t, offset = kabsch_depth_offset(camera[used], corr.scene[used], config.depth_offset_sigma_m, sigma)
+    refit_used = used
     for threshold in config.polish_thresholds_m or (corr.threshold,):
         moved = replace(corr, camera=camera - offset * rays)
         inliers = np.flatnonzero(residuals(moved, make_pose(R, t)) < threshold)
         if len(inliers) < corr.min_points:
             break
         R, t, offset = kabsch_depth_offset(camera[inliers], corr.scene[inliers], config.depth_offset_sigma_m, sigma)
-        used = inliers
-    return make_pose(R, t), used, replace(corr, camera=camera - offset * rays), offset
+        refit_used = inliers
+    if abs(offset) < config.depth_offset_min_m:
+        return pose, used, corr, 0.0
+    return make_pose(R, t), refit_used, replace(corr, camera=camera - offset * rays), offset
