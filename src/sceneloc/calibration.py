@@ -179,9 +179,13 @@ class PoseCalibration:
             return 0.0
         same = all(key in self.settings and self.settings[key] == settings.get(key) for key in MODE_SETTINGS[mode])
         cal = self.modes.get(mode) if same else None
-        if cal is None or (cal.uses_novelty and pose is None):
+        if cal is None:
             return float("nan")
-        novelty = view_novelty(pose, *self.view_arrays) if pose is not None and cal.uses_novelty else None
+        novelty = None
+        if cal.uses_novelty:
+            if pose is None:
+                return float("nan")
+            novelty = view_novelty(pose, *self.view_arrays)
         return float(cal.probability(np.array([inliers]), np.array([n_points]), novelty)[0])
 
     def save(self, map_dir: Path) -> None:

@@ -264,10 +264,11 @@ def kabsch_depth_offset(camera: np.ndarray, scene: np.ndarray, offset_sigma: flo
     # weight (point_sigma / offset_sigma)^2 added to its normal equation.
     prior = (point_sigma / offset_sigma) ** 2
     spread = float((rays_c * rays_c).sum())
+    camera_c, scene_c = camera - camera.mean(0), scene - scene.mean(0)
     c = 0.0
     for _ in range(iterations):
         R, t = kabsch(camera - c * rays, scene)
-        a = (camera - camera.mean(0)) - (scene - scene.mean(0)) @ R    # R^T applied to each row
+        a = camera_c - scene_c @ R    # R^T applied to each row
         c_new = float((rays_c * a).sum()) / (spread + prior)
         converged = abs(c_new - c) < 1e-5    # 10 micrometres
         c = c_new

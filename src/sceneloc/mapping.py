@@ -15,7 +15,7 @@ import torch
 
 from . import __version__
 from .buffer import entries_for_memory, fill_buffer
-from .calibration import NOVELTY_CAP, PoseCalibration, error_ratio, view_novelty
+from .calibration import PoseCalibration, error_ratio, view_novelty
 from .data import evenly_spaced, load_scene
 from .errors import SceneLocError, refuse_to_overwrite
 from .frame_cache import FrameCache
@@ -258,15 +258,16 @@ def fit_pose_calibration(the_map: Map, frames: list, learned: list, mapped: list
         use = frames if mode == "rgb" else [f for f in frames if f.depth_path is not None]
         if not use:
             continue
-        inliers, points, errors, novelty = [], [], [], []
+        inliers, points, errors, poses = [], [], [], []
         for frame, res in localize_frames(the_map, use, mode, config, seed, keep_points=True):
             inliers.append(res.inliers if res.pose is not None else 0)
             points.append(len(res.pixels))
             errors.append(math.inf if res.pose is None else float(error_ratio(*pose_errors(res.pose, frame.pose),
                                                                            PoseCalibration.max_deg,
                                                                            PoseCalibration.max_cm)))
-            novelty.append(NOVELTY_CAP if res.pose is None else float(view_novelty(res.pose, **reference)[0]))
-        samples[mode] = (np.array(inliers), np.array(points), np.array(errors), np.array(novelty))
+            poses.append(np.full((4, 4), np.nan) if res.pose is None else res.pose)   # NaN: novelty's cap
+        samples[mode] = (np.array(inliers), np.array(points), np.array(errors),
+                         view_novelty(np.stack(poses), **reference))
         log(f"pose calibration ({mode}): {np.mean(np.array(errors) < 1):.0%} of {len(use)} held-out frames within "
             f"5 cm / 5 deg")
     K = frames[0].K   # the default threshold is an angle: the settings hold for every camera of the map

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 
 import numpy as np
 
@@ -65,19 +65,26 @@ class Scene:
     # (normal, offset): the camera looks only at surface points p with normal . p < offset, one part
     # of the room, as a real capture films a corner of a room rather than turning round it; None: anywhere
     look_halfspace: tuple[tuple[float, float, float], float] | None = None
-
-    def fingerprint(self) -> str:
-        """A short hash of everything that shapes the rendered frames (geometry, textures, trajectory
-        settings): a rendering made by an older version of a preset does not pass for this one."""
-        quads = [(q.origin.round(6).tolist(), q.e1.round(6).tolist(), q.e2.round(6).tolist(), q.texture,
-                  q.repeat, tuple(q.tint), q.interest) for q in self.quads]
-        fields = (self.size, quads, [a.round(6).tolist() for a in self.camera_region],
-                  [[a.round(6).tolist() for a in box] for box in self.obstacles], self.clearance,
-                  self.view_range, self.light, self.waypoints, self.sweep, self.unique_copies, self.look_halfspace)
-        return hashlib.sha1(repr(fields).encode()).hexdigest()[:16]
     # a texture on several quads starts at a random point of itself on each after the first: two book
     # shelves or the faces of one box then show different spines and crops, not copies of each other
     unique_copies: bool = False
+
+    def fingerprint(self) -> str:
+        """A short hash of everything that shapes the rendered frames (every field but the description):
+        a rendering made by an older version of a preset does not pass for this one."""
+        shape = {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name != "description"}
+        return hashlib.sha1(repr(shape).encode()).hexdigest()[:16]
+
+
+def _plain(value: object) -> object:
+    """``value`` as nested lists of plain values (arrays rounded to 1 um, dataclasses by field): a stable repr."""
+    if isinstance(value, np.ndarray):
+        return value.round(6).tolist()
+    if is_dataclass(value) and not isinstance(value, type):
+        return [_plain(getattr(value, f.name)) for f in fields(value)]
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _v(*xs: float) -> np.ndarray:
