@@ -178,6 +178,8 @@ def _add_map_arguments(s: argparse.ArgumentParser) -> None:
     option(g, "calibration_minutes", "xfeat: train a second head this long without one recording of the mapping "
                                      "frames and localize those, to calibrate each pose's probability of being "
                                      "within 5 cm / 5 deg; 0 = no calibration")
+    option(g, "cloud_voxel_m", "fuse the mapping depth into a scene surface of this voxel size in metres, which "
+                               "RGB-D poses are finally aligned to by ICP; 0 = none", flag="--cloud-voxel", metavar="M")
     g = s.add_argument_group("confidence (stage 2)")
     g.add_argument("--no-confidence", dest="confidence", action="store_false", help="skip stage 2")
     option(g, "confidence_mode", "both: also train the inlier classifier for the ROC comparison (paper Fig. 3)",

@@ -24,6 +24,7 @@ from .head_training import buffer_accuracy, train_head
 from .loop import Budget
 from .networks import EncoderHeadNet, SceneNormalisation, build_coordinate_network
 from .pose_config import MODES, PoseConfig, inlier_settings
+from .scene_cloud import SceneCloud
 from .scenemap import MAP_FORMAT_VERSION, Map, default_device, localize_frames
 from .training import (
     MappingConfig,
@@ -131,17 +132,24 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
     (map_dir / "mapping_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     image_hw = stats.image_size
     calibration = None
+    t0 = time.perf_counter()
+    # every frame's surface samples once: the map's surface fuses all, the calibration head's its own frames
+    surfels = SceneCloud.frame_surfels(train_frames) if cfg.cloud_voxel_m and len(missing) < len(train_frames) else []
+    cloud = SceneCloud.from_surfels(surfels, cfg.cloud_voxel_m) if surfels else None
+    cloud_s = time.perf_counter() - t0
+    if cloud is not None:
+        log(f"scene surface: {len(cloud.points) / 1e3:.0f} k points at {100 * cfg.cloud_voxel_m:g} cm, {cloud_s:.0f} s")
 
     assert cfg.input_height is not None and cfg.aug_scale is not None and cfg.lr is not None  # resolved() filled them
-    t0 = time.perf_counter()
     state: Budget
     if isinstance(model, EncoderHeadNet):  # cfg.arch == "xfeat"
         model.to(device)
         model.precision = cfg.precision
         entries = entries_for_memory(cfg.buffer_mb, model.encoder.channels)
+        t1 = time.perf_counter()
         buffer = fill_buffer(train_frames, model, cfg.input_height, entries, cfg.buffer_copies, cfg.seed,
                              cfg.aug_scale, cfg.aug_rotation, cfg.aug_brightness, cfg.aug_contrast, device)
-        buffer_s = time.perf_counter() - t0
+        buffer_s = time.perf_counter() - t1
         log(f"training buffer: {len(buffer) / 1e6:.2f} M pixels, {buffer.nbytes / 2 ** 20:.0f} MB, {buffer_s:.0f} s")
         state = train_head(model, norm, buffer, cfg.minutes, cfg.iterations, cfg.pixel_batch, cfg.lr, cfg.schedule,
                            loss=cfg.head_loss, seed=cfg.seed, checkpoint=ck_path, resume=resume,
@@ -149,15 +157,17 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
         buffer_report = {"entries": len(buffer), "megabytes": round(buffer.nbytes / 2 ** 20, 1),
                          "seconds": round(buffer_s, 1), **buffer_accuracy(model, norm, buffer, device=device)}
         if cfg.calibration_minutes:
-            calibration = calibrate_with_held_out_head(config, norm, buffer, train_frames, cfg, device, log)
+            calibration = calibrate_with_held_out_head(config, norm, buffer, train_frames, cfg, device, log,
+                                                       surfels=surfels)
         del buffer  # the largest allocation of mapping: free it before stage 2
         t1 = time.perf_counter()
         cache = (FrameCache.build(train_frames, cfg.input_height, model.stride, model.multiple, "caching train frames")
                  if cfg.confidence else None)
         cache_s = time.perf_counter() - t1
     else:
+        t1 = time.perf_counter()
         cache = FrameCache.build(train_frames, cfg.input_height, model.stride, model.multiple, "caching train frames")
-        cache_s = time.perf_counter() - t0
+        cache_s = time.perf_counter() - t1
         state = train_coordinates(model, norm, cache, cfg, tukey_c, ck_path, resume, device)
         buffer_report = None
     conf_net, classifier, conf_info = (train_confidence_stage(model, norm, cache, image_hw, cfg, device)
@@ -165,6 +175,7 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
     config.update(confidence_config(conf_net, cfg))
     the_map = Map(config, model, conf_net, device, classifier=classifier)
     the_map.calibration = calibration
+    the_map.cloud = cloud
     the_map.save(map_dir)
 
     per_step = cfg.pixel_batch if cfg.arch == "xfeat" else cfg.batch_size
@@ -172,7 +183,9 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
                            f"{'pixels' if cfg.arch == 'xfeat' else 'images'}_per_second":
                                round(state.step * per_step / max(state.elapsed, 1e-9), 2),
                            "history": state.history},
-              "confidence_training": conf_info}
+              "confidence_training": conf_info,
+              "scene_surface": None if cloud is None else {"points": len(cloud.points), "voxel_m": cloud.voxel_m,
+                                                           "seconds": round(cloud_s, 1)}}
     if buffer_report is not None:  # the head's fit on a sample of its buffer: no second pass over the images
         report["buffer"] = buffer_report
         if math.isfinite(buffer_report["median_error_m"]):  # NaN: no training frame has depth
@@ -209,12 +222,15 @@ def calibration_group(frames: list) -> np.ndarray:
 
 
 def calibrate_with_held_out_head(config: dict, norm: SceneNormalisation, buffer, frames: list, cfg: MappingConfig,
-                                 device: str, log=print, group: np.ndarray | None = None) -> PoseCalibration | None:
+                                 device: str, log=print, group: np.ndarray | None = None,
+                                 surfels: list | None = None) -> PoseCalibration | None:
     """Fit the per-pose calibration with a second, short-trained head that never saw one group of
     the training frames (``calibration_group``): its poses of those frames fail and succeed the way
     the map's poses of new queries do, which frames the map itself was trained on cannot show
-    (they all localize). ``group`` overrides which frames (indices) are held out. Returns None when
-    too few frames can be held out."""
+    (they all localize). ``group`` overrides which frames (indices) are held out. With the frames'
+    ``surfels`` (``SceneCloud.frame_surfels``), the second head's map has the surface of the frames it
+    learned, so its RGB-D poses end with ICP as the map's will. Returns None when too few frames can be
+    held out."""
     group = calibration_group(frames) if group is None else group
     if len(group) < MIN_CALIBRATION_FRAMES or len(group) == len(frames):
         log(f"pose calibration skipped: {len(group)} of {len(frames)} frames to hold out (needs "
@@ -234,8 +250,10 @@ def calibrate_with_held_out_head(config: dict, norm: SceneNormalisation, buffer,
     log(f"pose calibration: a head trained without {len(group)} of the {len(frames)} training frames localizes "
         f"{len(pick)} of them")
     learned = [f for i, f in enumerate(frames) if not held[i]]
-    return fit_pose_calibration(Map(config, probe, None, device), [frames[i] for i in pick], learned, frames,
-                                cfg.seed, log)
+    probe_map = Map(config, probe, None, device)
+    if surfels:
+        probe_map.cloud = SceneCloud.from_surfels([s for i, s in enumerate(surfels) if not held[i]], cfg.cloud_voxel_m)
+    return fit_pose_calibration(probe_map, [frames[i] for i in pick], learned, frames, cfg.seed, log)
 
 
 def mapping_views(frames: list) -> dict[str, np.ndarray]:

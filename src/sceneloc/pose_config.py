@@ -109,6 +109,16 @@ class PoseConfig:
             on dev (0 / 0 / 0 points; -1.5 / 0 / +0.5 without the gate) and +1.5 / +1.5 / 0 on split 2;
             shifted depth 80.5 / 76.5 / 72.0 % on dev (80.5 / 77.5 / 73.0 without), 62.5 / 50.5 /
             53.0 % on split 2 (60.5 / 48.0 / 51.0) (BENCHMARKS.md, session 10).
+        icp_distances_m: RGB-D, maps with a scene surface (``scene_cloud.py``): finally align the query
+            depth to the surface fused from the mapping frames' depth by point-to-plane ICP, one step
+            per entry, matching points within that distance (metres; empty: off). The scene
+            coordinates' shared bias is what leaves RGB-D poses 5-10 cm off; the mapping depth has
+            none. Redkitchen, cached network output of one map per split: dev 87.5 -> 99.0 %, split 2
+            57.0 -> 77.5 % within 5 cm / 5 deg, ~8 ms (BENCHMARKS.md, session 11).
+        icp_offset_sigma_m: the ICP also fits an offset of the query depth along its rays under a
+            Gaussian prior of this width (metres; 0: no offset). 5 mm, same maps, query depth moved
+            4 px and 3 cm along the rays: dev 89.0 %, split 2 81.0 % (62.5 / 68.5 % without the
+            offset, below RGB on dev); clean depth as above (99.0 / 83.0 % without).
         polish_thresholds_px: PnP's counterpart (pixels at ``REFERENCE_FOCAL_PX``, scaled with the
             focal length): none by default, because re-fitting on the inliers at 20, 15, 12, 10 or 8 px
             after RANSAC's 25 px (the default then) gained nothing on redkitchen (-2 to +0.5 points on three maps;
@@ -163,6 +173,8 @@ class PoseConfig:
     polish_thresholds_m: tuple[float, ...] = (0.05, 0.03)
     depth_offset_sigma_m: float = 0.0015
     depth_offset_min_m: float = 0.005
+    icp_distances_m: tuple[float, ...] = (0.1, 0.05, 0.03, 0.02, 0.02, 0.02)
+    icp_offset_sigma_m: float = 0.005
     polish_thresholds_px: tuple[float, ...] = ()
     polish_iterations: int = 3
     min_inliers: int = 30
@@ -204,9 +216,11 @@ class PoseConfig:
             raise ValueError(f"PoseConfig.subset_size={self.subset_size}: a pose needs at least 3 points")
         if self.ransac_points is not None and self.ransac_points < 4:
             raise ValueError(f"PoseConfig.ransac_points={self.ransac_points}: PnP needs at least 4 points")
-        if any(not t > 0 for t in (*self.polish_thresholds_m, *self.polish_thresholds_px)):
-            raise ValueError(f"PoseConfig.polish_thresholds_m={self.polish_thresholds_m} and polish_thresholds_px="
-                             f"{self.polish_thresholds_px} must be positive")
+        if any(not t > 0 for t in (*self.polish_thresholds_m, *self.polish_thresholds_px, *self.icp_distances_m)):
+            raise ValueError(f"PoseConfig.polish_thresholds_m={self.polish_thresholds_m}, polish_thresholds_px="
+                             f"{self.polish_thresholds_px} and icp_distances_m={self.icp_distances_m} must be positive")
+        if not self.icp_offset_sigma_m >= 0:
+            raise ValueError(f"PoseConfig.icp_offset_sigma_m={self.icp_offset_sigma_m} must be >= 0 (0: no offset)")
         if min(self.refine_rounds, self.polish_iterations, self.min_inliers, self.spread_cells) < 0:
             raise ValueError("PoseConfig.refine_rounds, polish_iterations, min_inliers and spread_cells must be >= 0")
         if not 0.0 < self.ransac_confidence < 1.0:
@@ -278,7 +292,8 @@ class PoseResult:
 #: The ``inlier_settings`` that shape each mode's poses and inlier counts: a calibration fitted under
 #: other settings of the *other* mode still holds.
 MODE_SETTINGS = {"rgb": ("method", "threshold_rad", "polish_thresholds_px"),
-                 "rgbd": ("method", "threshold_m", "polish_thresholds_m", "depth_offset_sigma_m", "depth_offset_min_m")}
+                 "rgbd": ("method", "threshold_m", "polish_thresholds_m", "depth_offset_sigma_m", "depth_offset_min_m",
+                          "icp_distances_m", "icp_offset_sigma_m")}
 
 
 def inlier_settings(config: PoseConfig, K: np.ndarray) -> dict:
@@ -288,7 +303,8 @@ def inlier_settings(config: PoseConfig, K: np.ndarray) -> dict:
     return {"method": config.method, "threshold_rad": round(config.threshold_px_for(K) / float(K[0, 0]), 6),
             "threshold_m": config.inlier_threshold_m, "polish_thresholds_m": list(config.polish_thresholds_m),
             "polish_thresholds_px": list(config.polish_thresholds_px),
-            "depth_offset_sigma_m": config.depth_offset_sigma_m, "depth_offset_min_m": config.depth_offset_min_m}
+            "depth_offset_sigma_m": config.depth_offset_sigma_m, "depth_offset_min_m": config.depth_offset_min_m,
+            "icp_distances_m": list(config.icp_distances_m), "icp_offset_sigma_m": config.icp_offset_sigma_m}
 
 
 def for_reprojection_map(config: PoseConfig, K: np.ndarray) -> PoseConfig:

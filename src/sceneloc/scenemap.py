@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 
@@ -41,6 +41,7 @@ from .networks import (
 from .pose import PoseConfig, PoseResult, estimate_pose
 from .pose_config import DSAC_METHODS, MODES, estimator_config, for_reprojection_map, inlier_settings
 from .progress import progress as progress_bar
+from .scene_cloud import SCENE_CLOUD_FILE, SceneCloud, align_depth, depth_points
 
 #: 2: the network may be a frozen pretrained encoder + head (the file holds the head; the config the
 #: encoder's name and weights hash). Version-1 maps (fcn, unet) are read unchanged.
@@ -128,6 +129,7 @@ class Map:
         self.map_dir: Path | None = None  # set by load: where the DSAC stage is looked up
         self.dsac = None                  # the DSAC stage (dsac_stage.DSACStage), loaded on first use by dsac/softam
         self.calibration: PoseCalibration | None = None   # per-pose probabilities (calibration.py)
+        self.cloud: SceneCloud | None = None   # the mapping depth's surface: RGB-D poses end with ICP to it
 
     # ------------------------------------------------------------------------------------ files
 
@@ -150,6 +152,10 @@ class Map:
             self.calibration.save(d)
         else:  # a calibration fitted to an earlier network would be wrong for this one
             (d / CALIBRATION_FILE).unlink(missing_ok=True)
+        if self.cloud is not None:
+            self.cloud.save(d)
+        else:
+            (d / SCENE_CLOUD_FILE).unlink(missing_ok=True)
 
     @classmethod
     def load(cls, map_dir: str | Path, device: str | None = None) -> Map:
@@ -184,6 +190,7 @@ class Map:
         the_map = cls(config, net, conf, device, classifier)
         the_map.map_dir = d
         the_map.calibration = PoseCalibration.load(d)
+        the_map.cloud = SceneCloud.load(d)
         return the_map
 
     # ------------------------------------------------------------------------------- inference
@@ -206,11 +213,14 @@ class Map:
 
     def estimator_for(self, estimator: PoseConfig | str | None, K: np.ndarray) -> PoseConfig:
         """The pose settings a query with camera ``K (3, 3)`` runs under: ``estimator`` (see
-        ``estimator_config``), adapted to a map learned from reprojection alone."""
+        ``estimator_config``), adapted to a map learned from reprojection alone, and without ICP on a
+        map that has no scene surface."""
         config = estimator_config(estimator)
         if self.config.get("supervision") == "reprojection":
             # the threshold that suits depth-supervised maps costs an RGB-only map accuracy
             config = for_reprojection_map(config, K)
+        if self.cloud is None and config.icp_distances_m:
+            config = replace(config, icp_distances_m=())
         return config
 
     @torch.no_grad()
@@ -331,13 +341,21 @@ class Map:
         timings = {"network_ms": sum(p.network_ms for _, p in passes),
                    "sampling_ms": sum(r.timings_ms.get("sampling", 0.0) for r, _ in passes),
                    "refinement_ms": sum(r.timings_ms.get("refinement", 0.0) for r, _ in passes)}
+        pose, offset = res.pose, res.depth_offset_m
+        if depth is not None and pose is not None and config.icp_distances_m and self.cloud is not None:
+            t0 = time.perf_counter()
+            fit = align_depth(depth_points(depth, K), pose, self.cloud, config.icp_distances_m,
+                              config.icp_offset_sigma_m)
+            if fit is not None:  # else the scene-coordinate pose stands
+                pose, offset = fit.pose, fit.offset_m
+            timings["refinement_ms"] += (time.perf_counter() - t0) * 1e3
         timings["total_ms"] = sum(timings.values())
         probability = float("nan")
         if self.calibration is not None:
             probability = self.calibration.probability("rgb" if depth is None else "rgbd", inlier_settings(config, K),
-                                                       res.n_inliers, len(pixels), res.pose is not None, res.pose)
-        return Localization(res.pose, res.n_inliers, res.score, timings, pixels, coords, conf, res.used, res.failure,
-                            probability, res.depth_offset_m)
+                                                       res.n_inliers, len(pixels), pose is not None, pose)
+        return Localization(pose, res.n_inliers, res.score, timings, pixels, coords, conf, res.used, res.failure,
+                            probability, offset)
 
 
 def localize_frames(the_map: Map, frames: list, mode: str = "rgb", estimator: PoseConfig | str | None = None,

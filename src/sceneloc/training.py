@@ -103,6 +103,9 @@ class MappingConfig:
     # xfeat: a second head trained this long without one recording (or a third) of the frames
     # localizes them, to fit each pose's probability of being within 5 cm / 5 deg (calibration.py); 0: none
     calibration_minutes: float = 0.5
+    # the surface fused from the mapping depth at this voxel size (metres), which RGB-D poses are
+    # finally aligned to by ICP (scene_cloud.py, PoseConfig.icp_distances_m); 0: none
+    cloud_voxel_m: float = 0.02
     # stage 2
     confidence: bool = True
     confidence_mode: str = "regression"   # or classification, or both (classifier kept for Fig. 3's ROC)

@@ -1,0 +1,222 @@
+"""The scene's surface from the mapping frames' depth, and a query's depth aligned to it (ICP).
+
+Scene coordinates place an RGB-D query within a few centimetres, but their errors are shared by
+neighbouring cells (a bias the rigid fit cannot average out), so a few frames in ten miss 5 cm / 5 deg.
+The mapping frames' own depth, fused at their ground-truth poses, is a far more exact model of the
+surfaces: point-to-plane ICP of the query's depth against it, started at the scene-coordinate pose,
+removes most of that bias (redkitchen, BENCHMARKS.md session 11). Kinect depth can read a few
+centimetres long against its image, so the alignment also fits an offset of the query depth along
+its rays, under a Gaussian prior, as ``pose_fit.refit_depth_offset`` does for Kabsch.
+
+>>> cloud = SceneCloud.build(frames)                                   # doctest: +SKIP
+>>> fit = align_depth(depth_points(depth, K), T_wc, cloud)              # doctest: +SKIP
+>>> fit.pose, fit.offset_m                                             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from .errors import SceneLocError
+from .geometry import backproject, make_pose, pose_errors, transform_points
+from .progress import progress as progress_bar
+
+SCENE_CLOUD_FILE = "scene_cloud.npz"
+#: voxel of the fused surface: 2 cm keeps ~130 k points of redkitchen (1.2 MB in the map); ICP with it
+#: placed as many dev frames as with 1.5 cm (250 k points), 2.5 cm lost half a point (session 11).
+VOXEL_M = 0.02
+MAPPING_STRIDE_PX = 8    # every 8th pixel of each mapping depth map is fused
+#: every 12th pixel of the query depth takes part in ICP (~2000 points at 640 x 480): as exact as every
+#: 8th on redkitchen and twice as fast; every 16th lost 0.5-7 points (session 11)
+QUERY_STRIDE_PX = 12
+MIN_MATCHES = 50         # fewer query points near the surface: the alignment is not trusted
+#: an ICP that moved the camera further than twice its first matching distance, or turned it further
+#: than this, slid along the surface rather than converged: the alignment is not trusted
+MAX_TURN_DEG = 15.0
+#: a depth step larger than this share of the depth between neighbouring samples is an occlusion edge,
+#: not a surface: no normal there
+EDGE_RATIO = 0.2
+
+
+def depth_grid(depth: np.ndarray, K: np.ndarray, stride: int) -> np.ndarray:
+    """Camera-frame points ``(h, w, 3)`` of every ``stride``-th pixel of ``depth (H, W)`` (metres,
+    0 = none; z = 0 there), starting at ``stride // 2``."""
+    rows, cols = depth.shape
+    v, u = np.mgrid[stride // 2:rows:stride, stride // 2:cols:stride]
+    return backproject(np.stack([u, v], axis=-1).astype(np.float64), depth[v, u].astype(np.float64), K)
+
+
+def depth_points(depth: np.ndarray, K: np.ndarray, stride: int = QUERY_STRIDE_PX) -> np.ndarray:
+    """Camera-frame points ``(N, 3)`` of the valid pixels of ``depth (H, W)`` on a ``stride`` grid."""
+    grid = depth_grid(depth, K, stride).reshape(-1, 3)
+    return grid[grid[:, 2] > 0]
+
+
+def grid_normals(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Surface points ``(N, 3)`` and unit normals ``(N, 3)`` (facing the camera) of the inner cells of
+    a camera-frame point grid ``(h, w, 3)``, from central differences; cells next to missing depth or
+    an occlusion edge are dropped."""
+    centre = grid[1:-1, 1:-1]
+    dx = grid[1:-1, 2:] - grid[1:-1, :-2]
+    dy = grid[2:, 1:-1] - grid[:-2, 1:-1]
+    z = grid[..., 2]
+    valid = (z[1:-1, 1:-1] > 0) & (z[1:-1, 2:] > 0) & (z[1:-1, :-2] > 0) & (z[2:, 1:-1] > 0) & (z[:-2, 1:-1] > 0)
+    valid &= (np.abs(dx[..., 2]) < EDGE_RATIO * centre[..., 2]) & (np.abs(dy[..., 2]) < EDGE_RATIO * centre[..., 2])
+    normal = np.cross(dx, dy)
+    length = np.linalg.norm(normal, axis=-1)
+    valid &= length > 1e-12
+    normal = normal[valid] / length[valid, None]
+    points = centre[valid]
+    facing = np.sign(-(normal * points).sum(-1, keepdims=True))   # towards the camera at the origin
+    return points, normal * np.where(facing == 0, 1.0, facing)
+
+
+def fuse(points: Sequence[np.ndarray], normals: Sequence[np.ndarray], voxel: float = VOXEL_M
+         ) -> tuple[np.ndarray, np.ndarray]:
+    """World points ``(N_i, 3)`` and normals of several frames -> one point ``(M, 3)`` and unit normal
+    per ``voxel``-sized cell: the means of the cell's samples. Cells seen once, or whose normals
+    disagree (mean normal shorter than 0.5), are dropped: noise and edges."""
+    P, N = np.concatenate(points).astype(np.float64), np.concatenate(normals).astype(np.float64)
+    if not len(P):
+        return np.zeros((0, 3)), np.zeros((0, 3))
+    _, cell, count = np.unique(np.floor(P / voxel).astype(np.int64), axis=0, return_inverse=True,
+                               return_counts=True)
+    cell = cell.ravel()
+    mean_p, mean_n = np.zeros((len(count), 3)), np.zeros((len(count), 3))
+    np.add.at(mean_p, cell, P)
+    np.add.at(mean_n, cell, N)
+    length = np.linalg.norm(mean_n, axis=1)
+    keep = (count >= 2) & (length > 0.5 * count)
+    return mean_p[keep] / count[keep, None], mean_n[keep] / length[keep, None]
+
+
+@dataclass
+class SceneCloud:
+    """The scene's surface: ``points (M, 3)`` (world, metres) and unit ``normals (M, 3)``."""
+    points: np.ndarray
+    normals: np.ndarray
+    voxel_m: float = VOXEL_M
+
+    @cached_property
+    def tree(self) -> cKDTree:
+        """Nearest-neighbour index of ``points`` (built on first use, ~0.1 s for 130 k points)."""
+        return cKDTree(self.points)
+
+    @staticmethod
+    def frame_surfels(frames: Iterable, stride: int = MAPPING_STRIDE_PX, desc: str = "scene surface"
+                      ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """World points and normals of each frame's depth at its pose (frames without depth: empty)."""
+        out = []
+        for f in progress_bar(list(frames), desc=desc, unit="frame", mininterval=1.0, dynamic_ncols=True):
+            if f.depth_path is None:
+                out.append((np.zeros((0, 3)), np.zeros((0, 3))))
+                continue
+            p, n = grid_normals(depth_grid(f.load_depth(), f.K, stride))
+            # float32: hundreds of frames' samples are held at once (1 mm steps at 10 m)
+            out.append((transform_points(f.pose, p).astype(np.float32), (n @ f.pose[:3, :3].T).astype(np.float32)))
+        return out
+
+    @classmethod
+    def from_surfels(cls, surfels: Sequence[tuple[np.ndarray, np.ndarray]], voxel: float = VOXEL_M
+                     ) -> SceneCloud | None:
+        """The fused cloud of ``frame_surfels`` output, or None when it has no surface."""
+        points, normals = fuse([p for p, _ in surfels], [n for _, n in surfels], voxel)
+        return cls(points, normals, voxel) if len(points) >= MIN_MATCHES else None
+
+    @classmethod
+    def build(cls, frames: Iterable, voxel: float = VOXEL_M, stride: int = MAPPING_STRIDE_PX) -> SceneCloud | None:
+        """Fuse the depth of ``frames`` (each with ``pose``, ``K``, ``load_depth``); None without depth."""
+        return cls.from_surfels(cls.frame_surfels(frames, stride), voxel)
+
+    def save(self, map_dir: Path) -> None:
+        """Points as float16 offsets from their centre (1-2 mm steps within 4 m: far below the voxel),
+        normals as int8: 9 bytes a point."""
+        centre = self.points.mean(axis=0)
+        np.savez_compressed(Path(map_dir) / SCENE_CLOUD_FILE, centre=centre,
+                            offsets=(self.points - centre).astype(np.float16),
+                            normals=np.round(self.normals * 127).astype(np.int8), voxel_m=self.voxel_m)
+
+    @classmethod
+    def load(cls, map_dir: Path) -> SceneCloud | None:
+        """The map's scene surface, or None for a map without one."""
+        path = Path(map_dir) / SCENE_CLOUD_FILE
+        if not path.exists():
+            return None
+        try:
+            with np.load(path) as z:
+                points = z["centre"].astype(np.float64) + z["offsets"].astype(np.float64)
+                normals = z["normals"].astype(np.float64)
+                voxel = float(z["voxel_m"])
+        except (OSError, ValueError, KeyError) as e:
+            raise SceneLocError(f"{path}: not a scene surface file ({e})") from None
+        if points.ndim != 2 or points.shape[1] != 3 or normals.shape != points.shape:
+            raise SceneLocError(f"{path}: not a scene surface file (points {points.shape}, normals {normals.shape})")
+        return cls(points, normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-9), voxel)
+
+
+@dataclass
+class DepthAlignment:
+    """Result of ``align_depth``: camera-to-world ``pose (4, 4)``, the fitted offset of the query depth
+    along its rays (metres, positive: the depth reads long) and the share of query points matched in
+    the last round."""
+    pose: np.ndarray
+    offset_m: float
+    matched: float
+
+
+def _exp_so3(w: np.ndarray) -> np.ndarray:
+    """Rotation matrix of the axis-angle vector ``w (3,)`` (Rodrigues)."""
+    angle = float(np.linalg.norm(w))
+    W = np.array([[0.0, -w[2], w[1]], [w[2], 0.0, -w[0]], [-w[1], w[0], 0.0]])
+    if angle < 1e-12:
+        return np.eye(3) + W
+    return np.eye(3) + np.sin(angle) / angle * W + (1 - np.cos(angle)) / angle ** 2 * W @ W
+
+
+def align_depth(camera: np.ndarray, T_wc: np.ndarray, cloud: SceneCloud,
+                distances: Sequence[float] = (0.1, 0.05, 0.03, 0.02, 0.02, 0.02),
+                offset_sigma_m: float = 0.005) -> DepthAlignment | None:
+    """Point-to-plane ICP of query points ``camera (N, 3)`` (camera frame, from its depth) against
+    ``cloud``, from the camera-to-world pose ``T_wc (4, 4)``: one Gauss-Newton step per entry of
+    ``distances``, each matching the points to their nearest surface point within that distance.
+    With ``offset_sigma_m > 0`` it also fits an offset ``d`` of the depth along the rays (a point at
+    depth z moves to depth z - d) under a Gaussian prior of that width, residuals weighted by their
+    robust spread; 0 fits no offset. None when fewer than ``MIN_MATCHES`` points match in a round,
+    or when it moved the camera more than twice the first distance or turned it more than
+    ``MAX_TURN_DEG``: then the starting pose stands."""
+    rays = camera / camera[:, 2:3]
+    T = np.asarray(T_wc, dtype=np.float64).copy()
+    offset, matched = 0.0, 0.0
+    for distance in distances:
+        moved = transform_points(T, camera - offset * rays)
+        gap, nearest = cloud.tree.query(moved, distance_upper_bound=distance, workers=1)
+        found = np.isfinite(gap)
+        if found.sum() < MIN_MATCHES:
+            return None
+        matched = float(found.mean())
+        q, p, n = moved[found], cloud.points[nearest[found]], cloud.normals[nearest[found]]
+        residual = ((q - p) * n).sum(axis=1)
+        # d(residual) / d(rotation w, translation t) of a world-frame update exp(w) q + t
+        A = np.concatenate([np.cross(q, n), n], axis=1)
+        b = -residual
+        if offset_sigma_m > 0:
+            along = -((rays[found] @ T[:3, :3].T) * n).sum(axis=1, keepdims=True)
+            spread = max(1.4826 * float(np.median(np.abs(residual))), 0.003)
+            prior = np.zeros((1, 7))
+            prior[0, 6] = 1.0 / offset_sigma_m
+            A = np.concatenate([np.concatenate([A, along], axis=1) / spread, prior])
+            b = np.concatenate([b / spread, [-offset / offset_sigma_m]])
+        step = np.linalg.lstsq(A, b, rcond=None)[0]
+        T = make_pose(_exp_so3(step[:3]), step[3:6]) @ T
+        if offset_sigma_m > 0:
+            offset += float(step[6])
+    turned_deg, moved_m = pose_errors(T, T_wc)
+    if moved_m > 2 * max(distances) or turned_deg > MAX_TURN_DEG:
+        return None
+    return DepthAlignment(T, offset, matched)
