@@ -29,11 +29,12 @@ from sceneloc.scene_cloud import SceneCloud, align_depth, depth_points
 
 DEFAULTS = {"voxel": scene_cloud.VOXEL_M, "stride": scene_cloud.MAPPING_STRIDE_PX,
             "query": scene_cloud.QUERY_STRIDE_PX, "sigma": PoseConfig.icp_offset_sigma_m,
-            "distances": PoseConfig.icp_distances_m}
+            "distances": PoseConfig.icp_distances_m, "refit": PoseConfig.depth_offset_sigma_m}
 
 
 def parse_row(spec: str) -> dict:
-    """``default``, ``none`` (no alignment) or ``key=value[;key=value]`` over ``DEFAULTS``."""
+    """``default``, ``none`` (no alignment) or ``key=value[;key=value]`` over ``DEFAULTS`` (``refit``: the
+    Kabsch pose's own depth-offset prior, ``PoseConfig.depth_offset_sigma_m``, 0 = no re-fit)."""
     row = dict(DEFAULTS, name=spec, off=spec == "none")
     for part in () if spec in ("default", "none") else spec.split(";"):
         key, value = part.split("=")
@@ -56,12 +57,16 @@ def main() -> None:
     preds = cached_predictions(args.map, frames, args.cache)
     depths = {"clean": [f.load_depth() for f in frames]}
     depths["shifted"] = [shift_depth(d, args.shift_px, args.shift_m) for d in depths["clean"]]
-    # the scene-coordinate poses once per depth: every row starts from them
-    start = {}
-    for kind, ds in depths.items():
-        start[kind] = [estimate_pose(px, X, f.K, camera_points=camera_points(d, px, f.K), config=PoseConfig(),
-                                     rng=np.random.default_rng([0, i])).pose
-                       for i, (f, (px, X), d) in enumerate(zip(frames, preds, ds, strict=True))]
+    starts: dict[float, dict[str, list]] = {}   # the scene-coordinate poses per Kabsch re-fit prior and depth
+
+    def start_poses(refit: float) -> dict[str, list]:
+        if refit not in starts:
+            config = PoseConfig(depth_offset_sigma_m=refit)
+            starts[refit] = {kind: [estimate_pose(px, X, f.K, camera_points=camera_points(d, px, f.K), config=config,
+                                                  rng=np.random.default_rng([0, i])).pose
+                                    for i, (f, (px, X), d) in enumerate(zip(frames, preds, ds, strict=True))]
+                             for kind, ds in depths.items()}
+        return starts[refit]
     surfels: dict[int, list] = {}
     print(f"`{args.map}` on `{args.data}` (test, {len(frames)} frames)\n")
     print("| row | surface points | clean 5 cm / 5 deg | clean 2 cm / 2 deg | shifted 5 cm / 5 deg | ms median |\n"
@@ -72,19 +77,21 @@ def main() -> None:
         cloud = None
         if not row["off"]:
             if row["stride"] not in surfels:
-                surfels[row["stride"]] = SceneCloud.frame_surfels(train, row["stride"])
+                surfels[row["stride"]] = SceneCloud.frame_surfels(
+                    train, scene_cloud.scaled_stride(frames[0].load_image().shape[1], row["stride"]))
             cloud = SceneCloud.from_surfels(surfels[row["stride"]], row["voxel"])
             assert cloud is not None
             _ = cloud.tree
         cells, ms = [], []
         for kind, ds in depths.items():
             poses = []
-            for f, d, T in zip(frames, ds, start[kind], strict=True):
+            for f, d, T in zip(frames, ds, start_poses(row["refit"])[kind], strict=True):
                 if cloud is None or T is None:
                     poses.append(T)
                     continue
                 t0 = time.perf_counter()
-                fit = align_depth(depth_points(d, f.K, row["query"]), T, cloud, row["distances"], row["sigma"])
+                stride = scene_cloud.scaled_stride(d.shape[1], row["query"])
+                fit = align_depth(depth_points(d, f.K, stride), T, cloud, row["distances"], row["sigma"])
                 ms.append((time.perf_counter() - t0) * 1e3)
                 poses.append(T if fit is None else fit.pose)
             acc = pose_metrics(*pose_error_arrays(poses, gt))["accuracy"]

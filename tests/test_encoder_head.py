@@ -149,7 +149,10 @@ def test_tiny_xfeat_map_maps_and_localizes(overfit_scene, tmp_path):
     assert config["format_version"] == 3 and config["network"]["arch"] == "xfeat"
     assert config["network"]["encoder_sha256"] == encoder_identity("xfeat")["weights_sha256"]
     assert (tmp_path / "map" / "coordinates.pt").stat().st_size < 200_000  # the head alone
+    report = json.loads((tmp_path / "map" / "mapping_report.json").read_text())
+    assert report["scene_surface"]["points"] > 50 and (tmp_path / "map" / "scene_cloud.npz").exists()
     the_map = Map.load(tmp_path / "map")
+    assert the_map.cloud is not None and len(the_map.cloud.points) == report["scene_surface"]["points"]
     frame = load_scene(overfit_scene).frames("train")[0]
     res = the_map.localize(frame.load_image(), depth=frame.load_depth(), estimator="ransac",
                            rng=np.random.default_rng(0))

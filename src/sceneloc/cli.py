@@ -246,6 +246,13 @@ def _add_pose_arguments(s: argparse.ArgumentParser) -> None:
                   flag="--depth-offset-sigma", metavar="M")
     _field_option(g, d, "depth_offset_min_m", "Kabsch: keep that re-fit only where the offset is at least this "
                                               "long in metres (0: always)", flag="--depth-offset-min", metavar="M")
+    _field_option(g, d, "icp_distances_m", "RGB-D on a map with a scene surface: finally align the query depth to "
+                                           "it by point-to-plane ICP, one step per matching distance in metres "
+                                           "(give none for no ICP)", flag="--icp-distances", type=float, nargs="*",
+                  metavar="M")
+    _field_option(g, d, "icp_offset_sigma_m", "RGB-D: the ICP also fits an offset of the query depth along its rays "
+                                              "under a Gaussian prior of this width in metres (0: no offset)",
+                  flag="--icp-offset-sigma", metavar="M")
     _field_option(g, d, "min_inliers", "fewer inliers report a failure")
     _field_option(g, d, "query_scales", "run the network on the query at each of these scales and keep the pose "
                                         "with the highest inlier ratio (default 1; 0.9 0.75: views closer than the "

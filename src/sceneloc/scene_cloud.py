@@ -31,10 +31,12 @@ SCENE_CLOUD_FILE = "scene_cloud.npz"
 #: voxel of the fused surface: 2 cm keeps ~130 k points of redkitchen (1.2 MB in the map); ICP with it
 #: placed as many dev frames as with 1.5 cm (250 k points), 2.5 cm lost half a point (session 11).
 VOXEL_M = 0.02
-MAPPING_STRIDE_PX = 8    # every 8th pixel of each mapping depth map is fused
+#: strides at a 640-pixel-wide depth map, scaled with the width (``scaled_stride``):
+MAPPING_STRIDE_PX = 8    # every 8th pixel of each mapping depth map is fused (4: as exact, 1.5x the points)
 #: every 12th pixel of the query depth takes part in ICP (~2000 points at 640 x 480): as exact as every
-#: 8th on redkitchen and twice as fast; every 16th lost 0.5-7 points (session 11)
+#: 8th on redkitchen and twice as fast; every 16th lost 3 points on dev's shifted depth (session 11)
 QUERY_STRIDE_PX = 12
+REFERENCE_WIDTH_PX = 640
 MIN_MATCHES = 50         # fewer query points near the surface: the alignment is not trusted
 #: an ICP that moved the camera further than twice its first matching distance, or turned it further
 #: than this, slid along the surface rather than converged: the alignment is not trusted
@@ -52,8 +54,16 @@ def depth_grid(depth: np.ndarray, K: np.ndarray, stride: int) -> np.ndarray:
     return backproject(np.stack([u, v], axis=-1).astype(np.float64), depth[v, u].astype(np.float64), K)
 
 
-def depth_points(depth: np.ndarray, K: np.ndarray, stride: int = QUERY_STRIDE_PX) -> np.ndarray:
-    """Camera-frame points ``(N, 3)`` of the valid pixels of ``depth (H, W)`` on a ``stride`` grid."""
+def scaled_stride(width: int, stride_at_reference: int) -> int:
+    """A sampling stride for a ``width``-pixel-wide image that takes as many samples per image as
+    ``stride_at_reference`` does at ``REFERENCE_WIDTH_PX`` (at least 1)."""
+    return max(1, round(stride_at_reference * width / REFERENCE_WIDTH_PX))
+
+
+def depth_points(depth: np.ndarray, K: np.ndarray, stride: int | None = None) -> np.ndarray:
+    """Camera-frame points ``(N, 3)`` of the valid pixels of ``depth (H, W)`` on a ``stride`` grid
+    (None: ``QUERY_STRIDE_PX`` scaled to the width)."""
+    stride = scaled_stride(depth.shape[1], QUERY_STRIDE_PX) if stride is None else stride
     grid = depth_grid(depth, K, stride).reshape(-1, 3)
     return grid[grid[:, 2] > 0]
 
@@ -109,15 +119,18 @@ class SceneCloud:
         return cKDTree(self.points)
 
     @staticmethod
-    def frame_surfels(frames: Iterable, stride: int = MAPPING_STRIDE_PX, desc: str = "scene surface"
+    def frame_surfels(frames: Iterable, stride: int | None = None, desc: str = "scene surface"
                       ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """World points and normals of each frame's depth at its pose (frames without depth: empty)."""
+        """World points and normals of each frame's depth at its pose (frames without depth: empty), on a
+        ``stride`` grid (None: ``MAPPING_STRIDE_PX`` scaled to each depth map's width)."""
         out = []
         for f in progress_bar(list(frames), desc=desc, unit="frame", mininterval=1.0, dynamic_ncols=True):
             if f.depth_path is None:
                 out.append((np.zeros((0, 3)), np.zeros((0, 3))))
                 continue
-            p, n = grid_normals(depth_grid(f.load_depth(), f.K, stride))
+            depth = f.load_depth()
+            step = scaled_stride(depth.shape[1], MAPPING_STRIDE_PX) if stride is None else stride
+            p, n = grid_normals(depth_grid(depth, f.K, step))
             # float32: hundreds of frames' samples are held at once (1 mm steps at 10 m)
             out.append((transform_points(f.pose, p).astype(np.float32), (n @ f.pose[:3, :3].T).astype(np.float32)))
         return out
@@ -130,7 +143,7 @@ class SceneCloud:
         return cls(points, normals, voxel) if len(points) >= MIN_MATCHES else None
 
     @classmethod
-    def build(cls, frames: Iterable, voxel: float = VOXEL_M, stride: int = MAPPING_STRIDE_PX) -> SceneCloud | None:
+    def build(cls, frames: Iterable, voxel: float = VOXEL_M, stride: int | None = None) -> SceneCloud | None:
         """Fuse the depth of ``frames`` (each with ``pose``, ``K``, ``load_depth``); None without depth."""
         return cls.from_surfels(cls.frame_surfels(frames, stride), voxel)
 

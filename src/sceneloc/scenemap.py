@@ -344,8 +344,9 @@ class Map:
         pose, offset = res.pose, res.depth_offset_m
         if depth is not None and pose is not None and config.icp_distances_m and self.cloud is not None:
             t0 = time.perf_counter()
-            fit = align_depth(depth_points(depth, K), pose, self.cloud, config.icp_distances_m,
-                              config.icp_offset_sigma_m)
+            with _blas_threads().limit(limits=1, user_api="blas"):   # tiny solves: see _localize_at
+                fit = align_depth(depth_points(depth, K), pose, self.cloud, config.icp_distances_m,
+                                  config.icp_offset_sigma_m)
             if fit is not None:  # else the scene-coordinate pose stands
                 pose, offset = fit.pose, fit.offset_m
             timings["refinement_ms"] += (time.perf_counter() - t0) * 1e3
