@@ -113,12 +113,12 @@ class PoseConfig:
             depth to the surface fused from the mapping frames' depth by point-to-plane ICP, one step
             per entry, matching points within that distance (metres; empty: off). The scene
             coordinates' shared bias is what leaves RGB-D poses 5-10 cm off; the mapping depth has
-            none. Redkitchen, cached network output of one map per split: dev 87.5 -> 99.0 %, split 2
-            57.0 -> 77.5 % within 5 cm / 5 deg, ~8 ms (BENCHMARKS.md, session 11).
+            none. Redkitchen, cached network output of a new map per split: dev 84.0 -> 99.0 %, split 2
+            69.0 -> 82.0 % within 5 cm / 5 deg, ~8 ms (BENCHMARKS.md, session 11).
         icp_offset_sigma_m: the ICP also fits an offset of the query depth along its rays under a
             Gaussian prior of this width (metres; 0: no offset). 5 mm, same maps, query depth moved
-            4 px and 3 cm along the rays: dev 89.0 %, split 2 81.0 % (62.5 / 68.5 % without the
-            offset, below RGB on dev); clean depth as above (99.0 / 83.0 % without).
+            4 px and 3 cm along the rays: dev 94.0 %, split 2 80.5 % (65.5 / 71.0 % without the
+            offset, below RGB's 67.5 % on dev); clean depth as above (99.0 / 90.0 % without).
         polish_thresholds_px: PnP's counterpart (pixels at ``REFERENCE_FOCAL_PX``, scaled with the
             focal length): none by default, because re-fitting on the inliers at 20, 15, 12, 10 or 8 px
             after RANSAC's 25 px (the default then) gained nothing on redkitchen (-2 to +0.5 points on three maps;
