@@ -29,17 +29,19 @@ from sceneloc.scene_cloud import SceneCloud, align_depth, depth_points
 
 DEFAULTS = {"voxel": scene_cloud.VOXEL_M, "stride": scene_cloud.MAPPING_STRIDE_PX,
             "query": scene_cloud.QUERY_STRIDE_PX, "sigma": PoseConfig.icp_offset_sigma_m,
-            "distances": PoseConfig.icp_distances_m, "refit": PoseConfig.depth_offset_sigma_m}
+            "distances": PoseConfig.icp_distances_m, "refit": PoseConfig.depth_offset_sigma_m,
+            "gate": 0}
 
 
 def parse_row(spec: str) -> dict:
     """``default``, ``none`` (no alignment) or ``key=value[;key=value]`` over ``DEFAULTS`` (``refit``: the
-    Kabsch pose's own depth-offset prior, ``PoseConfig.depth_offset_sigma_m``, 0 = no re-fit)."""
+    Kabsch pose's own depth-offset prior, ``PoseConfig.depth_offset_sigma_m``, 0 = no re-fit; ``gate=1``:
+    the ICP fits an offset only where that re-fit kept one)."""
     row = dict(DEFAULTS, name=spec, off=spec == "none")
     for part in () if spec in ("default", "none") else spec.split(";"):
         key, value = part.split("=")
         row[key] = tuple(float(v) for v in value.split(",")) if key == "distances" else \
-            (int(value) if key in ("stride", "query") else float(value))
+            (int(value) if key in ("stride", "query", "gate") else float(value))
     return row
 
 
@@ -63,7 +65,7 @@ def main() -> None:
         if refit not in starts:
             config = PoseConfig(depth_offset_sigma_m=refit)
             starts[refit] = {kind: [estimate_pose(px, X, f.K, camera_points=camera_points(d, px, f.K), config=config,
-                                                  rng=np.random.default_rng([0, i])).pose
+                                                  rng=np.random.default_rng([0, i]))
                                     for i, (f, (px, X), d) in enumerate(zip(frames, preds, ds, strict=True))]
                              for kind, ds in depths.items()}
         return starts[refit]
@@ -85,13 +87,16 @@ def main() -> None:
         cells, ms = [], []
         for kind, ds in depths.items():
             poses = []
-            for f, d, T in zip(frames, ds, start_poses(row["refit"])[kind], strict=True):
+            for f, d, start in zip(frames, ds, start_poses(row["refit"])[kind], strict=True):
+                T = start.pose
                 if cloud is None or T is None:
                     poses.append(T)
                     continue
                 t0 = time.perf_counter()
                 stride = scene_cloud.scaled_stride(d.shape[1], row["query"])
-                fit = align_depth(depth_points(d, f.K, stride), T, cloud, row["distances"], row["sigma"])
+                # gate=1: the ICP fits an offset only where the Kabsch re-fit kept one
+                sigma = 0.0 if row["gate"] and start.depth_offset_m == 0 else row["sigma"]
+                fit = align_depth(depth_points(d, f.K, stride), T, cloud, row["distances"], sigma)
                 ms.append((time.perf_counter() - t0) * 1e3)
                 poses.append(T if fit is None else fit.pose)
             acc = pose_metrics(*pose_error_arrays(poses, gt))["accuracy"]
