@@ -30,7 +30,7 @@ from sceneloc.scene_cloud import SceneCloud, align_depth, depth_points
 DEFAULTS = {"voxel": scene_cloud.VOXEL_M, "stride": scene_cloud.MAPPING_STRIDE_PX,
             "query": scene_cloud.QUERY_STRIDE_PX, "sigma": PoseConfig.icp_offset_sigma_m,
             "distances": PoseConfig.icp_distances_m, "refit": PoseConfig.depth_offset_sigma_m,
-            "gate": 0}
+            "gate": 0, "fixed": 0}
 
 
 def parse_row(spec: str) -> dict:
@@ -41,7 +41,7 @@ def parse_row(spec: str) -> dict:
     for part in () if spec in ("default", "none") else spec.split(";"):
         key, value = part.split("=")
         row[key] = tuple(float(v) for v in value.split(",")) if key == "distances" else \
-            (int(value) if key in ("stride", "query", "gate") else float(value))
+            (int(value) if key in ("stride", "query", "gate", "fixed") else float(value))
     return row
 
 
@@ -96,7 +96,12 @@ def main() -> None:
                 stride = scene_cloud.scaled_stride(d.shape[1], row["query"])
                 # gate=1: the ICP fits an offset only where the Kabsch re-fit kept one
                 sigma = 0.0 if row["gate"] and start.depth_offset_m == 0 else row["sigma"]
-                fit = align_depth(depth_points(d, f.K, stride), T, cloud, row["distances"], sigma)
+                # fixed=1: a rigid ICP of the depth corrected by the Kabsch re-fit's offset
+                if row["fixed"]:
+                    fit = align_depth(depth_points(d, f.K, stride), T, cloud, row["distances"], 0.0,
+                                      start.depth_offset_m)
+                else:
+                    fit = align_depth(depth_points(d, f.K, stride), T, cloud, row["distances"], sigma)
                 ms.append((time.perf_counter() - t0) * 1e3)
                 poses.append(T if fit is None else fit.pose)
             acc = pose_metrics(*pose_error_arrays(poses, gt))["accuracy"]

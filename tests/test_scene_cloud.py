@@ -93,6 +93,8 @@ def test_align_depth_fits_depth_that_reads_long():
     assert rigid is not None and fitted is not None
     assert abs(fitted.offset_m - 0.03) < 1e-3
     assert pose_errors(fitted.pose, T_wc)[1] < 1e-3 < pose_errors(rigid.pose, T_wc)[1]
+    known = align_depth(long, T_wc, cloud, offset_sigma_m=0.0, offset_m=0.03)   # an offset known beforehand
+    assert known is not None and known.offset_m == 0.03 and pose_errors(known.pose, T_wc)[1] < 1e-6
 
 
 def test_align_depth_refuses_a_start_too_far_to_match():

@@ -194,18 +194,19 @@ def _exp_so3(w: np.ndarray) -> np.ndarray:
 
 def align_depth(camera: np.ndarray, T_wc: np.ndarray, cloud: SceneCloud,
                 distances: Sequence[float] = (0.1, 0.05, 0.03, 0.02, 0.02, 0.02),
-                offset_sigma_m: float = 0.005) -> DepthAlignment | None:
+                offset_sigma_m: float = 0.005, offset_m: float = 0.0) -> DepthAlignment | None:
     """Point-to-plane ICP of query points ``camera (N, 3)`` (camera frame, from its depth) against
     ``cloud``, from the camera-to-world pose ``T_wc (4, 4)``: one Gauss-Newton step per entry of
     ``distances``, each matching the points to their nearest surface point within that distance.
     With ``offset_sigma_m > 0`` it also fits an offset ``d`` of the depth along the rays (a point at
     depth z moves to depth z - d) under a Gaussian prior of that width, residuals weighted by their
-    robust spread; 0 fits no offset. None when fewer than ``MIN_MATCHES`` points match in a round,
+    robust spread; 0 fits no offset. ``offset_m`` is the offset to start from (kept as it is when no
+    offset is fitted). None when fewer than ``MIN_MATCHES`` points match in a round,
     or when it moved the camera more than twice the first distance or turned it more than
     ``MAX_TURN_DEG``: then the starting pose stands."""
     rays = camera / camera[:, 2:3]
     T = np.asarray(T_wc, dtype=np.float64).copy()
-    offset, matched = 0.0, 0.0
+    offset, matched = float(offset_m), 0.0
     for distance in distances:
         moved = transform_points(T, camera - offset * rays)
         gap, nearest = cloud.tree.query(moved, distance_upper_bound=distance, workers=1)
