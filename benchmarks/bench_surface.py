@@ -79,8 +79,8 @@ def main() -> None:
         cloud = None
         if not row["off"]:
             if row["stride"] not in surfels:
-                surfels[row["stride"]] = SceneCloud.frame_surfels(
-                    train, scene_cloud.scaled_stride(frames[0].load_image().shape[1], row["stride"]))
+                mapping_stride = scene_cloud.scaled_stride(depths["clean"][0].shape[1], row["stride"])
+                surfels[row["stride"]] = SceneCloud.frame_surfels(train, mapping_stride)
             cloud = SceneCloud.from_surfels(surfels[row["stride"]], row["voxel"])
             assert cloud is not None
             _ = cloud.tree
@@ -94,14 +94,11 @@ def main() -> None:
                     continue
                 t0 = time.perf_counter()
                 stride = scene_cloud.scaled_stride(d.shape[1], row["query"])
-                # gate=1: the ICP fits an offset only where the Kabsch re-fit kept one
-                sigma = 0.0 if row["gate"] and start.depth_offset_m == 0 else row["sigma"]
-                # fixed=1: a rigid ICP of the depth corrected by the Kabsch re-fit's offset
-                if row["fixed"]:
-                    fit = align_depth(depth_points(d, f.K, stride), T, cloud, row["distances"], 0.0,
-                                      start.depth_offset_m)
-                else:
-                    fit = align_depth(depth_points(d, f.K, stride), T, cloud, row["distances"], sigma)
+                # gate=1: the ICP fits an offset only where the Kabsch re-fit kept one; fixed=1: a rigid
+                # ICP of the depth corrected by the Kabsch re-fit's offset
+                sigma = 0.0 if row["fixed"] or (row["gate"] and start.depth_offset_m == 0) else row["sigma"]
+                offset = start.depth_offset_m if row["fixed"] else 0.0
+                fit = align_depth(depth_points(d, f.K, stride), T, cloud, row["distances"], sigma, offset)
                 ms.append((time.perf_counter() - t0) * 1e3)
                 poses.append(T if fit is None else fit.pose)
             acc = pose_metrics(*pose_error_arrays(poses, gt))["accuracy"]

@@ -10,6 +10,7 @@ import numpy as np
 
 from .geometry import PNP_METHODS
 from .pose_ransac import DEPTH_GATE
+from .scene_cloud import ICP_DISTANCES_M, ICP_OFFSET_SIGMA_M
 
 # Points needed to determine a pose: EPnP (OpenCV) needs 4 2D-3D matches, Kabsch 3 3D-3D matches.
 #: Query modes: ``rgb`` (2D-3D, PnP) or ``rgbd`` (3D-3D with the query depth, Kabsch).
@@ -173,8 +174,8 @@ class PoseConfig:
     polish_thresholds_m: tuple[float, ...] = (0.05, 0.03)
     depth_offset_sigma_m: float = 0.0015
     depth_offset_min_m: float = 0.005
-    icp_distances_m: tuple[float, ...] = (0.1, 0.05, 0.03, 0.02, 0.02, 0.02)
-    icp_offset_sigma_m: float = 0.005
+    icp_distances_m: tuple[float, ...] = ICP_DISTANCES_M
+    icp_offset_sigma_m: float = ICP_OFFSET_SIGMA_M
     polish_thresholds_px: tuple[float, ...] = ()
     polish_iterations: int = 3
     min_inliers: int = 30

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import cv2
 import numpy as np
 from scipy.spatial import cKDTree
 
@@ -41,6 +42,10 @@ MIN_MATCHES = 50         # fewer query points near the surface: the alignment is
 #: an ICP that moved the camera further than twice its first matching distance, or turned it further
 #: than this, slid along the surface rather than converged: the alignment is not trusted
 MAX_TURN_DEG = 15.0
+#: ICP defaults (``PoseConfig.icp_distances_m``, ``icp_offset_sigma_m``, where they are measured): one
+#: Gauss-Newton step per matching distance, and the prior width of the depth offset
+ICP_DISTANCES_M = (0.1, 0.05, 0.03, 0.02, 0.02, 0.02)
+ICP_OFFSET_SIGMA_M = 0.005
 #: a depth step larger than this share of the depth between neighbouring samples is an occlusion edge,
 #: not a surface: no normal there
 EDGE_RATIO = 0.2
@@ -183,18 +188,9 @@ class DepthAlignment:
     matched: float
 
 
-def _exp_so3(w: np.ndarray) -> np.ndarray:
-    """Rotation matrix of the axis-angle vector ``w (3,)`` (Rodrigues)."""
-    angle = float(np.linalg.norm(w))
-    W = np.array([[0.0, -w[2], w[1]], [w[2], 0.0, -w[0]], [-w[1], w[0], 0.0]])
-    if angle < 1e-12:
-        return np.eye(3) + W
-    return np.eye(3) + np.sin(angle) / angle * W + (1 - np.cos(angle)) / angle ** 2 * W @ W
-
-
 def align_depth(camera: np.ndarray, T_wc: np.ndarray, cloud: SceneCloud,
-                distances: Sequence[float] = (0.1, 0.05, 0.03, 0.02, 0.02, 0.02),
-                offset_sigma_m: float = 0.005, offset_m: float = 0.0) -> DepthAlignment | None:
+                distances: Sequence[float] = ICP_DISTANCES_M, offset_sigma_m: float = ICP_OFFSET_SIGMA_M,
+                offset_m: float = 0.0) -> DepthAlignment | None:
     """Point-to-plane ICP of query points ``camera (N, 3)`` (camera frame, from its depth) against
     ``cloud``, from the camera-to-world pose ``T_wc (4, 4)``: one Gauss-Newton step per entry of
     ``distances``, each matching the points to their nearest surface point within that distance.
@@ -227,7 +223,7 @@ def align_depth(camera: np.ndarray, T_wc: np.ndarray, cloud: SceneCloud,
             A = np.concatenate([np.concatenate([A, along], axis=1) / spread, prior])
             b = np.concatenate([b / spread, [-offset / offset_sigma_m]])
         step = np.linalg.lstsq(A, b, rcond=None)[0]
-        T = make_pose(_exp_so3(step[:3]), step[3:6]) @ T
+        T = make_pose(cv2.Rodrigues(step[:3])[0], step[3:6]) @ T
         if offset_sigma_m > 0:
             offset += float(step[6])
     turned_deg, moved_m = pose_errors(T, T_wc)

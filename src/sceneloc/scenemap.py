@@ -64,6 +64,14 @@ def _blas_threads() -> ThreadpoolController:
     return ThreadpoolController()
 
 
+def _one_blas_thread():
+    """Context in which numpy's BLAS runs on one thread. Pose estimation's BLAS calls are tiny (3x3
+    SVDs, batches of 4x4 products, small least squares): one thread is as fast, and a multi-threaded
+    BLAS leaves threads spinning that slowed the *next* network call 2x on 2 cores (RGB-D frame 119 ->
+    61 ms, BENCHMARKS.md session 7)."""
+    return _blas_threads().limit(limits=1, user_api="blas")
+
+
 def grid_step(out_hw: tuple[int, ...], max_points: int) -> int:
     """Stride of the regular sub-grid of an ``out_hw`` output grid that keeps at most ~``max_points`` cells."""
     return max(1, int(np.ceil(np.sqrt(out_hw[0] * out_hw[1] / max_points))))
@@ -289,10 +297,7 @@ class Map:
         if config.method == "confidence" and conf is None:
             raise SceneLocError("this map has no confidence network (mapped with --no-confidence): "
                                 "use --method random or ransac")
-        # Pose estimation's BLAS calls are tiny (3x3 SVDs, batches of 4x4 products): one thread is as fast,
-        # and a multi-threaded BLAS leaves threads spinning that slowed the *next* network call 2x on
-        # 2 cores (RGB-D frame 119 -> 61 ms, BENCHMARKS.md session 7).
-        with _blas_threads().limit(limits=1, user_api="blas"):
+        with _one_blas_thread():
             if stage is not None:
                 res = estimate_pose_dsac(pixels, coords, K, pred.coords.shape[:2], cam, stage.config,
                                          stage.score_net, DSAC_METHODS[config.method], config.hypotheses,
@@ -344,7 +349,7 @@ class Map:
         pose, offset = res.pose, res.depth_offset_m
         if depth is not None and pose is not None and config.icp_distances_m and self.cloud is not None:
             t0 = time.perf_counter()
-            with _blas_threads().limit(limits=1, user_api="blas"):   # tiny solves: see _localize_at
+            with _one_blas_thread():
                 fit = align_depth(depth_points(depth, K), pose, self.cloud, config.icp_distances_m,
                                   config.icp_offset_sigma_m)
             if fit is not None:  # else the scene-coordinate pose stands
