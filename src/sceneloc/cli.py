@@ -171,6 +171,9 @@ def _add_map_arguments(s: argparse.ArgumentParser) -> None:
     option(g, "aug_rotation", "random roll in degrees, 0 = off")
     option(g, "aug_brightness", "random brightness shift in [-b, b] of images in [0, 1], 0 = off")
     option(g, "aug_contrast", "random contrast factor in [1 - c, 1 + c], 0 = off")
+    option(g, "aug_novel_views", "xfeat: buffer copies rendered, with their depth, from a camera orbited about "
+                                 "the scene ahead (of --buffer-copies - 1 augmented ones), 0 = off")
+    option(g, "aug_orbit", "xfeat: largest orbit of those novel views, degrees", type=float)
     option(g, "checkpoint_minutes", "save MAP_DIR/checkpoint.pt (for --resume) this often")
     option(g, "snapshot_minutes", "also save the weights after these training minutes (MAP_DIR/snapshots/)",
            type=float, nargs="+")

@@ -148,7 +148,8 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
         entries = entries_for_memory(cfg.buffer_mb, model.encoder.channels)
         t1 = time.perf_counter()
         buffer = fill_buffer(train_frames, model, cfg.input_height, entries, cfg.buffer_copies, cfg.seed,
-                             cfg.aug_scale, cfg.aug_rotation, cfg.aug_brightness, cfg.aug_contrast, device)
+                             cfg.aug_scale, cfg.aug_rotation, cfg.aug_brightness, cfg.aug_contrast, device,
+                             cfg.aug_novel_views, cfg.aug_orbit)
         buffer_s = time.perf_counter() - t1
         log(f"training buffer: {len(buffer) / 1e6:.2f} M pixels, {buffer.nbytes / 2 ** 20:.0f} MB, {buffer_s:.0f} s")
         state = train_head(model, norm, buffer, cfg.minutes, cfg.iterations, cfg.pixel_batch, cfg.lr, cfg.schedule,
