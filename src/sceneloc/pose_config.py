@@ -117,9 +117,11 @@ class PoseConfig:
             none. Redkitchen, cached network output of a new map per split: dev 84.0 -> 99.0 %, split 2
             69.0 -> 82.0 % within 5 cm / 5 deg, ~8 ms (BENCHMARKS.md, session 11).
         icp_offset_sigma_m: the ICP also fits an offset of the query depth along its rays under a
-            Gaussian prior of this width (metres; 0: no offset). 5 mm, same maps, query depth moved
-            4 px and 3 cm along the rays: dev 94.0 %, split 2 80.5 % (65.5 / 71.0 % without the
-            offset, below RGB's 67.5 % on dev); clean depth as above (99.0 / 90.0 % without).
+            Gaussian prior of this width (metres; 0: no offset). 1.5 mm, three maps per split
+            (BENCHMARKS.md, session 12): clean depth dev 99.0 % on all three, split 2 88.0 / 78.5 /
+            85.0 % (5 mm: 82.0 / 74.5 / 81.0 %; rigid: 90.0 / 81.0 / 86.5 %); query depth moved 4 px
+            and 3 cm along the rays dev 82.5 / 81.5 / 84.5 % (5 mm: 94.0 / 93.0 / 92.5 %), above RGB's
+            65.5-68 %, which the rigid ICP is not (65.5 / 66.0 / 67.5 %).
         polish_thresholds_px: PnP's counterpart (pixels at ``REFERENCE_FOCAL_PX``, scaled with the
             focal length): none by default, because re-fitting on the inliers at 20, 15, 12, 10 or 8 px
             after RANSAC's 25 px (the default then) gained nothing on redkitchen (-2 to +0.5 points on three maps;
