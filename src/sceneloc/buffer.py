@@ -82,7 +82,7 @@ def cell_source_pixels(full_to_input: np.ndarray, out_hw: tuple[int, ...], strid
 def augmented_views(image: np.ndarray, input_hw: tuple[int, int], copies: int, rng: np.random.Generator,
                     aug_scale: float, aug_rotation: float, aug_brightness: float, aug_contrast: float,
                     depth: np.ndarray | None = None, K: np.ndarray | None = None, novel_views: int = 0,
-                    orbit_deg: float = 10.0) -> tuple[torch.Tensor, list[np.ndarray], list[np.ndarray | None]]:
+                    orbit_deg: float = 5.0) -> tuple[torch.Tensor, list[np.ndarray], list[np.ndarray | None]]:
     """``copies`` network inputs ``(copies, 3, H_in, W_in)`` in [0, 1] of one ``(H, W, 3)`` uint8 image
     (the first unaugmented), per copy the ``(3, 3)`` map from original (or, for a novel view, rendered)
     to input pixels, and per copy None or, for the last ``novel_views`` copies when ``depth`` and ``K``
@@ -145,7 +145,7 @@ def novel_view(image: np.ndarray, depth: np.ndarray, K: np.ndarray, rng: np.rand
                orbit_deg: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``image (H, W, 3)`` as a camera orbited about a point ahead of it would see it: rotated by up to
     ``orbit_deg`` about an axis across the optical axis through the point at the median ``depth (H, W)``
-    (metres, 0 = none), so that it also moves (~35 cm for 10 deg at 2 m). Every second pixel with depth
+    (metres, 0 = none), so that it also moves (~17 cm for 5 deg at 2 m). Every second pixel with depth
     is forward-warped into a half-resolution view (the nearest surface wins, cracks are filled from
     their neighbours), whose map of source pixels is then interpolated to full resolution.
 
@@ -229,7 +229,7 @@ def _prefetched(frames: list[Frame]):
 def fill_buffer(frames: list[Frame], net: EncoderHeadNet, input_height: int, entries: int, copies: int,
                 seed: int, aug_scale: float = 1.5, aug_rotation: float = 15.0, aug_brightness: float = 0.2,
                 aug_contrast: float = 0.2, device: str = "cpu", novel_views: int = 0,
-                orbit_deg: float = 10.0) -> PixelBuffer:
+                orbit_deg: float = 5.0) -> PixelBuffer:
     """Features and exact targets of ~``entries`` random valid cells of ``copies`` views of every frame;
     with depth, the last ``novel_views`` of them are rendered from an orbited camera (``novel_view``).
 

@@ -100,7 +100,7 @@ class MappingConfig:
     # xfeat: this many of the augmented buffer copies are the image rendered from a camera orbited by up
     # to aug_orbit degrees about the scene ahead, with its depth (buffer.novel_view): views from elsewhere
     aug_novel_views: int = 0
-    aug_orbit: float = 10.0
+    aug_orbit: float = 5.0
     checkpoint_minutes: float = 2.0
     snapshot_minutes: tuple[float, ...] = ()  # also save the weights at these training minutes (snapshots/)
     seed: int = 0
