@@ -28,7 +28,7 @@ test: setup
 demo: setup
 	.venv/bin/sceneloc demo --force
 
-# sceneloc beside its peers on redkitchen and the synthetic room (~65 min); bench-all: every study (~3 h)
+# sceneloc beside its peers on redkitchen and the synthetic room (~20 min); bench-all: every study (~3 h)
 bench: setup
 	$(PY) benchmarks/run_all.py
 

@@ -1,4 +1,4 @@
-"""`make bench` (about 65 min on 2 cores): sceneloc beside its peers on redkitchen and the default
+"""`make bench` (about 20 min on 2 cores): sceneloc beside its peers on redkitchen and the default
 synthetic room (bench_peers.py, which writes its BENCHMARKS.md section). `make bench-all` (``--all``,
 about 3 h) adds the studies behind the other sections: rendering speed, accuracy against minutes,
 the U-Net, Table I, the DSAC stages and the pose table. They train on the real data in ../shared/data: run them alone on
