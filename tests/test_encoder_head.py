@@ -20,7 +20,14 @@ from sceneloc.calibration import PoseCalibration
 from sceneloc.data import load_scene
 from sceneloc.encoders import encoder_identity, load_encoder, use_bf16
 from sceneloc.errors import SceneLocError
-from sceneloc.geometry import pose_errors, reprojection_errors
+from sceneloc.geometry import (
+    backproject,
+    invert_pose,
+    pose_errors,
+    project,
+    reprojection_errors,
+    transform_points,
+)
 from sceneloc.head_training import WeightAverage, head_loss, reprojection_error, train_head
 from sceneloc.mapping import map_scene
 from sceneloc.networks import CoordinateHead, EncoderHeadNet, SceneNormalisation, build_coordinate_network
@@ -381,10 +388,8 @@ def test_novel_view_shows_each_point_where_the_orbited_camera_sees_it():
     seen = np.isfinite(source[..., 0])
     assert seen.mean() > 0.5
     # the source pixel's scene point (the plane at 2 m), in the orbited camera, projects onto the rendered pixel
-    s = source[seen].astype(np.float64)
-    X = np.stack([(s[:, 0] - K[0, 2]) / K[0, 0] * 2.0, (s[:, 1] - K[1, 2]) / K[1, 1] * 2.0, np.full(len(s), 2.0)], 1)
-    X_v = (X - T_sv[:3, 3]) @ T_sv[:3, :3]           # T_sv^-1 X
-    uv = X_v[:, :2] / X_v[:, 2:] * K[0, 0] + K[:2, 2]
+    X = backproject(source[seen].astype(np.float64), np.full(int(seen.sum()), 2.0), K)
+    uv = project(transform_points(invert_pose(T_sv), X), K)
     err = np.linalg.norm(uv - np.stack([u[seen], v[seen]], 1), axis=1)
     # within the half-resolution rendering's rounding; a filled crack at the view's edge is off by a few px
     assert np.median(err) < 0.6 and np.percentile(err, 99) < 1.5

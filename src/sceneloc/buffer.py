@@ -21,8 +21,9 @@ import cv2
 import numpy as np
 import torch
 
-from .data import Frame, scene_coordinates_at
+from .data import Frame, sample_nearest, scene_coordinates_at
 from .errors import SceneLocError
+from .geometry import backproject, invert_pose, make_pose, project
 from .networks import EncoderHeadNet, input_size
 from .progress import progress
 
@@ -136,9 +137,8 @@ def rendered_source_pixels(source: np.ndarray, uv: np.ndarray) -> np.ndarray:
                      borderType=cv2.BORDER_CONSTANT)
     ui, vi = np.rint(uv[..., 0]), np.rint(uv[..., 1])
     inside = (ui >= 0) & (ui < W) & (vi >= 0) & (vi < H)
-    ui, vi = np.where(inside, ui, 0).astype(np.int64), np.where(inside, vi, 0).astype(np.int64)
-    ok = inside & (share[vi, ui] <= MAX_HOLE_SHARE)
-    return np.where(ok[..., None], source[vi, ui], np.nan)
+    ok = inside & (sample_nearest(share, uv) <= MAX_HOLE_SHARE)
+    return np.where(ok[..., None], sample_nearest(source, uv), np.nan)
 
 
 def novel_view(image: np.ndarray, depth: np.ndarray, K: np.ndarray, rng: np.random.Generator,
@@ -160,19 +160,17 @@ def novel_view(image: np.ndarray, depth: np.ndarray, K: np.ndarray, rng: np.rand
         return np.zeros_like(image), np.full((H, W, 2), np.nan, np.float32), np.eye(4)
     u, v = 2 * u, 2 * v                          # full-resolution source pixels
     z = depth[v, u].astype(np.float64)
-    P = np.stack([(u - K[0, 2]) / K[0, 0] * z, (v - K[1, 2]) / K[1, 1] * z, z], axis=1)
+    P = backproject(np.stack([u, v], axis=-1).astype(np.float64), z, K)
     phi = rng.uniform(0.0, 2.0 * math.pi)
     turn = math.radians(rng.uniform(-orbit_deg, orbit_deg))
     R = cv2.Rodrigues(np.array([math.cos(phi), math.sin(phi), 0.0]) * turn)[0]
     pivot = np.array([0.0, 0.0, float(np.median(z))])
     Q = (P - pivot) @ R.T + pivot                 # the scene turned about the pivot: the camera orbits it
-    front = Q[:, 2] > 0.05
-    zq = np.where(front, Q[:, 2], 1.0)
-    # half-resolution pixel j is full-resolution pixel 2 j, as the source pixels are
-    uq = np.rint((K[0, 0] * Q[:, 0] / zq + K[0, 2]) / 2)
-    vq = np.rint((K[1, 1] * Q[:, 1] / zq + K[1, 2]) / 2)
-    keep = np.flatnonzero(front & (uq >= 0) & (uq < w) & (vq >= 0) & (vq < h))
-    target = (vq[keep] * w + uq[keep]).astype(np.int64)
+    front = np.flatnonzero(Q[:, 2] > 0.05)
+    uvq = np.rint(project(Q[front], K) / 2)       # half-resolution pixel j is full-resolution pixel 2 j
+    inside = (uvq[:, 0] >= 0) & (uvq[:, 0] < w) & (uvq[:, 1] >= 0) & (uvq[:, 1] < h)
+    keep, uvq = front[inside], uvq[inside]
+    target = (uvq[:, 1] * w + uvq[:, 0]).astype(np.int64)
     # z-buffer: sort by (target pixel, depth in mm) in one int64 key, keep each pixel's nearest
     key = target * (1 << 20) + np.minimum(np.rint(Q[keep, 2] * 1000), (1 << 20) - 1).astype(np.int64)
     order = np.argsort(key)
@@ -208,9 +206,8 @@ def novel_view(image: np.ndarray, depth: np.ndarray, K: np.ndarray, rng: np.rand
     source = cv2.remap(half, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(np.nan,) * 4)
     rendered = cv2.remap(image, np.nan_to_num(source[..., 0], nan=-1.0), np.nan_to_num(source[..., 1], nan=-1.0),
                          cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
-    T_vs = np.eye(4)                              # source camera to orbited camera: x_v = R (x_s - c) + c
-    T_vs[:3, :3], T_vs[:3, 3] = R, pivot - R @ pivot
-    return rendered, source, np.linalg.inv(T_vs)
+    # the orbited camera's frame from the source camera's: x_v = R (x_s - c) + c
+    return rendered, source, invert_pose(make_pose(R, pivot - R @ pivot))
 
 
 def _prefetched(frames: list[Frame]):
