@@ -201,6 +201,8 @@ class PoseCalibration:
             raw = json.loads(path.read_text())
             # a file from before the settings were recorded names its method only: it matches no settings
             settings = raw["settings"] if "settings" in raw else {"method": raw["method"]}
+            if "threshold_rad" in settings:   # fitted before RGB poses were aligned to a scene view: none
+                settings.setdefault("view_rounds", 0)
             return cls({m: ModeCalibration(**c) for m, c in raw["modes"].items()}, raw["max_cm"], raw["max_deg"],
                        settings, raw.get("views", {}))
         except (ValueError, KeyError, TypeError, AttributeError) as e:

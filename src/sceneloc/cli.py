@@ -183,6 +183,9 @@ def _add_map_arguments(s: argparse.ArgumentParser) -> None:
                                      "within 5 cm / 5 deg; 0 = no calibration")
     option(g, "cloud_voxel_m", "fuse the mapping depth into a scene surface of this voxel size in metres, which "
                                "RGB-D poses are finally aligned to by ICP; 0 = none", flag="--cloud-voxel", metavar="M")
+    option(g, "view_voxel_m", "fuse the mapping depth and grey values into a scene view of this voxel size in "
+                              "metres, which RGB poses are finally aligned to by rendering it; 0 = none",
+           flag="--view-voxel", metavar="M")
     g = s.add_argument_group("confidence (stage 2)")
     g.add_argument("--no-confidence", dest="confidence", action="store_false", help="skip stage 2")
     option(g, "confidence_mode", "both: also train the inlier classifier for the ROC comparison (paper Fig. 3)",
@@ -256,6 +259,9 @@ def _add_pose_arguments(s: argparse.ArgumentParser) -> None:
     _field_option(g, d, "icp_offset_sigma_m", "RGB-D: the ICP also fits an offset of the query depth along its rays "
                                               "under a Gaussian prior of this width in metres (0: no offset)",
                   flag="--icp-offset-sigma", metavar="M")
+    _field_option(g, d, "view_rounds", "RGB on a map with a scene view: finally align the pose to the image, this "
+                                       "many rounds of rendering the view at the pose, optical flow to the query "
+                                       "and a re-fit (0: off)", metavar="N")
     _field_option(g, d, "min_inliers", "fewer inliers report a failure")
     _field_option(g, d, "query_scales", "run the network on the query at each of these scales and keep the pose "
                                         "with the highest inlier ratio (default 1; 0.9 0.75: views closer than the "

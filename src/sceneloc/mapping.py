@@ -25,6 +25,7 @@ from .loop import Budget
 from .networks import EncoderHeadNet, SceneNormalisation, build_coordinate_network
 from .pose_config import MODES, PoseConfig, inlier_settings
 from .scene_cloud import SceneCloud
+from .scene_view import SceneView, frame_samples
 from .scenemap import MAP_FORMAT_VERSION, Map, default_device, localize_frames
 from .training import (
     MappingConfig,
@@ -139,6 +140,13 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
     cloud_s = time.perf_counter() - t0
     if cloud is not None:
         log(f"scene surface: {len(cloud.points) / 1e3:.0f} k points at {100 * cfg.cloud_voxel_m:g} cm, {cloud_s:.0f} s")
+    t1 = time.perf_counter()
+    # the same for the grey surface that RGB poses are aligned to (scene_view.py)
+    view_samples = frame_samples(train_frames) if cfg.view_voxel_m and len(missing) < len(train_frames) else []
+    view = SceneView.from_samples(view_samples, cfg.view_voxel_m) if view_samples else None
+    view_s = time.perf_counter() - t1
+    if view is not None:
+        log(f"scene view: {len(view.points) / 1e3:.0f} k points at {100 * cfg.view_voxel_m:g} cm, {view_s:.0f} s")
 
     assert cfg.input_height is not None and cfg.aug_scale is not None and cfg.lr is not None  # resolved() filled them
     state: Budget
@@ -159,7 +167,7 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
                          "seconds": round(buffer_s, 1), **buffer_accuracy(model, norm, buffer, device=device)}
         if cfg.calibration_minutes:
             calibration = calibrate_with_held_out_head(config, norm, buffer, train_frames, cfg, device, log,
-                                                       surfels=surfels)
+                                                       surfels=surfels, view_samples=view_samples)
         del buffer  # the largest allocation of mapping: free it before stage 2
         t1 = time.perf_counter()
         cache = (FrameCache.build(train_frames, cfg.input_height, model.stride, model.multiple, "caching train frames")
@@ -177,6 +185,7 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
     the_map = Map(config, model, conf_net, device, classifier=classifier)
     the_map.calibration = calibration
     the_map.cloud = cloud
+    the_map.view = view
     the_map.save(map_dir)
 
     per_step = cfg.pixel_batch if cfg.arch == "xfeat" else cfg.batch_size
@@ -186,7 +195,9 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
                            "history": state.history},
               "confidence_training": conf_info,
               "scene_surface": None if cloud is None else {"points": len(cloud.points), "voxel_m": cloud.voxel_m,
-                                                           "seconds": round(cloud_s, 1)}}
+                                                           "seconds": round(cloud_s, 1)},
+              "scene_view": None if view is None else {"points": len(view.points), "voxel_m": view.voxel_m,
+                                                       "seconds": round(view_s, 1)}}
     if buffer_report is not None:  # the head's fit on a sample of its buffer: no second pass over the images
         report["buffer"] = buffer_report
         if math.isfinite(buffer_report["median_error_m"]):  # NaN: no training frame has depth
@@ -224,14 +235,16 @@ def calibration_group(frames: list) -> np.ndarray:
 
 def calibrate_with_held_out_head(config: dict, norm: SceneNormalisation, buffer, frames: list, cfg: MappingConfig,
                                  device: str, log=print, group: np.ndarray | None = None,
-                                 surfels: list | None = None) -> PoseCalibration | None:
+                                 surfels: list | None = None, view_samples: list | None = None
+                                 ) -> PoseCalibration | None:
     """Fit the per-pose calibration with a second, short-trained head that never saw one group of
     the training frames (``calibration_group``): its poses of those frames fail and succeed the way
     the map's poses of new queries do, which frames the map itself was trained on cannot show
     (they all localize). ``group`` overrides which frames (indices) are held out. With the frames'
     ``surfels`` (``SceneCloud.frame_surfels``), the second head's map has the surface of the frames it
-    learned, so its RGB-D poses end with ICP as the map's will. Returns None when too few frames can be
-    held out."""
+    learned, so its RGB-D poses end with ICP as the map's will; with their ``view_samples``
+    (``scene_view.frame_samples``), its RGB poses end aligned to the view of the frames it learned.
+    Returns None when too few frames can be held out."""
     group = calibration_group(frames) if group is None else group
     if len(group) < MIN_CALIBRATION_FRAMES or len(group) == len(frames):
         log(f"pose calibration skipped: {len(group)} of {len(frames)} frames to hold out (needs "
@@ -254,6 +267,9 @@ def calibrate_with_held_out_head(config: dict, norm: SceneNormalisation, buffer,
     probe_map = Map(config, probe, None, device)
     if surfels:
         probe_map.cloud = SceneCloud.from_surfels([s for i, s in enumerate(surfels) if not held[i]], cfg.cloud_voxel_m)
+    if view_samples:
+        probe_map.view = SceneView.from_samples([s for i, s in enumerate(view_samples) if not held[i]],
+                                                cfg.view_voxel_m)
     return fit_pose_calibration(probe_map, [frames[i] for i in pick], learned, frames, cfg.seed, log)
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from .geometry import PNP_METHODS
 from .pose_ransac import DEPTH_GATE
 from .scene_cloud import ICP_DISTANCES_M, ICP_OFFSET_SIGMA_M
+from .scene_view import ROUNDS as VIEW_ROUNDS
 
 # Points needed to determine a pose: EPnP (OpenCV) needs 4 2D-3D matches, Kabsch 3 3D-3D matches.
 #: Query modes: ``rgb`` (2D-3D, PnP) or ``rgbd`` (3D-3D with the query depth, Kabsch).
@@ -122,6 +123,12 @@ class PoseConfig:
             85.0 % (5 mm: 82.0 / 74.5 / 81.0 %; rigid: 90.0 / 81.0 / 86.5 %); query depth moved 4 px
             and 3 cm along the rays dev 82.5 / 81.5 / 84.5 % (5 mm: 94.0 / 93.0 / 92.5 %), above RGB's
             65.5-68 %, which the rigid ICP is not (65.5 / 66.0 / 67.5 %).
+        view_rounds: RGB, maps with a scene view (``scene_view.py``): finally align the pose to the
+            image, this many times rendering the mapping frames' grey surface at the pose, matching the
+            rendering to the query by optical flow and re-fitting on those matches (0: off). Redkitchen,
+            cached network output of one map per split: dev 67.5 -> 89.0 %, split 2 39.0 -> 62.0 %
+            within 5 cm / 5 deg, no frame lost, ~25 ms (BENCHMARKS.md, session 13); one round gave
+            85.5 / 54.5 %.
         polish_thresholds_px: PnP's counterpart (pixels at ``REFERENCE_FOCAL_PX``, scaled with the
             focal length): none by default, because re-fitting on the inliers at 20, 15, 12, 10 or 8 px
             after RANSAC's 25 px (the default then) gained nothing on redkitchen (-2 to +0.5 points on three maps;
@@ -178,6 +185,7 @@ class PoseConfig:
     depth_offset_min_m: float = 0.005
     icp_distances_m: tuple[float, ...] = ICP_DISTANCES_M
     icp_offset_sigma_m: float = ICP_OFFSET_SIGMA_M
+    view_rounds: int = VIEW_ROUNDS
     polish_thresholds_px: tuple[float, ...] = ()
     polish_iterations: int = 3
     min_inliers: int = 30
@@ -224,8 +232,9 @@ class PoseConfig:
                              f"{self.polish_thresholds_px} and icp_distances_m={self.icp_distances_m} must be positive")
         if not self.icp_offset_sigma_m >= 0:
             raise ValueError(f"PoseConfig.icp_offset_sigma_m={self.icp_offset_sigma_m} must be >= 0 (0: no offset)")
-        if min(self.refine_rounds, self.polish_iterations, self.min_inliers, self.spread_cells) < 0:
-            raise ValueError("PoseConfig.refine_rounds, polish_iterations, min_inliers and spread_cells must be >= 0")
+        if min(self.refine_rounds, self.polish_iterations, self.min_inliers, self.spread_cells, self.view_rounds) < 0:
+            raise ValueError("PoseConfig.refine_rounds, polish_iterations, min_inliers, spread_cells and view_rounds "
+                             "must be >= 0")
         if not 0.0 < self.ransac_confidence < 1.0:
             raise ValueError(f"PoseConfig.ransac_confidence={self.ransac_confidence} must be in (0, 1)")
 
@@ -294,7 +303,7 @@ class PoseResult:
 
 #: The ``inlier_settings`` that shape each mode's poses and inlier counts: a calibration fitted under
 #: other settings of the *other* mode still holds.
-MODE_SETTINGS = {"rgb": ("method", "threshold_rad", "polish_thresholds_px"),
+MODE_SETTINGS = {"rgb": ("method", "threshold_rad", "polish_thresholds_px", "view_rounds"),
                  "rgbd": ("method", "threshold_m", "polish_thresholds_m", "depth_offset_sigma_m", "depth_offset_min_m",
                           "icp_distances_m", "icp_offset_sigma_m")}
 
@@ -305,7 +314,7 @@ def inlier_settings(config: PoseConfig, K: np.ndarray) -> dict:
     settings that differ here are not comparable (a pose calibration holds for its own only)."""
     return {"method": config.method, "threshold_rad": round(config.threshold_px_for(K) / float(K[0, 0]), 6),
             "threshold_m": config.inlier_threshold_m, "polish_thresholds_m": list(config.polish_thresholds_m),
-            "polish_thresholds_px": list(config.polish_thresholds_px),
+            "polish_thresholds_px": list(config.polish_thresholds_px), "view_rounds": config.view_rounds,
             "depth_offset_sigma_m": config.depth_offset_sigma_m, "depth_offset_min_m": config.depth_offset_min_m,
             "icp_distances_m": list(config.icp_distances_m), "icp_offset_sigma_m": config.icp_offset_sigma_m}
 

@@ -42,6 +42,7 @@ from .pose import PoseConfig, PoseResult, estimate_pose
 from .pose_config import DSAC_METHODS, MODES, estimator_config, for_reprojection_map, inlier_settings
 from .progress import progress as progress_bar
 from .scene_cloud import SCENE_CLOUD_FILE, SceneCloud, align_depth, depth_points
+from .scene_view import SCENE_VIEW_FILE, SceneView, align_image
 
 #: 2: the network may be a frozen pretrained encoder + head (the file holds the head; the config the
 #: encoder's name and weights hash). Version-1 maps (fcn, unet) are read unchanged.
@@ -138,6 +139,7 @@ class Map:
         self.dsac = None                  # the DSAC stage (dsac_stage.DSACStage), loaded on first use by dsac/softam
         self.calibration: PoseCalibration | None = None   # per-pose probabilities (calibration.py)
         self.cloud: SceneCloud | None = None   # the mapping depth's surface: RGB-D poses end with ICP to it
+        self.view: SceneView | None = None     # the surface in grey: RGB poses end aligned to its rendering
 
     # ------------------------------------------------------------------------------------ files
 
@@ -160,10 +162,11 @@ class Map:
             self.calibration.save(d)
         else:  # a calibration fitted to an earlier network would be wrong for this one
             (d / CALIBRATION_FILE).unlink(missing_ok=True)
-        if self.cloud is not None:
-            self.cloud.save(d)
-        else:
-            (d / SCENE_CLOUD_FILE).unlink(missing_ok=True)
+        for part, name in ((self.cloud, SCENE_CLOUD_FILE), (self.view, SCENE_VIEW_FILE)):
+            if part is not None:
+                part.save(d)
+            else:  # a surface of an earlier mapping must not outlive it
+                (d / name).unlink(missing_ok=True)
 
     @classmethod
     def load(cls, map_dir: str | Path, device: str | None = None) -> Map:
@@ -199,6 +202,7 @@ class Map:
         the_map.map_dir = d
         the_map.calibration = PoseCalibration.load(d)
         the_map.cloud = SceneCloud.load(d)
+        the_map.view = SceneView.load(d)
         return the_map
 
     # ------------------------------------------------------------------------------- inference
@@ -221,14 +225,16 @@ class Map:
 
     def estimator_for(self, estimator: PoseConfig | str | None, K: np.ndarray) -> PoseConfig:
         """The pose settings a query with camera ``K (3, 3)`` runs under: ``estimator`` (see
-        ``estimator_config``), adapted to a map learned from reprojection alone, and without ICP on a
-        map that has no scene surface."""
+        ``estimator_config``), adapted to a map learned from reprojection alone, without ICP on a
+        map that has no scene surface and without the image alignment on a map that has no scene view."""
         config = estimator_config(estimator)
         if self.config.get("supervision") == "reprojection":
             # the threshold that suits depth-supervised maps costs an RGB-only map accuracy
             config = for_reprojection_map(config, K)
         if self.cloud is None and config.icp_distances_m:
             config = replace(config, icp_distances_m=())
+        if self.view is None and config.view_rounds:
+            config = replace(config, view_rounds=0)
         return config
 
     @torch.no_grad()
@@ -354,6 +360,13 @@ class Map:
                                   config.icp_offset_sigma_m)
             if fit is not None:  # else the scene-coordinate pose stands
                 pose, offset = fit.pose, fit.offset_m
+            timings["refinement_ms"] += (time.perf_counter() - t0) * 1e3
+        if depth is None and pose is not None and config.view_rounds and self.view is not None:
+            t0 = time.perf_counter()
+            with _one_blas_thread():
+                aligned = align_image(image, K, pose, self.view, config.view_rounds)
+            if aligned is not None:  # else the scene-coordinate pose stands
+                pose = aligned.pose
             timings["refinement_ms"] += (time.perf_counter() - t0) * 1e3
         timings["total_ms"] = sum(timings.values())
         probability = float("nan")

@@ -110,6 +110,9 @@ class MappingConfig:
     # the surface fused from the mapping depth at this voxel size (metres), which RGB-D poses are
     # finally aligned to by ICP (scene_cloud.py, PoseConfig.icp_distances_m); 0: none
     cloud_voxel_m: float = 0.02
+    # the mapping frames' depth and grey values fused at this voxel size (metres), which RGB poses are
+    # finally aligned to by rendering it (scene_view.py, PoseConfig.view_rounds); 0: none
+    view_voxel_m: float = 0.01
     # stage 2
     confidence: bool = True
     confidence_mode: str = "regression"   # or classification, or both (classifier kept for Fig. 3's ROC)
