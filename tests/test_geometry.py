@@ -339,7 +339,8 @@ def test_solve_pnp_unknown_method():
         g.solve_pnp(np.zeros((4, 3)), np.zeros((4, 2)), K, "dlt")
 
 
-def test_pnp_ransac_magsac_noise_and_outliers():
+@pytest.mark.parametrize("local_optimisation", [True, False])
+def test_pnp_ransac_magsac_noise_and_outliers(local_optimisation):
     rng = np.random.default_rng(11)
     n = 1000
     T = random_pose(rng)
@@ -347,7 +348,7 @@ def test_pnp_ransac_magsac_noise_and_outliers():
     uv = uv + rng.normal(scale=0.5, size=uv.shape)
     outlier = rng.random(n) < 0.7
     uv[outlier] = rng.uniform([0, 0], [W, H], size=(outlier.sum(), 2))
-    T_est, mask = g.pnp_ransac(X, uv, K)
+    T_est, mask = g.pnp_ransac(X, uv, K, local_optimisation=local_optimisation)
     assert T_est is not None
     rot, trans = g.pose_errors(T_est, T)
     assert trans < 0.01 and rot < 0.5, (rot, trans)

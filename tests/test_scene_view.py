@@ -151,7 +151,8 @@ def test_match_rendering_measures_an_image_motion():
     grey, hits = ray_cast(camera())
     valid = np.isfinite(hits[..., 0])
     candidates = np.c_[np.nan_to_num(hits).reshape(-1, 3), np.ones(valid.size)].astype(np.float32)
-    rendering = Rendering(grey.astype(np.float32), valid, np.arange(valid.size).reshape(HW), candidates)
+    rendering = Rendering(grey.astype(np.float32), valid, np.arange(valid.size).reshape(HW), candidates,
+                          np.zeros(valid.size, np.uint8))
     shifted = np.roll(grey, (1, 3), axis=(0, 1))    # the query: the same picture 3 px right, 1 px down
     pixels, points = match_rendering(rendering, np.clip(shifted * 0.8 + 20, 0, 255).astype(np.uint8))
     assert len(pixels) > 1000

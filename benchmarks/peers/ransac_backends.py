@@ -39,7 +39,7 @@ def opencv_pnp(pixels: np.ndarray, coords: np.ndarray, K: np.ndarray,
     pixels, coords = _finite(pixels, coords)
     threshold = config.threshold_px_for(K)
     pose, mask = pnp_ransac(coords, pixels, K, threshold, config.ransac_iterations, config.ransac_confidence,
-                            method="magsac")
+                            method="magsac", local_optimisation=True)
     inliers = int(mask.sum())
     return (pose if inliers >= config.required_inliers("pnp", threshold, pixels) else None), inliers
 

@@ -265,7 +265,8 @@ def estimate_pose(pixels: np.ndarray, scene_coords: np.ndarray, K: np.ndarray,
         if corr.solver == "pnp":
             sub = scoring_subset(len(corr), config.ransac_points, rng)
             pose, mask = pnp_ransac(corr.scene[sub], corr.pixels[sub], corr.K, corr.threshold,
-                                    config.ransac_iterations, config.ransac_confidence)
+                                    config.ransac_iterations, config.ransac_confidence,
+                                    local_optimisation=config.ransac_local_optimisation)
             used = sub[mask]
             score = float(len(used))
         else:

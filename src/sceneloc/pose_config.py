@@ -126,9 +126,9 @@ class PoseConfig:
         view_rounds: RGB, maps with a scene view (``scene_view.py``): finally align the pose to the
             image, this many times rendering the mapping frames' grey surface at the pose, matching the
             rendering to the query by optical flow and re-fitting on those matches (0: off). Redkitchen,
-            cached network output of one map per split: dev 67.5 -> 89.0 %, split 2 39.0 -> 62.0 %
-            within 5 cm / 5 deg, no frame lost, ~25 ms (BENCHMARKS.md, session 13); one round gave
-            85.5 / 54.5 %.
+            cached network output of two maps per split (BENCHMARKS.md, session 13): dev 67.5 / 71.0 % ->
+            89.0 / 88.5 %, split 2 39.0 / 39.5 % -> 60.0 / 60.0 % within 5 cm / 5 deg, no frame lost,
+            ~26-32 ms; two rounds 88.0 / 88.0 % and 61.0 / 55.5 %, one 85.5 % and 54.5 % (first maps).
         polish_thresholds_px: PnP's counterpart (pixels at ``REFERENCE_FOCAL_PX``, scaled with the
             focal length): none by default, because re-fitting on the inliers at 20, 15, 12, 10 or 8 px
             after RANSAC's 25 px (the default then) gained nothing on redkitchen (-2 to +0.5 points on three maps;
@@ -149,6 +149,10 @@ class PoseConfig:
             clean and shifted depth, 4 ms faster (session 7).
         ransac_confidence: probability of having drawn one all-inlier minimal set, to stop early
             (``ransac`` with Kabsch, and ``joint``).
+        ransac_local_optimisation: ``ransac`` with PnP: run MAGSAC++'s local optimisation of the best
+            models (OpenCV's USAC_MAGSAC). Off, MAGSAC++ only scores the minimal-set models, and the
+            re-fits on all inliers and the view alignment that follow refine the pose: 3 ms instead of
+            20 ms per frame at the same accuracy (BENCHMARKS.md, session 13).
         joint_batch: hypotheses per round of ``joint`` (half P3P, half Kabsch with depth); it stops
             after the round in which either kind reaches ``ransac_confidence``. ACE/DSAC* draw 64.
         joint_max_hypotheses: most hypotheses of ``joint`` (bounds its time at low inlier ratios).
@@ -192,6 +196,7 @@ class PoseConfig:
     ransac_iterations: int = 10000
     ransac_points: int | None = 1200
     ransac_confidence: float = 0.9999
+    ransac_local_optimisation: bool = False
     joint_batch: int = 64
     joint_max_hypotheses: int = 1024
     depth_gate: float = DEPTH_GATE

@@ -7,9 +7,9 @@ depth, fused with their grey values into a 1 cm point cloud (``SceneView``), can
 estimated pose (``render_view``). That rendering and the query then differ by a small image motion
 that dense optical flow (OpenCV's DIS) measures to a fraction of a pixel; each rendered pixel's
 surface point and the flow's end point in the query are a 2D-3D correspondence, and a robust re-fit
-on them moves the pose towards the truth. Two rounds of render, flow and re-fit (``align_image``)
-lifted redkitchen's RGB poses within 5 cm / 5 deg from 67.5 to 90 % on the dev split and from 39 to
-60 % on split 2 (BENCHMARKS.md, session 13), the way ICP of the query depth does for RGB-D poses.
+on them moves the pose towards the truth. Rounds of render, flow and re-fit (``align_image``) lifted
+redkitchen's RGB poses within 5 cm / 5 deg from 67.5 to 89 % on the dev split and from 39 to 60 % on
+split 2 (BENCHMARKS.md, session 13), the way ICP of the query depth does for RGB-D poses.
 
 >>> view = SceneView.build(frames)                                     # doctest: +SKIP
 >>> fit = align_image(image, K, T_wc, view)                             # doctest: +SKIP
@@ -33,15 +33,16 @@ from .progress import progress as progress_bar
 from .scene_cloud import depth_grid, scaled_stride
 
 SCENE_VIEW_FILE = "scene_view.npz"
-#: voxel of the grey surface: 1 cm placed split 2's RGB 60 % against 56.5 % at 1.5 cm and 50 % at 2 cm
+#: voxel of the grey surface: 1 cm placed split 2's RGB 60.5 % against 56.5 % at 1.5 cm and 50.0 % at 2 cm
 #: (about one point per pixel of a half-resolution rendering at 2 m); ~700 k points, ~1.1 MB in the map
 VOXEL_M = 0.01
 #: every 4th pixel of each 640-pixel-wide mapping frame is fused (scaled with the width)
 MAPPING_STRIDE_PX = 4
 #: the rendering and the flow run at this width (half of 640: quarter resolution lost 10-20 points)
 RENDER_WIDTH_PX = 320
-#: rounds of render, flow and re-fit (``PoseConfig.view_rounds``): the second added 2.5-5 points
-ROUNDS = 2
+#: rounds of render, flow and re-fit (``PoseConfig.view_rounds``): the second added 2.5-5 points, the
+#: third 0-4.5 after the cheaper RANSAC that precedes it (``PoseConfig.ransac_local_optimisation``)
+ROUNDS = 3
 #: every 4th rendered pixel (each way) is a correspondence (every 2nd: as exact, 4x the re-fit's time)
 SAMPLE_STEP = 4
 #: a flow vector whose backward flow does not return within this many rendering pixels is dropped:
@@ -50,7 +51,7 @@ FLOW_CHECK_PX = 1.0
 #: the re-fit's inlier thresholds in pixels at a 525 px focal length (scaled with it), loosest first:
 #: the first round's flow can be tens of pixels long
 REFIT_THRESHOLDS_PX = (20.0, 8.0, 4.0, 3.0)
-GAUSS_NEWTON_STEPS = 3   # per threshold: the flow starts the pose close
+GAUSS_NEWTON_STEPS = 2   # per threshold: the flow starts the pose close (3: the same poses)
 #: a rendering must cover this share of the image, and this many correspondences must stay inliers
 MIN_COVERAGE = 0.2
 MIN_INLIERS = 30
@@ -192,12 +193,13 @@ class SceneView:
 @dataclass
 class Rendering:
     """``render_view``'s output at ``(h, w)``: ``grey`` float32 (0 where nothing is seen), ``valid (h, w)``,
-    and which of the rendered ``candidates (N, 4)`` (homogeneous world points) each pixel shows
-    (``source (h, w)``, 0 where not valid)."""
+    and which of the rendered ``candidates (N, 4)`` (homogeneous world points, grey values
+    ``candidate_grey (N,)``) each pixel shows (``source (h, w)``, 0 where not valid)."""
     grey: np.ndarray
     valid: np.ndarray
     source: np.ndarray
     candidates: np.ndarray
+    candidate_grey: np.ndarray
 
     def points_at(self, v: np.ndarray, u: np.ndarray) -> np.ndarray:
         """World points ``(N, 3)`` float64 seen at pixels ``(v, u)`` (rows, columns)."""
@@ -210,18 +212,25 @@ class Rendering:
         return np.take(self.candidates, self.source.ravel(), axis=0)[:, :3].reshape(h, w, 3) * self.valid[..., None]
 
 
-def render_view(view: SceneView, T_wc: np.ndarray, K: np.ndarray, hw: tuple[int, int]) -> Rendering:
+def render_view(view: SceneView, T_wc: np.ndarray, K: np.ndarray, hw: tuple[int, int],
+                reuse: Rendering | None = None) -> Rendering:
     """Render ``view`` from a camera-to-world pose ``T_wc (4, 4)`` with intrinsics ``K (3, 3)`` into an
     ``hw`` image: each point lands on its nearest pixel, the nearest point of a pixel wins, and points
-    far behind the nearest surface around them (seen through its gaps) are hidden."""
+    far behind the nearest surface around them (seen through its gaps) are hidden. ``reuse``: render
+    the candidate points of that rendering (from a pose a few centimetres away) instead of finding the
+    visible ones again."""
     h, w = hw
     T_cw = invert_pose(np.asarray(T_wc, dtype=np.float64))
-    seen = view.visible(T_cw, K, hw)
-    if not seen:
-        nothing = np.zeros(hw, bool)
-        return Rendering(np.zeros(hw, np.float32), nothing, np.zeros(hw, np.int64), np.zeros((1, 4), np.float32))
-    homogeneous = np.concatenate([view.homogeneous[s] for s in seen])
-    grey_seen = np.concatenate([view.grey[s] for s in seen])
+    if reuse is not None:
+        homogeneous, grey_seen = reuse.candidates, reuse.candidate_grey
+    else:
+        seen = view.visible(T_cw, K, hw)
+        if not seen:
+            nothing = np.zeros(hw, bool)
+            return Rendering(np.zeros(hw, np.float32), nothing, np.zeros(hw, np.int64), np.zeros((1, 4), np.float32),
+                             np.zeros(1, np.uint8))
+        homogeneous = np.concatenate([view.homogeneous[s] for s in seen])
+        grey_seen = np.concatenate([view.grey[s] for s in seen])
     # one product gives (u z, v z, z) of every point
     uvz = homogeneous @ (np.asarray(K, dtype=np.float64) @ T_cw[:3]).T.astype(np.float32)
     z = uvz[:, 2]
@@ -240,7 +249,7 @@ def render_view(view: SceneView, T_wc: np.ndarray, K: np.ndarray, hw: tuple[int,
     near = cv2.erode(depth, np.ones((5, 5), np.uint8))
     valid &= depth < near * HIDDEN_RATIO + HIDDEN_MARGIN_M
     grey = grey_seen[source].astype(np.float32) * valid
-    return Rendering(grey, valid, source, homogeneous)
+    return Rendering(grey, valid, source, homogeneous, grey_seen)
 
 
 def fill_holes(image: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -362,9 +371,10 @@ def align_image(image: np.ndarray, K: np.ndarray, T_wc: np.ndarray, view: SceneV
     K_small[:2] /= factor
     K_small[:2, 2] += 0.5 / factor - 0.5
     T = np.asarray(T_wc, dtype=np.float64)
-    result = None
+    result, rendering = None, None
     for _ in range(rounds):
-        rendering = render_view(view, T, K_small, (h, w))
+        # later rounds move the pose by centimetres: the points the first round found visible still are
+        rendering = render_view(view, T, K_small, (h, w), reuse=rendering)
         if rendering.valid.mean() < MIN_COVERAGE:
             return None
         pixels, points = match_rendering(rendering, query)
