@@ -79,6 +79,8 @@ def _other_value(action: argparse.Action) -> tuple[list[str], object]:
     flag = action.option_strings[0]
     if isinstance(action, argparse._StoreFalseAction):
         return [flag], False
+    if isinstance(action, argparse._StoreTrueAction):
+        return [flag], True
     if action.choices:
         value = next(c for c in action.choices if c != action.default)
         return [flag, str(value)], value

@@ -118,11 +118,14 @@ class PoseConfig:
             none. Redkitchen, cached network output of a new map per split: dev 84.0 -> 99.0 %, split 2
             69.0 -> 82.0 % within 5 cm / 5 deg, ~8 ms (BENCHMARKS.md, session 11).
         icp_offset_sigma_m: the ICP also fits an offset of the query depth along its rays under a
-            Gaussian prior of this width (metres; 0: no offset). 1.5 mm, three maps per split
-            (BENCHMARKS.md, session 12): clean depth dev 99.0 % on all three, split 2 88.0 / 78.5 /
-            85.0 % (5 mm: 82.0 / 74.5 / 81.0 %; rigid: 90.0 / 81.0 / 86.5 %); query depth moved 4 px
-            and 3 cm along the rays dev 82.5 / 81.5 / 84.5 % (5 mm: 94.0 / 93.0 / 92.5 %), above RGB's
-            65.5-68 %, which the rigid ICP is not (65.5 / 66.0 / 67.5 %).
+            Gaussian prior of this width (metres; 0: no offset). 3 mm: once RGB poses were aligned to
+            the scene view (dev RGB 88.5 %), the 1.5 mm of session 12 left dev's misregistered depth
+            (moved 4 px and 3 cm along the rays) below RGB, 84.5 %; 3 mm gives it 91.0 % and dev's clean
+            depth stays 99.0 %, at 2 points of split 2's clean depth (85.5 -> 83.5 %; shifted 74.0 ->
+            80.5 %) (BENCHMARKS.md, session 13). Session 12, three maps per split: 3 mm clean dev 99.0 %
+            on all, split 2 86.0 / 76.5 / 81.5 % (1.5 mm: 88.0 / 78.5 / 85.0 %, 5 mm: 82.0 / 74.5 /
+            81.0 %); shifted dev 91.0 / 89.5 / 90.0 % (1.5 mm: 82.5 / 81.5 / 84.5 %); the rigid ICP
+            leaves dev's shifted depth at 65.5-67.5 %.
         view_rounds: RGB, maps with a scene view (``scene_view.py``): finally align the pose to the
             image, this many times rendering the mapping frames' grey surface at the pose, matching the
             rendering to the query by optical flow and re-fitting on those matches (0: off). Redkitchen,

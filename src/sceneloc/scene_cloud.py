@@ -45,7 +45,7 @@ MAX_TURN_DEG = 15.0
 #: ICP defaults (``PoseConfig.icp_distances_m``, ``icp_offset_sigma_m``, where they are measured): one
 #: Gauss-Newton step per matching distance, and the prior width of the depth offset
 ICP_DISTANCES_M = (0.1, 0.05, 0.03, 0.02, 0.02, 0.02)
-ICP_OFFSET_SIGMA_M = 0.0015
+ICP_OFFSET_SIGMA_M = 0.003
 #: a depth step larger than this share of the depth between neighbouring samples is an occlusion edge,
 #: not a surface: no normal there
 EDGE_RATIO = 0.2

@@ -353,6 +353,21 @@ class ImageAlignment:
     matches: int
 
 
+def query_at_render_size(image: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """The grey query ``(h, w)`` uint8 at ``RENDER_WIDTH_PX`` (or its own size when smaller), its
+    intrinsics ``(3, 3)`` and the factor ``W / w``; pixel centres stay at integers at both resolutions."""
+    H, W = image.shape[:2]
+    factor = W / RENDER_WIDTH_PX if W > RENDER_WIDTH_PX else 1.0
+    w, h = round(W / factor), round(H / factor)
+    query = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    if factor != 1.0:
+        query = cv2.resize(query, (w, h), interpolation=cv2.INTER_AREA)
+    K_small = np.array(K, dtype=np.float64)
+    K_small[:2] /= factor
+    K_small[:2, 2] += 0.5 / factor - 0.5   # u_small = (u + 0.5) / factor - 0.5
+    return query, K_small, factor
+
+
 def align_image(image: np.ndarray, K: np.ndarray, T_wc: np.ndarray, view: SceneView, rounds: int = ROUNDS
                 ) -> ImageAlignment | None:
     """Align the camera-to-world pose ``T_wc (4, 4)`` of an RGB ``image (H, W, 3)`` uint8 with intrinsics
@@ -360,21 +375,12 @@ def align_image(image: np.ndarray, K: np.ndarray, T_wc: np.ndarray, view: SceneV
     the rendering to the image (``match_rendering``) and re-fit the pose (``refit_robust``). None when the
     rendering covers too little of the image, too few correspondences hold, or the pose moved further
     than ``MAX_MOVE_M`` / turned more than ``MAX_TURN_DEG``: then the starting pose stands."""
-    H, W = image.shape[:2]
-    factor = W / RENDER_WIDTH_PX if W > RENDER_WIDTH_PX else 1.0
-    w, h = round(W / factor), round(H / factor)
-    query = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    if factor != 1.0:
-        query = cv2.resize(query, (w, h), interpolation=cv2.INTER_AREA)
-    # pixel centres at integers at both resolutions: u_small = (u + 0.5) / factor - 0.5
-    K_small = np.array(K, dtype=np.float64)
-    K_small[:2] /= factor
-    K_small[:2, 2] += 0.5 / factor - 0.5
+    query, K_small, factor = query_at_render_size(image, K)
     T = np.asarray(T_wc, dtype=np.float64)
     result, rendering = None, None
     for _ in range(rounds):
         # later rounds move the pose by centimetres: the points the first round found visible still are
-        rendering = render_view(view, T, K_small, (h, w), reuse=rendering)
+        rendering = render_view(view, T, K_small, query.shape, reuse=rendering)
         if rendering.valid.mean() < MIN_COVERAGE:
             return None
         pixels, points = match_rendering(rendering, query)
@@ -389,4 +395,3 @@ def align_image(image: np.ndarray, K: np.ndarray, T_wc: np.ndarray, view: SceneV
     if moved_m > MAX_MOVE_M or turned_deg > MAX_TURN_DEG:
         return None
     return result
-
