@@ -379,7 +379,7 @@ def run_sceneloc(label: str, data: str, work: Path, args, given_map: str | None)
                           minutes=args.minutes, confidence_minutes=args.confidence_minutes)
     if "error" not in mapping:
         mapping["map_mb"] = map_size_bytes(map_dir, ("config.json", "coordinates.pt", "confidence.pt",
-                                                     "calibration.json", "scene_cloud.npz")) / 2**20
+                                                     "calibration.json", "scene_cloud.npz", "scene_view.npz")) / 2**20
     loc = run_job("sceneloc-localize", work, "sceneloc-localize", data=data, map_dir=str(map_dir),
                   modes=list(args.modes), seed=args.seed) if "error" not in mapping else mapping
     rows = []
