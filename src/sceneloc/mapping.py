@@ -24,8 +24,9 @@ from .head_training import buffer_accuracy, train_head
 from .loop import Budget
 from .networks import EncoderHeadNet, SceneNormalisation, build_coordinate_network
 from .pose_config import MODES, PoseConfig, inlier_settings
-from .scene_cloud import SceneCloud
-from .scene_view import SceneView, frame_samples
+from .progress import progress as progress_bar
+from .scene_cloud import SceneCloud, depth_surfels
+from .scene_view import SceneView, grey_samples
 from .scenemap import MAP_FORMAT_VERSION, Map, default_device, localize_frames
 from .training import (
     MappingConfig,
@@ -134,15 +135,15 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
     image_hw = stats.image_size
     calibration = None
     t0 = time.perf_counter()
-    # every frame's surface samples once: the map's surface fuses all, the calibration head's its own frames
-    surfels = SceneCloud.frame_surfels(train_frames) if cfg.cloud_voxel_m and len(missing) < len(train_frames) else []
+    # every frame's surface samples once: the map's surface and view fuse all, the calibration head's its own frames
+    with_depth = len(missing) < len(train_frames)
+    surfels, view_samples = surface_samples(train_frames, bool(cfg.cloud_voxel_m) and with_depth,
+                                            bool(cfg.view_voxel_m) and with_depth)
     cloud = SceneCloud.from_surfels(surfels, cfg.cloud_voxel_m) if surfels else None
-    cloud_s = time.perf_counter() - t0
+    cloud_s = time.perf_counter() - t0   # with the pass over the frames that both share
     if cloud is not None:
         log(f"scene surface: {len(cloud.points) / 1e3:.0f} k points at {100 * cfg.cloud_voxel_m:g} cm, {cloud_s:.0f} s")
     t1 = time.perf_counter()
-    # the same for the grey surface that RGB poses are aligned to (scene_view.py)
-    view_samples = frame_samples(train_frames) if cfg.view_voxel_m and len(missing) < len(train_frames) else []
     view = SceneView.from_samples(view_samples, cfg.view_voxel_m) if view_samples else None
     view_s = time.perf_counter() - t1
     if view is not None:
@@ -221,6 +222,24 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
     return report
 
 
+def surface_samples(frames: list, surface: bool, view: bool) -> tuple[list, list]:
+    """Each frame's depth (and image) read once for both surfaces of the map: its ``depth_surfels`` for
+    the scene surface when ``surface``, its ``grey_samples`` for the scene view when ``view`` (empty
+    lists for those not asked for)."""
+    surfels: list[tuple[np.ndarray, np.ndarray]] = []
+    greys: list[tuple[np.ndarray, np.ndarray]] = []
+    if not (surface or view):
+        return surfels, greys
+    for f in progress_bar(frames, desc="scene surface", unit="frame", mininterval=1.0, dynamic_ncols=True):
+        image = f.load_image() if view and f.depth_path is not None else None
+        depth = None if f.depth_path is None else f.load_depth(None if image is None else image.shape[:2])
+        if surface:
+            surfels.append(depth_surfels(depth, f.K, f.pose))
+        if view:
+            greys.append(grey_samples(image, depth, f.K, f.pose))
+    return surfels, greys
+
+
 def calibration_group(frames: list) -> np.ndarray:
     """Indices of the training ``frames`` that the calibration head does not learn from: the last
     recording when there are several (``seq-XX/...`` names: a trajectory of its own, as a query's
@@ -241,9 +260,9 @@ def calibrate_with_held_out_head(config: dict, norm: SceneNormalisation, buffer,
     the training frames (``calibration_group``): its poses of those frames fail and succeed the way
     the map's poses of new queries do, which frames the map itself was trained on cannot show
     (they all localize). ``group`` overrides which frames (indices) are held out. With the frames'
-    ``surfels`` (``SceneCloud.frame_surfels``), the second head's map has the surface of the frames it
+    ``surfels`` (``surface_samples``), the second head's map has the surface of the frames it
     learned, so its RGB-D poses end with ICP as the map's will; with their ``view_samples``
-    (``scene_view.frame_samples``), its RGB poses end aligned to the view of the frames it learned.
+    (``surface_samples``), its RGB poses end aligned to the view of the frames it learned.
     Returns None when too few frames can be held out."""
     group = calibration_group(frames) if group is None else group
     if len(group) < MIN_CALIBRATION_FRAMES or len(group) == len(frames):

@@ -92,6 +92,19 @@ def grid_normals(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return points, normal * np.where(facing == 0, 1.0, facing)
 
 
+def depth_surfels(depth: np.ndarray | None, K: np.ndarray, T_wc: np.ndarray, stride: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """World points ``(N, 3)`` and normals ``(N, 3)`` (float32) of ``depth (H, W)`` seen from the
+    camera-to-world pose ``T_wc`` with intrinsics ``K``, on a ``stride`` grid (None: ``MAPPING_STRIDE_PX``
+    scaled to the width); empty without a depth map."""
+    if depth is None:
+        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32)
+    step = scaled_stride(depth.shape[1], MAPPING_STRIDE_PX) if stride is None else stride
+    p, n = grid_normals(depth_grid(depth, K, step))
+    # float32: hundreds of frames' samples are held at once (1 mm steps at 10 m)
+    return transform_points(T_wc, p).astype(np.float32), (n @ T_wc[:3, :3].T).astype(np.float32)
+
+
 def fuse(points: Sequence[np.ndarray], normals: Sequence[np.ndarray], voxel: float = VOXEL_M
          ) -> tuple[np.ndarray, np.ndarray]:
     """World points ``(N_i, 3)`` and normals of several frames -> one point ``(M, 3)`` and unit normal
@@ -126,19 +139,9 @@ class SceneCloud:
     @staticmethod
     def frame_surfels(frames: Iterable, stride: int | None = None, desc: str = "scene surface"
                       ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """World points and normals of each frame's depth at its pose (frames without depth: empty), on a
-        ``stride`` grid (None: ``MAPPING_STRIDE_PX`` scaled to each depth map's width)."""
-        out = []
-        for f in progress_bar(list(frames), desc=desc, unit="frame", mininterval=1.0, dynamic_ncols=True):
-            if f.depth_path is None:
-                out.append((np.zeros((0, 3)), np.zeros((0, 3))))
-                continue
-            depth = f.load_depth()
-            step = scaled_stride(depth.shape[1], MAPPING_STRIDE_PX) if stride is None else stride
-            p, n = grid_normals(depth_grid(depth, f.K, step))
-            # float32: hundreds of frames' samples are held at once (1 mm steps at 10 m)
-            out.append((transform_points(f.pose, p).astype(np.float32), (n @ f.pose[:3, :3].T).astype(np.float32)))
-        return out
+        """``depth_surfels`` of each frame's depth at its pose (frames without depth: empty)."""
+        return [depth_surfels(None if f.depth_path is None else f.load_depth(), f.K, f.pose, stride)
+                for f in progress_bar(list(frames), desc=desc, unit="frame", mininterval=1.0, dynamic_ncols=True)]
 
     @classmethod
     def from_surfels(cls, surfels: Sequence[tuple[np.ndarray, np.ndarray]], voxel: float = VOXEL_M

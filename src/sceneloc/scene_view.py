@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .errors import SceneLocError
-from .geometry import invert_pose, make_pose, pose_errors
+from .geometry import invert_pose, make_pose, pose_errors, reprojection_errors, scale_intrinsics, transform_points
 from .progress import progress as progress_bar
 from .scene_cloud import depth_grid, scaled_stride
 
@@ -65,23 +65,28 @@ DEPTH_STEPS_PER_M = 1e4   # the z-buffer's depth resolution (0.1 mm)
 BLOCK_M = 0.16   # points are grouped in blocks of this size, so a rendering transforms only visible ones
 
 
+def grey_samples(image: np.ndarray | None, depth: np.ndarray | None, K: np.ndarray, T_wc: np.ndarray,
+                 stride: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """World points ``(N, 3)`` float32 and grey values ``(N,)`` uint8 of the valid pixels of ``depth (H, W)``
+    and ``image (H, W, 3)`` seen from the camera-to-world pose ``T_wc`` with intrinsics ``K``, on a
+    ``stride`` grid (None: ``MAPPING_STRIDE_PX`` scaled to the width); empty without a depth map."""
+    if image is None or depth is None:
+        return np.zeros((0, 3), np.float32), np.zeros(0, np.uint8)
+    step = scaled_stride(depth.shape[1], MAPPING_STRIDE_PX) if stride is None else stride
+    grid = depth_grid(depth, K, step)
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[step // 2::step, step // 2::step][:grid.shape[0], :grid.shape[1]]
+    ok = grid[..., 2] > 0
+    return transform_points(T_wc, grid[ok]).astype(np.float32), grey[ok]
+
+
 def frame_samples(frames: Iterable, stride: int | None = None, desc: str = "scene view"
                   ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """World points ``(N_i, 3)`` float32 and grey values ``(N_i,)`` uint8 of each frame's valid depth on
-    a ``stride`` grid (None: ``MAPPING_STRIDE_PX`` scaled to the width); frames without depth: empty."""
+    """``grey_samples`` of each frame (frames without depth: empty)."""
     out = []
     for f in progress_bar(list(frames), desc=desc, unit="frame", mininterval=1.0, dynamic_ncols=True):
-        if f.depth_path is None:
-            out.append((np.zeros((0, 3), np.float32), np.zeros(0, np.uint8)))
-            continue
-        image = f.load_image()
-        depth = f.load_depth(image.shape[:2])
-        step = scaled_stride(depth.shape[1], MAPPING_STRIDE_PX) if stride is None else stride
-        grid = depth_grid(depth, f.K, step)
-        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[step // 2::step, step // 2::step][:grid.shape[0], :grid.shape[1]]
-        ok = grid[..., 2] > 0
-        points = grid[ok] @ f.pose[:3, :3].T + f.pose[:3, 3]
-        out.append((points.astype(np.float32), grey[ok]))
+        image = None if f.depth_path is None else f.load_image()
+        depth = None if image is None else f.load_depth(image.shape[:2])
+        out.append(grey_samples(image, depth, f.K, f.pose, stride))
     return out
 
 
@@ -148,7 +153,7 @@ class SceneView:
         point that holds the whole block."""
         if len(self.block_starts) < 2:
             return []
-        c = self.block_centres @ T_cw[:3, :3].T + T_cw[:3, 3]
+        c = transform_points(T_cw, self.block_centres)
         r = BLOCK_M * np.sqrt(3.0)
         z = np.maximum(c[:, 2], 1e-6)
         u = K[0, 0] * c[:, 0] / z + K[0, 2]
@@ -308,7 +313,7 @@ def gauss_newton_pnp(pixels: np.ndarray, points: np.ndarray, K: np.ndarray, T_cw
     n = len(points)
     J = np.empty((2 * n, 6))
     for _ in range(steps):
-        x = points @ T[:3, :3].T + T[:3, 3]
+        x = transform_points(T, points)
         X, Y, iz = x[:, 0], x[:, 1], 1.0 / np.maximum(x[:, 2], 1e-6)
         a, b = X * iz, Y * iz   # normalised image coordinates
         r = np.concatenate([fx * a + K[0, 2] - pixels[:, 0], fy * b + K[1, 2] - pixels[:, 1]])
@@ -335,10 +340,7 @@ def refit_robust(pixels: np.ndarray, points: np.ndarray, K: np.ndarray, T_wc: np
         if inliers.sum() < MIN_INLIERS:
             return None
         T_cw = gauss_newton_pnp(pixels[inliers], points[inliers], K, T_cw)
-        x = points @ T_cw[:3, :3].T + T_cw[:3, 3]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            projected = x[:, :2] / x[:, 2:3] * np.diag(K)[:2] + K[:2, 2]
-        inliers = (x[:, 2] > 0) & (np.linalg.norm(projected - pixels, axis=1) < threshold * scale)
+        inliers = reprojection_errors(invert_pose(T_cw), points, pixels, K) < threshold * scale
     if inliers.sum() < MIN_INLIERS:
         return None
     return invert_pose(T_cw), int(inliers.sum())
@@ -346,26 +348,21 @@ def refit_robust(pixels: np.ndarray, points: np.ndarray, K: np.ndarray, T_wc: np
 
 @dataclass
 class ImageAlignment:
-    """Result of ``align_image``: camera-to-world ``pose (4, 4)``, the last round's inlier count and its
-    correspondence count."""
+    """Result of ``align_image``: camera-to-world ``pose (4, 4)`` and the last round's inlier count."""
     pose: np.ndarray
     inliers: int
-    matches: int
 
 
 def query_at_render_size(image: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """The grey query ``(h, w)`` uint8 at ``RENDER_WIDTH_PX`` (or its own size when smaller), its
-    intrinsics ``(3, 3)`` and the factor ``W / w``; pixel centres stay at integers at both resolutions."""
+    intrinsics ``(3, 3)`` (``scale_intrinsics``: pixel centres stay exact) and the factor ``W / w``."""
     H, W = image.shape[:2]
     factor = W / RENDER_WIDTH_PX if W > RENDER_WIDTH_PX else 1.0
     w, h = round(W / factor), round(H / factor)
     query = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     if factor != 1.0:
         query = cv2.resize(query, (w, h), interpolation=cv2.INTER_AREA)
-    K_small = np.array(K, dtype=np.float64)
-    K_small[:2] /= factor
-    K_small[:2, 2] += 0.5 / factor - 0.5   # u_small = (u + 0.5) / factor - 0.5
-    return query, K_small, factor
+    return query, scale_intrinsics(K, 1.0 / factor), factor
 
 
 def align_image(image: np.ndarray, K: np.ndarray, T_wc: np.ndarray, view: SceneView, rounds: int = ROUNDS
@@ -376,6 +373,7 @@ def align_image(image: np.ndarray, K: np.ndarray, T_wc: np.ndarray, view: SceneV
     rendering covers too little of the image, too few correspondences hold, or the pose moved further
     than ``MAX_MOVE_M`` / turned more than ``MAX_TURN_DEG``: then the starting pose stands."""
     query, K_small, factor = query_at_render_size(image, K)
+    K = np.asarray(K, dtype=np.float64)
     T = np.asarray(T_wc, dtype=np.float64)
     result, rendering = None, None
     for _ in range(rounds):
@@ -384,11 +382,11 @@ def align_image(image: np.ndarray, K: np.ndarray, T_wc: np.ndarray, view: SceneV
         if rendering.valid.mean() < MIN_COVERAGE:
             return None
         pixels, points = match_rendering(rendering, query)
-        fit = refit_robust((pixels + 0.5) * factor - 0.5, points, np.asarray(K, dtype=np.float64), T)
+        fit = refit_robust((pixels + 0.5) * factor - 0.5, points, K, T)
         if fit is None:
             return None
         T = fit[0]
-        result = ImageAlignment(T, fit[1], len(pixels))
+        result = ImageAlignment(T, fit[1])
     if result is None:
         return None
     turned_deg, moved_m = pose_errors(T, T_wc)
