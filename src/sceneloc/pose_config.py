@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from .errors import SceneLocError
 from .geometry import PNP_METHODS
 from .pose_ransac import DEPTH_GATE
 from .scene_cloud import ICP_DISTANCES_M, ICP_OFFSET_SIGMA_M
@@ -349,7 +350,9 @@ def estimator_config(estimator: PoseConfig | str | None) -> PoseConfig:
     if estimator is None:
         return PoseConfig()
     if isinstance(estimator, str):
+        if estimator not in METHODS:
+            raise SceneLocError(f"unknown pose estimator {estimator!r} (choose {', '.join(METHODS)})")
         return PoseConfig(method=estimator)
     if not isinstance(estimator, PoseConfig):
-        raise TypeError(f"estimator must be a PoseConfig, a method name or None, not {type(estimator).__name__}")
+        raise SceneLocError(f"estimator must be a PoseConfig, a method name or None, not {type(estimator).__name__}")
     return estimator

@@ -12,6 +12,7 @@ import numpy as np
 
 from .errors import SceneLocError
 from .geometry import intrinsics_matrix, is_rigid, pixel_grid, pixels_between_cameras, project_to_so3
+from .validation import check_intrinsics, parse_intrinsics_values
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 INVALID_DEPTH_MM = (0, 65535)
@@ -97,15 +98,16 @@ def read_image(path: Path) -> np.ndarray:
     return cv2.cvtColor(_decode(path, cv2.IMREAD_COLOR, "image"), cv2.COLOR_BGR2RGB)
 
 
-def read_depth(path: Path, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """Depth in metres ``(H, W)`` float32, 0 where the sensor gave none (0 or 65535 mm)."""
+def read_depth(path: Path, shape: tuple[int, int] | None = None, depth_scale_m: float = 0.001) -> np.ndarray:
+    """Depth in metres ``(H, W)`` float32, 0 where the sensor gave none (0 or 65535); the PNG's
+    uint16 units are millimetres unless ``depth_scale_m`` (metres per unit) says otherwise."""
     d = _decode(path, cv2.IMREAD_ANYDEPTH, "depth map")
     if d.ndim != 2 or d.dtype != np.uint16:
         raise SceneLocError(f"{path}: depth must be a single-channel uint16 PNG in millimetres, "
                             f"got {d.dtype} with shape {d.shape}")
     if shape is not None and d.shape != tuple(shape):
         raise SceneLocError(f"{path}: depth map is {d.shape[1]}x{d.shape[0]} but its image is {shape[1]}x{shape[0]}")
-    out = d.astype(np.float32) / 1000.0
+    out = d.astype(np.float32) * np.float32(depth_scale_m) if depth_scale_m != 0.001 else d.astype(np.float32) / 1000.0
     out[np.isin(d, INVALID_DEPTH_MM)] = 0.0
     return out
 
@@ -137,6 +139,8 @@ def read_intrinsics(path: Path, image_size: tuple[int, int] | None = None) -> np
         raise SceneLocError(f"{path}: missing calibration file") from None
     except (ValueError, UnicodeDecodeError):
         raise SceneLocError(f"{path}: malformed calibration file (non-numeric entry)") from None
+    except OSError as e:
+        raise SceneLocError(f"{path}: cannot read calibration file ({e.strerror})") from None
     if len(values) == 9:
         K = np.array(values).reshape(3, 3)
     elif len(values) == 1:
@@ -147,21 +151,14 @@ def read_intrinsics(path: Path, image_size: tuple[int, int] | None = None) -> np
     else:
         raise SceneLocError(f"{path}: malformed calibration file (expected 1 focal length or a 3x3 matrix, "
                             f"found {len(values)} numbers)")
-    if K[0, 0] <= 0 or K[1, 1] <= 0 or not np.allclose(K[2], [0, 0, 1]):
-        raise SceneLocError(f"{path}: not a valid camera matrix (focal lengths must be positive, last row 0 0 1)")
-    return K
+    return check_intrinsics(K, image_size, source=f"{path}")
 
 
 def parse_intrinsics(spec: str) -> np.ndarray:
-    """User option ``fx,fy,cx,cy`` (or ``f,cx,cy``) or the path of a 3x3 matrix file -> K."""
+    """User option ``fx,fy,cx,cy`` (exactly four numbers) or the path of a 3x3 matrix file -> K.
+    (The three-number form ``f,cx,cy`` was never documented and is refused: it read a wrong camera.)"""
     if Path(spec).is_file():
         return read_intrinsics(Path(spec))
-    try:
-        vals = [float(v) for v in spec.replace(" ", "").split(",")]
-    except ValueError:
-        raise SceneLocError(f"--intrinsics {spec!r}: expected 'fx,fy,cx,cy' or a file with a 3x3 matrix") from None
-    if len(vals) == 3:
-        vals = [vals[0], vals[0], vals[1], vals[2]]
-    if len(vals) != 4 or vals[0] <= 0 or vals[1] <= 0:
-        raise SceneLocError(f"--intrinsics {spec!r}: expected 'fx,fy,cx,cy' with positive focal lengths")
-    return intrinsics_matrix(*vals)
+    if Path(spec).is_dir():
+        raise SceneLocError(f"--intrinsics {spec}: is a directory (expected 'fx,fy,cx,cy' or a 3x3 matrix file)")
+    return parse_intrinsics_values(spec)

@@ -13,11 +13,13 @@ Nothing from the dataset is stored.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from threadpoolctl import ThreadpoolController
@@ -28,6 +30,7 @@ from .dsac import STAGE_FILES, estimate_pose_dsac
 from .dsac_stage import DSACStage, resolve_stage
 from .errors import SceneLocError
 from .networks import (
+    ARCHITECTURES,
     ConfidencePointNet,
     CoordinateNetwork,
     SceneNormalisation,
@@ -43,6 +46,7 @@ from .pose_config import DSAC_METHODS, MODES, estimator_config, for_reprojection
 from .progress import progress as progress_bar
 from .scene_cloud import SCENE_CLOUD_FILE, SceneCloud, align_depth, depth_points
 from .scene_view import SCENE_VIEW_FILE, SceneView, align_image
+from .validation import check_intrinsics, depth_in_metres
 
 #: 2: the network may be a frozen pretrained encoder + head (the file holds the head; the config the
 #: encoder's name and weights hash). Version-1 maps (fcn, unet) are read unchanged.
@@ -51,6 +55,11 @@ MAP_FORMAT_VERSION = 3
 READABLE_FORMAT_VERSIONS = (1, 2, 3)
 #: Pose estimators that use the confidence network's output.
 CONFIDENCE_METHODS = ("confidence", "joint")
+#: config.json keys every map has, and the type each must be (checked before any network is built).
+CONFIG_KEYS = {"format_version": int, "network": dict, "input_height": int, "image_size": list,
+               "intrinsics": list, "normalisation": dict}
+#: The random seed of ``Map.localize`` when no generator is given: the same call gives the same pose.
+DEFAULT_SEED = 0
 #: Correspondences handed to pose estimation per image: the ~4800 of a stride-8 net at 480x640.
 DEFAULT_POSE_POINTS = 4800
 
@@ -170,14 +179,20 @@ class Map:
 
     @classmethod
     def load(cls, map_dir: str | Path, device: str | None = None) -> Map:
+        """Read a map directory; any file that cannot be read is one SceneLocError naming it, what is
+        wrong and the command that rebuilds the map."""
         d = Path(map_dir)
         cfg_path = d / "config.json"
-        if not cfg_path.exists():
+        rebuild = f"rebuild the map with 'sceneloc map DATASET {d} --force'"
+        if not d.is_dir():
+            raise SceneLocError(f"{d}: map directory {'is not a directory' if d.exists() else 'does not exist'}")
+        if not cfg_path.is_file():
             raise SceneLocError(f"{d}: not a sceneloc map directory (no config.json)")
         try:
             config = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise SceneLocError(f"{cfg_path}: corrupt map configuration ({e.msg})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise SceneLocError(f"{cfg_path}: corrupt map configuration ({_first_line(e)}); {rebuild}") from None
+        _check_map_config(config, cfg_path, rebuild)
         version = config.get("format_version")
         if version not in READABLE_FORMAT_VERSIONS:
             raise SceneLocError(f"{cfg_path}: map format version {version} is not supported by this sceneloc "
@@ -189,20 +204,28 @@ class Map:
                                 f"intrinsics, before sceneloc registered 7-Scenes depth to the colour camera; its "
                                 f"poses would be wrong: re-map with 'sceneloc map DATASET {d} --force'")
         device = device or default_device()
-        net = load_weights(build_coordinate_network(config["network"]), d / "coordinates.pt", device,
-                           "coordinate network")
+        try:
+            net = build_coordinate_network(config["network"])
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            raise SceneLocError(f"{cfg_path}: bad 'network' entry ({_first_line(e)}); {rebuild}") from None
+        net = _load_part(d / "coordinates.pt", rebuild, lambda: load_weights(net, d / "coordinates.pt", device,
+                                                                             "coordinate network"))
         arch = config.get("confidence_network", {})
+        if not isinstance(arch, dict):
+            raise SceneLocError(f"{cfg_path}: 'confidence_network' must be an object; {rebuild}")
         conf = classifier = None
         if config.get("has_confidence") and (d / "confidence.pt").exists():
-            conf = load_weights(ConfidencePointNet(**arch), d / "confidence.pt", device, "confidence network")
+            conf = _load_part(d / "confidence.pt", rebuild, lambda: load_weights(
+                ConfidencePointNet(**arch), d / "confidence.pt", device, "confidence network"))
         if (d / "confidence_classifier.pt").exists():
-            classifier = load_weights(ConfidencePointNet(**{**arch, "mode": "classification"}),
-                                      d / "confidence_classifier.pt", device, "confidence network")
+            classifier = _load_part(d / "confidence_classifier.pt", rebuild, lambda: load_weights(
+                ConfidencePointNet(**{**arch, "mode": "classification"}), d / "confidence_classifier.pt", device,
+                "confidence network"))
         the_map = cls(config, net, conf, device, classifier)
         the_map.map_dir = d
-        the_map.calibration = PoseCalibration.load(d)
-        the_map.cloud = SceneCloud.load(d)
-        the_map.view = SceneView.load(d)
+        the_map.calibration = _load_part(d / CALIBRATION_FILE, rebuild, lambda: PoseCalibration.load(d))
+        the_map.cloud = _load_part(d / SCENE_CLOUD_FILE, rebuild, lambda: SceneCloud.load(d))
+        the_map.view = _load_part(d / SCENE_VIEW_FILE, rebuild, lambda: SceneView.load(d))
         return the_map
 
     # ------------------------------------------------------------------------------- inference
@@ -213,10 +236,7 @@ class Map:
 
     def _check_intrinsics(self, image: np.ndarray, intrinsics: np.ndarray | None) -> np.ndarray:
         if intrinsics is not None:
-            K = np.asarray(intrinsics, dtype=np.float64)
-            if K.shape != (3, 3) or K[0, 0] <= 0 or K[1, 1] <= 0:
-                raise SceneLocError("intrinsics must be a 3x3 camera matrix with positive focal lengths")
-            return K
+            return check_intrinsics(intrinsics, image.shape[:2], "query intrinsics")
         if tuple(image.shape[:2]) != self.mapping_image_size:
             h, w = self.mapping_image_size
             raise SceneLocError(f"image is {image.shape[1]}x{image.shape[0]} but the map was built from {w}x{h} "
@@ -333,10 +353,20 @@ class Map:
             prediction: reuse this image's ``predict`` output (to compare pose settings cheaply; for
                 dsac/softam it must come from the DSAC stage's network).
         """
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise SceneLocError(f"expected an (H, W, 3) uint8 RGB image, got {getattr(image, 'dtype', type(image))} "
+                                f"with shape {getattr(image, 'shape', None)}")
         K = self._check_intrinsics(image, intrinsics)
-        if depth is not None and depth.shape != image.shape[:2]:
-            raise SceneLocError(f"depth map is {depth.shape[1]}x{depth.shape[0]} but the image is "
-                                f"{image.shape[1]}x{image.shape[0]}")
+        if depth is not None:
+            # uint16 is millimetres (cv2.imread's depth PNG), floats metres; all-zero or implausible is an error
+            depth = depth_in_metres(depth, "query depth")
+            if depth.shape != image.shape[:2]:
+                raise SceneLocError(f"depth map is {depth.shape[1]}x{depth.shape[0]} but the image is "
+                                    f"{image.shape[1]}x{image.shape[0]}")
+        if rng is None:  # repeatable by default: the same call gives the same pose
+            rng = np.random.default_rng(DEFAULT_SEED)
+        # OpenCV's RANSAC draws from its own global generator: seed it from ours, so the pose depends on rng alone
+        cv2.setRNGSeed(int(rng.integers(2 ** 31)))
         config = self.estimator_for(estimator, K)
         stage = resolve_stage(self, config.dsac_score) if config.method in DSAC_METHODS else None
         if len(config.query_scales) > 1 and (stage is not None or prediction is not None):
@@ -375,6 +405,57 @@ class Map:
                                                        res.n_inliers, len(pixels), pose is not None, pose)
         return Localization(pose, res.n_inliers, res.score, timings, pixels, coords, conf, res.used, res.failure,
                             probability, offset)
+
+
+def _first_line(e: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message, at most ``limit`` characters (PyTorch's run long)."""
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _check_map_config(config: object, cfg_path: Path, rebuild: str) -> None:
+    """``config.json`` holds an object with every key of ``CONFIG_KEYS`` of the right type, a known
+    architecture and a positive normalisation scale; else one line naming the key."""
+    if not isinstance(config, dict):
+        raise SceneLocError(f"{cfg_path}: map configuration must be a JSON object, not {type(config).__name__}; "
+                            f"{rebuild}")
+    for key, kind in CONFIG_KEYS.items():
+        if key not in config:
+            raise SceneLocError(f"{cfg_path}: map configuration lacks {key!r}; {rebuild}")
+        if not isinstance(config[key], kind) or isinstance(config[key], bool):
+            raise SceneLocError(f"{cfg_path}: {key!r} must be a {kind.__name__}, not {type(config[key]).__name__}; "
+                                f"{rebuild}")
+    if config["network"].get("arch") not in ARCHITECTURES:
+        raise SceneLocError(f"{cfg_path}: unknown network arch {config['network'].get('arch')!r} (this sceneloc "
+                            f"reads {', '.join(ARCHITECTURES)}); {rebuild}")
+    norm = config["normalisation"]
+    try:
+        center = np.asarray(norm["center"], dtype=np.float64)
+        scale = float(norm["scale"])
+        K = np.asarray(config["intrinsics"], dtype=np.float64)
+        hw = [int(v) for v in config["image_size"]]
+    except (KeyError, TypeError, ValueError) as e:
+        raise SceneLocError(f"{cfg_path}: malformed normalisation, intrinsics or image_size ({_first_line(e)}); "
+                            f"{rebuild}") from None
+    if center.shape != (3,) or not np.all(np.isfinite(center)) or not (math.isfinite(scale) and scale > 0):
+        raise SceneLocError(f"{cfg_path}: 'normalisation' needs a finite 3-vector center and a scale > 0; {rebuild}")
+    if len(hw) != 2 or min(hw) < 1 or config["input_height"] < 1:
+        raise SceneLocError(f"{cfg_path}: 'image_size' must be [H, W] and 'input_height' positive; {rebuild}")
+    try:
+        check_intrinsics(K, tuple(hw), f"{cfg_path}: 'intrinsics'")
+    except SceneLocError as e:
+        raise SceneLocError(f"{e}; {rebuild}") from None
+
+
+def _load_part(path: Path, rebuild: str, loader):
+    """``loader()``, with any failure reading the map file ``path`` (truncated, not the format) as one
+    line naming it and how to rebuild the map."""
+    try:
+        return loader()
+    except SceneLocError as e:
+        raise SceneLocError(f"{_first_line(e, 300)}; {rebuild}") from None
+    except Exception as e:  # a corrupt file raises whatever its reader raises (zip, pickle, EOF)
+        raise SceneLocError(f"{path}: unreadable map file ({type(e).__name__}: {_first_line(e)}); {rebuild}") from None
 
 
 def localize_frames(the_map: Map, frames: list, mode: str = "rgb", estimator: PoseConfig | str | None = None,
