@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import load_scene
+from .data import check_frames, load_scene
 from .evaluation import NEAR_TRAINING_DEG, NEAR_TRAINING_M, nearest_training_distances
 
 #: Fewer mapping frames than this is a warning: the network sees too little of the scene.
@@ -62,6 +62,7 @@ def direction_coverage(T_wc: np.ndarray, cells: int = DIRECTION_CELLS) -> float:
 def check_capture(dataset: str | Path, intrinsics: np.ndarray | None = None) -> CaptureReport:
     """Inspect ``dataset`` (any layout :func:`load_scene` reads) and return the report with warnings."""
     scene = load_scene(dataset, intrinsics)
+    check_frames(scene.splits.get("train", []))   # exactly map's checks: what check passes, map reads
     info_path = Path(dataset) / "import_info.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     frames = {k: len(v) for k, v in scene.splits.items()}

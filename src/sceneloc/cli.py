@@ -23,6 +23,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np
 
 from . import __version__
+from .cli_batch import add_batch_arguments, check_localize_inputs, localize_batch
 from .cli_capture import add_capture_commands
 from .data import load_scene
 from .demo import DEMO_CONFIDENCE_MINUTES, DEMO_MINUTES, run_demo
@@ -40,7 +41,7 @@ from .mapping import map_scene, retrain_confidence
 from .networks import FCN_STEMS, FCN_STRIDES
 from .pose_config import DSAC_SCORES, METHODS, PoseConfig
 from .pose_config import SCORES as POSE_SCORES
-from .readers import parse_intrinsics, read_depth, read_image
+from .readers import dataset_unit, parse_intrinsics, read_depth, read_image
 from .scenemap import Map, localize_frames
 from .synth import add_synth_arguments
 from .synth_scenes import DEMO_PRESET, PRESETS
@@ -51,6 +52,7 @@ from .training import (
     OPTIMIZERS,
     MappingConfig,
 )
+from .validation import check_budget, check_config_budgets
 
 #: Stage-1 options that --stage dsac also reads (None: DSACConfig's default); its own options are dsac_<field>.
 DSAC_SHARED_OPTIONS = ("minutes", "iterations", "seed")
@@ -78,6 +80,7 @@ def _field_option(group: Any, config: object, name: str, help: str = "", *, flag
 def _cmd_info(args: argparse.Namespace) -> None:
     K = parse_intrinsics(args.intrinsics) if args.intrinsics else None
     scene = load_scene(args.dataset, K)
+    unit = dataset_unit(scene.root)
     stats = scene.statistics()
     first = next(f for fr in scene.splits.values() for f in fr)
     K0 = first.K
@@ -92,11 +95,16 @@ def _cmd_info(args: argparse.Namespace) -> None:
         print(f"depth camera fx={Kd[0, 0]:.2f} fy={Kd[1, 1]:.2f} cx={Kd[0, 2]:.2f} cy={Kd[1, 2]:.2f}: "
               f"depth maps registered onto the image grid as they are read")
     lo, hi = stats.extent_min, stats.extent_max
-    print(f"extent (m)   x [{lo[0]:.2f}, {hi[0]:.2f}]  y [{lo[1]:.2f}, {hi[1]:.2f}]  z [{lo[2]:.2f}, {hi[2]:.2f}]")
-    print(f"diameter     {stats.diameter:.2f} m  (Tukey c = {stats.tukey_c:.2f} m)")
+    print(f"extent ({unit})".ljust(13) + f"x [{lo[0]:.2f}, {hi[0]:.2f}]  y [{lo[1]:.2f}, {hi[1]:.2f}]  "
+          f"z [{lo[2]:.2f}, {hi[2]:.2f}]")
+    print(f"diameter     {stats.diameter:.2f} {unit}  (Tukey c = {stats.tukey_c:.2f} {unit})")
+    if unit != "m":
+        print("units        the poses are in arbitrary SfM units, not metres (import_info.json)")
 
 
 def _cmd_map(args: argparse.Namespace) -> None:
+    check_config_budgets(args)   # every stage's budget, before anything is read or written
+    check_budget("--dsac-hypotheses", args.dsac_hypotheses)
     K = parse_intrinsics(args.intrinsics) if args.intrinsics else None
     if args.stage == "dsac":
         if args.resume:
@@ -121,7 +129,15 @@ def _dsac_config(args: argparse.Namespace) -> DSACConfig:
     """--stage dsac's options (dests ``dsac_<field>``) and the stage-1 options it shares; None keeps the default."""
     given = {f.name: getattr(args, "dsac_" + f.name, None) for f in fields(DSACConfig)}
     given.update({name: getattr(args, name) for name in DSAC_SHARED_OPTIONS})
-    return DSACConfig(**{name: value for name, value in given.items() if value is not None})
+    return _config(DSACConfig, {name: value for name, value in given.items() if value is not None})
+
+
+def _config(kind: type, values: dict) -> Any:
+    """``kind(**values)``, its checks' ValueError as a one-line SceneLocError."""
+    try:
+        return kind(**values)
+    except ValueError as e:
+        raise SceneLocError(str(e)) from None
 
 
 def _add_map_arguments(s: argparse.ArgumentParser) -> None:
@@ -215,7 +231,7 @@ def _add_map_arguments(s: argparse.ArgumentParser) -> None:
 
 def _pose_config(args: argparse.Namespace) -> PoseConfig:
     """The pose options, whose dests are PoseConfig's field names."""
-    return PoseConfig(**{f.name: getattr(args, f.name) for f in fields(PoseConfig) if hasattr(args, f.name)})
+    return _config(PoseConfig, {f.name: getattr(args, f.name) for f in fields(PoseConfig) if hasattr(args, f.name)})
 
 
 def _add_pose_arguments(s: argparse.ArgumentParser) -> None:
@@ -272,16 +288,21 @@ def _add_pose_arguments(s: argparse.ArgumentParser) -> None:
                                         "mapping views, ~2x the time)", type=float, nargs="+", metavar="S")
     _field_option(g, d, "depth_gate", "--method joint: ignore the query depth when the pose refined with it fits "
                                       "the image worse than PnP by more than this fraction, 0: never")
-    g.add_argument("--seed", type=int, default=0, help="random seed of the pose estimator (default %(default)s)")
+    g.add_argument("--seed", type=int, default=0, help="random seed of the pose estimator: a fixed seed gives "
+                   "bit-identical poses between runs on one machine (default %(default)s)")
 
 
 def _cmd_localize(args: argparse.Namespace) -> None:
-    the_map = Map.load(args.map_dir, device=args.device)
+    check_localize_inputs(args)   # conflicting inputs and an unwritable --out, before the map is loaded
     config = _pose_config(args)
     K = parse_intrinsics(args.intrinsics) if args.intrinsics else None
+    if args.images:
+        localize_batch(args, config, K)
+        return
+    the_map = Map.load(args.map_dir, device=args.device)
     if args.image:
         image = read_image(Path(args.image))
-        depth = read_depth(Path(args.depth), image.shape[:2]) if args.depth else None
+        depth = read_depth(Path(args.depth), image.shape[:2], args.depth_scale) if args.depth else None
         res = the_map.localize(image, depth=depth, intrinsics=K, estimator=config,
                                rng=np.random.default_rng(args.seed))
         if res.pose is None:
@@ -298,13 +319,7 @@ def _cmd_localize(args: argparse.Namespace) -> None:
         print("pose-file line (world-to-camera qw qx qy qz tx ty tz):")
         print(" ".join([Path(args.image).name, *(f"{v:.6f}" for v in (*q, *T_cw[:3, 3]))]))
         return
-    if not args.dataset:
-        raise SceneLocError("give a DATASET (with --split) or --image IMG")
-    if not args.out:
-        raise SceneLocError("--out POSES.txt is required when localizing a dataset")
     out = Path(args.out)
-    if out.exists() and not args.force:
-        raise SceneLocError(f"{out}: exists (use --force to overwrite)")
     frames = load_scene(args.dataset, K).frames(args.split)
     records, failures = [], 0
     for frame, res in localize_frames(the_map, frames, args.mode, config, args.seed):
@@ -325,7 +340,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     K = parse_intrinsics(args.intrinsics) if args.intrinsics else None
     m = evaluate(args.map_dir, args.dataset, args.out, split=args.split, mode=args.mode,
                  estimator=_pose_config(args), poses=args.poses, force=args.force, seed=args.seed,
-                 device=args.device, intrinsics=K, progress=not args.quiet)
+                 device=args.device, intrinsics=K, progress=not args.quiet, allow_missing=args.allow_missing)
+    if "pose_coverage" in m:
+        c = m["pose_coverage"]
+        print(f"pose file covers {c['listed']} of {c['frames']} frames of the split ({c['share']:.1%})")
     rot, trans = m["median_rotation_deg"], m["median_translation_m"]
     print(f"{m['scene']} {m['split']} ({m['mode']}): median {rot:.2f} deg, {100 * trans:.1f} cm; "
           f"5cm/5deg {m['accuracy']['5cm_5deg']:.1%}, {m['failures']} failures of {m['frames']} frames")
@@ -342,6 +360,8 @@ def _add_evaluate_arguments(s: argparse.ArgumentParser) -> None:
                    help="report folder: metrics.json, report.md, index.html, poses.txt, plots")
     s.add_argument("--poses", metavar="POSES.txt", help="evaluate this pose file instead of localizing "
                    "(the network still runs for the correspondence plots)")
+    s.add_argument("--allow-missing", action="store_true", help="with --poses: accept a file that misses frames of "
+                   "the split (counted as failures) instead of refusing it")
     s.add_argument("--intrinsics", help=INTRINSICS_HELP)
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     s.add_argument("--force", action="store_true", help="write into a non-empty REPORT_DIR (replaces its report files)")
@@ -418,7 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_map_arguments(sub.add_parser("map", help="learn a scene map from a dataset's train split"))
 
-    s = sub.add_parser("localize", help="estimate camera poses of a dataset split or of one image")
+    s = sub.add_parser("localize", help="estimate camera poses of a dataset split, of new images (--images) or "
+                                        "of one image")
     s.add_argument("map_dir", help="a map written by 'sceneloc map'")
     s.add_argument("dataset", nargs="?", help="dataset root to localize (its --split)")
     s.add_argument("--split", default="test", help="split to localize (default %(default)s)")
@@ -427,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="pose file to write (dataset mode)")
     s.add_argument("--image", help="localize this one image instead of a dataset")
     s.add_argument("--depth", help="with --image: its depth map (uint16 PNG, mm) for Kabsch")
+    add_batch_arguments(s)
     s.add_argument("--intrinsics",
                    help="query camera: 'fx,fy,cx,cy' or a 3x3 matrix file (default: the dataset's / the map's)")
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")

@@ -32,7 +32,8 @@ import numpy as np
 
 from .errors import SceneLocError
 from .geometry import intrinsics_matrix, invert_pose
-from .readers import IMAGE_SUFFIXES, check_image_file, read_depth
+from .readers import IMAGE_SUFFIXES, check_image_file, image_header, read_depth
+from .validation import check_intrinsics, check_output_path
 
 #: Camera models that are pinhole, and the indices of their (fx, fy, cx, cy) in ``params``.
 PINHOLE_PARAMS = {"SIMPLE_PINHOLE": (0, 0, 1, 2), "PINHOLE": (0, 1, 2, 3)}
@@ -266,6 +267,18 @@ def check_images(image_dir: Path, names: list[str], where: str) -> None:
         check_image_file(image_dir / n)
 
 
+def check_cameras(rec, views: list[View], image_dir: Path, where: str) -> None:
+    """Each view's camera is valid for its image: positive finite focal lengths, principal point
+    inside, and the camera's size that of the image (a camera of another resolution gives wrong poses)."""
+    for v in views:
+        cam = rec.cameras[v.camera_id]
+        h, w = image_header(image_dir / v.name)[:2]
+        if (int(cam.height), int(cam.width)) != (h, w):
+            raise SceneLocError(f"{where}camera {v.camera_id} is {cam.width}x{cam.height} but its image "
+                                f"{image_dir / v.name} is {w}x{h}")
+        check_intrinsics(v.K, (h, w), f"{where}camera {v.camera_id} of {v.name}")
+
+
 def depth_maps(depth_dir: str | Path | None, views: list[View]) -> dict[str, Path]:
     """name -> depth map for the views that have one in ``depth_dir`` (an error when none has)."""
     if depth_dir is None:
@@ -316,7 +329,9 @@ def import_colmap(model_dir: str | Path, image_dir: str | Path, out: str | Path,
     rec = read_model(model_dir) if rec is None else rec
     views = registered_views(rec, where)
     image_dir, out = Path(image_dir), Path(out)
+    check_output_path(out, "dir", [image_dir, model_dir, depth_dir])
     check_images(image_dir, [v.name for v in views], where)
+    check_cameras(rec, views, image_dir, where)
     split = split_names([v.name for v in views], test_every, test_list, test_match)
     depth_of = depth_maps(depth_dir, views)
     s, units = resolve_scale(rec, views, depth_of, scale, known_distance)

@@ -36,12 +36,14 @@ from .geometry import (
 from .readers import (
     IMAGE_SUFFIXES,
     check_image_file,
+    image_header,
     read_depth,
     read_image,
     read_intrinsics,
     read_pose,
     register_depth,
 )
+from .validation import check_intrinsics
 
 #: 7-Scenes' Kinect depth camera (the dataset's documented intrinsics), the default when a dataset has none.
 KINECT_DEPTH_INTRINSICS = (585.0, 585.0, 320.0, 240.0)
@@ -187,9 +189,12 @@ class Scene:
         frames = self.splits[split]
         picks = [frames[i] for i in evenly_spaced(len(frames), max_frames)]
         has_depth = all(f.depth_path is not None for f in picks)
-        if has_depth:
+        # the frames that have depth give the extent: one frame without depth must not shrink it to the
+        # camera centres' (camera centres only when no frame has depth)
+        with_depth = [f for f in picks if f.depth_path is not None]
+        if with_depth:
             pts, shares = [], []
-            for f in picks:
+            for f in with_depth:
                 fd = f.load()
                 X, valid, _ = fd.scene_coordinates(factor)
                 pts.append(X[valid])
@@ -208,6 +213,23 @@ class Scene:
 
 _SEQ_RE = re.compile(r"^seq-?(\d+)$")
 _FRAME_RE = re.compile(r"^(frame-\d+)\.color\.(png|jpg|jpeg)$", re.IGNORECASE)
+
+
+def check_frames(frames: list[Frame]) -> None:
+    """The per-file checks of ``sceneloc map`` (and ``sceneloc check``, which runs exactly these)
+    before any work: every image and depth map is a readable file, each depth map a single-channel
+    16-bit image of its image's size, each principal point inside its image. Reads file headers only."""
+    for f in frames:
+        h, w, _, _ = image_header(f.image_path)
+        check_intrinsics(f.K, (h, w), f"{f.image_path}: intrinsics")
+        if f.depth_path is None:
+            continue
+        dh, dw, channels, bits = image_header(f.depth_path, "depth map")
+        if channels != 1 or bits != 16:
+            raise SceneLocError(f"{f.depth_path}: depth must be a single-channel uint16 PNG in millimetres, "
+                                f"got {channels} channel(s) of {bits} bits")
+        if (dh, dw) != (h, w):
+            raise SceneLocError(f"{f.depth_path}: depth map is {dw}x{dh} but its image is {w}x{h}")
 
 
 def _read_split_file(path: Path) -> list[int]:

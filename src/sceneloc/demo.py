@@ -33,6 +33,7 @@ from .synth import generate
 from .synth_render import SensorOptions
 from .synth_scenes import DEMO_PRESET, make_scene
 from .training import MappingConfig
+from .validation import check_budget, check_output_path
 
 DEMO_MINUTES = 4.0   # head training of `sceneloc demo` (150 mapping frames): RGB 64-66 % in 2 runs, 3 min 50-64 %
 DEMO_CONFIDENCE_MINUTES = 0.25
@@ -121,6 +122,9 @@ def run_demo(out: str | Path = "demo_out", data: str | Path | None = None, minut
     """
     out = Path(out)
     t0 = time.perf_counter()
+    check_budget("--minutes", minutes)
+    check_budget("confidence minutes", confidence_minutes, zero_skips=True)
+    check_output_path(out, "dir", [data])
     if data is not None and preset is not None:
         raise SceneLocError("--preset and --data: give one (a preset is rendered, a dataset is taken as it is)")
     preset = preset or DEMO_PRESET

@@ -34,6 +34,7 @@ from .loop import Budget
 from .networks import CoordinateNetwork, SceneNormalisation, output_pixel_centres
 from .scenemap import DEFAULT_POSE_POINTS, Map, grid_step
 from .training import seed_everything
+from .validation import check_config_budgets
 
 # ---------------------------------------------------------------------------------------- loss
 
@@ -208,6 +209,7 @@ def finetune_dsac(dataset: str | Path, map_dir: str | Path, config: DSACConfig =
     frames before and after.
     """
     map_dir = Path(map_dir)
+    check_config_budgets(config)
     the_map = Map.load(map_dir, device=device)
     existing = [name for name in STAGE_FILES if (map_dir / name).exists()]
     if existing and not force:

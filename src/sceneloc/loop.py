@@ -23,6 +23,7 @@ import torch
 
 from .errors import SceneLocError
 from .progress import progress
+from .validation import check_budget
 
 SCHEDULES = ("constant", "cosine")
 
@@ -45,9 +46,12 @@ class Budget:
     def __init__(self, desc: str, minutes: float | None = None, iterations: int | None = None, step: int = 0,
                  elapsed: float = 0.0, history: list | None = None, history_every: int = 10, show: bool = True):
         self.iterations = iterations
-        if iterations:
+        # a budget that is not > 0 would never end (negative) or divide by zero: refused, whoever built it
+        if iterations is not None:
+            check_budget(f"{desc}: iterations", iterations)
             self.seconds = math.inf  # counted in steps, not seconds
         elif minutes is not None:
+            check_budget(f"{desc}: minutes", minutes)
             self.seconds = float(minutes) * 60.0
         else:
             raise ValueError("a budget needs minutes or iterations")

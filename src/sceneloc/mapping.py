@@ -16,7 +16,7 @@ import torch
 from . import __version__
 from .buffer import entries_for_memory, fill_buffer
 from .calibration import PoseCalibration, error_ratio, view_novelty
-from .data import evenly_spaced, load_scene
+from .data import check_frames, evenly_spaced, load_scene
 from .errors import SceneLocError, refuse_to_overwrite
 from .frame_cache import FrameCache
 from .geometry import pose_errors
@@ -37,6 +37,7 @@ from .training import (
     train_confidence_stage,
     train_coordinates,
 )
+from .validation import check_config_budgets, check_output_path
 
 MIN_CALIBRATION_FRAMES = 20   # fewer held-out frames: no calibration
 CALIBRATION_FRAMES = 60       # held-out frames localized (evenly spaced) to fit the calibration
@@ -65,8 +66,11 @@ def retrain_confidence(dataset: str | Path, map_dir: str | Path, cfg: MappingCon
 
     The coordinate network is untouched; an existing confidence network is replaced only with ``force``.
     """
+    check_config_budgets(cfg)
     the_map = Map.load(map_dir, device=device)
     cfg = replace(cfg, arch=the_map.config["network"]["arch"]).resolved()
+    if not cfg.confidence_minutes:
+        raise SceneLocError("--stage confidence needs --confidence-minutes greater than 0")
     if the_map.confidence_net is not None and not force:
         raise SceneLocError(f"{map_dir}: the map already has a confidence network (use --force to retrain it)")
     seed_everything(cfg.seed)
@@ -100,6 +104,8 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
     """
 
     map_dir = Path(map_dir)
+    check_config_budgets(cfg)
+    check_output_path(map_dir, "dir", [dataset])
     _check_map_dir(map_dir, force, resume)
     device = device or default_device()
     ck_path = map_dir / "checkpoint.pt"
@@ -110,9 +116,12 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
         budget = {"minutes": cfg.minutes, "iterations": cfg.iterations}
         cfg = MappingConfig(**{**json.loads(saved.read_text()), **budget})
     cfg = cfg.resolved()
+    if cfg.confidence_minutes == 0:  # documented: 0 skips stage 2, as --no-confidence
+        cfg = replace(cfg, confidence=False)
     seed_everything(cfg.seed)
     scene = load_scene(dataset, intrinsics)
     train_frames = scene.frames("train")
+    check_frames(train_frames)   # the checks `sceneloc check` runs: every image and depth map decodes and fits
     missing = [f for f in train_frames if f.depth_path is None]
     if missing and cfg.arch != "xfeat":
         raise SceneLocError(f"{missing[0].image_path}: missing depth (--arch {cfg.arch} needs depth for every "
@@ -155,6 +164,9 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
         model.to(device)
         model.precision = cfg.precision
         entries = entries_for_memory(cfg.buffer_mb, model.encoder.channels)
+        if entries < cfg.pixel_batch:
+            raise SceneLocError(f"--buffer-mb {cfg.buffer_mb:g}: holds {entries} pixels, fewer than one head step "
+                                f"(--pixel-batch {cfg.pixel_batch}); give at least a few hundred MB")
         t1 = time.perf_counter()
         buffer = fill_buffer(train_frames, model, cfg.input_height, entries, cfg.buffer_copies, cfg.seed,
                              cfg.aug_scale, cfg.aug_rotation, cfg.aug_brightness, cfg.aug_contrast, device,

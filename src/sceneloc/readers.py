@@ -3,6 +3,7 @@ poses, intrinsics. Every problem raises :class:`SceneLocError` naming the file."
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -38,6 +39,16 @@ def read_matrix(path: Path, shape: tuple[int, int], what: str) -> np.ndarray:
     if not np.all(np.isfinite(M)):
         raise SceneLocError(f"{path}: malformed {what} file (nan or inf entry)")
     return M
+
+
+def dataset_unit(root: Path) -> str:
+    """``m``, or ``units`` for a dataset whose ``import_info.json`` states arbitrary (SfM) units."""
+    info = Path(root) / "import_info.json"
+    try:
+        units = json.loads(info.read_text()).get("units") if info.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        units = None
+    return "m" if not isinstance(units, str) or units.startswith("metres") else "units"
 
 
 def read_pose(path: Path) -> np.ndarray:
@@ -91,6 +102,20 @@ def check_image_file(path: Path, what: str = "image") -> None:
         raise SceneLocError(f"{path}: unreadable {what} (empty file)")
     if not head.startswith(_IMAGE_MAGIC):
         raise SceneLocError(f"{path}: unreadable {what} (not a PNG or JPEG image file)")
+
+
+def image_header(path: Path, what: str = "image") -> tuple[int, int, int, int]:
+    """``(H, W, channels, bits per channel)`` of an image file: read from a PNG's header without
+    decoding (cheap enough for every frame of a dataset), else by decoding the file."""
+    check_image_file(path, what)
+    with open(path, "rb") as fh:
+        head = fh.read(26)
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) == 26 and head[12:16] == b"IHDR":
+        w, h = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        channels = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}.get(head[25], 0)
+        return h, w, channels, head[24]
+    img = _decode(path, cv2.IMREAD_UNCHANGED, what)
+    return img.shape[0], img.shape[1], 1 if img.ndim == 2 else img.shape[2], 8 * img.dtype.itemsize
 
 
 def read_image(path: Path) -> np.ndarray:

@@ -32,6 +32,7 @@ from .colmap_import import COLMAP_PIXEL_OFFSET, import_colmap, prepare_output, p
 from .errors import SceneLocError
 from .progress import progress as progress_bar
 from .readers import IMAGE_SUFFIXES, check_image_file
+from .validation import check_output_path
 
 MATCHERS = ("auto", "sequential", "exhaustive")
 #: --matcher auto: exhaustive up to this many images (every pair; robust to any order), sequential above.
@@ -117,10 +118,16 @@ def _db_progress(db: Path, table: str, total: int, desc: str, unit: str, enabled
     thread.start()
     try:
         yield
+        # returned without error: every pair is done even where COLMAP wrote no row (a pair without
+        # matches is not stored), so the bar must not end on "stopped at 0/66"
+        stop.set()
+        thread.join()
+        bar.update(total - done[0])
+        done[0] = total
     finally:
         stop.set()
         thread.join()
-        poll_once()                      # the step has returned: its last rows are in
+        poll_once()                      # the step has returned (or failed): its last rows are in
         bar.close()
 
 
@@ -209,7 +216,13 @@ def run_sfm(image_dir: str | Path, out: str | Path, *, intrinsics: np.ndarray | 
     """SfM on the images below ``image_dir`` -> a sceneloc dataset in ``out`` (DSAC*/ACE layout),
     the COLMAP model kept in ``out/colmap/sparse``. Returns import_info (also in out/import_info.json)."""
     image_dir, out = Path(image_dir), Path(out)
+    check_output_path(out, "dir", [image_dir, depth_dir])
     names = list_images(image_dir)
+    if known_distance is not None:   # checked now, not after minutes of SfM that leave OUT behind
+        unknown = [n for n in known_distance[:2] if n not in names]
+        if unknown:
+            raise SceneLocError(f"--known-distance: {unknown[0]!r} is not an image below {image_dir} "
+                                f"(names as relative paths, e.g. {names[0]!r})")
     pycolmap_module()
     if depth_dir is not None and not Path(depth_dir).is_dir():
         raise SceneLocError(f"{depth_dir}: depth folder does not exist")
