@@ -201,9 +201,12 @@ def test_handmade_pose_file_known_errors(oracle_map, tiny_data, tmp_path):
     # the report's pose file is the same poses again, the failure included
     rot, trans = recompute(tmp_path / "r" / "poses.txt", tiny_data)
     assert np.isinf(rot).sum() == 1 and np.nanmax(rot[np.isfinite(rot)]) == pytest.approx(3.0, abs=1e-5)
-    # frames the file leaves out are failures too, and the report says so
+    # a file that leaves frames out is refused, naming its coverage; with allow_missing they are failures
     pose_file.write_text("\n".join(lines[:3]) + "\n")
-    m = evaluate(oracle_map, tiny_data, tmp_path / "r2", poses=pose_file, progress=False)
+    with pytest.raises(SceneLocError, match="lists 2 of the 4 frames .* --allow-missing"):
+        evaluate(oracle_map, tiny_data, tmp_path / "r2", poses=pose_file, progress=False)
+    m = evaluate(oracle_map, tiny_data, tmp_path / "r2", poses=pose_file, progress=False, allow_missing=True)
+    assert m["pose_coverage"] == {"listed": 2, "frames": 4, "share": 0.5}
     assert m["failures"] == 2 and m["accuracy"]["5cm_5deg"] == 0.5
     assert any("2 frames of the split are not in" in n for n in m["notes"])
     # re-evaluating a report's own pose file into that report (--force) reads it before replacing it

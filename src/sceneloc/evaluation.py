@@ -43,6 +43,7 @@ from .plots import plot_error_cdf, plot_error_histogram, plot_examples, plot_rel
 from .pose_config import MODES, PoseConfig, estimator_config
 from .progress import progress as progress_bar
 from .scenemap import Map, localize_frames
+from .validation import check_output_path
 
 #: (degrees, metres) pose accuracy thresholds; the first is the paper's (Table II).
 ACCURACY_THRESHOLDS = ((5, 0.05), (10, 0.10), (2, 0.02), (1, 0.01))
@@ -289,15 +290,17 @@ def match_pose_records(records: list, frames: list, path: Path) -> tuple[list, i
 def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "test",
              mode: str = "rgb", estimator: PoseConfig | str | None = None, poses: str | Path | None = None,
              force: bool = False, seed: int = 0, device: str | None = None, intrinsics: np.ndarray | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, allow_missing: bool = False) -> dict:
     """``sceneloc evaluate``: localize ``split`` (or read ``poses``) and write the report folder.
 
     ``map_dir`` is a map directory or an already loaded :class:`sceneloc.scenemap.Map`; ``estimator``
     is :meth:`Map.localize`'s (a ``PoseConfig``, a method name, or None: the default).
     Returns the metrics dictionary (also ``out_dir/metrics.json``, infinite medians as null there).
+    A pose file that misses frames of the split is refused unless ``allow_missing`` (they then count
+    as failures); ``pose_coverage`` in the metrics says how many it lists.
     """
 
-    out = Path(out_dir)
+    out = check_output_path(out_dir, "dir", [dataset], "--out")
     # read the pose file before --force clears the report folder: it may be that folder's poses.txt
     given = None if poses is None else read_pose_file(Path(poses))
     _check_out_dir(out, force)
@@ -325,6 +328,11 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
     else:
         poses = Path(poses)
         records, absent = match_pose_records(given or [], frames, poses)
+        coverage = {"listed": len(frames) - absent, "frames": len(frames), "share": 1 - absent / len(frames)}
+        if absent and not allow_missing:
+            raise SceneLocError(f"{poses}: lists {coverage['listed']} of the {len(frames)} frames of split "
+                                f"{split!r} ({coverage['share']:.1%}); pass --allow-missing to count the others "
+                                f"as failures")
         if absent:
             notes.append(f"{absent} frames of the split are not in {poses.name}: counted as failures")
         # The file has no correspondences: run the network alone for the correspondence figures.
@@ -353,6 +361,8 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
                      "read from a file have none)")
     if poses is None:
         metrics["pose_config"] = asdict(config)
+    else:
+        metrics["pose_coverage"] = coverage
     if diag.frames < len(frames):
         notes.append(f"{len(frames) - diag.frames} frames have no depth map: no coordinate errors for them")
 
@@ -483,8 +493,16 @@ def load_metrics(report_dir: str | Path) -> dict:
 
 def table(report_dirs: Sequence[str | Path], out: str | Path | None = None, force: bool = False) -> str:
     """``sceneloc table``: the Table II style comparison of several reports; written to ``out`` if given."""
+    if out is not None:
+        check_output_path(out, "file", option="--out")
     if out is not None and Path(out).exists() and not force:
         raise SceneLocError(f"{out}: exists (use --force to overwrite)")
+    seen: dict[Path, str | Path] = {}
+    for d in report_dirs:   # the same report twice would weigh twice in the average
+        key = Path(d).resolve()
+        if key in seen:
+            raise SceneLocError(f"{d}: report given twice (also as {seen[key]})")
+        seen[key] = d
     text = results_table([load_metrics(d) for d in report_dirs])
     if out is not None:
         Path(out).write_text(text)

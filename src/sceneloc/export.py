@@ -10,6 +10,7 @@ from .data import evenly_spaced, load_scene
 from .errors import SceneLocError
 from .progress import progress as progress_bar
 from .scenemap import Map
+from .validation import check_output_path
 
 # ============================================================================================ export
 
@@ -39,7 +40,7 @@ def export_point_cloud(map_dir: str | Path, dataset: str | Path, out: str | Path
     Only points with confidence above ``min_confidence`` are kept when the map has a confidence
     network (0.75 is the paper's inlier confidence, delta at 10 cm); otherwise every prediction.
     """
-    out = Path(out)
+    out = check_output_path(out, "file", [dataset], "--out")
     if out.exists() and not force:
         raise SceneLocError(f"{out}: exists (use --force to overwrite)")
     if max_frames is not None and max_frames < 1:
@@ -55,6 +56,8 @@ def export_point_cloud(map_dir: str | Path, dataset: str | Path, out: str | Path
         uv = np.rint(pred.pixels[keep]).astype(int)
         xyz.append(pred.coords[keep].astype(np.float32))
         rgb.append(image[np.clip(uv[:, 1], 0, image.shape[0] - 1), np.clip(uv[:, 0], 0, image.shape[1] - 1)])
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if not sum(len(p) for p in xyz):
+        raise SceneLocError(f"--min-confidence {min_confidence:g}: keeps no point of {len(frames)} frames "
+                            f"(confidences are in [0, 1]; lower it)")
     write_ply(out, np.concatenate(xyz), np.concatenate(rgb))
     return sum(len(p) for p in xyz)

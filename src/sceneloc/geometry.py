@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .errors import SceneLocError
+from .validation import check_quaternion
 
 # ----------------------------------------------------------------------------- rigid transforms
 
@@ -405,9 +406,15 @@ def read_pose_file(path: str | Path) -> list[PoseRecord]:
     """Read a pose file written by sceneloc, DSAC* or ACE (extra columns named by the header if any)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as e:
         raise SceneLocError(f"{path}: cannot read pose file ({e.strerror})") from None
+    if b"\x00" in raw:
+        raise SceneLocError(f"{path}: not a pose file (binary data)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SceneLocError(f"{path}: not a pose file (not UTF-8 text)") from None
     extra_names: list[str] = []
     records = []
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -432,11 +439,12 @@ def read_pose_file(path: str | Path) -> list[PoseRecord]:
         q, t = np.array(vals[:4]), np.array(vals[4:7])
         pose = None
         if np.all(np.isfinite(q)) and np.all(np.isfinite(t)):
-            if np.linalg.norm(q) < 1e-9:
-                raise SceneLocError(f"{path}:{lineno}: zero quaternion")
+            q = check_quaternion(q, f"{path}:{lineno}")
             pose = invert_pose(make_pose(quaternion_to_matrix(q), t))
         names = extra_names + [f"col{i}" for i in range(len(extra_names), len(vals) - 7)]
         # strict=False: a header may name more extra columns than a line has; the line's values win
         records.append(PoseRecord(parts[0], pose, dict(zip(names, vals[7:], strict=False)),
                                   failure if pose is None else None))
+    if not records:
+        raise SceneLocError(f"{path}: pose file lists no image")
     return records

@@ -58,6 +58,7 @@ import numpy as np
 
 from .data import INTRINSICS_FILES, KINECT_DEPTH_INTRINSICS, evenly_spaced
 from .errors import SceneLocError, refuse_to_overwrite
+from .geometry import intrinsics_matrix
 from .progress import progress as progress_bar
 from .readers import parse_intrinsics
 
@@ -81,6 +82,7 @@ from .synth_render import (  # noqa: F401
 )
 from .synth_scenes import DEFAULT_PRESET, PRESETS, Quad, Scene, box, make_scene, rect, table  # noqa: F401
 from .synth_trajectory import _smooth_wobble, free_space, look_at, sample_trajectory, surface_samples  # noqa: F401
+from .validation import check_intrinsics, check_output_path
 
 #: Kinect intrinsics of 7-Scenes at 640x480, the default camera.
 DEFAULT_SIZE = (640, 480)
@@ -209,6 +211,7 @@ def generate(out_dir: str | Path, preset: str = DEFAULT_PRESET, seed: int = 0, f
             training frames, as a test capture of a mapped room is) or ``free`` (anywhere in the
             camera region, views the training walks may never have seen).
     """
+    check_output_path(out_dir, "dir", option="--out")
     scene = make_scene(preset)
     if frames < 1:
         raise SceneLocError(f"--frames {frames}: need at least 1 frame per sequence")
@@ -220,8 +223,7 @@ def generate(out_dir: str | Path, preset: str = DEFAULT_PRESET, seed: int = 0, f
     if not (16 <= width <= 8192 and 16 <= height <= 8192):
         raise SceneLocError(f"--width {width} --height {height}: image size must be 16..8192 pixels")
     fx, fy, cx, cy = intrinsics if intrinsics is not None else _default_intrinsics(width, height)
-    if fx <= 0 or fy <= 0:
-        raise SceneLocError(f"--intrinsics {fx},{fy},{cx},{cy}: focal lengths must be positive")
+    check_intrinsics(intrinsics_matrix(fx, fy, cx, cy), (height, width), f"--intrinsics {fx:g},{fy:g},{cx:g},{cy:g}")
     if test_walk not in TEST_WALKS:
         raise SceneLocError(f"--test-walk {test_walk!r}: choose from {', '.join(TEST_WALKS)}")
     if preview is not None and Path(preview).suffix.lower() not in (".png", ".jpg", ".jpeg"):

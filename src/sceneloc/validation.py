@@ -140,6 +140,8 @@ def check_quaternion(q: np.ndarray, where: str) -> np.ndarray:
     """Unit quaternion ``(4,)`` from ``q``: refused when its norm is further than
     ``QUATERNION_NORM_TOLERANCE`` from 1 (a corrupt or mis-ordered line, not rounding)."""
     norm = float(np.linalg.norm(q))
+    if norm < 1e-9:
+        raise SceneLocError(f"{where}: zero quaternion")
     if abs(norm - 1.0) > QUATERNION_NORM_TOLERANCE:
         raise SceneLocError(f"{where}: quaternion norm {norm:.3f} is not 1 (corrupt pose line?)")
     return np.asarray(q, dtype=np.float64) / norm
