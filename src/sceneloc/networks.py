@@ -309,9 +309,14 @@ def load_weights(net: Net, path: Path, device: str, what: str, hint: str = "") -
     if not path.exists():
         raise SceneLocError(f"{path}: missing {what} weights{hint}")
     try:
-        net.load_state_dict(torch.load(path, map_location=device, weights_only=True))
-    except (RuntimeError, KeyError) as e:
-        reason = str(e).splitlines()[0]
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # a truncated or foreign file: PyTorch's zip/pickle errors run to hundreds of characters
+        raise SceneLocError(f"{path}: unreadable {what} weights (truncated or not a PyTorch file: "
+                            f"{type(e).__name__}){hint}") from None
+    try:
+        net.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError, AttributeError) as e:
+        reason = (str(e).splitlines() or [""])[0][:120]
         raise SceneLocError(f"{path}: weights do not match the {what} configuration ({reason}){hint}") from None
     return net
 

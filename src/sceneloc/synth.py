@@ -211,7 +211,7 @@ def generate(out_dir: str | Path, preset: str = DEFAULT_PRESET, seed: int = 0, f
             training frames, as a test capture of a mapped room is) or ``free`` (anywhere in the
             camera region, views the training walks may never have seen).
     """
-    check_output_path(out_dir, "dir", option="--out")
+    check_output_path(out_dir, "dir")
     scene = make_scene(preset)
     if frames < 1:
         raise SceneLocError(f"--frames {frames}: need at least 1 frame per sequence")
