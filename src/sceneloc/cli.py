@@ -337,6 +337,7 @@ def _cmd_localize(args: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
+    check_config_budgets(args)   # --seed, --n-k
     K = parse_intrinsics(args.intrinsics) if args.intrinsics else None
     m = evaluate(args.map_dir, args.dataset, args.out, split=args.split, mode=args.mode,
                  estimator=_pose_config(args), poses=args.poses, force=args.force, seed=args.seed,

@@ -14,7 +14,7 @@ from .errors import SceneLocError
 from .geometry import PoseRecord, write_pose_file
 from .pose_config import PoseConfig
 from .scenemap import Map
-from .validation import check_budget, check_output_path
+from .validation import check_budget, check_config_budgets, check_output_path
 
 
 def add_batch_arguments(s: argparse.ArgumentParser) -> None:
@@ -39,6 +39,7 @@ def check_localize_inputs(args: argparse.Namespace) -> None:
     if not sources:
         raise SceneLocError("give a DATASET (with --split), --images DIR|LIST.txt or --image IMG")
     check_budget("--depth-scale", args.depth_scale)
+    check_config_budgets(args)   # --seed, --n-k
     if args.depth and not args.image:
         raise SceneLocError("--depth goes with --image (use --depth-dir with --images, --mode rgbd with a DATASET)")
     if args.depth_dir and not args.images:

@@ -58,6 +58,9 @@ def check_config_budgets(config: object, positive: Iterable[str] = POSITIVE,
             check_budget(option_name(name), getattr(config, name), zero_skips=True)
     for minutes in getattr(config, "snapshot_minutes", ()) or ():
         check_budget("--snapshot-minutes", minutes)
+    seed = getattr(config, "seed", None)
+    if seed is not None and not (isinstance(seed, int) and seed >= 0):
+        raise SceneLocError(f"--seed {seed}: must be a non-negative integer")
 
 
 # ------------------------------------------------------------------------------------ intrinsics
@@ -119,7 +122,8 @@ def depth_in_metres(depth: np.ndarray, source: str = "depth", depth_scale_m: flo
         out = d.astype(np.float32) * np.float32(scale)
         out[(d == 0) | (d == 65535)] = 0.0
     elif np.issubdtype(d.dtype, np.floating):
-        out = d.astype(np.float32) * np.float32(1.0 if depth_scale_m is None else depth_scale_m)
+        with np.errstate(over="ignore", invalid="ignore"):   # overflow becomes inf, dropped below
+            out = d.astype(np.float32) * np.float32(1.0 if depth_scale_m is None else depth_scale_m)
         out[~np.isfinite(out) | (out < 0)] = 0.0
     else:
         raise SceneLocError(f"{source}: depth must be uint16 millimetres or float metres, got {d.dtype}")
@@ -139,10 +143,11 @@ def depth_in_metres(depth: np.ndarray, source: str = "depth", depth_scale_m: flo
 def check_quaternion(q: np.ndarray, where: str) -> np.ndarray:
     """Unit quaternion ``(4,)`` from ``q``: refused when its norm is further than
     ``QUATERNION_NORM_TOLERANCE`` from 1 (a corrupt or mis-ordered line, not rounding)."""
-    norm = float(np.linalg.norm(q))
+    with np.errstate(over="ignore"):   # 1e300 entries: an infinite norm, refused below
+        norm = float(np.linalg.norm(q))
     if norm < 1e-9:
         raise SceneLocError(f"{where}: zero quaternion")
-    if abs(norm - 1.0) > QUATERNION_NORM_TOLERANCE:
+    if not abs(norm - 1.0) <= QUATERNION_NORM_TOLERANCE:
         raise SceneLocError(f"{where}: quaternion norm {norm:.3f} is not 1 (corrupt pose line?)")
     return np.asarray(q, dtype=np.float64) / norm
 
