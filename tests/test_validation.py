@@ -341,3 +341,22 @@ def test_localize_is_repeatable_in_one_process(tiny_map, overfit_scene, capsys):
         assert main(["localize", str(tiny_map), "--image", str(frame.image_path)]) == 0
         lines.append(capsys.readouterr().out.splitlines()[-1])
     assert lines[0] == lines[1] and lines[0].startswith(Path(frame.image_path).name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["fcn", "xfeat"])
+def test_map_is_repeatable_given_iterations(overfit_scene, tmp_path, arch):
+    """Two maps from the same --iterations and --seed have bit-identical weights on the CPU."""
+    import torch
+
+    from sceneloc.mapping import map_scene
+    from sceneloc.training import MappingConfig
+    cfg = MappingConfig(arch=arch, width=16, input_height=96 if arch == "fcn" else 120, iterations=15, batch_size=2,
+                        buffer_mb=8, confidence=False, calibration_minutes=0, cloud_voxel_m=0, view_voxel_m=0)
+    weights = []
+    for k in range(2):
+        map_scene(overfit_scene, tmp_path / f"m{k}", cfg, evaluate_test=False, log=lambda *a: None)
+        weights.append(torch.load(tmp_path / f"m{k}" / "coordinates.pt", weights_only=True))
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        assert torch.equal(weights[0][name], weights[1][name]), name
