@@ -329,7 +329,7 @@ def import_colmap(model_dir: str | Path, image_dir: str | Path, out: str | Path,
     rec = read_model(model_dir) if rec is None else rec
     views = registered_views(rec, where)
     image_dir, out = Path(image_dir), Path(out)
-    check_output_path(out, "dir", [image_dir, model_dir, depth_dir])
+    check_output_path(out, "dir", [image_dir, depth_dir])   # not the model: sfm keeps it in OUT/colmap
     check_images(image_dir, [v.name for v in views], where)
     check_cameras(rec, views, image_dir, where)
     split = split_names([v.name for v in views], test_every, test_list, test_match)
