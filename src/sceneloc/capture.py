@@ -1,6 +1,7 @@
 """Capture check: is a dataset usable for mapping, before spending minutes on it?
 
-Reads only poses, calibration and file names (no image is decoded), and reports
+Reads poses, calibration and the file headers of the training images and depth maps (the checks
+``map`` runs first, ``data.check_frames``: PNG headers are read, not decoded), and reports
 
 * frames per split, frames without depth (the default map learns them from their poses alone), cameras (distinct K);
 * images the import or SfM could not register (``import_info.json``) and the stated units;
