@@ -132,7 +132,10 @@ def read_depth(path: Path, shape: tuple[int, int] | None = None, depth_scale_m: 
                             f"got {d.dtype} with shape {d.shape}")
     if shape is not None and d.shape != tuple(shape):
         raise SceneLocError(f"{path}: depth map is {d.shape[1]}x{d.shape[0]} but its image is {shape[1]}x{shape[0]}")
-    out = d.astype(np.float32) * np.float32(depth_scale_m) if depth_scale_m != 0.001 else d.astype(np.float32) / 1000.0
+    if depth_scale_m == 0.001:   # millimetres: divided, as sceneloc always has (bit-identical maps)
+        out = d.astype(np.float32) / 1000.0
+    else:
+        out = d.astype(np.float32) * np.float32(depth_scale_m)
     out[np.isin(d, INVALID_DEPTH_MM)] = 0.0
     return out
 
@@ -176,7 +179,9 @@ def read_intrinsics(path: Path, image_size: tuple[int, int] | None = None) -> np
     else:
         raise SceneLocError(f"{path}: malformed calibration file (expected 1 focal length or a 3x3 matrix, "
                             f"found {len(values)} numbers)")
-    return check_intrinsics(K, image_size, source=f"{path}")
+    # a 3x3 file is checked against its own image later (data.check_frames): image_size may be another
+    # camera's in a dataset of several
+    return check_intrinsics(K, None, source=f"{path}")
 
 
 def parse_intrinsics(spec: str) -> np.ndarray:
