@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -175,7 +176,7 @@ class Tracker:
 
 def track_frames(the_map: Map, frames: Iterable, mode: str = "rgb", estimator: PoseConfig | str | None = None,
                  config: TrackingConfig = TrackingConfig(), seed: int = 0,
-                 progress: bool = True) -> Iterator[tuple[object, TrackedLocalization]]:
+                 progress: bool = True) -> Iterator[tuple[Any, TrackedLocalization]]:
     """``scenemap.localize_frames`` for a stream: dataset ``frames`` in the order given, each tracked
     from the previous one (``Tracker``); yields ``(frame, TrackedLocalization)`` without dense arrays."""
     if mode not in MODES:
