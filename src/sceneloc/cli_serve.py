@@ -60,8 +60,9 @@ def _cmd_serve(args: argparse.Namespace) -> None:
                           batch_wait_ms=args.batch_wait_ms, timeout_s=args.timeout_s,
                           max_request_bytes=int(args.max_request_mb * (1 << 20)), max_pixels=args.max_pixels)
     maps = {name: Map.load(path, device=args.device) for name, path in map_names(args.maps).items()}
-    # each worker runs its own network passes: one core each, not every worker on every core
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.workers))
+    # each worker runs its own network passes on --threads cores: more threads than free cores thrash
+    # (conftest.py: two processes with two OpenMP threads each on two cores ran ~100x slower)
+    torch.set_num_threads(args.threads)
     live = LiveView.start(next(iter(maps.values())), args.rerun) if args.rerun else None
     service = LocalizationService(maps, config, estimator=args.method, tracking=TrackingConfig(),
                                   on_result=None if live is None else live.on_result)
@@ -80,6 +81,8 @@ def add_serve_command(sub) -> None:
     s.add_argument("--token", help=f"bearer token every endpoint but /healthz requires (default ${TOKEN_ENV})")
     s.add_argument("--workers", type=int, default=DEFAULTS.workers,
                    help="queue consumers and pose threads (default %(default)s)")
+    s.add_argument("--threads", type=int, default=1,
+                   help="torch threads each worker's network passes use (default %(default)s)")
     s.add_argument("--queue-size", type=int, default=DEFAULTS.queue_size,
                    help="admitted requests waiting for a worker; beyond it, 503 + Retry-After (default %(default)s)")
     s.add_argument("--max-batch", type=int, default=DEFAULTS.max_batch,
