@@ -68,8 +68,10 @@ def _cmd_serve(args: argparse.Namespace) -> None:
                                   on_result=None if live is None else live.on_result)
     print(f"serving {', '.join(sorted(maps))} on http://{args.host}:{args.port} "
           f"({'token required' if token else 'no token: loopback only'}; {config.workers} worker(s))", flush=True)
+    # uvicorn's own connection cap is the last guard of memory (request bodies are read before the
+    # queue can refuse them); well above the queue, so the queue's JSON 503 is what clients normally see
     uvicorn.run(create_app(service, token), host=args.host, port=args.port, log_level=args.log_level,
-                access_log=False)
+                access_log=False, limit_concurrency=max(256, 8 * config.queue_size))
 
 
 def add_serve_command(sub) -> None:

@@ -388,8 +388,9 @@ def create_app(service: LocalizationService, token: str | None) -> FastAPI:
     @app.post("/v1/sessions", dependencies=guarded)
     async def new_session(request: Request) -> dict[str, str]:
         name = None
-        if int(request.headers.get("content-length") or 0) > 0:
-            if int(request.headers["content-length"]) > 4096:
+        length = request.headers.get("content-length", "0")
+        if not length.isdigit() or int(length) > 0:
+            if not length.isdigit() or int(length) > 4096:
                 raise RequestError(413, "session request body larger than 4096 bytes")
             try:
                 body = await request.json()
