@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import subprocess
+import sys
 import zlib
 
 import cv2
@@ -276,6 +278,12 @@ def test_client_localizes_arrays_files_and_raises_server_errors(http, frames, tm
         Client("http://testserver", "wrong", http=http).maps()
     assert e.value.status == 401
     http.headers.pop("Authorization", None)   # the client set it on the shared test client
+
+
+def test_the_client_imports_without_torch():
+    code = "import sys, sceneloc.client; assert 'torch' not in sys.modules and 'fastapi' not in sys.modules"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-500:]
 
 
 # ------------------------------------------------------------------------------------------ command

@@ -9,9 +9,10 @@ from test_scene_view import K as CORNER_K
 from test_scene_view import camera as corner_camera
 from test_scene_view import corner_scene_view, ray_cast
 
+from sceneloc.cli import main
 from sceneloc.data import load_scene
 from sceneloc.errors import SceneLocError
-from sceneloc.geometry import make_pose, pose_errors
+from sceneloc.geometry import make_pose, pose_errors, read_pose_file
 from sceneloc.scenemap import Map
 from sceneloc.tracking import Tracker, TrackingConfig, predicted_prior, track_frames
 
@@ -106,3 +107,15 @@ def test_track_frames_streams_a_split_in_order(the_map, overfit_scene):
         assert res.pose is not None and pose_errors(res.pose, f.pose)[1] < 0.05
     with pytest.raises(SceneLocError, match="unknown mode"):
         list(track_frames(the_map, frames, "depth", progress=False))
+
+
+def test_localize_sequence_writes_every_frame_in_order(tiny_map, overfit_scene, tmp_path, capsys):
+    out = tmp_path / "poses.txt"
+    assert main(["localize", str(tiny_map), str(overfit_scene), "--split", "train", "--mode", "rgbd",
+                 "--sequence", "--out", str(out)]) == 0
+    records = read_pose_file(out)
+    frames = load_scene(overfit_scene).frames("train")
+    assert [r.image for r in records] == [f.name for f in frames]
+    for r, f in zip(records, frames, strict=True):
+        assert r.pose is not None and pose_errors(r.pose, f.pose)[1] < 0.05
+    assert "2 frames localized" in capsys.readouterr().out
