@@ -6,12 +6,14 @@ from __future__ import annotations
 import importlib
 
 import pytest
+from fastapi.testclient import TestClient
 
 from sceneloc import live_view
 from sceneloc.cli import main
 from sceneloc.data import load_scene
 from sceneloc.errors import SceneLocError
 from sceneloc.scenemap import Map
+from sceneloc.server import LocalizationService, create_app
 
 
 def test_missing_rerun_is_a_one_line_error(monkeypatch, tiny_map, overfit_scene, tmp_path, capsys):
@@ -51,3 +53,19 @@ def test_localize_sequence_logs_a_rerun_recording(tiny_map, overfit_scene, tmp_p
     assert len(data) > 10_000   # the map's points and two images, at least
     for entity in (b"world/map", b"world/camera/image", b"world/estimated", b"world/true"):
         assert entity in data, entity
+
+
+def test_serve_logs_each_query_to_the_live_view(tiny_map, overfit_scene, tmp_path):
+    pytest.importorskip("rerun", reason="rerun-sdk (the [viewer] extra) is not installed")
+    the_map = Map.load(tiny_map, device="cpu")
+    rrd = tmp_path / "serve.rrd"
+    live = live_view.LiveView.start(the_map, str(rrd))
+    service = LocalizationService({"tiny": the_map}, on_result=live.on_result)
+    frame = load_scene(overfit_scene).frames("train")[0]
+    with TestClient(create_app(service, None)) as c:
+        for _ in range(2):
+            assert c.post("/v1/localize", files={"image": frame.image_path.read_bytes()}).status_code == 200
+    live.close()
+    assert live.frame == 2 and len(live.estimated) == 2
+    data = rrd.read_bytes()
+    assert b"world/camera/image" in data and b"world/estimated" in data

@@ -137,6 +137,19 @@ def test_sessions_track_frames_after_the_first(http, frames):
                                     content=b"{not json"), 400)
 
 
+def test_two_maps_need_a_name_unless_a_session_names_one(the_map, frames):
+    service = LocalizationService({"a": the_map, "b": the_map}, tracking=TrackingConfig(min_matched=0.1))
+    image = frames[0].image_path.read_bytes()
+    with TestClient(create_app(service, None)) as c:
+        assert [m["name"] for m in c.get("/v1/maps").json()["maps"]] == ["a", "b"]
+        assert_one_line_error(c.post("/v1/localize", files={"image": image}), 400)
+        sid = c.post("/v1/sessions", json={"map": "b"}).json()["session"]
+        r = c.post("/v1/localize", files={"image": image}, data={"session": sid})
+        assert r.status_code == 200 and r.json()["map"] == "b"
+        assert_one_line_error(c.post("/v1/localize", files={"image": image}, data={"session": sid, "map": "a"}), 400)
+        assert_one_line_error(c.post("/v1/sessions", json={"map": 3}), 400)
+
+
 def test_metrics_count_requests_latency_queue_and_failures(http, frames):
     http.post("/v1/localize", headers=AUTH, files={"image": b"garbage"})
     text = http.get("/metrics", headers=AUTH).text

@@ -70,8 +70,12 @@ def _cmd_serve(args: argparse.Namespace) -> None:
           f"({'token required' if token else 'no token: loopback only'}; {config.workers} worker(s))", flush=True)
     # uvicorn's own connection cap is the last guard of memory (request bodies are read before the
     # queue can refuse them); well above the queue, so the queue's JSON 503 is what clients normally see
-    uvicorn.run(create_app(service, token), host=args.host, port=args.port, log_level=args.log_level,
-                access_log=False, limit_concurrency=max(256, 8 * config.queue_size))
+    try:
+        uvicorn.run(create_app(service, token), host=args.host, port=args.port, log_level=args.log_level,
+                    access_log=False, limit_concurrency=max(256, 8 * config.queue_size))
+    finally:   # uvicorn returns on Ctrl-C / SIGTERM: complete the recording
+        if live is not None:
+            live.close()
 
 
 def add_serve_command(sub) -> None:

@@ -95,4 +95,6 @@ class LiveView:
         self.log(image, None, res, name=map_name)
 
     def close(self) -> None:
+        """Write out everything logged (a recording file is complete after this)."""
         self.rec.flush()
+        self.rec.disconnect()

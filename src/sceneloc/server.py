@@ -424,10 +424,10 @@ def create_app(service: LocalizationService, token: str | None) -> FastAPI:
                                     f"{service.config.max_pixels}")
         K = parse_intrinsics_field(str(texts["intrinsics"])) if texts.get("intrinsics") else None
         session = service.session(str(texts["session"])) if texts.get("session") else None
-        name = service.map_name(str(texts["map"]) if texts.get("map") else None)
-        if session is not None and session.map_name != name and texts.get("map"):
+        asked = str(texts["map"]) if texts.get("map") else None
+        name = service.map_name(asked) if session is None or asked else session.map_name
+        if session is not None and session.map_name != name:
             raise RequestError(400, f"session: belongs to map {session.map_name!r}, not {name!r}")
-        name = session.map_name if session is not None else name
         job = Job(name, image, depth, K, session, asyncio.get_running_loop().create_future())
         res = await service.localize(job)
         body = localization_json(res)
