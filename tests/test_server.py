@@ -4,12 +4,16 @@ every endpoint, auth, limits, sessions, queueing, micro-batches, fuzzed requests
 from __future__ import annotations
 
 import asyncio
+import signal
+import socket
 import struct
 import subprocess
 import sys
+import time
 import zlib
 
 import cv2
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -322,3 +326,32 @@ def test_serve_command_answers_one_line_errors(tmp_path, capsys):
     assert main(["serve", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "--token" in err[0] and "not a sceneloc map directory" in err[1]
+
+
+@pytest.mark.slow
+def test_sceneloc_serve_answers_over_loopback(tiny_map, frames):
+    # the real command on uvicorn, a real socket on 127.0.0.1, the client over HTTP
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "sceneloc.cli", "serve", str(tiny_map), "--port", str(port),
+                             "--token", TOKEN], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        with Client(url, TOKEN) as client:
+            res = client.localize(frames[0].image_path, depth=frames[0].depth_path)
+            assert res.pose is not None and pose_errors(res.pose, frames[0].pose)[1] < 0.05
+        assert httpx.get(f"{url}/v1/maps", timeout=5).status_code == 401
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    # uvicorn shuts down and re-raises the SIGTERM it caught: a crash would exit with 1
+    assert proc.returncode in (0, -signal.SIGTERM)
