@@ -25,6 +25,7 @@ import numpy as np
 from . import __version__
 from .cli_batch import add_batch_arguments, check_localize_inputs, localize_batch
 from .cli_capture import add_capture_commands
+from .cli_serve import add_serve_command, add_stream_arguments, localized_stream
 from .data import load_scene
 from .demo import DEMO_CONFIDENCE_MINUTES, DEMO_MINUTES, run_demo
 from .dsac import MODES, OBJECTIVES, DSACConfig
@@ -42,7 +43,7 @@ from .networks import FCN_STEMS, FCN_STRIDES
 from .pose_config import DSAC_SCORES, METHODS, PoseConfig
 from .pose_config import SCORES as POSE_SCORES
 from .readers import dataset_unit, parse_intrinsics, read_depth, read_image
-from .scenemap import Map, localize_frames
+from .scenemap import Map
 from .synth import add_synth_arguments
 from .synth_scenes import DEMO_PRESET, PRESETS
 from .training import (
@@ -322,7 +323,7 @@ def _cmd_localize(args: argparse.Namespace) -> None:
     out = Path(args.out)
     frames = load_scene(args.dataset, K).frames(args.split)
     records, failures = [], 0
-    for frame, res in localize_frames(the_map, frames, args.mode, config, args.seed):
+    for frame, res in localized_stream(the_map, frames, args, config):
         failures += res.pose is None
         records.append(PoseRecord(frame.name, res.pose, res.pose_file_columns(), res.failure))
     write_pose_file(out, records, comment=f"sceneloc localize {args.map_dir} {args.dataset} --split {args.split} "
@@ -455,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     s.add_argument("--force", action="store_true", help="overwrite --out")
     _add_pose_arguments(s)
+    add_stream_arguments(s)
     s.set_defaults(func=_cmd_localize)
 
     add_synth_arguments(sub.add_parser("synth", help="render a synthetic posed RGB-D scene in 7-Scenes layout"))
@@ -465,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_table_arguments(sub.add_parser("table", help="one row per evaluated scene plus the average (paper Table II)"))
 
     add_capture_commands(sub)
+    add_serve_command(sub)
     return p
 
 
