@@ -325,7 +325,7 @@ def test_serve_command_answers_one_line_errors(tmp_path, capsys):
     assert main(["serve", str(tmp_path / "missing"), "--host", "0.0.0.0"]) == 2
     assert main(["serve", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "--token" in err[0] and "not a sceneloc map directory" in err[1]
+    assert len(err) == 2 and "--token" in err[0] and "missing" in err[1] and "map directory does not exist" in err[1]
 
 
 @pytest.mark.slow
