@@ -24,6 +24,7 @@ import numpy as np
 
 from . import __version__
 from .cli_capture import add_capture_commands
+from .cli_scale import add_scale_options
 from .data import load_scene
 from .demo import DEMO_CONFIDENCE_MINUTES, DEMO_MINUTES, run_demo
 from .dsac import MODES, OBJECTIVES, DSACConfig
@@ -442,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_table_arguments(sub.add_parser("table", help="one row per evaluated scene plus the average (paper Table II)"))
 
     add_capture_commands(sub)
+    add_scale_options(sub, _mapping_config, _pose_config)
     return p
 
 

@@ -79,7 +79,8 @@ from .synth_render import (  # noqa: F401
     motion_blur_kernel,
     texture_image,
 )
-from .synth_scenes import DEFAULT_PRESET, PRESETS, Quad, Scene, box, make_scene, rect, table  # noqa: F401
+from .synth_floor import PRESETS, make_scene
+from .synth_scenes import DEFAULT_PRESET, Quad, Scene, box, rect, table  # noqa: F401
 from .synth_trajectory import _smooth_wobble, free_space, look_at, sample_trajectory, surface_samples  # noqa: F401
 
 #: Kinect intrinsics of 7-Scenes at 640x480, the default camera.
@@ -177,6 +178,12 @@ def _default_intrinsics(width: int, height: int) -> tuple[float, float, float, f
     return fx * sx, fy * sx, (cx + 0.5) * sx - 0.5, (cy + 0.5) * sy - 0.5
 
 
+def walk_space(scene: Scene, index: int) -> Scene:
+    """The space the ``index``-th training (or test) walk of ``scene`` goes through: its rooms in turn,
+    or the whole scene when it has none."""
+    return scene.rooms[index % len(scene.rooms)] if scene.rooms else scene
+
+
 #: where test walks go (see generate)
 TEST_WALKS = ("inside", "free")
 
@@ -242,8 +249,12 @@ def generate(out_dir: str | Path, preset: str = DEFAULT_PRESET, seed: int = 0, f
             # independent streams: (seed, split, index) -> trajectory, lighting, blur, per-frame noise
             ss = np.random.SeedSequence([seed, int(is_test), s])
             traj_ss, light_ss, blur_ss, noise_ss = ss.spawn(4)
+            space = walk_space(scene, s - train_sequences if is_test else s)
             anchors = np.stack(trained) if is_test and test_walk == "inside" else None
-            walk = sample_trajectory(scene, frames, np.random.default_rng(traj_ss), anchors)
+            if anchors is not None and space is not scene:   # the training views of this room only
+                anchors = anchors[free_space(space, anchors[:, :3, 3], slack=0.1)]
+            walk = sample_trajectory(space, frames, np.random.default_rng(traj_ss),
+                                     anchors if anchors is None or len(anchors) else None)
             poses = [_as_written(T) for T in walk]
             if not is_test:
                 trained += poses
@@ -277,6 +288,9 @@ def generate(out_dir: str | Path, preset: str = DEFAULT_PRESET, seed: int = 0, f
             "test_sequences": [f"seq-{s + 1:02d}" for s in range(train_sequences, n_seq)],
             "width": width, "height": height, "intrinsics": [fx, fy, cx, cy],
             "sensor": asdict(sensor), "room_size_m": list(scene.size),
+            **({"sequence_rooms": {f"seq-{s + 1:02d}": walk_space(scene, s if s < train_sequences else
+                                                                  s - train_sequences).name
+                                   for s in range(n_seq)}} if scene.rooms else {}),
             "conventions": "world: metres, z up, floor at z=0; pose: 4x4 camera-to-world, OpenCV camera axes; "
                            "depth: uint16 mm along the optical axis, 0 = none"}
     (out / "synth.json").write_text(json.dumps(meta, indent=2) + "\n")
