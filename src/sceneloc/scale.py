@@ -15,6 +15,7 @@ so that every other command works without it.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import time
@@ -70,7 +71,7 @@ def _start_ray(address: str | None, workers: int, log) -> Any:
     """Connect to the cluster at ``address`` (or ``RAY_ADDRESS``), or start a local Ray with ``workers``
     CPUs, no dashboard and a small object store; returns the ``ray`` module."""
     try:
-        import ray   # the optional [scale] extra: only partitioned mapping needs it
+        import ray  # the optional [scale] extra: only partitioned mapping needs it
     except ImportError:
         raise SceneLocError("partitioned maps run on Ray: pip install -e '.[scale]' (or: pip install ray)") from None
     address = address or os.environ.get("RAY_ADDRESS") or None
@@ -78,11 +79,23 @@ def _start_ray(address: str | None, workers: int, log) -> Any:
         return ray
     if address:
         log(f"Ray: joining the cluster at {address}")
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, _node_ip_address=loopback_host(address))
     else:
         ray.init(num_cpus=workers, include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
                  log_to_driver=True)
     return ray
+
+
+def loopback_host(address: str) -> str | None:
+    """The host of a cluster ``address`` (``HOST:PORT``) on this machine's loopback network, else None: a
+    driver joins such a cluster as that address (Ray would otherwise join as the machine's network address,
+    which no node of a loopback cluster has). Ray replaces 127.0.0.1 itself by the network address, so a
+    loopback cluster runs on another address of 127.0.0.0/8 (``ray start --node-ip-address=127.0.0.2``)."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    try:
+        return host if ipaddress.ip_address(host).is_loopback else None
+    except ValueError:   # a host name
+        return None
 
 
 def plan_partitions(dataset: str | Path, count: int | None, method: str, overlap_m: float,
@@ -143,8 +156,9 @@ def map_partitioned(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig
                 cause = e.as_instanceof_cause()
                 if isinstance(cause, SceneLocError):
                     raise SceneLocError(f"{name}: {cause}") from None
+                first = str(cause).splitlines()[0] if str(cause) else ""
                 raise SceneLocError(f"{name}: mapping failed after {RETRIES} retries ({type(cause).__name__}: "
-                                    f"{str(cause).splitlines()[0] if str(cause) else ''}); rerun with --resume") from None
+                                    f"{first}); rerun with --resume") from None
             done.append(summary)
             log(f"{name}: mapped {summary['frames']} frames in {summary['seconds']:.0f} s on {summary['device']} "
                 f"({len(done)}/{len(todo)} done)")

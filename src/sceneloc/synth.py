@@ -35,6 +35,9 @@ Presets (:data:`PRESETS`; room size, camera region):
   depth up to ~4.5 m; about 3.2 x 2.0 x 0.7 m of camera motion. Large and harder.
 * ``stairs``: 12 identical steps between brick walls in a 1.6 m wide stairwell, the camera
   climbing with them (like 7-Scenes' Stairs). Repetitive and hard.
+* ``floor`` (synth_floor.py): the five rooms above side by side along a corridor, about 24 x 6 m;
+  training and test walks go through one space each, in turn (``synth.json``'s ``sequence_rooms``).
+  Large: for partitioned maps (docs/scale.md).
 
 Everything is deterministic from ``seed``: the scene itself depends only on the preset; each
 sequence draws its trajectory and noise from its own random stream, test sequences from a stream
@@ -60,6 +63,7 @@ from .data import INTRINSICS_FILES, KINECT_DEPTH_INTRINSICS, evenly_spaced
 from .errors import SceneLocError, refuse_to_overwrite
 from .progress import progress as progress_bar
 from .readers import parse_intrinsics
+from .synth_floor import PRESETS, make_scene
 
 # Re-exported: the scene descriptions, the renderer and the trajectories moved to their own modules, and their
 # public names stay importable from here (``sceneloc.synth.Renderer``, ``sceneloc.synth.look_at``, ...).
@@ -79,7 +83,6 @@ from .synth_render import (  # noqa: F401
     motion_blur_kernel,
     texture_image,
 )
-from .synth_floor import PRESETS, make_scene
 from .synth_scenes import DEFAULT_PRESET, Quad, Scene, box, rect, table  # noqa: F401
 from .synth_trajectory import _smooth_wobble, free_space, look_at, sample_trajectory, surface_samples  # noqa: F401
 

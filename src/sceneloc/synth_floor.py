@@ -37,7 +37,7 @@ def translated(scene: Scene, offset: np.ndarray) -> Scene:
         half = (normal, float(limit + np.dot(normal, o)))
     return replace(scene, quads=quads, camera_region=(lo + o, hi + o),
                    obstacles=[(a + o, b + o) for a, b in scene.obstacles],
-                   light=tuple(float(v) for v in np.asarray(scene.light) + o), look_halfspace=half)
+                   light=(scene.light[0] + o[0], scene.light[1] + o[1], scene.light[2] + o[2]), look_halfspace=half)
 
 
 def _corridor(length: float) -> Scene:
