@@ -101,6 +101,19 @@ def evaluate(maps: Map | MapSet, frames: list, mode: str, top_k: int, rooms: dic
     return out
 
 
+def routing_at_k(map_set: MapSet, frames: list, rooms: dict[str, str], part_rooms: dict[str, set[str]],
+                 ks: tuple[int, ...] = (1, 2, 3)) -> dict[str, float]:
+    """Share of ``frames`` whose own room is among the rooms of their top-k routed partitions, per k
+    (retrieval only, no localization)."""
+    hits: dict[str, list[bool]] = {f"top{k}": [] for k in ks}
+    for f in frames:
+        routed, _ = map_set.route(f.load_image(), max(ks))
+        room = rooms[Path(f.name).parts[0]]
+        for k in ks:
+            hits[f"top{k}"].append(any(room in part_rooms[n] for n, _ in routed[:k]))
+    return {k: float(np.mean(v)) for k, v in hits.items()}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, required=True, help="the floor dataset (rendered here when absent)")
@@ -113,6 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--top-k", type=int, default=2)
     p.add_argument("--every", type=int, default=4, help="every N-th test frame is a query")
     p.add_argument("--outside-queries", type=int, default=60)
+    p.add_argument("--routing-only", action="store_true", help="print the routing accuracy at k = 1, 2, 3 and stop")
     args = p.parse_args(argv)
     if not args.data.exists():
         sceneloc("synth", str(args.data), "--preset", "floor", "--frames", "40", "--train-sequences", "12",
@@ -141,6 +155,10 @@ def main(argv: list[str] | None = None) -> dict:
     test = load_scene(args.data).frames("test")
     queries = [test[i] for i in range(0, len(test), args.every)]
     single_map, map_set = Map.load(single), MapSet.load(parts_dir)
+    results["routing_all_test_frames"] = routing_at_k(map_set, test, rooms, part_rooms)
+    print(f"routing, all {len(test)} test frames: {results['routing_all_test_frames']}", flush=True)
+    if args.routing_only:
+        return results
     for mode in ("rgb", "rgbd"):
         results[f"single_{mode}"] = evaluate(single_map, queries, mode, args.top_k)
         results[f"parts_{mode}"] = evaluate(map_set, queries, mode, args.top_k, rooms, part_rooms)

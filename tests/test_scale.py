@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # a tiny xfeat map: seconds per partition on one core
 TINY = ["--head-width", "64", "--head-blocks", "1", "--input-height", "128", "--buffer-mb", "4",
         "--buffer-copies", "2", "--iterations", "300", "--no-confidence", "--no-test-eval"]
+# routing and resuming need no accurate head
+QUICK = [*TINY[:10], "--iterations", "100", "--no-confidence", "--no-test-eval"]
 
 
 def tiny_config() -> MappingConfig:
@@ -57,15 +59,15 @@ def check_partitioned_map(scene_root: Path, map_dir: Path, count: int) -> None:
 @pytest.mark.slow
 def test_partitioned_map_on_local_ray_resumes_and_localizes(tiny_scene, tmp_path, capsys):
     out = tmp_path / "parts"
-    assert main(["map", str(tiny_scene), str(out), "--partition-by", "folder", "--ray-workers", "1", *TINY]) == 0
+    assert main(["map", str(tiny_scene), str(out), "--partition-by", "folder", "--ray-workers", "1", *QUICK]) == 0
     check_partitioned_map(tiny_scene, out, 2)
     report = json.loads((out / "scale_report.json").read_text())
     assert sorted(r["name"] for r in report["mapped"]) == ["part-00", "part-01"]
     # a finished map is not overwritten without --force; --resume skips finished partitions
-    assert main(["map", str(tiny_scene), str(out), "--partition-by", "folder", *TINY]) == 2
+    assert main(["map", str(tiny_scene), str(out), "--partition-by", "folder", *QUICK]) == 2
     assert "not empty" in capsys.readouterr().err
     (out / "part-01" / "mapping_report.json").unlink()   # as if part-01 had not finished
-    assert main(["map", str(tiny_scene), str(out), "--partition-by", "folder", "--resume", *TINY]) == 0
+    assert main(["map", str(tiny_scene), str(out), "--partition-by", "folder", "--resume", *QUICK]) == 0
     printed = capsys.readouterr().out
     assert "part-00: finished earlier, skipped" in printed and "part-01: mapped" in printed
     # the mapping frames route to their own partition (seq-01 -> part-00, seq-02 -> part-01)

@@ -110,9 +110,9 @@ def map_partitioned(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig
                     ray_address: str | None = None, workers: int | None = None, log=print) -> dict:
     """Map each of ``parts`` as a Ray task into ``map_dir/<part>/`` and write ``partitions.json``.
 
-    Locally, ``workers`` tasks run at once (default: one per CPU, at most one per partition), each with
-    the CPUs shared out between them; on a cluster each task asks for one CPU (and one GPU when the
-    cluster has GPUs). Returns the run's summary, also written as ``map_dir/scale_report.json``.
+    Locally, ``workers`` tasks run at once (default: one per CPU, at most one per partition); each task
+    asks for one CPU and runs one torch thread (and asks for one GPU when the cluster has GPUs). Returns
+    the run's summary, also written as ``map_dir/scale_report.json``.
     """
     map_dir = Path(map_dir)
     refuse_to_overwrite(map_dir, force or resume, "use --force to overwrite or --resume to continue")
@@ -135,7 +135,9 @@ def map_partitioned(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig
     ray = _start_ray(ray_address, workers if not (ray_address or os.environ.get("RAY_ADDRESS")) else 0, log)
     local = not (ray_address or os.environ.get("RAY_ADDRESS"))
     gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
-    threads = max(1, cpus // workers) if local else 1
+    # one torch thread per task, Ray's own convention for a 1-CPU task: more cores are used by more tasks at once.
+    # Two threads per task on a busy 2-core machine filled a buffer ~10x slower than one (docs/scale.md)
+    threads = 1
     memory = int(cfg.buffer_mb * 2 ** 20 * 1.2) + TASK_BASE_MEMORY_BYTES
     task = ray.remote(map_partition).options(num_cpus=1, num_gpus=gpus, memory=memory, max_retries=RETRIES,
                                              retry_exceptions=[RuntimeError, OSError, MemoryError])
