@@ -133,7 +133,7 @@ def test_two_node_ray_cluster_maps_partitions_and_localizes(tiny_scene, tmp_path
     # workers import sceneloc from this checkout
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "RAY_ADDRESS": "", "RAY_USAGE_STATS_ENABLED": "0"}
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")   # a short path: Ray's sockets live under it
+    temp = tempfile.mkdtemp(prefix="ray")   # a short path (not pytest's tmp_path): Ray's sockets live under it
     nodes = [ray_node(["--head", f"--port={port}", "--include-dashboard=false",
                        f"--ray-client-server-port={free_port()}"], env, temp)]
     try:
