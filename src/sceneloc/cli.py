@@ -25,6 +25,7 @@ import numpy as np
 from . import __version__
 from .cli_batch import add_batch_arguments, check_localize_inputs, localize_batch
 from .cli_capture import add_capture_commands
+from .cli_scale import add_scale_options
 from .cli_serve import add_serve_command, add_stream_arguments, localized_stream
 from .data import load_scene
 from .demo import DEMO_CONFIDENCE_MINUTES, DEMO_MINUTES, run_demo
@@ -468,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_capture_commands(sub)
     add_serve_command(sub)
+    add_scale_options(sub, _mapping_config, _pose_config)
     return p
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Collection
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -97,9 +98,10 @@ def _check_map_dir(map_dir: Path, force: bool, resume: bool) -> None:
 
 def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, force: bool = False,
               resume: bool = False, device: str | None = None, intrinsics: np.ndarray | None = None,
-              evaluate_test: bool = True, log=print) -> dict:
+              evaluate_test: bool = True, log=print, frames: Collection[str] | None = None) -> dict:
     """``sceneloc map``: both stages on the train split, then coordinate accuracy on train and test.
 
+    ``frames`` (names of training frames) maps only those: one partition of a larger capture (scale.py).
     Returns the mapping report (also saved as ``mapping_report.json`` in the map directory).
     """
 
@@ -120,6 +122,11 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
         cfg = replace(cfg, confidence=False)
     seed_everything(cfg.seed)
     scene = load_scene(dataset, intrinsics)
+    if frames is not None:   # the partition's frames are its training split (its extent, normalisation, buffer)
+        keep = set(frames)
+        scene.splits["train"] = [f for f in scene.frames("train") if f.name in keep]
+        if not scene.splits["train"]:
+            raise SceneLocError(f"{dataset}: none of the partition's frames is in the train split")
     train_frames = scene.frames("train")
     check_frames(train_frames)   # the checks `sceneloc check` runs: every image and depth map decodes and fits
     missing = [f for f in train_frames if f.depth_path is None]

@@ -35,6 +35,9 @@ Presets (:data:`PRESETS`; room size, camera region):
   depth up to ~4.5 m; about 3.2 x 2.0 x 0.7 m of camera motion. Large and harder.
 * ``stairs``: 12 identical steps between brick walls in a 1.6 m wide stairwell, the camera
   climbing with them (like 7-Scenes' Stairs). Repetitive and hard.
+* ``floor`` (synth_floor.py): the five rooms above side by side along a corridor, about 24 x 6 m;
+  training and test walks go through one space each, in turn (``synth.json``'s ``sequence_rooms``).
+  Large: for partitioned maps (docs/scale.md).
 
 Everything is deterministic from ``seed``: the scene itself depends only on the preset; each
 sequence draws its trajectory and noise from its own random stream, test sequences from a stream
@@ -61,6 +64,7 @@ from .errors import SceneLocError, refuse_to_overwrite
 from .geometry import intrinsics_matrix
 from .progress import progress as progress_bar
 from .readers import parse_intrinsics
+from .synth_floor import PRESETS, make_scene
 
 # Re-exported: the scene descriptions, the renderer and the trajectories moved to their own modules, and their
 # public names stay importable from here (``sceneloc.synth.Renderer``, ``sceneloc.synth.look_at``, ...).
@@ -80,7 +84,7 @@ from .synth_render import (  # noqa: F401
     motion_blur_kernel,
     texture_image,
 )
-from .synth_scenes import DEFAULT_PRESET, PRESETS, Quad, Scene, box, make_scene, rect, table  # noqa: F401
+from .synth_scenes import DEFAULT_PRESET, Quad, Scene, box, rect, table  # noqa: F401
 from .synth_trajectory import _smooth_wobble, free_space, look_at, sample_trajectory, surface_samples  # noqa: F401
 from .validation import check_intrinsics, check_output_path
 
@@ -179,6 +183,12 @@ def _default_intrinsics(width: int, height: int) -> tuple[float, float, float, f
     return fx * sx, fy * sx, (cx + 0.5) * sx - 0.5, (cy + 0.5) * sy - 0.5
 
 
+def walk_space(scene: Scene, index: int) -> Scene:
+    """The space the ``index``-th training (or test) walk of ``scene`` goes through: its rooms in turn,
+    or the whole scene when it has none."""
+    return scene.rooms[index % len(scene.rooms)] if scene.rooms else scene
+
+
 #: where test walks go (see generate)
 TEST_WALKS = ("inside", "free")
 
@@ -244,8 +254,12 @@ def generate(out_dir: str | Path, preset: str = DEFAULT_PRESET, seed: int = 0, f
             # independent streams: (seed, split, index) -> trajectory, lighting, blur, per-frame noise
             ss = np.random.SeedSequence([seed, int(is_test), s])
             traj_ss, light_ss, blur_ss, noise_ss = ss.spawn(4)
+            space = walk_space(scene, s - train_sequences if is_test else s)
             anchors = np.stack(trained) if is_test and test_walk == "inside" else None
-            walk = sample_trajectory(scene, frames, np.random.default_rng(traj_ss), anchors)
+            if anchors is not None and space is not scene:   # the training views of this room only
+                anchors = anchors[free_space(space, anchors[:, :3, 3], slack=0.1)]
+            walk = sample_trajectory(space, frames, np.random.default_rng(traj_ss),
+                                     anchors if anchors is None or len(anchors) else None)
             poses = [_as_written(T) for T in walk]
             if not is_test:
                 trained += poses
@@ -279,6 +293,9 @@ def generate(out_dir: str | Path, preset: str = DEFAULT_PRESET, seed: int = 0, f
             "test_sequences": [f"seq-{s + 1:02d}" for s in range(train_sequences, n_seq)],
             "width": width, "height": height, "intrinsics": [fx, fy, cx, cy],
             "sensor": asdict(sensor), "room_size_m": list(scene.size),
+            **({"sequence_rooms": {f"seq-{s + 1:02d}": walk_space(scene, s if s < train_sequences else
+                                                                  s - train_sequences).name
+                                   for s in range(n_seq)}} if scene.rooms else {}),
             "conventions": "world: metres, z up, floor at z=0; pose: 4x4 camera-to-world, OpenCV camera axes; "
                            "depth: uint16 mm along the optical axis, 0 = none"}
     (out / "synth.json").write_text(json.dumps(meta, indent=2) + "\n")

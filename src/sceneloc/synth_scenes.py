@@ -68,11 +68,16 @@ class Scene:
     # a texture on several quads starts at a random point of itself on each after the first: two book
     # shelves or the faces of one box then show different spines and crops, not copies of each other
     unique_copies: bool = False
+    # spaces of a many-room scene (synth_floor.py), each with its own camera region and viewing rules: a
+    # sequence walks through one of them; empty: the camera walks anywhere in camera_region
+    rooms: list[Scene] = field(default_factory=list)
 
     def fingerprint(self) -> str:
-        """A short hash of everything that shapes the rendered frames (every field but the description):
-        a rendering made by an older version of a preset does not pass for this one."""
-        shape = {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name != "description"}
+        """A short hash of everything that shapes the rendered frames (every field but the description;
+        ``rooms`` only where there are some, so the one-room presets keep their hash): a rendering made
+        by an older version of a preset does not pass for this one."""
+        shape = {f.name: _plain(getattr(self, f.name)) for f in fields(self)
+                 if f.name != "description" and not (f.name == "rooms" and not self.rooms)}
         return hashlib.sha1(repr(shape).encode()).hexdigest()[:16]
 
 
