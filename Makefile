@@ -4,7 +4,7 @@ PIP     := .venv/bin/pip
 STAMP   := .venv/.installed
 TORCH   := torch==2.13.0
 
-.PHONY: setup test demo bench bench-all clean
+.PHONY: setup test test-fast demo bench bench-all clean
 
 setup: $(STAMP)
 
@@ -18,11 +18,18 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e '.[test,bench,colmap,scale]'
 	touch $(STAMP)
 
-# Lint and type-check first: they take seconds, the tests minutes.
+# Lint and type-check first: they take seconds, the tests minutes. --durations: the 15 slowest tests, so a
+# test that grows slow shows in every run.
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m mypy
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
+
+# The same without the end-to-end tests marked slow.
+test-fast: setup
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+	$(PY) -m pytest -q --durations=15 -m "not slow"
 
 # --force: a second `make demo` replaces the previous run in demo_out/ (reusing its rendered scene);
 # `sceneloc demo` on its own refuses to overwrite an earlier run.
