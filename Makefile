@@ -11,11 +11,12 @@ setup: $(STAMP)
 # torch goes in first, on its own: anything that pulled it later would fetch a CUDA build.
 # The bench extra (poselib, a RANSAC backend of benchmarks/bench_peers.py) goes in too, so its test runs,
 # and the colmap extra (pycolmap, a CPU wheel needing only numpy) so import colmap / sfm are tested,
-# and the scale extra (Ray) so that partitioned maps and the two-node cluster test run.
+# and the scale extra (Ray) so that partitioned maps and the two-node cluster test run, and the viewer
+# extra (rerun-sdk, ~170 MB) so that the live-view recordings are tested rather than skipped.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e '.[test,bench,colmap,scale]'
+	$(PIP) install -q -e '.[test,bench,colmap,scale,viewer]'
 	touch $(STAMP)
 
 # Lint and type-check first: they take seconds, the tests minutes. --durations: the 15 slowest tests, so a
