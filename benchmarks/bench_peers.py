@@ -28,7 +28,7 @@ sum (the same training time); the feature map has no budget (one pass over the i
 Usage:
     python benchmarks/bench_peers.py --out benchmarks/results --write BENCHMARKS.md
     python benchmarks/bench_peers.py --data ../shared/data/7scenes-redkitchen --sceneloc-map runs/rk_default
-    python benchmarks/bench_peers.py --quick --out /tmp/peers --work /tmp/peers/work   # seconds-scale smoke run
+    python benchmarks/bench_peers.py --quick --out runs/peers --work runs/peers/work   # seconds-scale smoke run
 
 ``--data`` takes dataset roots and the word ``synth`` (the default synthetic room, rendered into
 ``--work`` by ``sceneloc synth OUT --seed 0``). Maps, logs and per-job results go under ``--work``.
@@ -233,7 +233,7 @@ def job_sceneloc_map(job: dict) -> dict:
     if code != 0:
         raise RuntimeError(f"sceneloc {' '.join(argv)} exited with {code}")
     report = json.loads((Path(job["map_dir"]) / "mapping_report.json").read_text())
-    return {"command": "sceneloc " + " ".join(argv), "report": report}
+    return {"command": "sceneloc " + " ".join(relative_to_repo(a) for a in argv), "report": report}
 
 
 def job_sceneloc_localize(job: dict) -> dict:
@@ -574,9 +574,15 @@ def write_results(out: Path, results: dict) -> None:
     print(f"results: {out / 'bench_peers.json'}, per frame: {out / 'bench_peers_frames.json'}")
 
 
+def relative_to_repo(arg: str) -> str:
+    """An absolute path as the repository root sees it (``../shared/data/...``, ``runs/...``): recorded
+    commands must run from any checkout, not only the one they ran in."""
+    return os.path.relpath(arg, REPO) if os.path.isabs(arg) else arg
+
+
 def command_line(argv: list[str] | None) -> str:
     args = sys.argv[1:] if argv is None else argv
-    return "python benchmarks/bench_peers.py" + "".join(" " + shlex.quote(a) for a in args)
+    return "python benchmarks/bench_peers.py" + "".join(" " + shlex.quote(relative_to_repo(a)) for a in args)
 
 
 # ====================================================================================== report

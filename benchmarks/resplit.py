@@ -5,7 +5,7 @@ seq-02 (the middle of the recording); the second split trains on seq-01 + seq-02
 seq-03 (its end, the views furthest from the mapping ones).
 
 Usage:
-    python benchmarks/resplit.py ../shared/data/7scenes-redkitchen /tmp/redkitchen-split2 --train 1 2 --test 3
+    python benchmarks/resplit.py ../shared/data/7scenes-redkitchen SPLIT2 --train 1 2 --test 3
 """
 
 from __future__ import annotations
