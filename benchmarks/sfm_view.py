@@ -1,0 +1,83 @@
+"""A 7-Scenes-layout view of redkitchen whose poses are the SfM pseudo ground truth (nothing is copied).
+
+The SfM pseudo ground truth of Brachmann et al. (ICCV 2021, "On the Limits of Pseudo Ground Truth in
+Visual Camera Re-Localization") gives world-to-camera poses of the **colour** camera with its own focal
+length (``image qw qx qy qz tx ty tz f`` lines; see the data's NOTICE.md). The view links every colour
+image and depth map of the source dataset, writes each frame's camera-to-world ``pose.txt`` from the
+SfM pose, and writes ``color-intrinsics.txt`` with the SfM focal length, so that ``sceneloc map`` and
+``sceneloc evaluate`` map AND score with the same ground truth. The depth camera stays the dataset's
+(``camera-intrinsics.txt``), registered to the colour images as for the D-SLAM poses.
+
+Usage:
+    python benchmarks/sfm_view.py ../shared/data/7scenes-redkitchen \
+        ../shared/data/7scenes-redkitchen-sfm-pgt/poses_sfm_pgt.txt OUT --train 2 3 --test 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from sceneloc.data import INTRINSICS_FILES
+from sceneloc.geometry import intrinsics_matrix, read_pose_file
+from sceneloc.readers import read_image
+
+
+def _link(src: Path, dst: Path) -> None:
+    if dst.is_symlink() or dst.exists():
+        dst.unlink()
+    dst.symlink_to(src.resolve())
+
+
+def sfm_view(root: Path, pgt_file: Path, out: Path, train: list[int], test: list[int]) -> Path:
+    """Write the view into ``out`` (links, pose files, split and intrinsics files) and return it.
+
+    Only frames of the listed sequences that the pseudo ground truth poses are included; the focal
+    length is the file's (one camera for every image, principal point at the image centre, as in
+    COLMAP's SIMPLE_PINHOLE)."""
+    records = read_pose_file(pgt_file)
+    focal = {rec.extras.get("col0", rec.extras.get("f")) for rec in records}
+    if len(focal) != 1 or None in focal:
+        raise SystemExit(f"{pgt_file}: expected one focal length in the last column, got {sorted(map(str, focal))}")
+    wanted = {f"seq-{n:02d}" for n in set(train) | set(test)}
+    image_hw = None
+    for rec in records:
+        seq, name = rec.image.split("/")
+        if seq not in wanted or rec.pose is None:
+            continue
+        stem = name.removesuffix(".color.jpg").removesuffix(".color.png")
+        src_dir, dst_dir = root / seq, out / seq
+        dst_dir.mkdir(parents=True, exist_ok=True)
+        _link(src_dir / name, dst_dir / name)
+        image_hw = image_hw or read_image(src_dir / name).shape[:2]
+        if (src_dir / f"{stem}.depth.png").exists():
+            _link(src_dir / f"{stem}.depth.png", dst_dir / f"{stem}.depth.png")
+        np.savetxt(dst_dir / f"{stem}.pose.txt", rec.pose)   # camera-to-world, as 7-Scenes' pose.txt
+    for name, seqs in (("TrainSplit.txt", train), ("TestSplit.txt", test)):
+        (out / name).write_text("".join(f"sequence{n}\n" for n in seqs))
+    depth_file, colour_file = INTRINSICS_FILES
+    shutil.copyfile(root / depth_file, out / depth_file)
+    if image_hw is None:
+        raise SystemExit(f"{pgt_file}: no pose of sequences {sorted(wanted)}")
+    f = float(focal.pop())  # type: ignore[arg-type]
+    np.savetxt(out / colour_file, intrinsics_matrix(f, f, image_hw[1] / 2, image_hw[0] / 2))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("root", help="7-Scenes-layout dataset (its colour images and depth maps are linked)")
+    ap.add_argument("pgt", help="pseudo ground truth file: image qw qx qy qz tx ty tz f (world-to-camera)")
+    ap.add_argument("out")
+    ap.add_argument("--train", type=int, nargs="+", required=True)
+    ap.add_argument("--test", type=int, nargs="+", required=True)
+    a = ap.parse_args()
+    print(sfm_view(Path(a.root), Path(a.pgt), Path(a.out), a.train, a.test))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
