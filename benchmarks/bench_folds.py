@@ -43,6 +43,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_estimators import shift_depth
+from bench_peers import summarise
 from bench_pose_table import replace_section
 from resplit import resplit
 from sceneloc.data import load_scene
@@ -66,8 +67,12 @@ ROWS = ("rgb", "rgb-noview", "rgbd", "rgbd-shifted")
 STEPS = ("views", "maps", "cache", "score", "peers", "table")
 
 
+#: the folds this run covers (``--folds``)
+SELECTED = list(FOLDS)
+
+
 def cells() -> list[tuple[int, str]]:
-    return [(fold, gt) for fold in FOLDS for gt in GROUND_TRUTHS]
+    return [(fold, gt) for fold in SELECTED for gt in GROUND_TRUTHS]
 
 
 def cell_name(fold: int, gt: str) -> str:
@@ -114,16 +119,17 @@ def cached_outputs(the_map: Map, frames: list, path: Path) -> list:
 
 
 def score_cell(the_map: Map, frames: list, preds: list, config: PoseConfig, shift_px: tuple[int, int],
-               depth_scale: float, seed: int = 0) -> dict[str, np.ndarray]:
-    """Poses ``(N, 4, 4)`` (NaN: failed) and ms ``(N,)`` of every frame per row of ``ROWS``."""
-    poses = {row: np.full((len(frames), 4, 4), np.nan) for row in ROWS}
-    ms = {row: np.zeros(len(frames)) for row in ROWS}
+               depth_scale: float, seed: int = 0, rows: tuple[str, ...] = ROWS) -> dict[str, np.ndarray]:
+    """Poses ``(N, 4, 4)`` (NaN: failed) and ms ``(N,)`` of every frame per row of ``rows``."""
+    poses = {row: np.full((len(frames), 4, 4), np.nan) for row in rows}
+    ms = {row: np.zeros(len(frames)) for row in rows}
     for i, (frame, pred) in enumerate(progress(list(zip(frames, preds, strict=True)), desc="scoring")):
         image = frame.load_image()
         depth = frame.load_depth(image.shape[:2])
         depths = {"rgb": None, "rgb-noview": None, "rgbd": depth,
                   "rgbd-shifted": shift_depth(depth, shift_px, 0.0, depth_scale)}
-        for row, d in depths.items():
+        for row in rows:
+            d = depths[row]
             cfg = replace(config, view_rounds=0) if row == "rgb-noview" else config
             res = the_map.localize(image, depth=d, intrinsics=frame.K, estimator=cfg,
                                    rng=np.random.default_rng([seed, i]), prediction=pred)
@@ -154,7 +160,7 @@ def row_metrics(poses: np.ndarray, ms: np.ndarray, gt: np.ndarray) -> dict:
 
 
 def run_scores(work: Path, label: str, config: PoseConfig, shift_px: tuple[int, int], depth_scale: float,
-               frames_every: int) -> None:
+               frames_every: int, rows: tuple[str, ...] = ROWS) -> None:
     for fold, gt in cells():
         name = cell_name(fold, gt)
         out = work / "scores" / label / f"{name}.npz"
@@ -164,7 +170,7 @@ def run_scores(work: Path, label: str, config: PoseConfig, shift_px: tuple[int, 
         frames = load_scene(work / "data" / name).frames("test")[::frames_every]
         preds = cached_outputs(the_map, frames, work / "cache" / f"{name}_every{frames_every}.pkl")
         t0 = time.time()
-        result = score_cell(the_map, frames, preds, config, shift_px, depth_scale)
+        result = score_cell(the_map, frames, preds, config, shift_px, depth_scale, rows=rows)
         out.parent.mkdir(parents=True, exist_ok=True)
         np.savez(out, gt=np.stack([f.pose for f in frames]), **result)
         print(f"{label} {name}: {len(frames)} frames scored in {time.time() - t0:.0f} s", flush=True)
@@ -174,22 +180,26 @@ def run_peers(work: Path) -> None:
     out = work / "peers" / "out"
     if (out / "bench_peers.json").exists():
         return
-    cmd = [sys.executable, str(HERE / "bench_peers.py"), "--methods", "features", "--work", str(work / "peers"),
-           "--out", str(out), "--data", *[str(work / "data" / cell_name(f, g)) for f, g in cells()]]
+    cmd = [sys.executable, str(HERE / "bench_peers.py"), "--methods", "features",
+           "--work", str(work / "peers" / "work"), "--out", str(out),
+           "--data", *[str(work / "data" / cell_name(f, g)) for f, g in cells()]]
     subprocess.run(cmd, check=True)
 
 
-def peer_rows(work: Path) -> dict[tuple[str, str], dict]:
-    """(cell, mode) -> the SIFT + VLAD peer's row of bench_peers.json (empty when not run)."""
-    path = work / "peers" / "out" / "bench_peers.json"
-    if not path.exists():
-        return {}
-    rows = json.loads(path.read_text())["rows"]
-    return {(r["dataset"], r["mode"]): r for r in rows if r["method"] == "features-sift"}
+def peer_rows(work: Path, every: int) -> dict[tuple[str, str], dict]:
+    """(cell, mode) -> the SIFT + VLAD peer on every ``every``-th test frame (as sceneloc is scored),
+    summarised from the per-frame results bench_peers leaves under its work folder (empty where not run)."""
+    out = {}
+    for fold, gt in cells():
+        result = work / "peers" / "work" / cell_name(fold, gt) / "features-sift-localize.result.json"
+        if result.exists():
+            for mode, records in json.loads(result.read_text())["records"].items():
+                out[(cell_name(fold, gt), mode)] = summarise(records[::every])
+    return out
 
 
-def collect(work: Path, label: str) -> list[dict]:
-    peers = peer_rows(work)
+def collect(work: Path, label: str, every: int) -> list[dict]:
+    peers = peer_rows(work, every)
     rows = []
     for fold, gt in cells():
         name = cell_name(fold, gt)
@@ -197,7 +207,7 @@ def collect(work: Path, label: str) -> list[dict]:
         if not path.exists():
             continue
         z = np.load(path)
-        for row in ROWS:
+        for row in [r for r in ROWS if f"pose_{r}" in z]:
             peer = peers.get((name, row), {})
             sift_m = peer.get("median_trans_m")
             rows.append({"fold": fold, "ground_truth": gt, "row": row, "label": label,
@@ -241,28 +251,31 @@ def main(argv: list[str] | None = None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, required=True, help="views, maps, caches and scores go here")
     ap.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS)
+    ap.add_argument("--folds", type=int, nargs="+", default=list(FOLDS), choices=list(FOLDS))
     ap.add_argument("--iterations", type=int, default=8000, help="head steps of every map (default %(default)s)")
     ap.add_argument("--label", default="default", help="name of this estimator setting's scores")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="PoseConfig overrides")
     ap.add_argument("--shift-px", type=int, nargs=2, default=(6, 10), metavar=("DX", "DY"),
                     help="misregistered depth: moved right and down (default 6 10)")
     ap.add_argument("--depth-scale", type=float, default=1.02, help="misregistered depth: scaled (default 1.02)")
+    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS, help="rows to score (default all)")
     ap.add_argument("--every", type=int, default=1, help="score every Nth test frame (default all)")
     ap.add_argument("--json", type=Path, help="write the table's rows here")
     ap.add_argument("--write", type=Path, help="replace the table's section in this markdown file")
     args = ap.parse_args(argv)
     work = args.work.resolve()
+    SELECTED[:] = args.folds
     config = PoseConfig(**parse_settings(args.set))
     if "views" in args.steps:
         make_views(work)
     if "maps" in args.steps:
         make_maps(work, args.iterations)
     if "cache" in args.steps or "score" in args.steps:
-        run_scores(work, args.label, config, tuple(args.shift_px), args.depth_scale, args.every)
+        run_scores(work, args.label, config, tuple(args.shift_px), args.depth_scale, args.every, tuple(args.rows))
     if "peers" in args.steps:
         run_peers(work)
     if "table" in args.steps:
-        rows = collect(work, args.label)
+        rows = collect(work, args.label, args.every)
         header = (f"`python benchmarks/bench_folds.py {' '.join(sys.argv[1:]) if argv is None else ' '.join(argv)}`; "
                   f"estimator `{args.label}` ({', '.join(args.set) or 'defaults'}); maps of {args.iterations} head "
                   f"steps; misregistered depth moved ({args.shift_px[0]}, {args.shift_px[1]}) px and scaled "

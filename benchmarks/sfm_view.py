@@ -10,7 +10,7 @@ SfM pose, and writes ``color-intrinsics.txt`` with the SfM focal length, so that
 
 Usage:
     python benchmarks/sfm_view.py ../shared/data/7scenes-redkitchen \
-        ../shared/data/7scenes-redkitchen-sfm-pgt/poses_sfm_pgt.txt OUT --train 2 3 --test 1
+        ../shared/data/7scenes-redkitchen-sfm-pgt/poses_sfm_pgt.txt OUT --train 2 3 --test 1 [--compare]
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from sceneloc.data import INTRINSICS_FILES
+from sceneloc.data import load_scene
 from sceneloc.geometry import intrinsics_matrix, read_pose_file
 from sceneloc.readers import read_image
+from sceneloc.sfm import umeyama
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -68,6 +70,29 @@ def sfm_view(root: Path, pgt_file: Path, out: Path, train: list[int], test: list
     return out
 
 
+def compare(dslam_view: Path, sfm_view_root: Path) -> dict:
+    """How the two ground truths of the same frames relate: the similarity that maps the SfM camera
+    centres onto the D-SLAM ones (its scale: the SfM world's metre in D-SLAM metres, the depth's), the
+    centres' residual after it, and per test sequence the mean and spread of the SfM camera centre in
+    the D-SLAM camera's frame (x right, y down, z forward), in cm."""
+    a, b = load_scene(dslam_view), load_scene(sfm_view_root)
+    fa = {f.name: f.pose for split in ("train", "test") for f in a.frames(split)}
+    fb = {f.name: f.pose for split in ("train", "test") for f in b.frames(split)}
+    names = sorted(set(fa) & set(fb))
+    Ta, Tb = np.stack([fa[n] for n in names]), np.stack([fb[n] for n in names])
+    s, R, t = umeyama(Tb[:, :3, 3], Ta[:, :3, 3])
+    centres = s * Tb[:, :3, 3] @ R.T + t
+    residual = np.linalg.norm(centres - Ta[:, :3, 3], axis=1)
+    local = np.einsum("nji,nj->ni", Ta[:, :3, :3], centres - Ta[:, :3, 3])   # R_wc^T (c - c_wc)
+    seqs = {}
+    for seq in sorted({n.split("/")[0] for n in names}):
+        rows = np.array([n.startswith(seq) for n in names])
+        seqs[seq] = {"mean_cm": (100 * local[rows].mean(0)).round(2).tolist(),
+                     "sd_cm": (100 * local[rows].std(0)).round(2).tolist()}
+    return {"frames": len(names), "scale": s, "median_residual_cm": float(100 * np.median(residual)),
+            "camera_frame_offset": seqs}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("root", help="7-Scenes-layout dataset (its colour images and depth maps are linked)")
@@ -75,8 +100,12 @@ def main() -> None:
     ap.add_argument("out")
     ap.add_argument("--train", type=int, nargs="+", required=True)
     ap.add_argument("--test", type=int, nargs="+", required=True)
+    ap.add_argument("--compare", action="store_true", help="also print how the SfM poses relate to ROOT's")
     a = ap.parse_args()
-    print(sfm_view(Path(a.root), Path(a.pgt), Path(a.out), a.train, a.test))
+    out = sfm_view(Path(a.root), Path(a.pgt), Path(a.out), a.train, a.test)
+    print(out)
+    if a.compare:
+        print(compare(Path(a.root), out))
 
 
 if __name__ == "__main__":

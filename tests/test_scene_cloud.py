@@ -97,6 +97,18 @@ def test_align_depth_fits_depth_that_reads_long():
     assert known is not None and known.offset_m == 0.03 and pose_errors(known.pose, T_wc)[1] < 1e-6
 
 
+def test_align_depth_fits_depth_whose_scale_is_off():
+    T_wc, camera = corner_view(np.random.default_rng(3))
+    scaled = camera * 1.02                       # a depth camera reading 2 % long: far points move most
+    cloud = corner_cloud()
+    rigid = align_depth(scaled, T_wc, cloud, offset_sigma_m=0.0)
+    fitted = align_depth(scaled, T_wc, cloud, offset_sigma_m=0.0, scale_sigma=0.05)
+    assert rigid is not None and fitted is not None and rigid.scale_error == 0.0
+    # the exact points are x (1 - k) with 1.02 (1 - k) = 1
+    assert abs(fitted.scale_error - 0.02 / 1.02) < 1e-3, fitted.scale_error
+    assert pose_errors(fitted.pose, T_wc)[1] < 1e-3 < pose_errors(rigid.pose, T_wc)[1]
+
+
 def test_align_depth_refuses_a_start_too_far_to_match():
     T_wc, camera = corner_view(np.random.default_rng(2))
     assert align_depth(camera, nudged(T_wc, 0.0, 40.0), corner_cloud()) is None   # nothing matches within 10 cm
