@@ -1,9 +1,10 @@
-"""`make bench` (about 20 min on 2 cores, then six maps for the folds): sceneloc beside its peers on redkitchen and the default
-synthetic room (bench_peers.py, which writes its BENCHMARKS.md section), and on three folds x two
-ground truths (bench_folds.py, which writes its docs/accuracy.md section). `make bench-all` (``--all``,
-about 3 h) adds the studies behind the other sections: rendering speed, accuracy against minutes,
-the U-Net, Table I, the DSAC stages and the pose table. They train on the real data in ../shared/data: run them alone on
-the machine, since concurrent torch processes oversubscribe a small CPU.
+"""`make bench` (about 20 min on 2 cores, then six maps for the folds): sceneloc beside its peers on
+redkitchen and the default synthetic room (bench_peers.py, which writes its BENCHMARKS.md section), and
+on three folds x two ground truths (bench_folds.py, which writes its docs/accuracy.md section).
+`make bench-all` (``--all``, about 3 h) adds the studies behind the other sections: rendering speed,
+accuracy against minutes, the U-Net, Table I, the DSAC stages and the pose table. They train on the
+real data in ../shared/data: run them alone on the machine, since concurrent torch processes
+oversubscribe a small CPU.
 
 The minutes and pose-table studies print their tables (written into BENCHMARKS.md by hand with
 their commands, since they combine runs); the other sections are written directly.

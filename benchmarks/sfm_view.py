@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sceneloc.data import INTRINSICS_FILES
-from sceneloc.data import load_scene
+from sceneloc.data import INTRINSICS_FILES, load_scene
 from sceneloc.geometry import intrinsics_matrix, read_pose_file
 from sceneloc.readers import read_image
 from sceneloc.sfm import umeyama
@@ -35,8 +34,11 @@ def _link(src: Path, dst: Path) -> None:
     dst.symlink_to(src.resolve())
 
 
-def sfm_view(root: Path, pgt_file: Path, out: Path, train: list[int], test: list[int]) -> Path:
+def sfm_view(root: Path, pgt_file: Path, out: Path, train: list[int], test: list[int], scale: float = 1.0) -> Path:
     """Write the view into ``out`` (links, pose files, split and intrinsics files) and return it.
+    ``scale`` multiplies the camera positions (the world scaled about its origin): the SfM world's metre
+    is not quite the depth camera's (``compare``), and depth fused at poses of another scale disagrees
+    with itself between near and far views.
 
     Only frames of the listed sequences that the pseudo ground truth poses are included; the focal
     length is the file's (one camera for every image, principal point at the image centre, as in
@@ -58,7 +60,9 @@ def sfm_view(root: Path, pgt_file: Path, out: Path, train: list[int], test: list
         image_hw = image_hw or read_image(src_dir / name).shape[:2]
         if (src_dir / f"{stem}.depth.png").exists():
             _link(src_dir / f"{stem}.depth.png", dst_dir / f"{stem}.depth.png")
-        np.savetxt(dst_dir / f"{stem}.pose.txt", rec.pose)   # camera-to-world, as 7-Scenes' pose.txt
+        T_wc = rec.pose.copy()
+        T_wc[:3, 3] *= scale
+        np.savetxt(dst_dir / f"{stem}.pose.txt", T_wc)   # camera-to-world, as 7-Scenes' pose.txt
     for name, seqs in (("TrainSplit.txt", train), ("TestSplit.txt", test)):
         (out / name).write_text("".join(f"sequence{n}\n" for n in seqs))
     depth_file, colour_file = INTRINSICS_FILES
@@ -100,9 +104,10 @@ def main() -> None:
     ap.add_argument("out")
     ap.add_argument("--train", type=int, nargs="+", required=True)
     ap.add_argument("--test", type=int, nargs="+", required=True)
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply the camera positions (default 1)")
     ap.add_argument("--compare", action="store_true", help="also print how the SfM poses relate to ROOT's")
     a = ap.parse_args()
-    out = sfm_view(Path(a.root), Path(a.pgt), Path(a.out), a.train, a.test)
+    out = sfm_view(Path(a.root), Path(a.pgt), Path(a.out), a.train, a.test, a.scale)
     print(out)
     if a.compare:
         print(compare(Path(a.root), out))
