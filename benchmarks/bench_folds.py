@@ -48,7 +48,7 @@ from bench_pose_table import replace_section
 from resplit import resplit
 from sceneloc.data import load_scene
 from sceneloc.evaluation import pose_error_arrays, pose_metrics
-from sceneloc.geometry import invert_pose, transform_points
+from sceneloc.geometry import invert_pose, pose_errors, transform_points
 from sceneloc.pose import PoseConfig
 from sceneloc.progress import progress
 from sceneloc.scenemap import Map
@@ -224,6 +224,26 @@ def collect(work: Path, label: str, every: int) -> list[dict]:
     return rows
 
 
+def disagreement(work: Path, label: str) -> str:
+    """Markdown: how far each frame's RGB-D pose (recorded and misregistered depth) lies from its RGB
+    pose, median and 90th percentile: can that disagreement tell misregistered depth apart?"""
+    lines = ["| cell | depth | rotation median / p90 deg | translation median / p90 cm |", "|---|---|---:|---:|"]
+    for fold, gt in cells():
+        path = work / "scores" / label / f"{cell_name(fold, gt)}.npz"
+        if not path.exists():
+            continue
+        z = np.load(path)
+        if "pose_rgb" not in z:
+            continue
+        for row in ("rgbd", "rgbd-shifted"):
+            both = [(a, b) for a, b in zip(z["pose_rgb"], z[f"pose_{row}"], strict=True)
+                    if not (np.isnan(a).any() or np.isnan(b).any())]
+            rot, trans = np.array([pose_errors(a, b) for a, b in both]).T
+            lines.append(f"| {cell_name(fold, gt)} | {row} | {np.median(rot):.2f} / {np.percentile(rot, 90):.2f} "
+                         f"| {100 * np.median(trans):.1f} / {100 * np.percentile(trans, 90):.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f} %"
 
@@ -291,6 +311,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"{args.depth_scale}; every {args.every} test frame(s).")
         md = markdown(rows, header)
         print(md)
+        print("RGB-D against RGB poses of the same frames:\n")
+        print(disagreement(work, args.label))
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps({"command": header, "rows": rows}, indent=1))

@@ -65,10 +65,10 @@ def test_sfm_view_maps_and_scores_with_the_sfm_poses(tiny_scene, tmp_path):
         assert f.image_path.is_symlink() and f.depth_path is not None and f.depth_path.is_symlink()
 
 
-def test_scoring_a_map_from_cached_output(tiny_map, overfit_scene, tmp_path):
+def test_scoring_a_map_from_cached_output(tiny_map, overfit_scene, tmp_path, monkeypatch):
     """Every row of a cell scored from one cached network pass; the table renders from the scores."""
     the_map = Map.load(tiny_map)
-    frames = load_scene(overfit_scene).frames("test")
+    frames = load_scene(overfit_scene).frames("train")   # the frames the map is over-fitted to
     cache = tmp_path / "cache.pkl"
     preds = bench_folds.cached_outputs(the_map, frames, cache)
     assert cache.exists() and len(preds) == len(frames)
@@ -79,10 +79,18 @@ def test_scoring_a_map_from_cached_output(tiny_map, overfit_scene, tmp_path):
     for row in bench_folds.ROWS:
         assert out[f"pose_{row}"].shape == (len(frames), 4, 4)
         assert (out[f"ms_{row}"] > 0).all()
-    # the over-fitted map places its own scene's frames from exact data
+    # the over-fitted map places its own mapping frames from exact data
     m = bench_folds.row_metrics(out["pose_rgbd"], out["ms_rgbd"], gt)
     assert m["within_5cm_5deg"] == 1.0
     rows = [{"fold": 1, "ground_truth": "dslam", "row": "rgb", **m, "sift_within_5cm_5deg": 0.5,
              "sift_median_cm": 3.0}]
+    # the RGB-D poses against the RGB ones of the same frames, from the scores file
+    path = tmp_path / "scores" / "default" / "dslam_f1.npz"
+    path.parent.mkdir(parents=True)
+    np.savez(path, gt=gt, **out)
+    monkeypatch.setitem(bench_folds.SELECTED, "folds", [1])
+    monkeypatch.setitem(bench_folds.SELECTED, "gts", ["dslam"])
+    table = bench_folds.disagreement(tmp_path, "default")
+    assert table.count("| dslam_f1 |") == 2
     text = bench_folds.markdown(rows, "header")
     assert "| 1 (seq-01) | dslam | rgb | 100.0 % |" in text and "50.0 % (3.0)" in text
