@@ -37,7 +37,8 @@ test-fast: setup
 demo: setup
 	.venv/bin/sceneloc demo --force
 
-# sceneloc beside its peers on redkitchen and the synthetic room (~20 min); bench-all: every study (~3 h)
+# sceneloc beside its peers on redkitchen and the synthetic room (~20 min), then on three folds x two ground
+# truths (six more maps, docs/accuracy.md); bench-all: every study (~3 h more)
 bench: setup
 	$(PY) benchmarks/run_all.py
 

@@ -35,14 +35,15 @@ from sceneloc.progress import progress
 from sceneloc.scenemap import CONFIDENCE_METHODS, Map
 
 
-def shift_depth(depth: np.ndarray, shift_px: int, shift_m: float) -> np.ndarray:
-    """Depth ``(H, W)`` (metres, 0 = none) moved ``shift_px`` pixels right and down (the uncovered
-    border gets no depth) and ``shift_m`` further along every ray where there is depth."""
+def shift_depth(depth: np.ndarray, shift_px: int | tuple[int, int], shift_m: float, scale: float = 1.0) -> np.ndarray:
+    """Depth ``(H, W)`` (metres, 0 = none) moved ``shift_px`` pixels right and down (one number for both,
+    or ``(right, down)``; the uncovered border gets no depth), scaled by ``scale`` and moved ``shift_m``
+    further along every ray where there is depth."""
+    dx, dy = (int(shift_px), int(shift_px)) if np.isscalar(shift_px) else (int(v) for v in shift_px)
     out = np.zeros_like(depth)
-    s = int(shift_px)
     h, w = depth.shape
-    out[s:, s:] = depth[:h - s, :w - s] if s > 0 else depth
-    return np.where(out > 0, out + shift_m, 0.0)
+    out[dy:, dx:] = depth[:h - dy, :w - dx]
+    return np.where(out > 0, scale * out + shift_m, 0.0)
 
 
 def subsample(frames: list, count: int | None) -> list:

@@ -97,6 +97,27 @@ def test_align_depth_fits_depth_that_reads_long():
     assert known is not None and known.offset_m == 0.03 and pose_errors(known.pose, T_wc)[1] < 1e-6
 
 
+def test_align_depth_fits_depth_whose_scale_is_off():
+    """The corner's three planes meet in one point, about which scaling maps them onto themselves (a
+    scale is a translation there): a table top at z = 0.8 m makes the scale observable."""
+    T_wc, camera = corner_view(np.random.default_rng(3))
+    g = np.arange(0.3, 1.2 + 1e-9, 0.02)
+    a, b = (m.ravel() for m in np.meshgrid(g, g))
+    table = np.stack([a, b, np.full_like(a, 0.8)], axis=1)
+    corner = corner_cloud()
+    cloud = SceneCloud(np.concatenate([corner.points, table]),
+                       np.concatenate([corner.normals, np.tile([0.0, 0.0, 1.0], (len(table), 1))]), 0.02)
+    on_table = np.random.default_rng(4).uniform(0.35, 1.15, size=(500, 2))
+    world = np.concatenate([on_table, np.full((500, 1), 0.8)], axis=1)
+    camera = np.concatenate([camera, transform_points(invert_pose(T_wc), world)])
+    scaled = camera * 1.02                       # a depth camera reading 2 % long: far points move most
+    rigid = align_depth(scaled, T_wc, cloud, offset_sigma_m=0.0)
+    fitted = align_depth(scaled, T_wc, cloud, offset_sigma_m=0.0, scale_sigma=0.05)
+    assert rigid is not None and fitted is not None and rigid.scale_error == 0.0
+    assert abs(fitted.scale_error - 0.02 / 1.02) < 1e-3, fitted.scale_error   # 1.02 (1 - k) = 1
+    assert pose_errors(fitted.pose, T_wc)[1] < 2e-3 < pose_errors(rigid.pose, T_wc)[1]
+
+
 def test_align_depth_refuses_a_start_too_far_to_match():
     T_wc, camera = corner_view(np.random.default_rng(2))
     assert align_depth(camera, nudged(T_wc, 0.0, 40.0), corner_cloud()) is None   # nothing matches within 10 cm

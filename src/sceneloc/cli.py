@@ -281,6 +281,8 @@ def _add_pose_arguments(s: argparse.ArgumentParser) -> None:
     _field_option(g, d, "icp_offset_sigma_m", "RGB-D: the ICP also fits an offset of the query depth along its rays "
                                               "under a Gaussian prior of this width in metres (0: no offset)",
                   flag="--icp-offset-sigma", metavar="M")
+    _field_option(g, d, "icp_scale_sigma", "RGB-D: the ICP also fits a scale error of the query depth under a "
+                                           "Gaussian prior of this relative width (0: none)", metavar="K")
     _field_option(g, d, "view_rounds", "RGB on a map with a scene view: finally align the pose to the image, this "
                                        "many rounds of rendering the view at the pose, optical flow to the query "
                                        "and a re-fit (0: off)", metavar="N")

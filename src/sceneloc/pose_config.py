@@ -127,6 +127,8 @@ class PoseConfig:
             on all, split 2 86.0 / 76.5 / 81.5 % (1.5 mm: 88.0 / 78.5 / 85.0 %, 5 mm: 82.0 / 74.5 /
             81.0 %); shifted dev 91.0 / 89.5 / 90.0 % (1.5 mm: 82.5 / 81.5 / 84.5 %); the rigid ICP
             leaves dev's shifted depth at 65.5-67.5 %.
+        icp_scale_sigma: the ICP also fits a relative scale error of the query depth under a Gaussian
+            prior of this width (0: none; ``scene_cloud.align_depth``).
         view_rounds: RGB, maps with a scene view (``scene_view.py``): finally align the pose to the
             image, this many times rendering the mapping frames' grey surface at the pose, matching the
             rendering to the query by optical flow and re-fitting on those matches (0: off). Redkitchen,
@@ -193,6 +195,7 @@ class PoseConfig:
     depth_offset_min_m: float = 0.005
     icp_distances_m: tuple[float, ...] = ICP_DISTANCES_M
     icp_offset_sigma_m: float = ICP_OFFSET_SIGMA_M
+    icp_scale_sigma: float = 0.0
     view_rounds: int = VIEW_ROUNDS
     polish_thresholds_px: tuple[float, ...] = ()
     polish_iterations: int = 3
@@ -239,6 +242,8 @@ class PoseConfig:
         if any(not t > 0 for t in (*self.polish_thresholds_m, *self.polish_thresholds_px, *self.icp_distances_m)):
             raise ValueError(f"PoseConfig.polish_thresholds_m={self.polish_thresholds_m}, polish_thresholds_px="
                              f"{self.polish_thresholds_px} and icp_distances_m={self.icp_distances_m} must be positive")
+        if not self.icp_scale_sigma >= 0:
+            raise ValueError(f"PoseConfig.icp_scale_sigma={self.icp_scale_sigma} must be >= 0 (0: no scale)")
         if not self.icp_offset_sigma_m >= 0:
             raise ValueError(f"PoseConfig.icp_offset_sigma_m={self.icp_offset_sigma_m} must be >= 0 (0: no offset)")
         if min(self.refine_rounds, self.polish_iterations, self.min_inliers, self.spread_cells, self.view_rounds) < 0:

@@ -184,30 +184,38 @@ class SceneCloud:
 @dataclass
 class DepthAlignment:
     """Result of ``align_depth``: camera-to-world ``pose (4, 4)``, the fitted offset of the query depth
-    along its rays (metres, positive: the depth reads long) and the share of query points matched in
-    the last round."""
+    along its rays (metres, positive: the depth reads long), the share of query points matched in
+    the last round and the fitted relative scale error of the depth (positive: it reads long)."""
     pose: np.ndarray
     offset_m: float
     matched: float
+    scale_error: float = 0.0
 
 
 def align_depth(camera: np.ndarray, T_wc: np.ndarray, cloud: SceneCloud,
                 distances: Sequence[float] = ICP_DISTANCES_M, offset_sigma_m: float = ICP_OFFSET_SIGMA_M,
-                offset_m: float = 0.0) -> DepthAlignment | None:
+                offset_m: float = 0.0, scale_sigma: float = 0.0) -> DepthAlignment | None:
     """Point-to-plane ICP of query points ``camera (N, 3)`` (camera frame, from its depth) against
     ``cloud``, from the camera-to-world pose ``T_wc (4, 4)``: one Gauss-Newton step per entry of
     ``distances``, each matching the points to their nearest surface point within that distance.
     With ``offset_sigma_m > 0`` it also fits an offset ``d`` of the depth along the rays (a point at
     depth z moves to depth z - d) under a Gaussian prior of that width, residuals weighted by their
     robust spread; 0 fits no offset. ``offset_m`` is the offset to start from (kept as it is when no
-    offset is fitted). None when fewer than ``MIN_MATCHES`` points match in a round,
+    offset is fitted). With ``scale_sigma > 0`` it also fits a relative scale error ``k`` of the depth
+    (a point x moves to x (1 - k)) under a Gaussian prior of that width: a depth camera whose scale is
+    off by 2 % moves far points by centimetres, which no rigid motion or constant offset explains.
+    None when fewer than ``MIN_MATCHES`` points match in a round,
     or when it moved the camera more than twice the first distance or turned it more than
     ``MAX_TURN_DEG``: then the starting pose stands."""
     rays = camera / camera[:, 2:3]
     T = np.asarray(T_wc, dtype=np.float64).copy()
-    offset, matched = float(offset_m), 0.0
+    fitted, matched = {"offset": float(offset_m), "scale": 0.0}, 0.0
+    # the unknowns beside the rigid motion: (name, prior width, the camera-frame direction each point
+    # moves along as it grows)
+    extras = [(name, sigma, direction) for name, sigma, direction in
+              (("offset", offset_sigma_m, rays), ("scale", scale_sigma, camera)) if sigma > 0]
     for distance in distances:
-        moved = transform_points(T, camera - offset * rays)
+        moved = transform_points(T, (camera - fitted["offset"] * rays) * (1.0 - fitted["scale"]))
         gap, nearest = cloud.tree.query(moved, distance_upper_bound=distance, workers=1)
         found = np.isfinite(gap)
         if found.sum() < MIN_MATCHES:
@@ -218,18 +226,18 @@ def align_depth(camera: np.ndarray, T_wc: np.ndarray, cloud: SceneCloud,
         # d(residual) / d(rotation w, translation t) of a world-frame update exp(w) q + t
         A = np.concatenate([np.cross(q, n), n], axis=1)
         b = -residual
-        if offset_sigma_m > 0:
-            along = -((rays[found] @ T[:3, :3].T) * n).sum(axis=1, keepdims=True)
+        if extras:
+            columns = [-((direction[found] @ T[:3, :3].T) * n).sum(axis=1, keepdims=True) for _, _, direction in extras]
             spread = max(1.4826 * float(np.median(np.abs(residual))), 0.003)
-            prior = np.zeros((1, 7))
-            prior[0, 6] = 1.0 / offset_sigma_m
-            A = np.concatenate([np.concatenate([A, along], axis=1) / spread, prior])
-            b = np.concatenate([b / spread, [-offset / offset_sigma_m]])
+            prior = np.zeros((len(extras), 6 + len(extras)))
+            prior[:, 6:] = np.diag([1.0 / sigma for _, sigma, _ in extras])
+            A = np.concatenate([np.concatenate([A, *columns], axis=1) / spread, prior])
+            b = np.concatenate([b / spread, [-fitted[name] / sigma for name, sigma, _ in extras]])
         step = np.linalg.lstsq(A, b, rcond=None)[0]
         T = make_pose(cv2.Rodrigues(step[:3])[0], step[3:6]) @ T
-        if offset_sigma_m > 0:
-            offset += float(step[6])
+        for k, (name, _, _) in enumerate(extras):
+            fitted[name] += float(step[6 + k])
     turned_deg, moved_m = pose_errors(T, T_wc)
     if moved_m > 2 * max(distances) or turned_deg > MAX_TURN_DEG:
         return None
-    return DepthAlignment(T, offset, matched)
+    return DepthAlignment(T, fitted["offset"], matched, fitted["scale"])

@@ -387,7 +387,7 @@ class Map:
             t0 = time.perf_counter()
             with _one_blas_thread():
                 fit = align_depth(depth_points(depth, K), pose, self.cloud, config.icp_distances_m,
-                                  config.icp_offset_sigma_m)
+                                  config.icp_offset_sigma_m, scale_sigma=config.icp_scale_sigma)
             if fit is not None:  # else the scene-coordinate pose stands
                 pose, offset = fit.pose, fit.offset_m
             timings["refinement_ms"] += (time.perf_counter() - t0) * 1e3
