@@ -1,11 +1,11 @@
-"""Mapping losses on a real scene (issue: P_l1 vs P_tukey vs P_smooth), one BENCHMARKS.md section.
+"""Mapping losses on a real scene (issue: P_l1 vs P_tukey vs P_smooth), one docs/results.md section.
 
 Runs (with --run) or reads (without) one `sceneloc map` per loss with the default budget and
 reports the test split's median coordinate error and share of pixels within 10 cm, with the
 training throughput, from each map's mapping_report.json.
 
 Usage:
-    python benchmarks/bench_mapping.py --data ../shared/data/7scenes-redkitchen --runs runs --run --write BENCHMARKS.md
+    python benchmarks/bench_mapping.py --data ../shared/data/7scenes-redkitchen --runs runs --run --write docs/results.md
 """
 
 from __future__ import annotations

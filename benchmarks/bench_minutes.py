@@ -1,4 +1,4 @@
-"""Accuracy against training minutes, and ablations: one command, one BENCHMARKS.md section each.
+"""Accuracy against training minutes, and ablations: one command, one docs/results.md section each.
 
 For every named configuration it runs ``sceneloc map DATA RUNS/NAME <args> --minutes M
 --snapshot-minutes ...`` (or reuses the map if it is already there), then evaluates the final map
@@ -11,7 +11,7 @@ of the full budget, so a snapshot is "this run after m minutes", not "a run with
 Usage:
     python benchmarks/bench_minutes.py --data ../shared/data/7scenes-redkitchen --runs runs/minutes \
         --configs default= unet="--arch unet" --minutes 20 --snapshots 2 5 10 \
-        --section "Accuracy against training minutes" --write BENCHMARKS.md
+        --section "Accuracy against training minutes" --write docs/results.md
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def main() -> None:
                     "the paper's sampling without confidence, so snapshots need no confidence network)")
     ap.add_argument("--every", type=int, default=1, help="evaluate every n-th test frame")
     ap.add_argument("--section", default="Accuracy against training minutes")
-    ap.add_argument("--write", default=None, help="BENCHMARKS.md to update")
+    ap.add_argument("--write", default=None, help="docs/results.md to update")
     ap.add_argument("--render", nargs="+", default=None, metavar="JSON",
                     help="only render these earlier results files (concatenated) into the section")
     args = ap.parse_args()

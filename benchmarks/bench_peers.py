@@ -1,4 +1,4 @@
-"""sceneloc side by side with what a user would pick instead: one command, one BENCHMARKS.md section.
+"""sceneloc side by side with what a user would pick instead: one command, one docs/results.md section.
 
 Rows, on every dataset, in RGB (2D-3D, PnP) and RGB-D (3D-3D, Kabsch) mode:
 
@@ -26,7 +26,7 @@ Budgets: sceneloc gets ``--minutes`` of stage 1 and ``--confidence-minutes`` of 
 sum (the same training time); the feature map has no budget (one pass over the images).
 
 Usage:
-    python benchmarks/bench_peers.py --out benchmarks/results --write BENCHMARKS.md
+    python benchmarks/bench_peers.py --out benchmarks/results --write docs/results.md
     python benchmarks/bench_peers.py --data ../shared/data/7scenes-redkitchen --sceneloc-map runs/rk_default
     python benchmarks/bench_peers.py --quick --out runs/peers --work runs/peers/work   # seconds-scale smoke run
 
@@ -483,7 +483,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--work", default=None,
                     help="maps, logs and job results (default runs/peers; --quick runs/peers-quick)")
     ap.add_argument("--out", help="write bench_peers.json into this folder (e.g. benchmarks/results)")
-    ap.add_argument("--write", help="replace this benchmark's section in this markdown file (e.g. BENCHMARKS.md)")
+    ap.add_argument("--write", help="replace this benchmark's section in this markdown file (e.g. docs/results.md)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Paper Table I (+ the full estimator) on a real scene: one command, one BENCHMARKS.md section.
+"""Paper Table I (+ the full estimator) on a real scene: one command, one docs/results.md section.
 
 Rows: P_1 (l1 map), P_tukey, P_smooth (random sampling) and P_confidence (a map with its
 confidence network); columns: Kabsch (RGB-D) and PnP (RGB) median rotation / translation error, the
@@ -13,7 +13,7 @@ Then the full estimator (h_p = 256, 8 refinement rounds, final inlier re-fit) fo
 Usage:
     python benchmarks/bench_pose_table.py --data ../shared/data/7scenes-redkitchen \
         --maps l1=runs/rk_unet_l1 tukey=runs/rk_unet_tukey smooth=runs/rk_unet_tukey_smooth \
-        [--write BENCHMARKS.md]
+        [--write docs/results.md]
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """`make bench` (about 20 min on 2 cores, then six maps for the folds): sceneloc beside its peers on
-redkitchen and the default synthetic room (bench_peers.py, which writes its BENCHMARKS.md section), and
+redkitchen and the default synthetic room (bench_peers.py, which writes its docs/results.md section), and
 on three folds x two ground truths (bench_folds.py, which writes its docs/accuracy.md section).
 `make bench-all` (``--all``, about 3 h) adds the studies behind the other sections: rendering speed,
 accuracy against minutes, the U-Net, Table I, the DSAC stages and the pose table. They train on the
 real data in ../shared/data: run them alone on the machine, since concurrent torch processes
 oversubscribe a small CPU.
 
-The minutes and pose-table studies print their tables (written into BENCHMARKS.md by hand with
+The minutes and pose-table studies print their tables (written into docs/results.md by hand with
 their commands, since they combine runs); the other sections are written directly.
 
 Usage: python benchmarks/run_all.py [--data ../shared/data/7scenes-redkitchen] [--runs runs] [--all]
@@ -37,7 +37,7 @@ def main() -> None:
     table1 = [(name, f"{runs}/table1_{name}", loss) for name, loss in (("l1", "l1"), ("tukey", "tukey"),
                                                                        ("smooth", "tukey+smooth"))]
     peers = [py, str(HERE / "bench_peers.py"), "--data", d, "synth", "--work", f"{runs}/peers",
-             "--out", str(HERE / "results"), "--write", "BENCHMARKS.md"]
+             "--out", str(HERE / "results"), "--write", "docs/results.md"]
     # three folds x two ground truths, the SIFT peer beside each (six maps: about 40 min more)
     folds = [py, str(HERE / "bench_folds.py"), "--work", f"{runs}/folds", "--json",
              str(HERE / "results" / "bench_folds.json"), "--write", "docs/accuracy.md"]
@@ -71,7 +71,7 @@ def main() -> None:
     steps += [peers, folds]
     if args.with_unet_losses:  # the U-Net loss comparison (3 x 10 min)
         steps.append([py, str(HERE / "bench_mapping.py"), "--data", d, "--runs", runs, "--run",
-                      "--write", "BENCHMARKS.md"])
+                      "--write", "docs/results.md"])
     run(steps)
 
 

@@ -36,7 +36,7 @@ REFERENCE_FOCAL_PX = 525.0
 #: threshold (at REFERENCE_FOCAL_PX) and more re-fits, as the inlier set keeps growing. Four
 #: redkitchen RGB-only maps (three dev, one split 2): 58.0 / 56.5 / 55.0 / 36.5 % within 5 cm / 5 deg
 #: against 57.5 / 55.5 / 53.0 / 35.5 % with the depth maps' 20 px and 3 re-fits, ~15 ms slower
-#: (BENCHMARKS.md, session 8).
+#: (docs/history/2026-11-29-registered-depth.md).
 REPROJECTION_MAP_THRESHOLD_PX = 15.0
 REPROJECTION_MAP_POLISH_ITERATIONS = 10
 #: Matches per pixel at which ``PoseConfig.min_inliers`` holds: 4800 over a 640 x 480 image.
@@ -84,7 +84,7 @@ class PoseConfig:
             threshold averages more of them: 20 px (at 525 px) measured best on four redkitchen
             maps, two per split (RGB within 5 cm / 5 deg at 15 / 20 / 25 / 40 px: dev 67.0 / 68.0 /
             67.0 / 63.5 % and 73.5 / 76.5 / 74.5 / 66.0 %, split 2 42.0 / 39.0 / 36.5 / 33.0 % and
-            36.0 / 35.0 / 33.5 / 30.5 %; BENCHMARKS.md, session 8). (40 px had measured best before
+            36.0 / 35.0 / 33.5 / 30.5 %; docs/history/2026-11-29-registered-depth.md). (40 px had measured best before
             7-Scenes depth was registered to its colour images: the coordinates were less sharp.)
             ``joint`` and the paper's estimators keep 10 px: their refinement lets outliers in at
             wide thresholds.
@@ -95,7 +95,7 @@ class PoseConfig:
             is valid, so the closest matches give the best pose; RANSAC itself needs the wider
             threshold to find it. 5 cm then 3 cm: redkitchen RGB-D against 5 cm alone, four maps,
             two per split: dev +3.0 / +0.5, split 2 +1.0 / +2.5 points, ~6 ms slower (a 2 cm step
-            after them: -1.5 to +2.5; BENCHMARKS.md, session 8). 5 cm alone against none: split 2 +5
+            after them: -1.5 to +2.5; docs/history/2026-11-29-registered-depth.md). 5 cm alone against none: split 2 +5
             to +10 points, dev +5. (Before 7-Scenes depth was registered, the 3 cm step lost on dev.)
         depth_offset_sigma_m: Kabsch only, after the polish (not ``joint``): re-fit the pose together
             with an offset of the query depth along its rays, under a Gaussian prior of this standard
@@ -104,26 +104,26 @@ class PoseConfig:
             (hundreds of points still move the offset by centimetres) on six redkitchen maps, three
             per split, query depth moved 4 px and 3 cm along the rays: dev RGB-D 50.0-56.5 % ->
             73.0-80.5 %, above RGB; clean depth -1.5 to +2.5 points; split 2's shifted depth -2.5 to
-            -3; ~5 ms (BENCHMARKS.md, session 9). 3 mm gains more on shifted and loses up to 3.5
+            -3; ~5 ms (docs/history/2026-11-29-query-depth-offset.md). 3 mm gains more on shifted and loses up to 3.5
             points on clean depth.
         depth_offset_min_m: the offset re-fit is kept only where the fitted offset is at least this
             long (metres; 0: always): smaller offsets are noise on well-registered depth, and a pose
             moved by noise loses frames. 5 mm on the same six maps: clean depth equal to no re-fit
             on dev (0 / 0 / 0 points; -1.5 / 0 / +0.5 without the gate) and +1.5 / +1.5 / 0 on split 2;
             shifted depth 80.5 / 76.5 / 72.0 % on dev (80.5 / 77.5 / 73.0 without), 62.5 / 50.5 /
-            53.0 % on split 2 (60.5 / 48.0 / 51.0) (BENCHMARKS.md, session 10).
+            53.0 % on split 2 (60.5 / 48.0 / 51.0) (docs/history/2026-11-29-demo-room-capture.md).
         icp_distances_m: RGB-D, maps with a scene surface (``scene_cloud.py``): finally align the query
             depth to the surface fused from the mapping frames' depth by point-to-plane ICP, one step
             per entry, matching points within that distance (metres; empty: off). The scene
             coordinates' shared bias is what leaves RGB-D poses 5-10 cm off; the mapping depth has
             none. Redkitchen, cached network output of a new map per split: dev 84.0 -> 99.0 %, split 2
-            69.0 -> 82.0 % within 5 cm / 5 deg, ~8 ms (BENCHMARKS.md, session 11).
+            69.0 -> 82.0 % within 5 cm / 5 deg, ~8 ms (docs/history/2026-11-29-scene-surface.md).
         icp_offset_sigma_m: the ICP also fits an offset of the query depth along its rays under a
             Gaussian prior of this width (metres; 0: no offset). 3 mm: once RGB poses were aligned to
-            the scene view (dev RGB 88.5 %), the 1.5 mm of session 12 left dev's misregistered depth
+            the scene view (dev RGB 88.5 %), the earlier 1.5 mm left dev's misregistered depth
             (moved 4 px and 3 cm along the rays) below RGB, 84.5 %; 3 mm gives it 91.0 % and dev's clean
             depth stays 99.0 %, at 2 points of split 2's clean depth (85.5 -> 83.5 %; shifted 74.0 ->
-            80.5 %) (BENCHMARKS.md, session 13). Session 12, three maps per split: 3 mm clean dev 99.0 %
+            80.5 %) (docs/history/2026-11-30-scene-view.md). Earlier, three maps per split: 3 mm clean dev 99.0 %
             on all, split 2 86.0 / 76.5 / 81.5 % (1.5 mm: 88.0 / 78.5 / 85.0 %, 5 mm: 82.0 / 74.5 /
             81.0 %); shifted dev 91.0 / 89.5 / 90.0 % (1.5 mm: 82.5 / 81.5 / 84.5 %); the rigid ICP
             leaves dev's shifted depth at 65.5-67.5 %.
@@ -132,17 +132,17 @@ class PoseConfig:
         view_rounds: RGB, maps with a scene view (``scene_view.py``): finally align the pose to the
             image, this many times rendering the mapping frames' grey surface at the pose, matching the
             rendering to the query by optical flow and re-fitting on those matches (0: off). Redkitchen,
-            cached network output of two maps per split (BENCHMARKS.md, session 13): dev 67.5 / 71.0 % ->
+            cached network output of two maps per split (docs/history/2026-11-30-scene-view.md): dev 67.5 / 71.0 % ->
             89.0 / 88.5 %, split 2 39.0 / 39.5 % -> 60.0 / 60.0 % within 5 cm / 5 deg, no frame lost,
             ~26-32 ms; two rounds 88.0 / 88.0 % and 61.0 / 55.5 %, one 85.5 % and 54.5 % (first maps).
         polish_thresholds_px: PnP's counterpart (pixels at ``REFERENCE_FOCAL_PX``, scaled with the
             focal length): none by default, because re-fitting on the inliers at 20, 15, 12, 10 or 8 px
             after RANSAC's 25 px (the default then) gained nothing on redkitchen (-2 to +0.5 points on three maps;
-            BENCHMARKS.md, session 6): PnP's error comes from the coordinates' bias, not the fit.
+            docs/history/2026-11-29-estimator-api.md): PnP's error comes from the coordinates' bias, not the fit.
         polish_iterations: at most this many re-fits (not ``joint``, whose refinement runs to 10);
             stops earlier when the inlier set is stable. 3:
             on redkitchen (both splits, RGB and RGB-D) within a frame of 10 re-fits' accuracy, and
-            10-24 ms faster per frame (BENCHMARKS.md, session 5).
+            10-24 ms faster per frame (docs/history/2026-11-29-bf16-thresholds-probability.md).
         min_inliers: fewer inliers than this (over all correspondences) reports failure (pose None).
             Unrelated (random) 2D-3D matches reach ~15 inliers at 10 px out of 4800 by chance; for PnP
             the number holds at 10 px and 4800 matches over 640 x 480 and grows with the threshold's
@@ -151,14 +151,15 @@ class PoseConfig:
         ransac_points: ``ransac`` (PnP and Kabsch) scores its hypotheses on a random subset of this
             many correspondences (None: all); the re-fit then uses all of them. 1200 of 4800: redkitchen
             dev RGB 57.0 % against 58.5 % (3 of 200 frames, RANSAC's own spread), split 2 level,
-            ~10 ms faster per frame (BENCHMARKS.md, session 5); Kabsch: RGB-D level on both splits,
-            clean and shifted depth, 4 ms faster (session 7).
+            ~10 ms faster per frame (docs/history/2026-11-29-bf16-thresholds-probability.md); Kabsch: RGB-D
+            level on both splits,
+            clean and shifted depth, 4 ms faster (docs/history/2026-11-29-localization-time.md).
         ransac_confidence: probability of having drawn one all-inlier minimal set, to stop early
             (``ransac`` with Kabsch, and ``joint``).
         ransac_local_optimisation: ``ransac`` with PnP: run MAGSAC++'s local optimisation of the best
             models (OpenCV's USAC_MAGSAC). Off, MAGSAC++ only scores the minimal-set models, and the
             re-fits on all inliers and the view alignment that follow refine the pose: 3 ms instead of
-            20 ms per frame at the same accuracy (BENCHMARKS.md, session 13).
+            20 ms per frame at the same accuracy (docs/history/2026-11-30-scene-view.md).
         joint_batch: hypotheses per round of ``joint`` (half P3P, half Kabsch with depth); it stops
             after the round in which either kind reaches ``ransac_confidence``. ACE/DSAC* draw 64.
         joint_max_hypotheses: most hypotheses of ``joint`` (bounds its time at low inlier ratios).
@@ -169,7 +170,7 @@ class PoseConfig:
             ratio: a view much closer to the scene than the mapping views is recognised at a smaller
             scale. (1.0,): one pass. ``0.9 0.75`` on redkitchen's test frames: split 2 RGB 33 % / RGB-D
             52 % against 13 / 43 % with one pass, dev 60 / 83 % against 59 / 82.5 %, at 1.6-2x the time
-            (BENCHMARKS.md, session 7), over the time budget of a default. Not ``dsac``/``softam``.
+            (docs/history/2026-11-29-localization-time.md), over the time budget of a default. Not ``dsac``/``softam``.
         depth_gate: ``joint`` ignores the query depth when the pose refined with it fits the
             image worse than the PnP solution by more than this fraction (truncated reprojection
             cost): depth is trusted only where it is consistent with the image

@@ -4,7 +4,7 @@ Scene coordinates place an RGB-D query within a few centimetres, but their error
 neighbouring cells (a bias the rigid fit cannot average out), so a few frames in ten miss 5 cm / 5 deg.
 The mapping frames' own depth, fused at their ground-truth poses, is a far more exact model of the
 surfaces: point-to-plane ICP of the query's depth against it, started at the scene-coordinate pose,
-removes most of that bias (redkitchen, BENCHMARKS.md session 11). Kinect depth can read a few
+removes most of that bias (redkitchen, docs/history/2026-11-29-scene-surface.md). Kinect depth can read a few
 centimetres long against its image, so the alignment also fits an offset of the query depth along
 its rays, under a Gaussian prior, as ``pose_fit.refit_depth_offset`` does for Kabsch.
 
@@ -30,12 +30,14 @@ from .progress import progress as progress_bar
 
 SCENE_CLOUD_FILE = "scene_cloud.npz"
 #: voxel of the fused surface: 2 cm keeps ~130 k points of redkitchen (1.2 MB in the map); ICP with it
-#: placed as many dev frames as with 1.5 cm (250 k points), 2.5 cm lost half a point (session 11).
+#: placed as many dev frames as with 1.5 cm (250 k points), 2.5 cm lost half a point
+#: (docs/history/2026-11-29-scene-surface.md).
 VOXEL_M = 0.02
 #: strides at a 640-pixel-wide depth map, scaled with the width (``scaled_stride``):
 MAPPING_STRIDE_PX = 8    # every 8th pixel of each mapping depth map is fused (4: as exact, 1.5x the points)
 #: every 12th pixel of the query depth takes part in ICP (~2000 points at 640 x 480): as exact as every
-#: 8th on redkitchen and twice as fast; every 16th lost 3 points on dev's shifted depth (session 11)
+#: 8th on redkitchen and twice as fast; every 16th lost 3 points on dev's shifted depth
+#: (docs/history/2026-11-29-scene-surface.md)
 QUERY_STRIDE_PX = 12
 REFERENCE_WIDTH_PX = 640
 MIN_MATCHES = 50         # fewer query points near the surface: the alignment is not trusted

@@ -9,7 +9,7 @@ that dense optical flow (OpenCV's DIS) measures to a fraction of a pixel; each r
 surface point and the flow's end point in the query are a 2D-3D correspondence, and a robust re-fit
 on them moves the pose towards the truth. Rounds of render, flow and re-fit (``align_image``) lifted
 redkitchen's RGB poses within 5 cm / 5 deg from 67.5 to 89 % on the dev split and from 39 to 60 % on
-split 2 (BENCHMARKS.md, session 13), the way ICP of the query depth does for RGB-D poses.
+split 2 (docs/history/2026-11-30-scene-view.md), the way ICP of the query depth does for RGB-D poses.
 
 >>> view = SceneView.build(frames)                                     # doctest: +SKIP
 >>> fit = align_image(image, K, T_wc, view)                             # doctest: +SKIP
