@@ -5,7 +5,8 @@ reports the test split's median coordinate error and share of pixels within 10 c
 training throughput, from each map's mapping_report.json.
 
 Usage:
-    python benchmarks/bench_mapping.py --data ../shared/data/7scenes-redkitchen --runs runs --run --write docs/results.md
+    python benchmarks/bench_mapping.py --data ../shared/data/7scenes-redkitchen --runs runs --run \
+        --write docs/results.md
 """
 
 from __future__ import annotations
