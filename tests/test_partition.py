@@ -19,6 +19,8 @@ from sceneloc.partition import (
     view_features,
     write_layout,
 )
+from sceneloc.routing import MapSet
+from sceneloc.scenemap import Localization
 from sceneloc.synth import SensorOptions, free_space, generate, walk_space
 from sceneloc.synth_floor import FLOOR_ROOMS, make_scene
 
@@ -126,3 +128,41 @@ def test_one_room_presets_keep_their_fingerprint():
     floor = make_scene("floor")
     assert floor.fingerprint() != floor.rooms[0].fingerprint()
     assert room.fingerprint() != dataclasses.replace(room, rooms=[room]).fingerprint()
+
+
+class _FixedMap:
+    """A stand-in map whose localize returns one fixed result and counts its calls."""
+
+    def __init__(self, probability: float, inliers: int, pose: bool = True):
+        self.calls = 0
+        self.result = Localization(np.eye(4) if pose else None, inliers, 0.0, {}, None, None, None, None,
+                                   probability=probability)
+
+    def localize(self, image, **kwargs):
+        self.calls += 1
+        return self.result
+
+
+def _map_set(order: list[str], **maps: _FixedMap) -> MapSet:
+    ms = MapSet(maps, {})   # no descriptors: route is replaced below
+    ms.route = lambda image, top_k: ([(n, 1.0 - i / 10) for i, n in enumerate(order)], {})   # type: ignore[method-assign]
+    return ms
+
+
+def test_the_first_routed_confident_pose_wins_and_later_maps_are_not_tried():
+    # a later map whose calibration saturates (P = 1.0) must not beat the first routed map's confident pose
+    first, saturated = _FixedMap(0.8, 100), _FixedMap(1.0, 5000)
+    res = _map_set(["first", "saturated"], first=first, saturated=saturated).localize(np.zeros((4, 4, 3), np.uint8))
+    assert res.name == "first" and res.result is first.result and saturated.calls == 0
+
+
+def test_without_a_confident_pose_the_most_probable_then_most_inliers_wins():
+    a, b, c = _FixedMap(0.3, 900), _FixedMap(0.4, 100), _FixedMap(0.0, 0, pose=False)
+    res = _map_set(["c", "a", "b"], a=a, b=b, c=c).localize(np.zeros((4, 4, 3), np.uint8), top_k=3)
+    assert res.name == "b" and (a.calls, b.calls, c.calls) == (1, 1, 1)
+    tie_a, tie_b = _FixedMap(0.3, 100), _FixedMap(0.3, 900)
+    res = _map_set(["tie_a", "tie_b"], tie_a=tie_a, tie_b=tie_b).localize(np.zeros((4, 4, 3), np.uint8))
+    assert res.name == "tie_b"
+    failed = _FixedMap(0.0, 0, pose=False)
+    res = _map_set(["failed"], failed=failed).localize(np.zeros((4, 4, 3), np.uint8))
+    assert res.name is None and res.result.pose is None

@@ -4,10 +4,10 @@ Every map of a set keeps a global descriptor of each of its mapping frames (``ro
 XFeat encoder's features of the whole image, pooled over the image and over a 2 x 2 grid of it
 (``global_descriptor``). A query's descriptor is compared to all of them (cosine similarity, after
 removing the set's mean descriptor, which every image shares); each map scores its best-matching frame,
-the ``top_k`` best maps localize the query, and the pose with the highest calibrated probability (then
-the most inliers) wins. A map without a ``routing.npz`` (made by a plain ``sceneloc map``) is always
-among those that localize. A query that none of the maps shows comes back with a low probability or no
-pose, never as a confident pose (docs/scale.md measures both).
+the ``top_k`` best maps localize the query in that order: the first confident pose wins (else the
+highest calibrated probability, then the most inliers). A map without a ``routing.npz`` (made by a plain
+``sceneloc map``) is always among those that localize. A query that none of the maps shows comes back
+with a low probability or no pose, never as a confident pose (docs/scale.md measures both).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ ROUTING_FILE = "routing.npz"
 DESCRIPTOR_HW = (192, 256)
 #: maps that localize each query by default
 DEFAULT_TOP_K = 2
+#: A routed map's pose with at least this probability of being within 5 cm / 5 deg ends the search.
+CONFIDENT_PROBABILITY = 0.5
 
 
 class DescriptorEncoder:
@@ -143,8 +145,11 @@ class MapSet:
     def localize(self, image: np.ndarray, depth: np.ndarray | None = None, intrinsics: np.ndarray | None = None,
                  estimator: PoseConfig | str | None = None, rng: np.random.Generator | None = None,
                  top_k: int = DEFAULT_TOP_K) -> RoutedLocalization:
-        """Route the query (``route``) and localize it in each routed map (``Map.localize``'s arguments);
-        the pose with the highest probability wins, then the one with the most inliers (a failure never)."""
+        """Route the query (``route``) and localize it in the routed maps in routing order (``Map.localize``'s
+        arguments): the first pose with probability >= ``CONFIDENT_PROBABILITY`` wins and the maps after it
+        are not tried; when none reaches it, the pose with the highest probability, then the most inliers
+        (a failure never). Routing order first because one map's probability is not comparable with
+        another's: a map whose calibration saturates would otherwise win every query (docs/scale.md)."""
         t0 = time.perf_counter()
         routed, timings = self.route(image, top_k)
         best: tuple[tuple, str, Localization] | None = None
@@ -158,6 +163,9 @@ class MapSet:
             key = (res.pose is not None, probability, res.inliers)
             if best is None or key > best[0]:
                 best = (key, name, res)
+            if res.pose is not None and probability >= CONFIDENT_PROBABILITY:
+                best = (key, name, res)
+                break
         assert best is not None   # routed holds at least one map
         timings["total_ms"] = (time.perf_counter() - t0) * 1e3
         _, name, res = best
