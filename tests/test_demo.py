@@ -130,7 +130,7 @@ def test_demo_bad_input_is_one_line_exit_2(tmp_path, capsys):
 
 def test_page_shows_the_peer_comparison_when_it_was_run(demo_run):
     from sceneloc.demo import PEERS_FILE, write_demo_page
-    from sceneloc.evaluation import load_metrics
+    from sceneloc.report_tables import load_metrics
     out = demo_run[0]
     row = {"dataset": "data", "method": "features-sift", "mode": "rgbd", "applicable": True, "within_5cm_5deg": 0.625,
            "median_rot_deg": 1.5, "median_trans_m": 0.042, "loc_ms_median": 80.0}

@@ -364,12 +364,13 @@ def test_table_averages(tmp_path, capsys):
     assert rows[-1] == ["average", "", "2.00", "4.0", "60.0"]
     # an infinite median (null) makes the average infinite, not smaller
     (tmp_path / "fire" / "metrics.json").write_text(json.dumps(_metrics("fire", None, None, 0.0)))
-    from sceneloc.evaluation import table
+    from sceneloc.report_tables import table
     assert table([tmp_path / "chess", tmp_path / "fire"]).splitlines()[-1].split("|")[3].strip() == "inf"
 
 
 def test_bad_inputs(oracle_map, tiny_map, tiny_data, tmp_path, capsys):
-    from sceneloc.evaluation import evaluate, table
+    from sceneloc.evaluation import evaluate
+    from sceneloc.report_tables import table
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("x")

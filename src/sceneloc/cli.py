@@ -33,7 +33,7 @@ from .dsac import MODES, OBJECTIVES, DSACConfig
 from .dsac_training import finetune_dsac
 from .encoders import PRECISIONS
 from .errors import SceneLocError
-from .evaluation import evaluate, table
+from .evaluation import evaluate
 from .export import export_point_cloud
 from .geometry import PoseRecord, invert_pose, matrix_to_quaternion, write_pose_file
 from .head_training import LOSSES as HEAD_LOSSES
@@ -44,6 +44,7 @@ from .networks import FCN_STEMS, FCN_STRIDES
 from .pose_config import DSAC_SCORES, METHODS, PoseConfig
 from .pose_config import SCORES as POSE_SCORES
 from .readers import dataset_unit, parse_intrinsics, read_depth, read_image
+from .report_tables import table
 from .scenemap import Map
 from .synth import add_synth_arguments
 from .synth_scenes import DEMO_PRESET, PRESETS

@@ -25,10 +25,11 @@ import numpy as np
 from .data import INTRINSICS_FILES, evenly_spaced, load_scene
 from .diagnostics import EXAMPLE_FRAMES
 from .errors import SceneLocError
-from .evaluation import DEMO_COLUMNS, PLOT_FILES, evaluate, match_pose_records, pose_error_arrays, results_table
+from .evaluation import PLOT_FILES, evaluate, match_pose_records, pose_error_arrays
 from .geometry import read_pose_file
 from .mapping import map_scene
 from .pose_config import MODES
+from .report_tables import DEMO_COLUMNS, results_table
 from .synth import generate
 from .synth_render import SensorOptions
 from .synth_scenes import DEMO_PRESET, make_scene
