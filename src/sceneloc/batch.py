@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SceneLocError
+from .geometry import intrinsics_matrix
 from .readers import IMAGE_SUFFIXES, image_header, read_depth, read_image
 from .scenemap import Localization, Map
 from .validation import check_intrinsics
@@ -49,8 +50,7 @@ def _camera(parts: list[str], where: str) -> tuple[np.ndarray, tuple[int, int]]:
     if len(params) < n or any(abs(v) > 0 for v in params[n:]):
         raise SceneLocError(f"{where}: {model} needs {n} parameters and no distortion (undistort the images first)")
     fx, fy, cx, cy = (params[0], params[0], *params[1:3]) if n == 3 else params[:4]
-    K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
-    return check_intrinsics(K, (h, w), where), (h, w)
+    return check_intrinsics(intrinsics_matrix(fx, fy, cx, cy), (h, w), where), (h, w)
 
 
 def read_query_list(path: Path) -> list[Query]:

@@ -16,13 +16,14 @@ import torch
 
 from .networks import image_to_tensor, input_size, output_pixel_centres
 from .pose import PoseConfig
+from .pose_config import DSAC_METHODS
 from .scenemap import CONFIDENCE_METHODS, DEFAULT_POSE_POINTS, Map, Prediction, grid_step
 
 
 def needs_single_pass(config: PoseConfig) -> bool:
     """Whether a request under ``config`` cannot share a batched pass: confidences, several query
     scales, or a DSAC stage's own network."""
-    return config.method in CONFIDENCE_METHODS or len(config.query_scales) > 1 or config.method in ("dsac", "softam")
+    return config.method in CONFIDENCE_METHODS or len(config.query_scales) > 1 or config.method in DSAC_METHODS
 
 
 @torch.no_grad()

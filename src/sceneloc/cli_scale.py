@@ -76,8 +76,7 @@ def _map_handler(plain: Handler, mapping_config: Callable[[argparse.Namespace], 
             plain(args)
             return
         K = parse_intrinsics(args.intrinsics) if args.intrinsics else None
-        method = "folder" if args.partition_by == "folder" else "space"
-        parts = plan_partitions(args.dataset, args.partitions, method, args.partition_overlap_m, K)
+        parts = plan_partitions(args.dataset, args.partitions, args.partition_by, args.partition_overlap_m, K)
         if len(parts) == 1 and not resuming_parts:   # a room-sized capture: exactly today's single map
             plain(args)
             return

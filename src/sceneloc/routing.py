@@ -98,6 +98,9 @@ class MapSet:
         self.encoder = DescriptorEncoder(device) if references else None
         stacked = [r.astype(np.float32) for r in references.values()]
         self.mean = np.concatenate(stacked).mean(0) if stacked else None
+        # each map's descriptors less the set's mean, and their norms: fixed, so not recomputed per query
+        self.centred = {name: (r - self.mean, np.maximum(np.linalg.norm(r - self.mean, axis=1), 1e-12))
+                        for name, r in references.items()}
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> MapSet:
@@ -133,10 +136,8 @@ class MapSet:
             timings["descriptor_ms"] = (time.perf_counter() - t0) * 1e3
             t0 = time.perf_counter()
             qn = q / max(float(np.linalg.norm(q)), 1e-12)
-            for name, ref in self.references.items():
-                r = ref - self.mean
-                sims = (r @ qn) / np.maximum(np.linalg.norm(r, axis=1), 1e-12)
-                scores.append((name, float(sims.max())))
+            for name, (r, norms) in self.centred.items():
+                scores.append((name, float(((r @ qn) / norms).max())))
             scores.sort(key=lambda s: -s[1])
             timings["retrieval_ms"] = (time.perf_counter() - t0) * 1e3
         routed = scores[:top_k] + [(name, math.nan) for name in self.maps if name not in self.references]
@@ -164,8 +165,7 @@ class MapSet:
             if best is None or key > best[0]:
                 best = (key, name, res)
             if res.pose is not None and probability >= CONFIDENT_PROBABILITY:
-                best = (key, name, res)
-                break
+                break   # a confident key beats every earlier one, so ``best`` holds it already
         assert best is not None   # routed holds at least one map
         timings["total_ms"] = (time.perf_counter() - t0) * 1e3
         _, name, res = best
