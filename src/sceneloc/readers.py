@@ -132,6 +132,12 @@ def read_depth(path: Path, shape: tuple[int, int] | None = None, depth_scale_m: 
                             f"got {d.dtype} with shape {d.shape}")
     if shape is not None and d.shape != tuple(shape):
         raise SceneLocError(f"{path}: depth map is {d.shape[1]}x{d.shape[0]} but its image is {shape[1]}x{shape[0]}")
+    return depth_to_metres(d, depth_scale_m)
+
+
+def depth_to_metres(d: np.ndarray, depth_scale_m: float = 0.001) -> np.ndarray:
+    """uint16 depth ``(H, W)`` in units of ``depth_scale_m`` metres -> float32 metres, 0 where the sensor
+    gave none (0 or 65535)."""
     if depth_scale_m == 0.001:   # millimetres: divided, as sceneloc always has (bit-identical maps)
         out = d.astype(np.float32) / 1000.0
     else:

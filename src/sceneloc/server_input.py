@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from .geometry import intrinsics_matrix
-from .readers import INVALID_DEPTH_MM
+from .readers import depth_to_metres
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -125,10 +125,7 @@ def decode_depth(data: bytes, image_hw: tuple[int, int], max_pixels: int) -> np.
                                 f"(got bit depth {bit_depth}, colour type {colour_type})")
     if (height, width) != tuple(image_hw):
         raise RequestError(400, f"depth: {width}x{height} but the image is {image_hw[1]}x{image_hw[0]}")
-    d = _decode(data, cv2.IMREAD_ANYDEPTH, "depth")
-    out = d.astype(np.float32) / 1000.0
-    out[np.isin(d, INVALID_DEPTH_MM)] = 0.0
-    return out
+    return depth_to_metres(_decode(data, cv2.IMREAD_ANYDEPTH, "depth"))
 
 
 def parse_intrinsics_field(text: str) -> np.ndarray:
