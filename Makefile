@@ -19,17 +19,19 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e '.[test,bench,colmap,scale,viewer]'
 	touch $(STAMP)
 
-# Lint and type-check first: they take seconds, the tests minutes. --durations: the 15 slowest tests, so a
-# test that grows slow shows in every run.
+# Lint, type-check and check the layers first (lint-imports: pyproject.toml's import-linter contracts): they
+# take seconds, the tests minutes. --durations: the 15 slowest tests, so a test that grows slow shows in every run.
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m mypy
+	.venv/bin/lint-imports
 	$(PY) -m pytest -q --durations=15
 
 # The same without the end-to-end tests marked slow.
 test-fast: setup
 	$(PY) -m ruff check .
 	$(PY) -m mypy
+	.venv/bin/lint-imports
 	$(PY) -m pytest -q --durations=15 -m "not slow"
 
 # --force: a second `make demo` replaces the previous run in demo_out/ (reusing its rendered scene);
