@@ -36,7 +36,7 @@ from sceneloc.synth.scenes import DEMO_PRESET, make_scene
 from sceneloc.training.trainers import MappingConfig
 from sceneloc.validation import check_budget, check_output_path
 
-DEMO_MINUTES = 4.0   # head training of `sceneloc demo` (150 mapping frames): RGB 64-66 % in 2 runs, 3 min 50-64 %
+DEMO_MINUTES = 4.0   # head training of `sceneloc demo` (150 mapping frames; docs/decisions/demo-room.md)
 DEMO_CONFIDENCE_MINUTES = 0.25
 DEMO_CONFIDENCE_MODE = "regression"        # one PointNet: a second (the classifier) would cost another stage
 #: rendering of the demo scene: 3 training walks and 1 test walk of 50 frames (a few seconds each

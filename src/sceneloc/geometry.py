@@ -203,7 +203,7 @@ def kabsch(src, dst, weights=None):
         ``R (..., 3, 3)`` and ``t (..., 3)`` of the same array type as ``src``; with src in camera
         and dst in world coordinates this is the camera-to-world pose. Differentiable in torch.
     """
-    # numpy in, numpy throughout (float64): 2-3x faster than a round trip through torch for the
+    # numpy in, numpy throughout (float64): faster than a round trip through torch for the
     # small problems of pose estimation; torch in keeps torch (autograd, device).
     is_numpy = isinstance(src, np.ndarray)
     if is_numpy:

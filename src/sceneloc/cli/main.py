@@ -17,7 +17,7 @@ from typing import Any
 
 # Pose estimation runs many small numpy matrix products: OpenBLAS threads only fight each other
 # (and the network's threads) on a small CPU. Set before numpy is imported. Not MKL_NUM_THREADS:
-# torch's CPU build reads it and would train on one thread (measured: 2x slower).
+# torch's CPU build reads it and would train on one thread.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
@@ -203,10 +203,11 @@ def _add_map_arguments(s: argparse.ArgumentParser) -> None:
                                      "frames and localize those, to calibrate each pose's probability of being "
                                      "within 5 cm / 5 deg; 0 = no calibration")
     option(g, "cloud_voxel_m", "fuse the mapping depth into a scene surface of this voxel size in metres, which "
-                               "RGB-D poses are finally aligned to by ICP; 0 = none", flag="--cloud-voxel", metavar="M")
+                               "RGB-D poses are finally aligned to by ICP; 0 = none", aliases=("--cloud-voxel",),
+           metavar="M")
     option(g, "view_voxel_m", "fuse the mapping depth and grey values into a scene view of this voxel size in "
                               "metres, which RGB poses are finally aligned to by rendering it; 0 = none",
-           flag="--view-voxel", metavar="M")
+           aliases=("--view-voxel",), metavar="M")
     g = s.add_argument_group("confidence (stage 2)")
     g.add_argument("--no-confidence", dest="confidence", action="store_false", help="skip stage 2")
     option(g, "confidence_mode", "both: also train the inlier classifier for the ROC comparison (paper Fig. 3)",
@@ -267,7 +268,7 @@ def _add_pose_arguments(s: argparse.ArgumentParser) -> None:
     g.add_argument("--ransac-local-optimisation", dest="ransac_local_optimisation", action="store_true",
                    help="--method ransac, RGB: also run MAGSAC++'s local optimisation of its best models (OpenCV's "
                         "USAC_MAGSAC; off by default: the re-fits and the view alignment after it refine the pose, "
-                        "~17 ms faster at the same accuracy)")
+                        "faster at the same accuracy)")
     _field_option(g, d, "polish_thresholds_m", "Kabsch: re-fit again on the inliers at each of these tighter "
                                                "thresholds in metres", type=float, nargs="*")
     _field_option(g, d, "polish_thresholds_px", "PnP: the same in pixels of the query image",

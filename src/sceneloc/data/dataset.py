@@ -48,8 +48,8 @@ from sceneloc.validation import check_intrinsics
 #: 7-Scenes' Kinect depth camera (the dataset's documented intrinsics), the default when a dataset has none.
 KINECT_DEPTH_INTRINSICS = (585.0, 585.0, 320.0, 240.0)
 #: 7-Scenes' Kinect colour camera (what DSAC* and ACE use for its images): its depth maps are not
-#: registered to the colour images, which cost redkitchen 8-18 points of accuracy
-#: (docs/history/2026-11-29-registered-depth.md).
+#: registered to the colour images, so the loader registers them (measured in
+#: docs/history/2026-11-29-registered-depth.md).
 KINECT_COLOUR_INTRINSICS = (525.0, 525.0, 320.0, 240.0)
 KINECT_IMAGE_HW = (480, 640)
 #: the 7-Scenes layout's files for the depth camera and the colour camera

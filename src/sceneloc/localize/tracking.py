@@ -52,8 +52,7 @@ class TrackingConfig:
             ICP from the previous pose can slide along a direction the depth barely constrains (a
             wall, a counter) a little each frame; on redkitchen's test stretch RGB-D tracking that
             never re-anchored drifted past 5 cm every ~40 frames before its match share fell
-            (96.5 % within 5 cm / 5 deg against 99.0 % per frame); every 20th frame: 99.5 %
-            (docs/server.md).
+            (measured in docs/server.md).
     """
     min_matched: float = 0.6
     min_view_inliers: int = 300

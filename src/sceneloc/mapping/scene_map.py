@@ -77,8 +77,8 @@ def _blas_threads() -> ThreadpoolController:
 def _one_blas_thread():
     """Context in which numpy's BLAS runs on one thread. Pose estimation's BLAS calls are tiny (3x3
     SVDs, batches of 4x4 products, small least squares): one thread is as fast, and a multi-threaded
-    BLAS leaves threads spinning that slowed the *next* network call 2x on 2 cores (RGB-D frame 119 ->
-    61 ms, docs/history/2026-11-29-localization-time.md)."""
+    BLAS leaves threads spinning that slowed the *next* network call on 2 cores
+    (docs/decisions/ransac-scoring.md)."""
     return _blas_threads().limit(limits=1, user_api="blas")
 
 

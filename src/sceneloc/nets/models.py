@@ -113,7 +113,7 @@ class FCN(CoordinateNetwork):
 
     ``stem="strided"`` (default) makes the first convolution stride 2; ``"full"`` keeps a
     full-resolution first layer (DSAC*'s). On a CPU the full-resolution layer and the one after it
-    are memory-bound and cost ~40 % of a training step for little accuracy (BENCHMARKS.md).
+    are memory-bound and cost much of a training step for little accuracy (docs/decisions/fcn-training.md).
     """
     def __init__(self, width: int = 32, blocks: int = 2, head_width: int = 256, head_layers: int = 3,
                  stride: int = 8, max_width: int | None = None, stem: str = "strided"):
@@ -185,7 +185,7 @@ class EncoderHeadNet(CoordinateNetwork):
     def __init__(self, encoder: str = "xfeat", head_width: int = 256, head_blocks: int = 2,
                  encoder_sha256: str | None = None, precision: str = "auto"):
         super().__init__()
-        self.precision = precision  # of the encoder: encoders.use_bf16; ~1 % feature change in bf16
+        self.precision = precision  # of the encoder: encoders.use_bf16 (docs/decisions/precision.md)
         self._encoder = [load_encoder(encoder, encoder_sha256)]  # a list hides it from nn.Module registration
         enc = self._encoder[0]
         self.stride, self.multiple = enc.stride, enc.multiple
@@ -216,8 +216,8 @@ class EncoderHeadNet(CoordinateNetwork):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         features = self.features(image)
-        # the head trains under this autocast (training/head.py): inference in bf16 matches it at half the
-        # time on a CPU (18 -> 10 ms per 640x480 frame; coordinates within 1.5 mm median, BENCHMARKS.md)
+        # the head trains under this autocast (training/head.py): inference in bf16 matches it, and is
+        # faster on a CPU (docs/decisions/precision.md)
         with self._autocast(image.device.type):
             return self.regress(features)
 

@@ -33,10 +33,8 @@ REFERENCE_THRESHOLD_PX = 10.0
 DEFAULT_THRESHOLD_PX = {"ransac": 20.0}
 REFERENCE_FOCAL_PX = 525.0
 #: ``ransac``'s defaults on a map learned from reprojection alone (RGB-only mapping): a tighter
-#: threshold (at REFERENCE_FOCAL_PX) and more re-fits, as the inlier set keeps growing. Four
-#: redkitchen RGB-only maps (three dev, one split 2): 58.0 / 56.5 / 55.0 / 36.5 % within 5 cm / 5 deg
-#: against 57.5 / 55.5 / 53.0 / 35.5 % with the depth maps' 20 px and 3 re-fits, ~15 ms slower
-#: (docs/history/2026-11-29-registered-depth.md).
+#: threshold (at REFERENCE_FOCAL_PX) and more re-fits, as the inlier set keeps growing
+#: (docs/decisions/pnp-threshold.md).
 REPROJECTION_MAP_THRESHOLD_PX = 15.0
 REPROJECTION_MAP_POLISH_ITERATIONS = 10
 #: Matches per pixel at which ``PoseConfig.min_inliers`` holds: 4800 over a 640 x 480 image.
@@ -53,131 +51,81 @@ def at_focal_length(threshold_px: float, K: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class PoseConfig:
-    """Every number of the pose stage; defaults are the paper's (section III-C, after DSAC [12]).
+    """Every number of the pose stage. The defaults are what measured best on real data
+    (docs/defaults.md); ``method="confidence"`` is the paper's estimator (III-C) with the paper's values.
+    Each decision page under docs/decisions/ holds the measurements behind a default.
 
     Attributes:
-        method: ``confidence`` (paper), ``random`` (paper baselines), ``ransac`` (standard),
-            ``joint`` (2D-3D and 3D-3D hypotheses on one joint score; ``pose_ransac``), or ``dsac`` /
-            ``softam``: DSAC's argmax / SoftAM selection with the map's DSAC stage (``pose/dsac.py``), which
-            reads only ``hypotheses``, ``min_inliers`` and ``dsac_score`` here (the rest is the stage's).
-        solver: ``pnp`` (2D-3D), ``kabsch`` (3D-3D, needs ``camera_points``) or ``auto``:
-            Kabsch when ``camera_points`` are given, PnP otherwise. ``joint`` ignores it (both).
-        hypotheses: h_p, pose hypotheses sampled; for ``ransac`` with Kabsch, hypotheses per batch.
-        n_k: N_k, correspondences randomly sampled per hypothesis and per refinement round.
-        best_fraction: fraction of the N_k points kept (the most confident ones): N_best = 10 % = 50.
-        subset_size: points per hypothesis; None means N_best. For ``random``, the minimal size
-            (4 PnP, 3 Kabsch) gives classic RANSAC.
-        score: how ``confidence`` hypotheses are scored: ``confidence`` (paper: mean confidence of
-            the points used), ``inliers`` (DSAC*: inlier count over all points) or
-            ``confident_inliers`` (sum of the confidences of the inliers: consistency weighted by
-            confidence). ``random`` always scores by inlier count.
-        spread_cells: 0 keeps the globally most confident N_best of the N_k points (paper); G > 0
-            keeps the most confident within each cell of a G x G image grid, in proportion to the
-            cell's share of the sample: confident points cluster in a few regions, and a pose fitted
-            to one patch is badly conditioned (measured in BENCHMARKS.md, Table I).
-        refine_rounds: rounds of the paper's refinement of the best hypothesis (8).
-        pnp_method: solver for hypotheses and refinement: ``epnp`` (paper) or ``sqpnp`` (or any
-            of ``geometry.PNP_METHODS`` that accepts many points).
-        inlier_threshold_px: reprojection error below which a 2D-3D match is an inlier; None:
-            ``DEFAULT_THRESHOLD_PX`` of the method (``threshold_px_for``). DSAC*/ACE use 10 px; with
-            ``ransac`` on the xfeat map, whose coordinates are a few cm off on new views, a wider
-            threshold averages more of them: 20 px (at 525 px) measured best on four redkitchen
-            maps, two per split (RGB within 5 cm / 5 deg at 15 / 20 / 25 / 40 px: dev 67.0 / 68.0 /
-            67.0 / 63.5 % and 73.5 / 76.5 / 74.5 / 66.0 %, split 2 42.0 / 39.0 / 36.5 / 33.0 % and
-            36.0 / 35.0 / 33.5 / 30.5 %; docs/history/2026-11-29-registered-depth.md). (40 px had measured best before
-            7-Scenes depth was registered to its colour images: the coordinates were less sharp.)
-            ``joint`` and the paper's estimators keep 10 px: their refinement lets outliers in at
-            wide thresholds.
-        inlier_threshold_m: 3D distance below which a 3D-3D match is an inlier (paper IV: 0.1 m).
-        polish: end with DSAC*/ACE's re-fit on all inliers (off: the pure paper pipeline).
-        polish_thresholds_m: Kabsch only: after the re-fit at ``inlier_threshold_m``, re-fit again on
-            the inliers at each of these tighter thresholds in turn. Query depth is precise where it
-            is valid, so the closest matches give the best pose; RANSAC itself needs the wider
-            threshold to find it. 5 cm then 3 cm: redkitchen RGB-D against 5 cm alone, four maps,
-            two per split: dev +3.0 / +0.5, split 2 +1.0 / +2.5 points, ~6 ms slower (a 2 cm step
-            after them: -1.5 to +2.5; docs/history/2026-11-29-registered-depth.md). 5 cm alone against none: split 2 +5
-            to +10 points, dev +5. (Before 7-Scenes depth was registered, the 3 cm step lost on dev.)
-        depth_offset_sigma_m: Kabsch only, after the polish (not ``joint``): re-fit the pose together
-            with an offset of the query depth along its rays, under a Gaussian prior of this standard
-            deviation (metres; 0: off; ``pose.fit.refit_depth_offset``). Kinect depth can read centimetres
-            long or short against the image, and a rigid fit moves the camera by as much. 1.5 mm
-            (hundreds of points still move the offset by centimetres) on six redkitchen maps, three
-            per split, query depth moved 4 px and 3 cm along the rays: dev RGB-D 50.0-56.5 % ->
-            73.0-80.5 %, above RGB; clean depth -1.5 to +2.5 points; split 2's shifted depth -2.5 to
-            -3; ~5 ms (docs/history/2026-11-29-query-depth-offset.md). 3 mm gains more on shifted and loses up to 3.5
-            points on clean depth.
-        depth_offset_min_m: the offset re-fit is kept only where the fitted offset is at least this
-            long (metres; 0: always): smaller offsets are noise on well-registered depth, and a pose
-            moved by noise loses frames. 5 mm on the same six maps: clean depth equal to no re-fit
-            on dev (0 / 0 / 0 points; -1.5 / 0 / +0.5 without the gate) and +1.5 / +1.5 / 0 on split 2;
-            shifted depth 80.5 / 76.5 / 72.0 % on dev (80.5 / 77.5 / 73.0 without), 62.5 / 50.5 /
-            53.0 % on split 2 (60.5 / 48.0 / 51.0) (docs/history/2026-11-29-demo-room-capture.md).
-        icp_distances_m: RGB-D, maps with a scene surface (``surface/cloud.py``): finally align the query
-            depth to the surface fused from the mapping frames' depth by point-to-plane ICP, one step
-            per entry, matching points within that distance (metres; empty: off). The scene
-            coordinates' shared bias is what leaves RGB-D poses 5-10 cm off; the mapping depth has
-            none. Redkitchen, cached network output of a new map per split: dev 84.0 -> 99.0 %, split 2
-            69.0 -> 82.0 % within 5 cm / 5 deg, ~8 ms (docs/history/2026-11-29-scene-surface.md).
+        method: ``ransac`` (standard RANSAC), ``confidence`` (the paper), ``random`` (the paper's
+            baselines), ``joint`` (2D-3D and 3D-3D hypotheses on one score; ``pose_ransac``), ``dsac`` /
+            ``softam`` (DSAC's argmax / SoftAM with the map's DSAC stage, reading only ``hypotheses``,
+            ``min_inliers`` and ``dsac_score`` here) (docs/decisions/estimator.md).
+        solver: ``pnp`` (2D-3D), ``kabsch`` (3D-3D, needs ``camera_points``) or ``auto`` (Kabsch when
+            ``camera_points`` are given); ``joint`` uses both.
+        hypotheses: h_p, pose hypotheses sampled; ``ransac`` with Kabsch: hypotheses per batch
+            (docs/decisions/confidence-stage.md).
+        n_k: N_k, correspondences sampled per hypothesis and per refinement round.
+        best_fraction: share of the N_k points kept, the most confident (0.1: N_best = 50).
+        subset_size: points per hypothesis; None = N_best. For ``random``, the minimal size (4 PnP,
+            3 Kabsch) gives classic RANSAC.
+        score: how ``confidence`` scores its hypotheses: ``confidence`` (the paper: mean confidence of
+            the points used), ``inliers`` (DSAC*: inlier count) or ``confident_inliers`` (sum of the
+            inliers' confidences). ``random`` always scores by inlier count.
+        spread_cells: G > 0 keeps the most confident points of each cell of a G x G image grid; 0 = the
+            globally most confident N_best (the paper) (docs/decisions/confidence-stage.md).
+        refine_rounds: rounds of the paper's refinement of the best hypothesis; 0 = none.
+        pnp_method: PnP solver of hypotheses and refinement, one of ``geometry.PNP_METHODS`` that takes
+            many points (``epnp``: the paper's).
+        inlier_threshold_px: PnP inlier threshold, pixels of the query image; None = the method's
+            default (``threshold_px_for``: ``ransac`` 20 px at ``REFERENCE_FOCAL_PX``, scaled with the
+            focal length; the others 10 px) (docs/decisions/pnp-threshold.md).
+        inlier_threshold_m: Kabsch inlier threshold, metres (the paper's t_inlier, IV).
+        polish: end with a re-fit on all inliers (DSAC*/ACE's); False = the pure paper pipeline.
+        polish_thresholds_m: Kabsch: after that re-fit, re-fit on the inliers at each of these tighter
+            thresholds in turn, metres; empty = none (docs/decisions/polish.md).
+        depth_offset_sigma_m: Kabsch, after the polish (not ``joint``): re-fit with an offset of the
+            query depth along its rays under a Gaussian prior of this width, metres; 0 = off
+            (``pose.fit.refit_depth_offset``; docs/decisions/depth-offset.md).
+        depth_offset_min_m: keep that re-fit only where the fitted offset is at least this long,
+            metres; 0 = always (docs/decisions/depth-offset.md).
+        icp_distances_m: RGB-D on a map with a scene surface: point-to-plane ICP of the query depth to
+            the surface, one step per entry, matching within that distance, metres; empty = off
+            (``surface/cloud.py``; docs/decisions/scene-surface.md).
         icp_offset_sigma_m: the ICP also fits an offset of the query depth along its rays under a
-            Gaussian prior of this width (metres; 0: no offset). 3 mm: once RGB poses were aligned to
-            the scene view (dev RGB 88.5 %), the earlier 1.5 mm left dev's misregistered depth
-            (moved 4 px and 3 cm along the rays) below RGB, 84.5 %; 3 mm gives it 91.0 % and dev's clean
-            depth stays 99.0 %, at 2 points of split 2's clean depth (85.5 -> 83.5 %; shifted 74.0 ->
-            80.5 %) (docs/history/2026-11-30-scene-view.md). Earlier, three maps per split: 3 mm clean dev 99.0 %
-            on all, split 2 86.0 / 76.5 / 81.5 % (1.5 mm: 88.0 / 78.5 / 85.0 %, 5 mm: 82.0 / 74.5 /
-            81.0 %); shifted dev 91.0 / 89.5 / 90.0 % (1.5 mm: 82.5 / 81.5 / 84.5 %); the rigid ICP
-            leaves dev's shifted depth at 65.5-67.5 %.
+            Gaussian prior of this width, metres; 0 = rigid (docs/decisions/scene-surface.md).
         icp_scale_sigma: the ICP also fits a relative scale error of the query depth under a Gaussian
-            prior of this width (0: none; ``surface.cloud.align_depth``).
-        view_rounds: RGB, maps with a scene view (``surface/view.py``): finally align the pose to the
-            image, this many times rendering the mapping frames' grey surface at the pose, matching the
-            rendering to the query by optical flow and re-fitting on those matches (0: off). Redkitchen,
-            cached network output of two maps per split (docs/history/2026-11-30-scene-view.md): dev 67.5 / 71.0 % ->
-            89.0 / 88.5 %, split 2 39.0 / 39.5 % -> 60.0 / 60.0 % within 5 cm / 5 deg, no frame lost,
-            ~26-32 ms; two rounds 88.0 / 88.0 % and 61.0 / 55.5 %, one 85.5 % and 54.5 % (first maps).
-        polish_thresholds_px: PnP's counterpart (pixels at ``REFERENCE_FOCAL_PX``, scaled with the
-            focal length): none by default, because re-fitting on the inliers at 20, 15, 12, 10 or 8 px
-            after RANSAC's 25 px (the default then) gained nothing on redkitchen (-2 to +0.5 points on three maps;
-            docs/history/2026-11-29-estimator-api.md): PnP's error comes from the coordinates' bias, not the fit.
-        polish_iterations: at most this many re-fits (not ``joint``, whose refinement runs to 10);
-            stops earlier when the inlier set is stable. 3:
-            on redkitchen (both splits, RGB and RGB-D) within a frame of 10 re-fits' accuracy, and
-            10-24 ms faster per frame (docs/history/2026-11-29-bf16-thresholds-probability.md).
-        min_inliers: fewer inliers than this (over all correspondences) reports failure (pose None).
-            Unrelated (random) 2D-3D matches reach ~15 inliers at 10 px out of 4800 by chance; for PnP
-            the number holds at 10 px and 4800 matches over 640 x 480 and grows with the threshold's
-            area and the matches' density (``required_inliers``: 495 at 40 px on a 60 x 80 grid).
-        ransac_iterations: most hypotheses for ``ransac`` (stops earlier at ``ransac_confidence``).
-        ransac_points: ``ransac`` (PnP and Kabsch) scores its hypotheses on a random subset of this
-            many correspondences (None: all); the re-fit then uses all of them. 1200 of 4800: redkitchen
-            dev RGB 57.0 % against 58.5 % (3 of 200 frames, RANSAC's own spread), split 2 level,
-            ~10 ms faster per frame (docs/history/2026-11-29-bf16-thresholds-probability.md); Kabsch: RGB-D
-            level on both splits,
-            clean and shifted depth, 4 ms faster (docs/history/2026-11-29-localization-time.md).
-        ransac_confidence: probability of having drawn one all-inlier minimal set, to stop early
-            (``ransac`` with Kabsch, and ``joint``).
-        ransac_local_optimisation: ``ransac`` with PnP: run MAGSAC++'s local optimisation of the best
-            models (OpenCV's USAC_MAGSAC). Off, MAGSAC++ only scores the minimal-set models, and the
-            re-fits on all inliers and the view alignment that follow refine the pose: 3 ms instead of
-            20 ms per frame at the same accuracy (docs/history/2026-11-30-scene-view.md).
-        joint_batch: hypotheses per round of ``joint`` (half P3P, half Kabsch with depth); it stops
-            after the round in which either kind reaches ``ransac_confidence``. ACE/DSAC* draw 64.
+            prior of this relative width; 0 = none (``surface.cloud.align_depth``; docs/decisions/icp-scale.md).
+        view_rounds: RGB on a map with a scene view: rounds of rendering the view at the pose, optical
+            flow to the query and a re-fit; 0 = off (``surface/view.py``; docs/decisions/view-alignment.md).
+        polish_thresholds_px: PnP's counterpart of ``polish_thresholds_m``, pixels of the query image;
+            empty = none (docs/decisions/polish.md).
+        polish_iterations: at most this many re-fits per polish threshold, fewer once the inlier set is
+            stable (not ``joint``, whose refinement runs to 10) (docs/decisions/polish.md).
+        min_inliers: fewer inliers than this report a failure (pose None). For PnP it holds at
+            ``REFERENCE_THRESHOLD_PX`` over 4800 matches on 640 x 480 and grows with the threshold's area
+            and the matches' density (``required_inliers``). Not measured: set above the inliers that
+            unrelated matches reach by chance.
+        ransac_iterations: most hypotheses of ``ransac`` (it stops earlier at ``ransac_confidence``).
+        ransac_points: ``ransac`` scores its hypotheses on a random subset of this many correspondences
+            (the re-fits use all); None = all (docs/decisions/ransac-scoring.md).
+        ransac_confidence: probability of having drawn one all-inlier minimal set, at which ``ransac``
+            with Kabsch and ``joint`` stop.
+        ransac_local_optimisation: ``ransac`` with PnP: also run MAGSAC++'s local optimisation of its best
+            models (OpenCV's USAC_MAGSAC); False = only score the minimal-set models, the re-fits and the
+            view alignment refine the pose (docs/decisions/ransac-scoring.md).
+        joint_batch: hypotheses per round of ``joint`` (half P3P, half Kabsch); it stops after the round
+            in which either kind reaches ``ransac_confidence`` (ACE/DSAC* draw 64).
         joint_max_hypotheses: most hypotheses of ``joint`` (bounds its time at low inlier ratios).
-        dsac_score: ``dsac`` / ``softam`` hypothesis score, ``cnn`` or ``soft-inliers`` (None: the
-            score the map's DSAC stage was trained with); soft inliers need no DSAC stage.
-        query_scales: ``Map.localize`` runs the network on the query resized by each of these factors
-            (each side rounded to the encoder's multiple) and keeps the pose with the highest inlier
-            ratio: a view much closer to the scene than the mapping views is recognised at a smaller
-            scale. (1.0,): one pass. ``0.9 0.75`` on redkitchen's test frames: split 2 RGB 33 % / RGB-D
-            52 % against 13 / 43 % with one pass, dev 60 / 83 % against 59 / 82.5 %, at 1.6-2x the time
-            (docs/history/2026-11-29-localization-time.md), over the time budget of a default. Not ``dsac``/``softam``.
-        depth_gate: ``joint`` ignores the query depth when the pose refined with it fits the
-            image worse than the PnP solution by more than this fraction (truncated reprojection
-            cost): depth is trusted only where it is consistent with the image
-            (``pose.ransac.refine_joint``); 0 never uses depth in the refinement.
+        dsac_score: ``dsac`` / ``softam`` hypothesis score, ``cnn`` or ``soft-inliers``; None = the score
+            the map's DSAC stage was trained with (soft inliers need no DSAC stage).
+        query_scales: ``Map.localize`` runs the network on the query resized by each factor and keeps the
+            pose with the highest inlier ratio; ``(1.0,)`` = one pass; not ``dsac`` / ``softam``
+            (docs/decisions/query-scales.md).
+        depth_gate: ``joint`` ignores the query depth where the pose refined with it fits the image worse
+            than the PnP solution by more than this fraction (truncated reprojection cost); 0 = never uses
+            depth in the refinement (``pose.ransac.refine_joint``).
     """
-    # RANSAC, not the paper's confidence-guided estimator: measured best on redkitchen in RGB and
-    # RGB-D on two splits (BENCHMARKS.md, estimators); --method confidence is the paper's.
+    # RANSAC, not the paper's confidence-guided estimator: docs/decisions/estimator.md.
     method: str = "ransac"
     solver: str = "auto"
     hypotheses: int = 256

@@ -67,8 +67,8 @@ class DSACConfig:
         objective: ``expected`` (exact ``sum_J P(J) l_J``, all hypotheses refined) or ``sampled``
             (REINFORCE on ``samples`` draws ``J ~ P``; only those are refined).
         minutes / iterations: fine-tuning budget (iterations, when set, wins; one image per step).
-        lr_coordinates / lr_score: Adam learning rates of the coordinate network (DSAC*'s 1e-6: 1e-5
-            already undoes an over-fitted map within tens of steps) and of the Score CNN.
+        lr_coordinates / lr_score: Adam learning rates of the coordinate network (DSAC*'s 1e-6: larger
+            rates soon undo the map's fit) and of the Score CNN.
         grad_clip: gradient norm cap per network.
         aug_brightness / aug_contrast: photometric jitter (geometric augmentation would change the pose).
         eval_frames: training frames on which the expected loss is reported before and after.

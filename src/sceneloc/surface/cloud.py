@@ -4,7 +4,7 @@ Scene coordinates place an RGB-D query within a few centimetres, but their error
 neighbouring cells (a bias the rigid fit cannot average out), so a few frames in ten miss 5 cm / 5 deg.
 The mapping frames' own depth, fused at their ground-truth poses, is a far more exact model of the
 surfaces: point-to-plane ICP of the query's depth against it, started at the scene-coordinate pose,
-removes most of that bias (redkitchen, docs/history/2026-11-29-scene-surface.md). Kinect depth can read a few
+removes most of that bias (docs/decisions/scene-surface.md). Kinect depth can read a few
 centimetres long against its image, so the alignment also fits an offset of the query depth along
 its rays, under a Gaussian prior, as ``pose.fit.refit_depth_offset`` does for Kabsch.
 
@@ -29,23 +29,20 @@ from sceneloc.geometry import backproject, make_pose, pose_errors, transform_poi
 from sceneloc.progress import progress as progress_bar
 
 SCENE_CLOUD_FILE = "scene_cloud.npz"
-#: voxel of the fused surface: 2 cm keeps ~130 k points of redkitchen (1.2 MB in the map); ICP with it
-#: placed as many dev frames as with 1.5 cm (250 k points), 2.5 cm lost half a point
-#: (docs/history/2026-11-29-scene-surface.md).
+#: voxel of the fused surface (``MappingConfig.cloud_voxel_m``; docs/decisions/scene-surface.md)
 VOXEL_M = 0.02
 #: strides at a 640-pixel-wide depth map, scaled with the width (``scaled_stride``):
-MAPPING_STRIDE_PX = 8    # every 8th pixel of each mapping depth map is fused (4: as exact, 1.5x the points)
-#: every 12th pixel of the query depth takes part in ICP (~2000 points at 640 x 480): as exact as every
-#: 8th on redkitchen and twice as fast; every 16th lost 3 points on dev's shifted depth
-#: (docs/history/2026-11-29-scene-surface.md)
+MAPPING_STRIDE_PX = 8    # every 8th pixel of each mapping depth map is fused (scene-surface.md: 4 is no better)
+#: every 12th pixel of the query depth takes part in ICP (~2000 points at 640 x 480); every 16th is
+#: faster and less exact on misregistered depth (docs/decisions/scene-surface.md)
 QUERY_STRIDE_PX = 12
 REFERENCE_WIDTH_PX = 640
 MIN_MATCHES = 50         # fewer query points near the surface: the alignment is not trusted
 #: an ICP that moved the camera further than twice its first matching distance, or turned it further
 #: than this, slid along the surface rather than converged: the alignment is not trusted
 MAX_TURN_DEG = 15.0
-#: ICP defaults (``PoseConfig.icp_distances_m``, ``icp_offset_sigma_m``, where they are measured): one
-#: Gauss-Newton step per matching distance, and the prior width of the depth offset
+#: ICP defaults (``PoseConfig.icp_distances_m``, ``icp_offset_sigma_m``; docs/decisions/scene-surface.md):
+#: one Gauss-Newton step per matching distance, and the prior width of the depth offset
 ICP_DISTANCES_M = (0.1, 0.05, 0.03, 0.02, 0.02, 0.02)
 ICP_OFFSET_SIGMA_M = 0.003
 #: a depth step larger than this share of the depth between neighbouring samples is an occlusion edge,

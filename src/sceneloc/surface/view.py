@@ -7,9 +7,8 @@ depth, fused with their grey values into a 1 cm point cloud (``SceneView``), can
 estimated pose (``render_view``). That rendering and the query then differ by a small image motion
 that dense optical flow (OpenCV's DIS) measures to a fraction of a pixel; each rendered pixel's
 surface point and the flow's end point in the query are a 2D-3D correspondence, and a robust re-fit
-on them moves the pose towards the truth. Rounds of render, flow and re-fit (``align_image``) lifted
-redkitchen's RGB poses within 5 cm / 5 deg from 67.5 to 89 % on the dev split and from 39 to 60 % on
-split 2 (docs/history/2026-11-30-scene-view.md), the way ICP of the query depth does for RGB-D poses.
+on them moves the pose towards the truth. Rounds of render, flow and re-fit (``align_image``) do for
+RGB poses what ICP of the query depth does for RGB-D poses (docs/decisions/view-alignment.md).
 
 >>> samples = [grey_samples(f.load_image(), f.load_depth(), f.K, f.pose) for f in frames]  # doctest: +SKIP
 >>> view = SceneView.from_samples(samples)                              # doctest: +SKIP
@@ -40,20 +39,20 @@ from sceneloc.geometry import (
 from sceneloc.surface.cloud import depth_grid, scaled_stride
 
 SCENE_VIEW_FILE = "scene_view.npz"
-#: voxel of the grey surface: 1 cm placed split 2's RGB 60.5 % against 56.5 % at 1.5 cm and 50.0 % at 2 cm
-#: (about one point per pixel of a half-resolution rendering at 2 m); ~700 k points, ~1.1 MB in the map
+#: voxel of the grey surface: about one point per pixel of a half-resolution rendering at 2 m
+#: (docs/decisions/view-alignment.md)
 VOXEL_M = 0.01
 #: every 4th pixel of each 640-pixel-wide mapping frame is fused (scaled with the width)
 MAPPING_STRIDE_PX = 4
-#: the rendering and the flow run at this width (half of 640: quarter resolution lost 10-20 points)
+#: the rendering and the flow run at this width (half of 640; docs/decisions/view-alignment.md)
 RENDER_WIDTH_PX = 320
-#: rounds of render, flow and re-fit (``PoseConfig.view_rounds``): the second added 2.5-5 points, the
-#: third 0-4.5 after the cheaper RANSAC that precedes it (``PoseConfig.ransac_local_optimisation``)
+#: rounds of render, flow and re-fit (``PoseConfig.view_rounds``): a third since the cheaper RANSAC
+#: that precedes it (``PoseConfig.ransac_local_optimisation``; docs/decisions/view-alignment.md)
 ROUNDS = 3
-#: every 4th rendered pixel (each way) is a correspondence (every 2nd: as exact, 4x the re-fit's time)
+#: every 4th rendered pixel (each way) is a correspondence (every 2nd would give the re-fit 4x the points)
 SAMPLE_STEP = 4
 #: a flow vector whose backward flow does not return within this many rendering pixels is dropped:
-#: without the check, split 2 gained 3 points instead of 20
+#: without the check the alignment gained far less (docs/decisions/view-alignment.md)
 FLOW_CHECK_PX = 1.0
 #: the re-fit's inlier thresholds in pixels at a 525 px focal length (scaled with it), loosest first:
 #: the first round's flow can be tens of pixels long
@@ -280,7 +279,7 @@ def match_rendering(rendering: Rendering, query: np.ndarray, step: int = SAMPLE_
     filled = np.clip(filled, 0, 255).astype(np.uint8)
     dis = cv2.DISOpticalFlow.create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
     h, w = query.shape
-    # None, not an array: DIS reads a given array as its first guess (split 2 lost 4.5 points with zeros)
+    # None, not an array: DIS reads a given array as its first guess (zeros cost accuracy)
     forward = np.asarray(dis.calc(filled, query, None))  # type: ignore[call-overload]
     backward = np.asarray(dis.calc(query, filled, None))  # type: ignore[call-overload]
     v, u = np.mgrid[0:h:step, 0:w:step]

@@ -338,9 +338,8 @@ def _preset_living() -> Scene:
     about 0.8 m from any surface, and looks at furniture and pictures 1-3.2 m away (the walls
     themselves draw little attention), as someone filming a room would. It films one half of the room,
     the corner with the bookshelf, the TV and the sofa, as 7-Scenes' captures film part of a room: with
-    walks that turned round the whole room, a 3-minute head fitted its own training pixels only to
-    within 10 cm for 64 % of them and placed 10-23 % of the test frames by PnP
-    (docs/history/2026-11-29-demo-room-capture.md).
+    walks that turned round the whole room, a 3-minute head fitted its own training pixels poorly and
+    placed few test frames by PnP (docs/decisions/demo-room.md).
     """
     sx, sy, sz = 4.4, 3.8, 2.6
     # Every wall its own texture, each stretched once over the wall: a wallpaper tiled every 1.3 m on

@@ -104,8 +104,8 @@ def train_head(net: EncoderHeadNet, norm: SceneNormalisation, buffer: PixelBuffe
     remaining steps and the average is the result (stochastic weight averaging, Izmailov et al. 2018).
 
     In bf16 (``nets.encoders.use_bf16``) the hidden layers run under a bfloat16 autocast (weights,
-    optimiser and the output layer stay fp32): 1.9x the steps per minute on this project's 2-core
-    AVX-512 machine, and a lower test error at equal time (BENCHMARKS.md, head ablation)."""
+    optimiser and the output layer stay fp32): more steps per minute where the hardware runs bf16
+    natively, and a lower test error at equal time (docs/decisions/precision.md)."""
     device_type = torch.device(device).type
     bf16 = use_bf16(precision, device_type)
     head = net.head.to(device).train()

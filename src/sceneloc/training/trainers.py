@@ -38,11 +38,12 @@ from sceneloc.training.loop import save_checkpoint as save_checkpoint_file
 #: Defaults that depend on the architecture (a ``None`` field of MappingConfig takes these).
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     # Frozen XFeat encoder + per-pixel head trained from a buffer (ACE's design): full-resolution
-    # input (the encoder was trained on it), AdamW at ACE's order of learning rate, a few minutes.
+    # input (the encoder was trained on it), AdamW at ACE's order of learning rate, a few minutes
+    # (docs/decisions/encoder.md, head-and-buffer.md, head-minutes.md).
     "xfeat": {"input_height": 480, "lr": 5e-3, "optimizer": "adamw", "minutes": 2.25, "aug_scale": 1.5,
               "confidence_minutes": 0.25},
-    # DSAC*/ACE-style stride-8 FCN: on redkitchen it learns several times faster per CPU-minute
-    # than the paper's U-Net (BENCHMARKS.md); 240x320 input is 4x faster than 480x640.
+    # DSAC*/ACE-style stride-8 FCN, learned from scratch: it learns faster per CPU-minute than the
+    # paper's U-Net, at a quarter of the input pixels (docs/decisions/fcn-training.md).
     "fcn": {"input_height": 240, "lr": 5e-4, "optimizer": "rmsprop", "minutes": 16.0, "aug_scale": 1.25,
             "confidence_minutes": 2.0},
     "unet": {"input_height": 240, "lr": 5e-4, "optimizer": "rmsprop", "minutes": 16.0, "aug_scale": 1.25,
@@ -60,31 +61,33 @@ CONFIDENCE_MODES = ("regression", "classification", "both")
 @dataclass
 class MappingConfig:
     """Every option of ``sceneloc map``. The defaults are what measured best on real data (one line each
-    in docs/defaults.md); the paper's network and loss are one flag away (``arch="unet"``,
-    ``loss="tukey+smooth"``). ``None`` fields take their architecture's value from ARCH_DEFAULTS (see
-    ``resolved``). Units are in the names: ``_mb`` megabytes, ``_deg`` degrees, ``_m`` metres, ``minutes``."""
+    in docs/defaults.md, the measurements in docs/decisions/); the paper's network and loss are one flag
+    away (``arch="unet"``, ``loss="tukey+smooth"``). ``None`` fields take their architecture's value from
+    ARCH_DEFAULTS (see ``resolved``). Units are in the names: ``_mb`` megabytes, ``_deg`` degrees, ``_m``
+    metres, ``minutes``; 0 turns a stage or an augmentation off where the comment says so."""
     # A frozen pretrained encoder and a head trained on a pixel buffer (ACE) by default: it maps in
-    # minutes and localizes better than the from-scratch FCN (BENCHMARKS.md); ``fcn`` and the
-    # paper's ``unet`` learn the whole network per scene.
+    # minutes (docs/decisions/encoder.md); ``fcn`` and the paper's ``unet`` learn the whole network
+    # per scene.
     arch: str = "xfeat"
     # xfeat: encoder and head
     encoder: str = "xfeat"
+    # head channels and residual blocks; loss "euclidean" to the depth target, or "+reprojection"
+    # (docs/decisions/head-and-buffer.md)
     head_width: int = 256
     head_blocks: int = 2
     head_loss: str = "euclidean"
-    buffer_mb: float = 1536.0         # training buffer size (fp16 features): ~3 M pixels
-    buffer_copies: int = 3            # views per mapping image (1 plain + 2 augmented); 4: same accuracy, 30 % slower
-    pixel_batch: int = 1024           # buffer entries per head step: more, smaller steps beat 4096 at equal time
-    precision: str = "auto"           # encoder and head in bf16 where the hardware has it (nets.encoders.use_bf16)
+    buffer_mb: float = 1536.0         # training buffer of fp16 features, megabytes (head-and-buffer.md)
+    buffer_copies: int = 3            # views of each mapping image in the buffer: 1 as it is + the rest augmented
+    pixel_batch: int = 1024           # buffer entries per head step (head-and-buffer.md)
+    precision: str = "auto"           # auto: encoder and head in bf16 where the hardware has it (precision.md)
     # fcn / unet
-    width: int | None = None          # None: 32 for fcn; 16 for unet (32 trains ~5x slower on 2 cores)
+    width: int | None = None          # base channels; None: DEFAULT_WIDTH of the architecture
     stride: int = 8                   # fcn output stride (DSAC*/ACE: 8)
     stem: str = "strided"             # fcn first layer: 'strided' (fast on CPU) or 'full' (DSAC*)
-    blocks: int = 1                   # fcn residual blocks at the output stride (1 beat 2 at equal time)
-    input_height: int | None = None   # network input rows
-    # l1, not the paper's tukey+smooth: with c = half the scene diameter Tukey is ~l2 for errors
-    # of decimetres, whose gradient fades as they shrink; under a CPU budget l1 halves the test
-    # error and doubles RGB-D poses within 5 cm / 5 deg (BENCHMARKS.md, ablation).
+    blocks: int = 1                   # fcn residual blocks at the output stride (fcn-training.md)
+    input_height: int | None = None   # network input rows, pixels; None: ARCH_DEFAULTS
+    # fcn/unet: l1, not the paper's tukey+smooth: with c = half the scene diameter Tukey is ~l2 for
+    # errors of decimetres, whose gradient fades as they shrink (docs/decisions/fcn-training.md).
     loss: str = "l1"
     tukey_c: float | None = None      # None: half the scene diameter (paper)
     smooth_weight: float = 1.0
@@ -92,15 +95,16 @@ class MappingConfig:
     optimizer: str | None = None      # fcn/unet: the paper's rmsprop; the xfeat head always uses adamw
     lr: float | None = None           # fcn/unet: the paper's 5e-4
     schedule: str = "cosine"          # decay over the budget; 'constant' = the paper
-    batch_size: int = 8               # fcn/unet images per step (paper: 20; on 2 cores 8 buys ~2.5x the updates)
-    minutes: float | None = None      # training budget of stage 1 (the head for xfeat)
+    batch_size: int = 8               # fcn/unet images per step (paper: 20; fcn-training.md)
+    minutes: float | None = None      # training budget of stage 1 (the head for xfeat); head-minutes.md
     iterations: int | None = None     # exact step count instead of a time budget (repeatable runs)
-    aug_scale: float | None = None    # random zoom in [1/a, a]
-    aug_rotation_deg: float = 15.0        # random in-plane rotation in [-r, r] degrees
-    aug_brightness: float = 0.2
-    aug_contrast: float = 0.2
+    aug_scale: float | None = None    # random zoom in [1/a, a]; 1 = off
+    aug_rotation_deg: float = 15.0        # random in-plane rotation in [-r, r] degrees; 0 = off
+    aug_brightness: float = 0.2       # random brightness shift in [-b, b] of images in [0, 1]; 0 = off
+    aug_contrast: float = 0.2         # random contrast factor in [1 - c, 1 + c]; 0 = off
     # xfeat: this many of the augmented buffer copies are the image rendered from a camera orbited by up
-    # to aug_orbit_deg degrees about the scene ahead, with its depth (training.buffer.novel_view): views from elsewhere
+    # to aug_orbit_deg degrees about the scene ahead, with its depth (buffer.novel_view); 0 = off
+    # (docs/decisions/novel-views.md)
     aug_novel_views: int = 0
     aug_orbit_deg: float = 5.0
     checkpoint_minutes: float = 2.0
@@ -108,18 +112,19 @@ class MappingConfig:
     seed: int = 0
     # xfeat: a second head trained this long without one recording (or a third) of the frames
     # localizes them, to fit each pose's probability of being within 5 cm / 5 deg (pose/calibration.py); 0: none
+    # (docs/decisions/pose-calibration.md)
     calibration_minutes: float = 0.5
     # the surface fused from the mapping depth at this voxel size (metres), which RGB-D poses are
-    # finally aligned to by ICP (surface/cloud.py, PoseConfig.icp_distances_m); 0: none
+    # finally aligned to by ICP (surface/cloud.py, PoseConfig.icp_distances_m); 0: none (scene-surface.md)
     cloud_voxel_m: float = 0.02
     # the mapping frames' depth and grey values fused at this voxel size (metres), which RGB poses are
-    # finally aligned to by rendering it (surface/view.py, PoseConfig.view_rounds); 0: none
+    # finally aligned to by rendering it (surface/view.py, PoseConfig.view_rounds); 0: none (view-alignment.md)
     view_voxel_m: float = 0.01
     # stage 2
     confidence: bool = True
     confidence_mode: str = "regression"   # or classification, or both (classifier kept for Fig. 3's ROC)
-    confidence_minutes: float | None = None
-    confidence_blocks: int = 0           # context-normalised residual blocks of the PointNet (Yi et al.)
+    confidence_minutes: float | None = None  # stage 2's budget; None: ARCH_DEFAULTS (confidence-stage.md)
+    confidence_blocks: int = 0           # context-normalised residual blocks of the PointNet (Yi et al.); 0 = plain
     n_k: int = 500
     confidence_scale: float = CONFIDENCE_SCALE
 
