@@ -30,7 +30,14 @@ from .data import load_scene
 from .errors import SceneLocError, refuse_to_overwrite
 from .mapping import map_scene
 from .partition import LAYOUT_FILE, Partition, make_partitions, read_layout, write_layout
-from .routing import DescriptorEncoder, frame_descriptors, write_routing
+from .routing import (
+    CODEBOOK_FILE,
+    DescriptorEncoder,
+    fit_codebook,
+    frame_descriptors,
+    routing_is_current,
+    write_routing,
+)
 from .scenemap import default_device
 from .training import MappingConfig
 
@@ -48,10 +55,10 @@ def partition_done(part_dir: Path) -> bool:
 
 
 def map_partition(dataset: str, part_dir: str, cfg: MappingConfig, frames: list[str], threads: int,
-                  intrinsics: np.ndarray | None = None) -> dict:
+                  codebook: np.ndarray, intrinsics: np.ndarray | None = None) -> dict:
     """One partition's map (a Ray task's body): ``map_scene`` on its ``frames``, then its routing
-    descriptors. Runs on whatever node Ray picked, with ``threads`` torch threads, on the GPU when the
-    worker has one. Resumes the partition's own checkpoint when an earlier attempt left one."""
+    descriptors over ``codebook``. Runs on whatever node Ray picked, with ``threads`` torch threads, on
+    the GPU when the worker has one. Resumes the partition's own checkpoint when an earlier attempt left one."""
     torch.set_num_threads(max(1, threads))
     d = Path(dataset)
     out = Path(part_dir)
@@ -60,11 +67,33 @@ def map_partition(dataset: str, part_dir: str, cfg: MappingConfig, frames: list[
     resume = (out / "checkpoint.pt").exists() and (out / "mapping_config.json").exists()
     report = map_scene(d, out, cfg, force=True, resume=resume, device=default_device(), intrinsics=intrinsics,
                        evaluate_test=False, frames=frames, log=lambda msg: print(f"[{name}] {msg}", flush=True))
-    keep = set(frames)
-    scene_frames = [f for f in load_scene(d, intrinsics).frames("train") if f.name in keep]
-    write_routing(out, [f.name for f in scene_frames], frame_descriptors(scene_frames, DescriptorEncoder()))
+    write_partition_routing(d, out, frames, codebook, intrinsics)
     return {"name": name, "frames": len(frames), "seconds": round(time.perf_counter() - t0, 1),
             "device": default_device(), "node": os.uname().nodename, "steps": report["training"]["steps"]}
+
+
+def write_partition_routing(dataset: Path, part_dir: Path, frames: list[str], codebook: np.ndarray,
+                            intrinsics: np.ndarray | None = None) -> None:
+    """``part_dir/routing.npz``: the routing descriptors of the partition's mapping ``frames``."""
+    keep = set(frames)
+    scene_frames = [f for f in load_scene(dataset, intrinsics).frames("train") if f.name in keep]
+    write_routing(part_dir, [f.name for f in scene_frames],
+                  frame_descriptors(scene_frames, DescriptorEncoder(codebook, default_device())), codebook)
+
+
+def routing_codebook(dataset: str | Path, map_dir: Path, resume: bool, intrinsics: np.ndarray | None = None,
+                     log=print) -> np.ndarray:
+    """The visual words of every partition's routing descriptors (routing.fit_codebook on the capture's
+    mapping frames), fitted before the partitions are mapped and kept in ``map_dir``; ``resume`` reuses
+    the kept one, so that finished partitions keep comparable descriptors."""
+    path = map_dir / CODEBOOK_FILE
+    if resume and path.exists():
+        return np.load(path)
+    t0 = time.perf_counter()
+    codebook = fit_codebook(load_scene(dataset, intrinsics).frames("train"), DescriptorEncoder(device=default_device()))
+    np.save(path, codebook)
+    log(f"routing codebook: {len(codebook)} words fitted in {time.perf_counter() - t0:.0f} s")
+    return codebook
 
 
 def _start_ray(address: str | None, workers: int, log) -> Any:
@@ -126,10 +155,14 @@ def map_partitioned(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig
         raise SceneLocError(f"{map_dir}: nothing to resume (no {LAYOUT_FILE})")
     map_dir.mkdir(parents=True, exist_ok=True)
     write_layout(map_dir, parts, info)
+    codebook = routing_codebook(dataset, map_dir, resume, intrinsics, log)
     todo = [p for p in parts if not (resume and partition_done(map_dir / p.name))]
     for p in parts:
         if p not in todo:
             log(f"{p.name}: finished earlier, skipped (--resume)")
+            if not routing_is_current(map_dir / p.name, codebook):   # e.g. made by an earlier sceneloc
+                write_partition_routing(Path(dataset), map_dir / p.name, p.frames, codebook, intrinsics)
+                log(f"{p.name}: routing descriptors refreshed")
     cpus = os.cpu_count() or 1
     workers = max(1, min(workers or cpus, len(todo) or 1))
     ray = _start_ray(ray_address, workers if not (ray_address or os.environ.get("RAY_ADDRESS")) else 0, log)
@@ -146,7 +179,7 @@ def map_partitioned(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig
         f"thread(s), {memory / 2 ** 30:.1f} GiB{', 1 GPU' if gpus else ''})")
     t0 = time.perf_counter()
     pending = {task.remote(str(Path(dataset).resolve()), str((map_dir / p.name).resolve()), cfg, p.frames, threads,
-                           intrinsics): p.name for p in todo}
+                           codebook, intrinsics): p.name for p in todo}
     done: list[dict] = []
     try:
         while pending:
