@@ -42,7 +42,7 @@ def _partitions(text: str) -> int | None:
 
 def add_scale_options(sub: argparse._SubParsersAction, mapping_config: Callable[[argparse.Namespace], MappingConfig],
                       pose_config: Callable[[argparse.Namespace], PoseConfig]) -> None:
-    """Partition/Ray options on ``map`` and routing on ``localize`` (subparsers of ``sub``); the plain
+    """Partition/Ray options on ``map`` and routing on ``localize`` and ``evaluate`` (subparsers of ``sub``); the plain
     handlers stay in charge of single maps. ``mapping_config``/``pose_config`` read the parsed options."""
     map_parser, localize_parser = sub.choices["map"], sub.choices["localize"]
     g = map_parser.add_argument_group("large spaces (partitioned maps built on Ray; docs/scale.md)")
@@ -66,6 +66,10 @@ def add_scale_options(sub: argparse._SubParsersAction, mapping_config: Callable[
     localize_parser.add_argument("--top-k", type=int, default=DEFAULT_TOP_K,
                                  help="a partitioned map or a folder of maps as MAP_DIR: the query goes to the "
                                       "K maps whose mapping frames look most like it (default %(default)s)")
+    sub.choices["evaluate"].add_argument("--top-k", type=int, default=DEFAULT_TOP_K,
+                                         help="a partitioned map or a folder of maps as MAP_DIR: each frame goes to "
+                                              "the K maps whose mapping frames look most like it (default "
+                                              "%(default)s)")
     plain_localize = localize_parser.get_default("func")
     localize_parser.set_defaults(func=_localize_handler(plain_localize, pose_config))
 

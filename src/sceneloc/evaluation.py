@@ -43,6 +43,7 @@ from .plots import plot_error_cdf, plot_error_histogram, plot_examples, plot_rel
 from .pose_config import MODES, PoseConfig, estimator_config
 from .progress import progress as progress_bar
 from .report_tables import metric_number
+from .routing import DEFAULT_TOP_K, MapSet, is_map_set, localize_routed_frames, routed_pose_columns
 from .scenemap import Map, localize_frames
 from .validation import check_output_path
 
@@ -286,11 +287,13 @@ def match_pose_records(records: list, frames: list, path: Path) -> tuple[list, i
 def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "test",
              mode: str = "rgb", estimator: PoseConfig | str | None = None, poses: str | Path | None = None,
              force: bool = False, seed: int = 0, device: str | None = None, intrinsics: np.ndarray | None = None,
-             progress: bool = True, allow_missing: bool = False) -> dict:
+             progress: bool = True, allow_missing: bool = False, top_k: int = DEFAULT_TOP_K) -> dict:
     """``sceneloc evaluate``: localize ``split`` (or read ``poses``) and write the report folder.
 
-    ``map_dir`` is a map directory or an already loaded :class:`sceneloc.scenemap.Map`; ``estimator``
-    is :meth:`Map.localize`'s (a ``PoseConfig``, a method name, or None: the default).
+    ``map_dir`` is a map directory, an already loaded :class:`sceneloc.scenemap.Map`, or a partitioned
+    map or folder of maps (routing.py: each frame localized by its ``top_k`` routed maps; the pose file
+    gains the winner's ``map_index``); ``estimator`` is :meth:`Map.localize`'s (a ``PoseConfig``, a
+    method name, or None: the default).
     Returns the metrics dictionary (also ``out_dir/metrics.json``, infinite medians as null there).
     A pose file that misses frames of the split is refused unless ``allow_missing`` (they then count
     as failures); ``pose_coverage`` in the metrics says how many it lists.
@@ -303,7 +306,11 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
     if mode not in MODES:
         raise SceneLocError(f"unknown mode {mode!r} (choose rgb or rgbd)")
     config = estimator_config(estimator)
-    the_map = map_dir if isinstance(map_dir, Map) else Map.load(map_dir, device=device)
+    routed = not isinstance(map_dir, Map) and is_map_set(Path(map_dir))
+    if routed and top_k < 1:
+        raise SceneLocError(f"--top-k {top_k}: need at least 1")
+    the_map: Map | MapSet = (map_dir if isinstance(map_dir, Map) else MapSet.load(map_dir, device=device) if routed
+                             else Map.load(map_dir, device=device))
     map_name = "(in-memory map)" if isinstance(map_dir, Map) else str(map_dir)
     scene = load_scene(dataset, intrinsics)
     frames = scene.frames(split)
@@ -314,7 +321,20 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
             raise SceneLocError(f"{missing[0].image_path}: missing depth (rgbd mode needs a depth map per frame)")
     diag = Diagnostics(config.n_k, config.n_best, np.random.default_rng(seed))
 
-    if poses is None:
+    if poses is None and isinstance(the_map, MapSet):
+        records = []
+        names = list(the_map.maps)
+        for frame, r in localize_routed_frames(the_map, frames, mode, config, seed, top_k, True, progress):
+            res = r.result
+            records.append(PoseRecord(frame.name, res.pose, routed_pose_columns(r, names), res.failure))
+            if res.pixels is not None and res.coords is not None:   # None: the map failed before predicting
+                _add_frame(diag, the_map.maps[r.source or names[0]], frame, res.pixels, res.coords, res.confidence,
+                           res.used if res.pose is not None else None)
+        source = f"localized ({config.method}, routed to the top {top_k} of {len(names)} maps)"
+        notes.append(f"map set of {len(names)} maps; map_index in poses.txt: "
+                     + ", ".join(f"{i} = {n}" for i, n in enumerate(names)))
+    elif poses is None:
+        assert isinstance(the_map, Map)
         records = []
         for frame, res in localize_frames(the_map, frames, mode, config, seed, progress, keep_points=True):
             records.append(PoseRecord(frame.name, res.pose, res.pose_file_columns(), res.failure))
@@ -333,9 +353,11 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
             notes.append(f"{absent} frames of the split are not in {poses.name}: counted as failures")
         # The file has no correspondences: run the network alone for the correspondence figures.
         for frame in progress_bar(frames, desc="predicting", unit="frame", disable=not progress, dynamic_ncols=True):
-            pred = the_map.predict(frame.load_image())
+            image = frame.load_image()
+            net_map = the_map.top_map(image) if isinstance(the_map, MapSet) else the_map
+            pred = net_map.predict(image)
             conf = None if pred.confidence is None else pred.confidence.reshape(-1)
-            _add_frame(diag, the_map, frame, pred.pixels.reshape(-1, 2), pred.coords.reshape(-1, 3), conf, None)
+            _add_frame(diag, net_map, frame, pred.pixels.reshape(-1, 2), pred.coords.reshape(-1, 3), conf, None)
         notes.append(f"poses read from {poses}; correspondence statistics come from running the network alone, "
                      "so the inlier share of the points used for the pose is not available")
         source = f"from {poses.name}"

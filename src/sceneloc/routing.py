@@ -30,7 +30,8 @@ from .encoders import load_encoder
 from .errors import SceneLocError
 from .partition import LAYOUT_FILE, read_layout
 from .pose_config import MODES, PoseConfig
-from .scenemap import Localization, Map
+from .progress import progress as progress_bar
+from .scenemap import DEFAULT_POSE_POINTS, Localization, Map, Prediction
 
 ROUTING_FILE = "routing.npz"
 #: rows x columns of the query image the encoder sees for its descriptor (multiples of 32)
@@ -167,11 +168,13 @@ class RoutedLocalization:
     """A query localized by a map set: the winning ``result`` (a ``Localization``; its pose None when
     no routed map found one), the winning map's ``name`` (None then), the routed maps with their
     routing scores ``[(name, similarity)]`` best first, and ``timings`` in ms (descriptor, retrieval,
-    each routed map's localization as ``localize_<name>_ms``, total)."""
+    each routed map's localization as ``localize_<name>_ms``, total), and the ``source`` map of
+    ``result`` (also when it is a failure)."""
     result: Localization
     name: str | None
     routed: list[tuple[str, float]]
     timings: dict[str, float] = field(default_factory=dict)
+    source: str | None = None
 
 
 class MapSet:
@@ -264,18 +267,35 @@ class MapSet:
         assert best is not None   # routed holds at least one map
         timings["total_ms"] = (time.perf_counter() - t0) * 1e3
         _, name, res = best
-        return RoutedLocalization(res, name if res.pose is not None else None, routed, timings)
+        return RoutedLocalization(res, name if res.pose is not None else None, routed, timings, source=name)
+
+    def top_map(self, image: np.ndarray) -> Map:
+        """The map an ``(H, W, 3)`` query is routed to first (a map without descriptors when none has them)."""
+        routed, _ = self.route(image, 1)
+        return self.maps[routed[0][0]]
+
+    def predict(self, image: np.ndarray, max_points: int = DEFAULT_POSE_POINTS) -> Prediction:
+        """``Map.predict`` by the query's top-routed map (the report's example figures of a map set)."""
+        return self.top_map(image).predict(image, max_points=max_points)
+
+    @property
+    def classifier(self) -> torch.nn.Module | None:
+        """The inlier classifier of the first map when every map has one (the report's ROC caption), else None."""
+        nets = [m.classifier for m in self.maps.values()]
+        return nets[0] if all(n is not None for n in nets) else None
 
 
 def localize_routed_frames(maps: MapSet, frames: list[Frame], mode: str = "rgb",
                            estimator: PoseConfig | str | None = None, seed: int = 0, top_k: int = DEFAULT_TOP_K,
-                           keep_points: bool = False) -> Iterator[tuple[Frame, RoutedLocalization]]:
+                           keep_points: bool = False, progress: bool = False
+                           ) -> Iterator[tuple[Frame, RoutedLocalization]]:
     """Dataset ``frames`` (``data.Frame``) localized one by one by the map set; yields ``(frame,
     RoutedLocalization)``. ``mode`` rgb or rgbd (the frame's depth); frame ``i`` draws from
     ``default_rng([seed, i])``, as ``scenemap.localize_frames``, so that it does not depend on the others."""
     if mode not in MODES:
         raise SceneLocError(f"unknown mode {mode!r} (choose rgb or rgbd)")
-    for i, frame in enumerate(frames):
+    for i, frame in enumerate(progress_bar(frames, desc=f"localizing ({mode}, routed)", unit="frame",
+                                           disable=not progress, dynamic_ncols=True, mininterval=1.0)):
         image = frame.load_image()
         depth = frame.load_depth(image.shape[:2]) if mode == "rgbd" else None
         routed = maps.localize(image, depth, frame.K, estimator, np.random.default_rng([seed, i]), top_k)
