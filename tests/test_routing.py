@@ -2,6 +2,7 @@
 partition in this process, ``localize`` and ``evaluate`` over it, and the input checks of a map set."""
 
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -14,7 +15,7 @@ from sceneloc.errors import SceneLocError
 from sceneloc.geometry import read_pose_file
 from sceneloc.partition import write_layout
 from sceneloc.routing import ROUTING_FILE, MapSet, fit_codebook, read_routing, vlad
-from sceneloc.scale import map_partition, plan_partitions, routing_codebook, write_partition_routing
+from sceneloc.scale import map_partition, map_partitioned, plan_partitions, routing_codebook, write_partition_routing
 from sceneloc.training import MappingConfig
 
 
@@ -43,12 +44,12 @@ class _ClusteredFeatures:
 def test_codebook_finds_the_clusters_and_is_reproducible():
     directions = np.eye(8)[[0, 3, 6]]
     frames = [_Image(i) for i in range(10)]
-    words = fit_codebook(frames, _ClusteredFeatures(directions), words=3, samples=2000)   # type: ignore[arg-type]
+    words = fit_codebook(frames, _ClusteredFeatures(directions), words=3, samples=2000)
     assert words.shape == (3, 8)
     assert np.allclose(np.linalg.norm(words, axis=1), 1, atol=1e-5)
     # every true direction has a word within a few degrees of it
     assert (words @ directions.T).max(axis=0).min() > 0.99
-    again = fit_codebook(frames, _ClusteredFeatures(directions), words=3, samples=2000)  # type: ignore[arg-type]
+    again = fit_codebook(frames, _ClusteredFeatures(directions), words=3, samples=2000)
     assert np.array_equal(words, again)
 
 
@@ -197,3 +198,24 @@ def test_map_set_localize_checks_its_inputs(tmp_path, tiny_scene, capsys, args, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sceneloc: error:") and message in err[0]
     assert (tmp_path / "EXISTS").read_text() == "mine\n" and not (tmp_path / "p.txt").exists()
+
+
+@pytest.mark.slow
+def test_resume_refreshes_routing_of_an_earlier_format_without_remapping(tiny_scene, tiny_parts, tmp_path):
+    out = tmp_path / "parts"
+    shutil.copytree(tiny_parts, out)
+    descriptors, codebook = read_routing(tiny_parts / "part-00")
+    names = np.load(tiny_parts / "part-00" / ROUTING_FILE)["names"]
+    np.savez_compressed(out / "part-00" / ROUTING_FILE, names=names, descriptors=np.zeros((len(names), 1536)))
+    with pytest.raises(SceneLocError, match="earlier sceneloc"):
+        MapSet.load(out)
+    weights = (out / "part-00" / "coordinates.pt").read_bytes()
+    lines: list[str] = []
+    parts = plan_partitions(tiny_scene, None, "folder", 0.5)
+    report = map_partitioned(tiny_scene, out, tiny_config(), parts, resume=True, log=lines.append)
+    assert "part-00: routing descriptors refreshed" in lines and "part-01: routing descriptors refreshed" not in lines
+    assert report["mapped"] == [] and not any("on Ray" in ln for ln in lines)      # nothing mapped, no Ray started
+    refreshed, same_words = read_routing(out / "part-00")
+    assert np.array_equal(same_words, codebook) and np.allclose(refreshed, descriptors, atol=1e-3)
+    assert (out / "part-00" / "coordinates.pt").read_bytes() == weights
+    assert MapSet.load(out).encoder is not None

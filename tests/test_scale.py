@@ -77,6 +77,9 @@ def test_partitioned_map_on_local_ray_resumes_and_localizes(tiny_scene, tmp_path
     assert main(["map", str(tiny_scene), str(out), "--partition-by", "folder", "--resume", *QUICK]) == 0
     printed = capsys.readouterr().out
     assert "part-00: finished earlier, skipped" in printed and "part-01: mapped" in printed
+    resumed = json.loads((out / "scale_report.json").read_text())   # the first run's part-00 summary is kept
+    assert [r["name"] for r in resumed["mapped"]] == ["part-01"]
+    assert resumed["mapped_earlier"] == [r for r in report["mapped"] if r["name"] == "part-00"]
     # the mapping frames route to their own partition (seq-01 -> part-00, seq-02 -> part-01)
     maps = MapSet.load(out)
     for f in load_scene(tiny_scene).frames("train"):

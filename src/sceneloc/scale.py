@@ -163,6 +163,33 @@ def map_partitioned(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig
             if not routing_is_current(map_dir / p.name, codebook):   # e.g. made by an earlier sceneloc
                 write_partition_routing(Path(dataset), map_dir / p.name, p.frames, codebook, intrinsics)
                 log(f"{p.name}: routing descriptors refreshed")
+    earlier = _earlier_summaries(map_dir, [p.name for p in parts if p not in todo]) if resume else []
+    t0 = time.perf_counter()
+    done, used = _map_on_ray(dataset, map_dir, cfg, todo, codebook, intrinsics, ray_address, workers, log) if todo \
+        else ([], None)
+    report = {"partitions": len(parts), "mapped": done, "mapped_earlier": earlier, "workers": used,
+              "wall_seconds": round(time.perf_counter() - t0, 1)}
+    (map_dir / "scale_report.json").write_text(json.dumps(report, indent=2))
+    log(f"partitioned map written to {map_dir} ({len(parts)} partitions, {len(done)} mapped now, "
+        f"{report['wall_seconds']:.0f} s)")
+    return report
+
+
+def _earlier_summaries(map_dir: Path, names: list[str]) -> list[dict]:
+    """The task summaries of partitions ``names`` from the map's previous ``scale_report.json`` (a resumed
+    run keeps what the run that mapped them measured)."""
+    try:
+        old = json.loads((map_dir / "scale_report.json").read_text())
+    except (OSError, ValueError):
+        return []
+    runs = [*old.get("mapped", []), *old.get("mapped_earlier", [])] if isinstance(old, dict) else []
+    return [r for r in runs if isinstance(r, dict) and r.get("name") in names]
+
+
+def _map_on_ray(dataset: str | Path, map_dir: Path, cfg: MappingConfig, todo: list[Partition], codebook: np.ndarray,
+                intrinsics: np.ndarray | None, ray_address: str | None, workers: int | None,
+                log) -> tuple[list[dict], int | None]:
+    """Map the partitions ``todo``, one Ray task each; their summaries, and the local workers (None on a cluster)."""
     cpus = os.cpu_count() or 1
     workers = max(1, min(workers or cpus, len(todo) or 1))
     ray = _start_ray(ray_address, workers if not (ray_address or os.environ.get("RAY_ADDRESS")) else 0, log)
@@ -174,10 +201,9 @@ def map_partitioned(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig
     memory = int(cfg.buffer_mb * 2 ** 20 * 1.2) + TASK_BASE_MEMORY_BYTES
     task = ray.remote(map_partition).options(num_cpus=1, num_gpus=gpus, memory=memory, max_retries=RETRIES,
                                              retry_exceptions=[RuntimeError, OSError, MemoryError])
-    log(f"{len(parts)} partitions ({len(todo)} to map) on Ray "
+    log(f"{len(todo)} partitions to map on Ray "
         f"({'local, ' + str(workers) + ' at once' if local else 'cluster'}; per task 1 CPU slot, {threads} torch "
         f"thread(s), {memory / 2 ** 30:.1f} GiB{', 1 GPU' if gpus else ''})")
-    t0 = time.perf_counter()
     pending = {task.remote(str(Path(dataset).resolve()), str((map_dir / p.name).resolve()), cfg, p.frames, threads,
                            codebook, intrinsics): p.name for p in todo}
     done: list[dict] = []
@@ -199,8 +225,4 @@ def map_partitioned(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig
                 f"({len(done)}/{len(todo)} done)")
     finally:   # stops a local Ray; leaves a cluster, which keeps running
         ray.shutdown()
-    report = {"partitions": len(parts), "mapped": done, "workers": workers if local else None,
-              "wall_seconds": round(time.perf_counter() - t0, 1)}
-    (map_dir / "scale_report.json").write_text(json.dumps(report, indent=2))
-    log(f"partitioned map written to {map_dir} ({len(parts)} partitions, {report['wall_seconds']:.0f} s)")
-    return report
+    return done, workers if local else None
