@@ -131,6 +131,8 @@ def test_evaluate_on_a_partitioned_map_is_the_routed_localization(tiny_scene, ti
     assert metrics["frames"] == len(frames) and metrics["map"] == str(tiny_parts)
     assert "routed to the top 2 of 2 maps" in metrics["pose_source"]
     assert (report / "index.html").exists() and (report / "report.md").exists()
+    timing = metrics["timing_ms"]   # the routing and all routed maps' localizations, besides the winner's
+    assert 0 < timing["routing"]["median"] and timing["total"]["median"] <= timing["routed total"]["median"]
     # the report's poses are those of `localize` on the map set: same routing, same seeds
     by_cli = {r.image: r for r in read_pose_file(poses)}
     in_report = read_pose_file(report / "poses.txt")

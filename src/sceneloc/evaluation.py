@@ -63,6 +63,8 @@ PLOT_FILES = {
 REJECT_BELOW = 0.5
 REPORT_FILES = ("metrics.json", "report.md", "index.html", "poses.txt", *PLOT_FILES.values())
 TIMING_KEYS = {"network": "network_ms", "sampling": "sampling_ms", "refinement": "refinement_ms", "total": "time_ms"}
+#: a map set's frames also time their routing and all their routed maps' localizations (``total``: the winner's)
+ROUTED_TIMING_KEYS = {**TIMING_KEYS, "routing": "routing_ms", "routed total": "routed_total_ms"}
 
 
 # ============================================================================================ metrics
@@ -135,10 +137,11 @@ def near_training_share(train_poses: np.ndarray, test_poses: np.ndarray, max_m: 
     return float(np.mean(nearest_training_distances(train_poses, test_poses, max_deg) < max_m))
 
 
-def timing_summary(extras: Sequence[dict[str, float]]) -> dict:
-    """Median and 95th percentile (ms) of each stage over frames; None where no frame reports it."""
+def timing_summary(extras: Sequence[dict[str, float]], keys: dict[str, str] = TIMING_KEYS) -> dict:
+    """Median and 95th percentile (ms) of each stage (``keys``: name -> column) over frames; None where no
+    frame reports it."""
     out = {}
-    for name, key in TIMING_KEYS.items():
+    for name, key in keys.items():
         vals = np.array([e.get(key, np.nan) for e in extras], dtype=float)
         vals = vals[np.isfinite(vals)]
         out[name] = ({"median": float(np.median(vals)), "p95": float(np.percentile(vals, 95))}
@@ -363,10 +366,11 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
         source = f"from {poses.name}"
 
     rot, trans = pose_error_arrays([r.pose for r in records], [f.pose for f in frames])
+    timing_keys = ROUTED_TIMING_KEYS if isinstance(the_map, MapSet) else TIMING_KEYS
     metrics = {"scene": _scene_name(scene.root), "dataset": str(scene.root), "map": map_name, "split": split,
                "mode": mode, "solver": "PnP" if mode == "rgb" else "Kabsch", "pose_source": source,
                **pose_metrics(rot, trans), "inlier_share": diag.inlier_shares(),
-               "timing_ms": timing_summary([r.extras for r in records]), "notes": notes, "plots": [],
+               "timing_ms": timing_summary([r.extras for r in records], timing_keys), "notes": notes, "plots": [],
                "near_training": _near_training(scene, split, frames)}
     probability = np.array([r.extras.get("probability", np.nan) for r in records], dtype=np.float64)
     if np.isfinite(probability).any():
