@@ -88,7 +88,10 @@ def routing_codebook(dataset: str | Path, map_dir: Path, resume: bool, intrinsic
     the kept one, so that finished partitions keep comparable descriptors."""
     path = map_dir / CODEBOOK_FILE
     if resume and path.exists():
-        return np.load(path)
+        try:
+            return np.load(path)
+        except (OSError, ValueError):   # unreadable: fit again (finished partitions are then re-described)
+            log(f"{path}: unreadable, fitting the routing codebook again")
     t0 = time.perf_counter()
     codebook = fit_codebook(load_scene(dataset, intrinsics).frames("train"), DescriptorEncoder(device=default_device()))
     np.save(path, codebook)
