@@ -33,8 +33,8 @@ from .diagnostics import (
     FIG2_SAMPLES_PER_FRAME,
     INLIER_THRESHOLD_M,
     Diagnostics,
-    _add_frame,
-    _concat_finite,
+    add_frame,
+    concat_finite,
     example_maps,
 )
 from .errors import SceneLocError, refuse_to_overwrite
@@ -331,7 +331,7 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
             res = r.result
             records.append(PoseRecord(frame.name, res.pose, routed_pose_columns(r, names), res.failure))
             if res.pixels is not None and res.coords is not None:   # None: the map failed before predicting
-                _add_frame(diag, the_map.maps[r.source or names[0]], frame, res.pixels, res.coords, res.confidence,
+                add_frame(diag, the_map.maps[r.source or names[0]], frame, res.pixels, res.coords, res.confidence,
                            res.used if res.pose is not None else None)
         source = f"localized ({config.method}, routed to the top {top_k} of {len(names)} maps)"
         notes.append(f"map set of {len(names)} maps; map_index in poses.txt: "
@@ -341,7 +341,7 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
         records = []
         for frame, res in localize_frames(the_map, frames, mode, config, seed, progress, keep_points=True):
             records.append(PoseRecord(frame.name, res.pose, res.pose_file_columns(), res.failure))
-            _add_frame(diag, the_map, frame, res.pixels, res.coords, res.confidence,
+            add_frame(diag, the_map, frame, res.pixels, res.coords, res.confidence,
                        res.used if res.pose is not None else None)
         source = f"localized ({config.method})"
     else:
@@ -360,7 +360,7 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
             net_map = the_map.top_map(image) if isinstance(the_map, MapSet) else the_map
             pred = net_map.predict(image)
             conf = None if pred.confidence is None else pred.confidence.reshape(-1)
-            _add_frame(diag, net_map, frame, pred.pixels.reshape(-1, 2), pred.coords.reshape(-1, 3), conf, None)
+            add_frame(diag, net_map, frame, pred.pixels.reshape(-1, 2), pred.coords.reshape(-1, 3), conf, None)
         notes.append(f"poses read from {poses}; correspondence statistics come from running the network alone, "
                      "so the inlier share of the points used for the pose is not available")
         source = f"from {poses.name}"
@@ -425,7 +425,7 @@ def _write_plots(out: Path, metrics: dict, diag: Diagnostics, the_map, frames: l
         add("histogram", "Coordinate errors of the points used for pose estimation (paper Fig. 2)",
             f"Normalised histograms of the ground-truth errors of N_k = {diag.n_k} randomly sampled predictions "
             f"and of the {diag.n_best} most confident of them, {FIG2_SAMPLES_PER_FRAME} samples per frame.")
-        labels = _concat_finite(diag.roc_errors) < INLIER_THRESHOLD_M
+        labels = concat_finite(diag.roc_errors) < INLIER_THRESHOLD_M
         if not diag.roc_scores:
             notes.append("no ROC: the map has no confidence network")
         elif labels.all() or not labels.any():
