@@ -6,7 +6,7 @@ removes makes it fail once only, whichever worker retries it. Not a test module 
 import os
 from pathlib import Path
 
-import sceneloc.scale as scale
+import sceneloc.scale.ray_mapping as scale
 
 #: the marker file: present until the first attempt fails
 MARKER_ENV = "SCENELOC_TEST_FAULT_MARKER"

@@ -9,18 +9,24 @@ import cv2
 import numpy as np
 import pytest
 
-from sceneloc.cli import main
-from sceneloc.data import load_scene
+from sceneloc.cli.main import main
+from sceneloc.data.dataset import load_scene
 from sceneloc.errors import SceneLocError
 from sceneloc.geometry import read_pose_file
-from sceneloc.partition import write_layout
-from sceneloc.routing import ROUTING_FILE, MapSet, fit_codebook, read_routing, vlad
-from sceneloc.scale import map_partition, map_partitioned, plan_partitions, routing_codebook, write_partition_routing
-from sceneloc.training import MappingConfig
+from sceneloc.scale.partition import write_layout
+from sceneloc.scale.ray_mapping import (
+    map_partition,
+    map_partitioned,
+    plan_partitions,
+    routing_codebook,
+    write_partition_routing,
+)
+from sceneloc.scale.routing import ROUTING_FILE, MapSet, fit_codebook, read_routing, vlad
+from sceneloc.training.trainers import MappingConfig
 
 
 class _Image:
-    """A stand-in for ``data.Frame``: its ``load_image`` is its index (the fake encoder's input)."""
+    """A stand-in for ``data.dataset.Frame``: its ``load_image`` is its index (the fake encoder's input)."""
 
     def __init__(self, i: int):
         self.i = i

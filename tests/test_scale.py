@@ -18,13 +18,13 @@ import pytest
 import torch
 from ray_faults import MARKER_ENV  # tests/ray_faults.py: the fault that every Ray worker of one test loads
 
-from sceneloc.cli import main
-from sceneloc.data import load_scene
-from sceneloc.mapping import map_scene
-from sceneloc.partition import read_layout
-from sceneloc.routing import MapSet, is_map_set
-from sceneloc.scale import LOCAL_OBJECT_STORE_BYTES, map_partitioned, plan_partitions
-from sceneloc.training import MappingConfig
+from sceneloc.cli.main import main
+from sceneloc.data.dataset import load_scene
+from sceneloc.mapping.build import map_scene
+from sceneloc.scale.partition import read_layout
+from sceneloc.scale.ray_mapping import LOCAL_OBJECT_STORE_BYTES, map_partitioned, plan_partitions
+from sceneloc.scale.routing import MapSet, is_map_set
+from sceneloc.training.trainers import MappingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 # a tiny xfeat map: seconds per partition on one core
