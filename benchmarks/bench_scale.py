@@ -38,7 +38,7 @@ from sceneloc.data.dataset import evenly_spaced, load_scene
 from sceneloc.geometry import pose_errors
 from sceneloc.mapping.scene_map import Map
 from sceneloc.scale.partition import read_layout
-from sceneloc.scale.routing import MapSet
+from sceneloc.scale.routing import ROUTING_FILE, MapSet
 
 #: mapping options shared by every map of the benchmark (images are 320 x 240: the encoder sees 240 rows)
 MAP_ARGS = ["--input-height", "240", "--buffer-mb", "192", "--buffer-copies", "1", "--no-confidence",
@@ -114,6 +114,30 @@ def routing_at_k(map_set: MapSet, frames: list, rooms: dict[str, str], part_room
     return {k: float(np.mean(v)) for k, v in hits.items()}
 
 
+def routing_other_walks(parts_dir: Path, map_set: MapSet, rooms: dict[str, str], part_rooms: dict[str, set[str]],
+                        ks: tuple[int, ...] = (1, 2, 3)) -> dict[str, float]:
+    """Routing that does not look at the test walks: each mapping frame's stored descriptor routed against the
+    mapping frames of the other walks only (its own walk removed from every partition); share of frames whose
+    own room is among the rooms of their top-k partitions, per k."""
+    names = {n: [str(x) for x in np.load(parts_dir / n / ROUTING_FILE)["names"]] for n in map_set.references}
+    queries: dict[str, np.ndarray] = {}
+    for n, frames in names.items():
+        for f, d in zip(frames, map_set.centred[n][0], strict=True):
+            queries.setdefault(f, d / max(float(np.linalg.norm(d)), 1e-12))
+    hits: dict[str, list[bool]] = {f"top{k}": [] for k in ks}
+    for f, q in queries.items():
+        walk = Path(f).parts[0]
+        scores = []
+        for n, frames in names.items():
+            r, norms = map_set.centred[n]
+            keep = np.array([Path(g).parts[0] != walk for g in frames])
+            scores.append((float(((r[keep] @ q) / norms[keep]).max()) if keep.any() else -np.inf, n))
+        order = [n for _, n in sorted(scores, reverse=True)]
+        for k in ks:
+            hits[f"top{k}"].append(any(rooms[walk] in part_rooms[n] for n in order[:k]))
+    return {k: float(np.mean(v)) for k, v in hits.items()}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, required=True, help="the floor dataset (rendered here when absent)")
@@ -157,7 +181,12 @@ def main(argv: list[str] | None = None) -> dict:
     single_map, map_set = Map.load(single), MapSet.load(parts_dir)
     results["routing_all_test_frames"] = routing_at_k(map_set, test, rooms, part_rooms)
     print(f"routing, all {len(test)} test frames: {results['routing_all_test_frames']}", flush=True)
+    results["routing_mapping_frames_other_walks"] = routing_other_walks(parts_dir, map_set, rooms, part_rooms)
+    print(f"routing, mapping frames against the other walks' frames: "
+          f"{results['routing_mapping_frames_other_walks']}", flush=True)
     if args.routing_only:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))
         return results
     for mode in ("rgb", "rgbd"):
         results[f"single_{mode}"] = evaluate(single_map, queries, mode, args.top_k)

@@ -16,11 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from ray_faults import MARKER_ENV  # tests/ray_faults.py: the fault that every Ray worker of one test loads
 
 from sceneloc.cli.main import main
 from sceneloc.data.dataset import load_scene
 from sceneloc.mapping.build import map_scene
 from sceneloc.scale.partition import read_layout
+from sceneloc.scale.ray_mapping import LOCAL_OBJECT_STORE_BYTES, map_partitioned, plan_partitions
 from sceneloc.scale.routing import MapSet, is_map_set
 from sceneloc.training.trainers import MappingConfig
 
@@ -35,6 +37,11 @@ QUICK = [*TINY[:10], "--iterations", "100", "--no-confidence", "--no-test-eval"]
 def tiny_config() -> MappingConfig:
     return MappingConfig(head_width=64, head_blocks=1, input_height=128, buffer_mb=4, buffer_copies=2,
                          iterations=300, confidence=False)
+
+
+def quick_config() -> MappingConfig:
+    return MappingConfig(head_width=64, head_blocks=1, input_height=128, buffer_mb=4, buffer_copies=2,
+                         iterations=100, confidence=False)
 
 
 def free_port() -> int:
@@ -70,6 +77,9 @@ def test_partitioned_map_on_local_ray_resumes_and_localizes(tiny_scene, tmp_path
     assert main(["map", str(tiny_scene), str(out), "--partition-by", "folder", "--resume", *QUICK]) == 0
     printed = capsys.readouterr().out
     assert "part-00: finished earlier, skipped" in printed and "part-01: mapped" in printed
+    resumed = json.loads((out / "scale_report.json").read_text())   # the first run's part-00 summary is kept
+    assert [r["name"] for r in resumed["mapped"]] == ["part-01"]
+    assert resumed["mapped_earlier"] == [r for r in report["mapped"] if r["name"] == "part-00"]
     # the mapping frames route to their own partition (seq-01 -> part-00, seq-02 -> part-01)
     maps = MapSet.load(out)
     for f in load_scene(tiny_scene).frames("train"):
@@ -80,6 +90,31 @@ def test_partitioned_map_on_local_ray_resumes_and_localizes(tiny_scene, tmp_path
     assert main(["localize", str(out), str(tiny_scene), "--out", str(poses), "--top-k", "2"]) == 0
     lines = [ln for ln in poses.read_text().splitlines() if not ln.startswith("#")]
     assert len(lines) == len(load_scene(tiny_scene).frames("test"))
+
+
+@pytest.mark.slow
+def test_a_partition_that_fails_once_is_retried_and_the_map_completes(tiny_scene, tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray")
+    marker = tmp_path / "fault"
+    marker.touch()
+    monkeypatch.setenv(MARKER_ENV, str(marker))
+    env = {"PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT / 'tests'}", MARKER_ENV: str(marker)}
+    # map_partitioned joins a Ray that is already running: this one's workers carry the fault
+    ray.init(num_cpus=1, include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+             runtime_env={"worker_process_setup_hook": "ray_faults.fail_first_partition_once", "env_vars": env})
+    out = tmp_path / "parts"
+    try:
+        parts = plan_partitions(tiny_scene, None, "folder", 0.5)
+        report = map_partitioned(tiny_scene, out, quick_config(), parts, workers=1, log=lambda *a: None)
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+    assert not marker.exists()                       # the fault fired ...
+    attempts = marker.with_suffix(".attempts").read_text().split()
+    failed = attempts[0]
+    assert sorted(attempts) == sorted([failed, failed, *(p.name for p in parts if p.name != failed)])
+    assert sorted(r["name"] for r in report["mapped"]) == ["part-00", "part-01"]   # ... and Ray retried it
+    check_partitioned_map(tiny_scene, out, 2)
 
 
 @pytest.mark.slow

@@ -348,7 +348,7 @@ def _cmd_localize(args: argparse.Namespace) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     check_config_budgets(args)   # --seed, --n-k
     K = parse_intrinsics(args.intrinsics) if args.intrinsics else None
-    m = evaluate(args.map_dir, args.dataset, args.out, split=args.split, mode=args.mode,
+    m = evaluate(args.map_dir, args.dataset, args.out, split=args.split, mode=args.mode, top_k=args.top_k,
                  estimator=_pose_config(args), poses=args.poses, force=args.force, seed=args.seed,
                  device=args.device, intrinsics=K, progress=not args.quiet, allow_missing=args.allow_missing)
     if "pose_coverage" in m:
@@ -361,7 +361,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _add_evaluate_arguments(s: argparse.ArgumentParser) -> None:
-    s.add_argument("map_dir", help="a map written by 'sceneloc map'")
+    s.add_argument("map_dir", help="a map written by 'sceneloc map' (or a partitioned map / folder of maps: routed)")
     s.add_argument("dataset", help="dataset root with ground-truth poses (and depth for the coordinate errors)")
     s.add_argument("--split", default="test", help="split to evaluate (default %(default)s)")
     s.add_argument("--mode", choices=["rgb", "rgbd"], default="rgb",

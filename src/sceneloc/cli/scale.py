@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sceneloc.cli.batch import check_localize_inputs
 from sceneloc.data.dataset import load_scene
 from sceneloc.data.readers import parse_intrinsics, read_depth, read_image
 from sceneloc.errors import SceneLocError
@@ -21,7 +22,7 @@ from sceneloc.geometry import PoseRecord, write_pose_file
 from sceneloc.pose.config import PoseConfig
 from sceneloc.scale.partition import LAYOUT_FILE, PARTITION_METHODS
 from sceneloc.scale.ray_mapping import map_partitioned, plan_partitions
-from sceneloc.scale.routing import DEFAULT_TOP_K, MapSet, is_map_set
+from sceneloc.scale.routing import DEFAULT_TOP_K, MapSet, is_map_set, localize_routed_frames, routed_pose_columns
 from sceneloc.training.trainers import MappingConfig
 
 Handler = Callable[[argparse.Namespace], None]
@@ -41,7 +42,7 @@ def _partitions(text: str) -> int | None:
 
 def add_scale_options(sub: argparse._SubParsersAction, mapping_config: Callable[[argparse.Namespace], MappingConfig],
                       pose_config: Callable[[argparse.Namespace], PoseConfig]) -> None:
-    """Partition/Ray options on ``map`` and routing on ``localize`` (subparsers of ``sub``); the plain
+    """Partition/Ray options on ``map`` and routing on ``localize`` and ``evaluate`` (subparsers of ``sub``); the plain
     handlers stay in charge of single maps. ``mapping_config``/``pose_config`` read the parsed options."""
     map_parser, localize_parser = sub.choices["map"], sub.choices["localize"]
     g = map_parser.add_argument_group("large spaces (partitioned maps built on Ray; docs/scale.md)")
@@ -65,6 +66,10 @@ def add_scale_options(sub: argparse._SubParsersAction, mapping_config: Callable[
     localize_parser.add_argument("--top-k", type=int, default=DEFAULT_TOP_K,
                                  help="a partitioned map or a folder of maps as MAP_DIR: the query goes to the "
                                       "K maps whose mapping frames look most like it (default %(default)s)")
+    sub.choices["evaluate"].add_argument("--top-k", type=int, default=DEFAULT_TOP_K,
+                                         help="a partitioned map or a folder of maps as MAP_DIR: each frame goes to "
+                                              "the K maps whose mapping frames look most like it (default "
+                                              "%(default)s)")
     plain_localize = localize_parser.get_default("func")
     localize_parser.set_defaults(func=_localize_handler(plain_localize, pose_config))
 
@@ -90,14 +95,13 @@ def _localize_handler(plain: Handler, pose_config: Callable[[argparse.Namespace]
         if not is_map_set(Path(args.map_dir)):
             plain(args)
             return
-        if args.top_k < 1:
-            raise SceneLocError(f"--top-k {args.top_k}: need at least 1")
+        check_map_set_inputs(args)
         maps = MapSet.load(args.map_dir, device=args.device)
         config = pose_config(args)
         K = parse_intrinsics(args.intrinsics) if args.intrinsics else None
         if args.image:
             image = read_image(Path(args.image))
-            depth = read_depth(Path(args.depth), image.shape[:2]) if args.depth else None
+            depth = read_depth(Path(args.depth), image.shape[:2], args.depth_scale) if args.depth else None
             routed = maps.localize(image, depth, K, config, np.random.default_rng(args.seed), args.top_k)
             res = routed.result
             tried = ", ".join(f"{n} ({s:.2f})" for n, s in routed.routed)
@@ -109,24 +113,14 @@ def _localize_handler(plain: Handler, pose_config: Callable[[argparse.Namespace]
             np.set_printoptions(precision=6, suppress=True)
             print(res.pose)
             return
-        if not args.dataset or not args.out:
-            raise SceneLocError("give a DATASET and --out POSES.txt, or --image IMG")
         out = Path(args.out)
-        if out.exists() and not args.force:
-            raise SceneLocError(f"{out}: exists (use --force to overwrite)")
         names = list(maps.maps)
         records, failures = [], 0
-        for i, frame in enumerate(load_scene(args.dataset, K).frames(args.split)):
-            image = frame.load_image()
-            depth = frame.load_depth(image.shape[:2]) if args.mode == "rgbd" else None
-            routed = maps.localize(image, depth, frame.K, config, np.random.default_rng([args.seed, i]), args.top_k)
+        frames = load_scene(args.dataset, K).frames(args.split)
+        for frame, routed in localize_routed_frames(maps, frames, args.mode, config, args.seed, args.top_k):
             res = routed.result
             failures += res.pose is None
-            extras = {**res.pose_file_columns(),
-                      "map_index": float(names.index(routed.name)) if routed.name else float("nan"),
-                      "routing_ms": routed.timings.get("descriptor_ms", 0.0) + routed.timings.get("retrieval_ms", 0.0),
-                      "routed_total_ms": routed.timings["total_ms"]}
-            records.append(PoseRecord(frame.name, res.pose, extras, res.failure))
+            records.append(PoseRecord(frame.name, res.pose, routed_pose_columns(routed, names), res.failure))
         write_pose_file(out, records, comment=f"sceneloc localize {args.map_dir} {args.dataset} --split {args.split} "
                                               f"--mode {args.mode} --top-k {args.top_k}\nmap_index: "
                                               + " ".join(f"{i}={n}" for i, n in enumerate(names)))
@@ -135,3 +129,15 @@ def _localize_handler(plain: Handler, pose_config: Callable[[argparse.Namespace]
         print(f"{len(records)} frames localized over {len(names)} maps, {failures} not localized; per frame median "
               f"{np.median(total):.0f} ms (routing {np.median(routing):.0f} ms); poses written to {out}")
     return handle
+
+
+def check_map_set_inputs(args: argparse.Namespace) -> None:
+    """``localize``'s checks on a map set, before any map is loaded: those of every localize
+    (cli_batch.check_localize_inputs), ``--top-k``, and the options a map set does not take yet."""
+    check_localize_inputs(args)
+    if args.top_k < 1:
+        raise SceneLocError(f"--top-k {args.top_k}: need at least 1")
+    for flag, given in (("--images", args.images), ("--sequence", args.sequence), ("--rerun", args.rerun)):
+        if given:
+            raise SceneLocError(f"{flag}: not available on a map set ({args.map_dir}) yet; localize a DATASET or "
+                                f"--image IMG, or give one of its maps as MAP_DIR")

@@ -51,6 +51,7 @@ from sceneloc.report.plots import (
     plot_topdown,
 )
 from sceneloc.report.tables import metric_number
+from sceneloc.scale.routing import DEFAULT_TOP_K, MapSet, is_map_set, localize_routed_frames, routed_pose_columns
 from sceneloc.validation import check_output_path
 
 #: (degrees, metres) pose accuracy thresholds; the first is the paper's (Table II).
@@ -69,6 +70,8 @@ PLOT_FILES = {
 REJECT_BELOW = 0.5
 REPORT_FILES = ("metrics.json", "report.md", "index.html", "poses.txt", *PLOT_FILES.values())
 TIMING_KEYS = {"network": "network_ms", "sampling": "sampling_ms", "refinement": "refinement_ms", "total": "time_ms"}
+#: a map set's frames also time their routing and all their routed maps' localizations (``total``: the winner's)
+ROUTED_TIMING_KEYS = {**TIMING_KEYS, "routing": "routing_ms", "routed total": "routed_total_ms"}
 
 
 # ============================================================================================ metrics
@@ -141,10 +144,11 @@ def near_training_share(train_poses: np.ndarray, test_poses: np.ndarray, max_m: 
     return float(np.mean(nearest_training_distances(train_poses, test_poses, max_deg) < max_m))
 
 
-def timing_summary(extras: Sequence[dict[str, float]]) -> dict:
-    """Median and 95th percentile (ms) of each stage over frames; None where no frame reports it."""
+def timing_summary(extras: Sequence[dict[str, float]], keys: dict[str, str] = TIMING_KEYS) -> dict:
+    """Median and 95th percentile (ms) of each stage (``keys``: name -> column) over frames; None where no
+    frame reports it."""
     out = {}
-    for name, key in TIMING_KEYS.items():
+    for name, key in keys.items():
         vals = np.array([e.get(key, np.nan) for e in extras], dtype=float)
         vals = vals[np.isfinite(vals)]
         out[name] = ({"median": float(np.median(vals)), "p95": float(np.percentile(vals, 95))}
@@ -293,11 +297,13 @@ def match_pose_records(records: list, frames: list, path: Path) -> tuple[list, i
 def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "test",
              mode: str = "rgb", estimator: PoseConfig | str | None = None, poses: str | Path | None = None,
              force: bool = False, seed: int = 0, device: str | None = None, intrinsics: np.ndarray | None = None,
-             progress: bool = True, allow_missing: bool = False) -> dict:
+             progress: bool = True, allow_missing: bool = False, top_k: int = DEFAULT_TOP_K) -> dict:
     """``sceneloc evaluate``: localize ``split`` (or read ``poses``) and write the report folder.
 
-    ``map_dir`` is a map directory or an already loaded :class:`sceneloc.mapping.scene_map.Map`; ``estimator``
-    is :meth:`Map.localize`'s (a ``PoseConfig``, a method name, or None: the default).
+    ``map_dir`` is a map directory, an already loaded :class:`sceneloc.mapping.scene_map.Map`, or a partitioned
+    map or folder of maps (scale/routing.py: each frame localized by its ``top_k`` routed maps; the pose file
+    gains the winner's ``map_index``); ``estimator`` is :meth:`Map.localize`'s (a ``PoseConfig``, a
+    method name, or None: the default).
     Returns the metrics dictionary (also ``out_dir/metrics.json``, infinite medians as null there).
     A pose file that misses frames of the split is refused unless ``allow_missing`` (they then count
     as failures); ``pose_coverage`` in the metrics says how many it lists.
@@ -310,7 +316,11 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
     if mode not in MODES:
         raise SceneLocError(f"unknown mode {mode!r} (choose rgb or rgbd)")
     config = estimator_config(estimator)
-    the_map = map_dir if isinstance(map_dir, Map) else Map.load(map_dir, device=device)
+    routed = not isinstance(map_dir, Map) and is_map_set(Path(map_dir))
+    if routed and top_k < 1:
+        raise SceneLocError(f"--top-k {top_k}: need at least 1")
+    the_map: Map | MapSet = (map_dir if isinstance(map_dir, Map) else MapSet.load(map_dir, device=device) if routed
+                             else Map.load(map_dir, device=device))
     map_name = "(in-memory map)" if isinstance(map_dir, Map) else str(map_dir)
     scene = load_scene(dataset, intrinsics)
     frames = scene.frames(split)
@@ -321,7 +331,20 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
             raise SceneLocError(f"{missing[0].image_path}: missing depth (rgbd mode needs a depth map per frame)")
     diag = Diagnostics(config.n_k, config.n_best, np.random.default_rng(seed))
 
-    if poses is None:
+    if poses is None and isinstance(the_map, MapSet):
+        records = []
+        names = list(the_map.maps)
+        for frame, r in localize_routed_frames(the_map, frames, mode, config, seed, top_k, True, progress):
+            res = r.result
+            records.append(PoseRecord(frame.name, res.pose, routed_pose_columns(r, names), res.failure))
+            if res.pixels is not None and res.coords is not None:   # None: the map failed before predicting
+                add_frame(diag, the_map.maps[r.source or names[0]], frame, res.pixels, res.coords, res.confidence,
+                           res.used if res.pose is not None else None)
+        source = f"localized ({config.method}, routed to the top {top_k} of {len(names)} maps)"
+        notes.append(f"map set of {len(names)} maps; map_index in poses.txt: "
+                     + ", ".join(f"{i} = {n}" for i, n in enumerate(names)))
+    elif poses is None:
+        assert isinstance(the_map, Map)
         records = []
         for frame, res in localize_frames(the_map, frames, mode, config, seed, progress, keep_points=True):
             records.append(PoseRecord(frame.name, res.pose, res.pose_file_columns(), res.failure))
@@ -340,18 +363,21 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
             notes.append(f"{absent} frames of the split are not in {poses.name}: counted as failures")
         # The file has no correspondences: run the network alone for the correspondence figures.
         for frame in progress_bar(frames, desc="predicting", unit="frame", disable=not progress, dynamic_ncols=True):
-            pred = the_map.predict(frame.load_image())
+            image = frame.load_image()
+            net_map = the_map.top_map(image) if isinstance(the_map, MapSet) else the_map
+            pred = net_map.predict(image)
             conf = None if pred.confidence is None else pred.confidence.reshape(-1)
-            add_frame(diag, the_map, frame, pred.pixels.reshape(-1, 2), pred.coords.reshape(-1, 3), conf, None)
+            add_frame(diag, net_map, frame, pred.pixels.reshape(-1, 2), pred.coords.reshape(-1, 3), conf, None)
         notes.append(f"poses read from {poses}; correspondence statistics come from running the network alone, "
                      "so the inlier share of the points used for the pose is not available")
         source = f"from {poses.name}"
 
     rot, trans = pose_error_arrays([r.pose for r in records], [f.pose for f in frames])
+    timing_keys = ROUTED_TIMING_KEYS if isinstance(the_map, MapSet) else TIMING_KEYS
     metrics = {"scene": _scene_name(scene.root), "dataset": str(scene.root), "map": map_name, "split": split,
                "mode": mode, "solver": "PnP" if mode == "rgb" else "Kabsch", "pose_source": source,
                **pose_metrics(rot, trans), "inlier_share": diag.inlier_shares(),
-               "timing_ms": timing_summary([r.extras for r in records]), "notes": notes, "plots": [],
+               "timing_ms": timing_summary([r.extras for r in records], timing_keys), "notes": notes, "plots": [],
                "near_training": _near_training(scene, split, frames)}
     probability = np.array([r.extras.get("probability", np.nan) for r in records], dtype=np.float64)
     if np.isfinite(probability).any():

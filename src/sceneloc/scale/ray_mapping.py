@@ -31,7 +31,14 @@ from sceneloc.errors import SceneLocError, refuse_to_overwrite
 from sceneloc.mapping.build import map_scene
 from sceneloc.mapping.scene_map import default_device
 from sceneloc.scale.partition import LAYOUT_FILE, Partition, make_partitions, read_layout, write_layout
-from sceneloc.scale.routing import DescriptorEncoder, frame_descriptors, write_routing
+from sceneloc.scale.routing import (
+    CODEBOOK_FILE,
+    DescriptorEncoder,
+    fit_codebook,
+    frame_descriptors,
+    routing_is_current,
+    write_routing,
+)
 from sceneloc.training.trainers import MappingConfig
 
 #: Ray's object store on a local start: tasks pass paths and small reports only, so keep it small
@@ -48,10 +55,10 @@ def partition_done(part_dir: Path) -> bool:
 
 
 def map_partition(dataset: str, part_dir: str, cfg: MappingConfig, frames: list[str], threads: int,
-                  intrinsics: np.ndarray | None = None) -> dict:
+                  codebook: np.ndarray, intrinsics: np.ndarray | None = None) -> dict:
     """One partition's map (a Ray task's body): ``map_scene`` on its ``frames``, then its routing
-    descriptors. Runs on whatever node Ray picked, with ``threads`` torch threads, on the GPU when the
-    worker has one. Resumes the partition's own checkpoint when an earlier attempt left one."""
+    descriptors over ``codebook``. Runs on whatever node Ray picked, with ``threads`` torch threads, on
+    the GPU when the worker has one. Resumes the partition's own checkpoint when an earlier attempt left one."""
     torch.set_num_threads(max(1, threads))
     d = Path(dataset)
     out = Path(part_dir)
@@ -60,11 +67,36 @@ def map_partition(dataset: str, part_dir: str, cfg: MappingConfig, frames: list[
     resume = (out / "checkpoint.pt").exists() and (out / "mapping_config.json").exists()
     report = map_scene(d, out, cfg, force=True, resume=resume, device=default_device(), intrinsics=intrinsics,
                        evaluate_test=False, frames=frames, log=lambda msg: print(f"[{name}] {msg}", flush=True))
-    keep = set(frames)
-    scene_frames = [f for f in load_scene(d, intrinsics).frames("train") if f.name in keep]
-    write_routing(out, [f.name for f in scene_frames], frame_descriptors(scene_frames, DescriptorEncoder()))
+    write_partition_routing(d, out, frames, codebook, intrinsics)
     return {"name": name, "frames": len(frames), "seconds": round(time.perf_counter() - t0, 1),
             "device": default_device(), "node": os.uname().nodename, "steps": report["training"]["steps"]}
+
+
+def write_partition_routing(dataset: Path, part_dir: Path, frames: list[str], codebook: np.ndarray,
+                            intrinsics: np.ndarray | None = None) -> None:
+    """``part_dir/routing.npz``: the routing descriptors of the partition's mapping ``frames``."""
+    keep = set(frames)
+    scene_frames = [f for f in load_scene(dataset, intrinsics).frames("train") if f.name in keep]
+    write_routing(part_dir, [f.name for f in scene_frames],
+                  frame_descriptors(scene_frames, DescriptorEncoder(codebook, default_device())), codebook)
+
+
+def routing_codebook(dataset: str | Path, map_dir: Path, resume: bool, intrinsics: np.ndarray | None = None,
+                     log=print) -> np.ndarray:
+    """The visual words of every partition's routing descriptors (routing.fit_codebook on the capture's
+    mapping frames), fitted before the partitions are mapped and kept in ``map_dir``; ``resume`` reuses
+    the kept one, so that finished partitions keep comparable descriptors."""
+    path = map_dir / CODEBOOK_FILE
+    if resume and path.exists():
+        try:
+            return np.load(path)
+        except (OSError, ValueError):   # unreadable: fit again (finished partitions are then re-described)
+            log(f"{path}: unreadable, fitting the routing codebook again")
+    t0 = time.perf_counter()
+    codebook = fit_codebook(load_scene(dataset, intrinsics).frames("train"), DescriptorEncoder(device=default_device()))
+    np.save(path, codebook)
+    log(f"routing codebook: {len(codebook)} words fitted in {time.perf_counter() - t0:.0f} s")
+    return codebook
 
 
 def _start_ray(address: str | None, workers: int, log) -> Any:
@@ -100,7 +132,7 @@ def loopback_host(address: str) -> str | None:
 
 def plan_partitions(dataset: str | Path, count: int | None, method: str, overlap_m: float,
                     intrinsics: np.ndarray | None = None) -> list[Partition]:
-    """The partitions of ``dataset``'s training frames (scale.partition.make_partitions)."""
+    """The partitions of ``dataset``'s training frames (partition.make_partitions)."""
     frames = load_scene(dataset, intrinsics).frames("train")
     return make_partitions([f.name for f in frames], np.stack([f.pose for f in frames]), count, method, overlap_m)
 
@@ -126,10 +158,41 @@ def map_partitioned(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig
         raise SceneLocError(f"{map_dir}: nothing to resume (no {LAYOUT_FILE})")
     map_dir.mkdir(parents=True, exist_ok=True)
     write_layout(map_dir, parts, info)
+    codebook = routing_codebook(dataset, map_dir, resume, intrinsics, log)
     todo = [p for p in parts if not (resume and partition_done(map_dir / p.name))]
     for p in parts:
         if p not in todo:
             log(f"{p.name}: finished earlier, skipped (--resume)")
+            if not routing_is_current(map_dir / p.name, codebook):   # e.g. made by an earlier sceneloc
+                write_partition_routing(Path(dataset), map_dir / p.name, p.frames, codebook, intrinsics)
+                log(f"{p.name}: routing descriptors refreshed")
+    earlier = _earlier_summaries(map_dir, [p.name for p in parts if p not in todo]) if resume else []
+    t0 = time.perf_counter()
+    done, used = _map_on_ray(dataset, map_dir, cfg, todo, codebook, intrinsics, ray_address, workers, log) if todo \
+        else ([], None)
+    report = {"partitions": len(parts), "mapped": done, "mapped_earlier": earlier, "workers": used,
+              "wall_seconds": round(time.perf_counter() - t0, 1)}
+    (map_dir / "scale_report.json").write_text(json.dumps(report, indent=2))
+    log(f"partitioned map written to {map_dir} ({len(parts)} partitions, {len(done)} mapped now, "
+        f"{report['wall_seconds']:.0f} s)")
+    return report
+
+
+def _earlier_summaries(map_dir: Path, names: list[str]) -> list[dict]:
+    """The task summaries of partitions ``names`` from the map's previous ``scale_report.json`` (a resumed
+    run keeps what the run that mapped them measured)."""
+    try:
+        old = json.loads((map_dir / "scale_report.json").read_text())
+    except (OSError, ValueError):
+        return []
+    runs = [*old.get("mapped", []), *old.get("mapped_earlier", [])] if isinstance(old, dict) else []
+    return [r for r in runs if isinstance(r, dict) and r.get("name") in names]
+
+
+def _map_on_ray(dataset: str | Path, map_dir: Path, cfg: MappingConfig, todo: list[Partition], codebook: np.ndarray,
+                intrinsics: np.ndarray | None, ray_address: str | None, workers: int | None,
+                log) -> tuple[list[dict], int | None]:
+    """Map the partitions ``todo``, one Ray task each; their summaries, and the local workers (None on a cluster)."""
     cpus = os.cpu_count() or 1
     workers = max(1, min(workers or cpus, len(todo) or 1))
     ray = _start_ray(ray_address, workers if not (ray_address or os.environ.get("RAY_ADDRESS")) else 0, log)
@@ -141,12 +204,11 @@ def map_partitioned(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig
     memory = int(cfg.buffer_mb * 2 ** 20 * 1.2) + TASK_BASE_MEMORY_BYTES
     task = ray.remote(map_partition).options(num_cpus=1, num_gpus=gpus, memory=memory, max_retries=RETRIES,
                                              retry_exceptions=[RuntimeError, OSError, MemoryError])
-    log(f"{len(parts)} partitions ({len(todo)} to map) on Ray "
+    log(f"{len(todo)} partitions to map on Ray "
         f"({'local, ' + str(workers) + ' at once' if local else 'cluster'}; per task 1 CPU slot, {threads} torch "
         f"thread(s), {memory / 2 ** 30:.1f} GiB{', 1 GPU' if gpus else ''})")
-    t0 = time.perf_counter()
     pending = {task.remote(str(Path(dataset).resolve()), str((map_dir / p.name).resolve()), cfg, p.frames, threads,
-                           intrinsics): p.name for p in todo}
+                           codebook, intrinsics): p.name for p in todo}
     done: list[dict] = []
     try:
         while pending:
@@ -166,8 +228,4 @@ def map_partitioned(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig
                 f"({len(done)}/{len(todo)} done)")
     finally:   # stops a local Ray; leaves a cluster, which keeps running
         ray.shutdown()
-    report = {"partitions": len(parts), "mapped": done, "workers": workers if local else None,
-              "wall_seconds": round(time.perf_counter() - t0, 1)}
-    (map_dir / "scale_report.json").write_text(json.dumps(report, indent=2))
-    log(f"partitioned map written to {map_dir} ({len(parts)} partitions, {report['wall_seconds']:.0f} s)")
-    return report
+    return done, workers if local else None
