@@ -14,6 +14,7 @@ import bench_peers
 from peers.feature_localizer import FeatureLocalizer, build_map
 from peers.posenet import PoseNetConfig, PoseNetLocalizer, train_posenet
 from peers.ransac_backends import opencv_pnp, poselib_available, poselib_pnp
+from peers.report import verdict
 from sceneloc.data.dataset import load_scene
 from sceneloc.geometry import (
     make_pose,
@@ -115,9 +116,9 @@ def _rows(errors_m: float | None, method: str) -> dict:
 
 
 def test_verdict_says_plainly_where_sceneloc_loses():
-    lost = bench_peers.verdict([_rows(None, "sceneloc"), _rows(0.01, "features-sift")])
+    lost = verdict([_rows(None, "sceneloc"), _rows(0.01, "features-sift")])
     assert any("**sceneloc is less accurate than SIFT features + VLAD**" in s for s in lost)
-    won = bench_peers.verdict([_rows(0.01, "sceneloc"), _rows(0.5, "features-sift")])
+    won = verdict([_rows(0.01, "sceneloc"), _rows(0.5, "features-sift")])
     assert any("sceneloc is more accurate than SIFT features + VLAD" in s for s in won)
     assert not any("less accurate" in s for s in won)
 
