@@ -56,9 +56,10 @@ class Hang(BaseException):
 
 
 @contextlib.contextmanager
-def time_limit(seconds: int):
+def time_limit(seconds: int, error: BaseException | None = None):
+    """Raise ``error`` (default: ``Hang``) in the block if it runs past ``seconds`` (SIGALRM: main thread only)."""
     def hang(*_):
-        raise Hang()
+        raise error or Hang()
     old = signal.signal(signal.SIGALRM, hang)
     signal.alarm(seconds)
     try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import signal
 import struct
 import sys
 import zlib
@@ -27,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from bad_inputs import time_limit
 from sceneloc.cli.main import main
 from sceneloc.data.dataset import load_scene
 from sceneloc.data.readers import parse_intrinsics, read_depth, read_image
@@ -51,16 +51,8 @@ def fuzz(n: int):
 def case(name: str):
     """One fuzz case: counted, and failed if it runs past CASE_TIMEOUT_S."""
     CASES[name] += 1
-
-    def hang(*_):
-        raise TimeoutError(f"{name}: a case ran past {CASE_TIMEOUT_S} s")
-    old = signal.signal(signal.SIGALRM, hang)
-    signal.alarm(CASE_TIMEOUT_S)
-    try:
+    with time_limit(CASE_TIMEOUT_S, TimeoutError(f"{name}: a case ran past {CASE_TIMEOUT_S} s")):
         yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 @pytest.fixture(scope="module", autouse=True)
