@@ -100,12 +100,11 @@ def _next_uint32(rng: np.random.Generator, count: int) -> np.ndarray:
     raw = bits.random_raw((count - buffered + 1) // 2)
     halves = np.stack([raw & np.uint64(0xFFFFFFFF), raw >> np.uint64(32)], axis=1).reshape(-1)
     out = np.concatenate([np.asarray([state["uinteger"]] * buffered, np.uint64), halves[:count - buffered]])
-    state = bits.state
-    odd = (count - buffered) % 2 == 1
-    state["has_uint32"] = int(odd) if count else state["has_uint32"]
+    after = dict(bits.state)
+    after["has_uint32"] = int((count - buffered) % 2 == 1) if count else after["has_uint32"]
     if count > buffered:  # numpy keeps the last high half, used or not
-        state["uinteger"] = int(halves[-1])
-    bits.state = state
+        after["uinteger"] = int(halves[-1])
+    bits.state = after
     return out
 
 
