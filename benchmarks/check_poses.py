@@ -80,10 +80,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="torch and OpenCV on one thread (BLAS is already, in Map.localize): the CPU ms per frame "
                         "are then the whole work, a figure the other jobs of a shared machine barely change")
     args = p.parse_args(argv)
+    threads = torch.get_num_threads(), cv2.getNumThreads()
     if args.one_thread:
         torch.set_num_threads(1)
         cv2.setNumThreads(1)
+    try:
+        return run(args)
+    finally:   # a caller in the same process (a test) keeps its thread settings
+        torch.set_num_threads(threads[0])
+        cv2.setNumThreads(threads[1])
 
+
+def run(args: argparse.Namespace) -> int:
+    """Record (``args.out``) or compare (``args.against``); 0, or 1 when the poses differ."""
     modes = [m for m in args.modes.split(",") if m]
     frames = load_scene(args.data).frames(args.split)
     frames = [frames[i] for i in evenly_spaced(len(frames), min(args.frames, len(frames)))]
