@@ -12,7 +12,9 @@ from sceneloc.pose.config import for_reprojection_map
 from sceneloc.pose.estimate import (
     PoseConfig,
     estimate_pose,
+    floyd_subsets,
     mean_confidence,
+    sample_subsets,
     score_hypotheses,
     select_correspondences,
 )
@@ -343,3 +345,46 @@ def test_reprojection_maps_get_a_tighter_threshold_and_more_refits_unless_set():
     mine = for_reprojection_map(PoseConfig(inlier_threshold_px=4.0, polish_iterations=2), K)
     assert mine.inlier_threshold_px == 4.0 and mine.polish_iterations == 2
     assert for_reprojection_map(PoseConfig(method="confidence"), K) == PoseConfig(method="confidence")
+
+
+
+def _generator(seed: int, before: str) -> np.random.Generator:
+    """A PCG64 generator after ``before``: nothing, or one or two 32-bit draws (the first leaves the
+    high half of a 64-bit output buffered, the second uses it)."""
+    rng = np.random.default_rng(seed)
+    for _ in range({"fresh": 0, "half-word buffered": 1, "half-word used": 2}[before]):
+        rng.integers(0, 2 ** 31, dtype=np.uint32)
+    return rng
+
+
+@pytest.mark.parametrize(("n", "size", "count"), [(4800, 3, 256), (4800, 3, 1), (7, 3, 40), (4, 3, 9),
+                                                  (600, 500, 2), (4800, 50, 5), (12, 4, 33)])
+@pytest.mark.parametrize("before", ["fresh", "half-word buffered", "half-word used"])
+def test_subsets_drawn_at_once_are_numpys_choice_draw_for_draw(n, size, count, before):
+    """sample_subsets replays rng.choice(n, size, replace=False) exactly, whatever half-word the
+    generator holds: the same subsets and the same generator state after (a seed's poses do not change)."""
+    for seed in range(8):
+        a, b = _generator(seed, before), _generator(seed, before)
+        expected = np.stack([a.choice(n, size, replace=False) for _ in range(count)])
+        got = floyd_subsets(n, count, size, b)
+        assert got is not None and np.array_equal(got, expected)
+        assert b.bit_generator.state == a.bit_generator.state
+        assert b.integers(1 << 40) == a.integers(1 << 40)   # the stream goes on identically
+        assert np.array_equal(sample_subsets(n, count, size, _generator(seed, before)), expected)
+
+
+def _same_stream(a: np.random.Generator, b: np.random.Generator) -> bool:
+    return bool(np.array_equal(a.integers(1 << 40, size=8), b.integers(1 << 40, size=8)))
+
+
+@pytest.mark.parametrize(("bits", "n", "size"), [(np.random.MT19937, 100, 3), (np.random.PCG64, 5, 5),
+                                                 (np.random.PCG64, 20000, 600), (np.random.PCG64, 3 << 29, 3)])
+def test_subsets_fall_back_to_choice_where_the_replay_is_not_exact(bits, n, size):
+    """Another bit generator, a sample as large as the population, numpy's tail-shuffle branch
+    (population > 10000), a draw that Lemire's method rejects (a range of 1.5 * 2^30: one draw in four):
+    rng.choice draws them, and the attempt leaves the generator untouched."""
+    a, b = np.random.Generator(bits(3)), np.random.Generator(bits(3))
+    assert floyd_subsets(n, 16, size, b) is None
+    expected = np.stack([a.choice(n, size, replace=False) for _ in range(16)])
+    assert np.array_equal(sample_subsets(n, 16, size, b), expected)
+    assert _same_stream(a, b)

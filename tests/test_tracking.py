@@ -59,6 +59,26 @@ def test_a_depth_frame_near_the_prior_is_tracked_onto_its_true_pose(the_map, fra
     assert np.isnan(res.probability)   # tracked poses are not calibrated
 
 
+
+def test_uint16_millimetre_depth_is_tracked_as_metres(the_map, frame):
+    """Depth as cv2.imread gives a depth PNG (uint16 millimetres) tracks as its metres do, as
+    Map.localize reads it; an all-zero map is the same one-line error."""
+    millimetres = np.round(frame.depth * 1000).astype(np.uint16)
+    poses = []
+    for depth in (frame.depth, millimetres):
+        tracker = Tracker(the_map, config=LENIENT)
+        tracker.reset(nudged(frame.pose, 0.03, 1.5))
+        res = tracker.track(frame.image, depth, frame.K)
+        assert res.tracked and res.tracking_failure is None
+        poses.append(res.pose)
+    rot_deg, trans_m = pose_errors(poses[1], frame.pose)
+    assert trans_m < 0.01 and rot_deg < 0.75, (rot_deg, trans_m)
+    assert np.allclose(poses[0], poses[1], atol=1e-3)   # metres rounded to whole millimetres
+    tracker = Tracker(the_map, config=LENIENT)
+    tracker.reset(frame.pose)
+    with pytest.raises(SceneLocError, match="query depth: depth map holds no valid depth"):
+        tracker.track(frame.image, np.zeros_like(millimetres), frame.K)
+
 def test_an_image_near_the_prior_is_tracked_onto_its_true_pose(tiny_map):
     # the textured corner of test_scene_view at 320x240 (the tiny map's 160x120 view is too coarse to
     # render): the same alignment the map's RGB poses end with, started from the previous pose

@@ -34,6 +34,7 @@ from sceneloc.pose.config import MODES, PoseConfig, estimator_config
 from sceneloc.progress import progress as progress_bar
 from sceneloc.surface.cloud import align_depth, depth_points
 from sceneloc.surface.view import align_image
+from sceneloc.validation import depth_in_metres
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,9 @@ class Tracker:
         previous pose when there is one and the alignment holds, else relocalized in full."""
         # the map's own check of the query camera (size against the mapping images when K is None)
         K = self.map._check_intrinsics(image, intrinsics)
+        if depth is not None:
+            # as Map.localize reads it: uint16 is millimetres, floats metres; empty or implausible is an error
+            depth = depth_in_metres(depth, "query depth")
         if depth is not None and depth.shape != image.shape[:2]:
             raise SceneLocError(f"depth map is {depth.shape[1]}x{depth.shape[0]} but the image is "
                                 f"{image.shape[1]}x{image.shape[0]}")

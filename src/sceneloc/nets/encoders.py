@@ -79,15 +79,18 @@ class XFeatEncoder(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         b: Any = self.backbone  # XFeatModel's sub-modules: attributes nn.Module's type hints cannot see
         # XFeat works on grey levels, instance-normalised: invariant to global brightness and contrast.
-        x = b.norm(image.mean(dim=1, keepdim=True))
+        # The channel mean as two adds and a division: bit for bit what image.mean(dim=1) gives, at a
+        # quarter of its time on image_to_tensor's channels-last layout (a reduction over stride-1 triples).
+        x = b.norm((image[:, 0:1] + image[:, 1:2] + image[:, 2:3]) / 3)
         x1 = b.block1(x)
         x2 = b.block2(x1 + b.skip1(x))
         x3 = b.block3(x2)
         x4 = b.block4(x3)
         x5 = b.block5(x4)
         size = x3.shape[-2:]
-        x4 = F.interpolate(x4, size, mode="bilinear")
-        x5 = F.interpolate(x5, size, mode="bilinear")
+        # channels-last: the same values, ~10x faster in bf16 on a CPU than the planar layout's kernel
+        x4 = F.interpolate(x4.contiguous(memory_format=torch.channels_last), size, mode="bilinear")
+        x5 = F.interpolate(x5.contiguous(memory_format=torch.channels_last), size, mode="bilinear")
         fused = b.block_fusion(x3 + x4 + x5)
         return torch.cat([fused, x3, x4, x5], dim=1)
 

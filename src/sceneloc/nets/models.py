@@ -215,11 +215,16 @@ class EncoderHeadNet(CoordinateNetwork):
         return y.permute(0, 3, 1, 2)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        features = self.features(image)
         # the head trains under this autocast (training/head.py): inference in bf16 matches it, and is
         # faster on a CPU (docs/decisions/precision.md)
         with self._autocast(image.device.type):
-            return self.regress(features)
+            with torch.no_grad():   # the encoder is frozen; the head may be trained through this (DSAC stage)
+                features = self.encoder(image)
+            if features.dtype == torch.bfloat16:
+                # bf16 features go to the head's first (bf16) layer as they are: ``regress``'s fp32 copy
+                # would be rounded straight back to the same values
+                return self.head(features.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            return self.regress(features.float())
 
 
 ARCHITECTURES = ("xfeat", "fcn", "unet")
