@@ -135,6 +135,21 @@ class PoseConfig:
             cached network output of two maps per split (docs/history/2026-11-30-scene-view.md): dev 67.5 / 71.0 % ->
             89.0 / 88.5 %, split 2 39.0 / 39.5 % -> 60.0 / 60.0 % within 5 cm / 5 deg, no frame lost,
             ~26-32 ms; two rounds 88.0 / 88.0 % and 61.0 / 55.5 %, one 85.5 % and 54.5 % (first maps).
+        depth_image_offset_max_px: RGB-D: query depth is evidence, never a trap. After the RGB-D pose
+            (and its ICP), the network's 2D-3D matches are projected with it: a pose fitted to depth that
+            is registered to the image puts them where the network saw them (median offset ~1-2 px on
+            redkitchen), a pose fitted to depth moved against the image shows the move. Where the median
+            offset (``pose_fit.image_offset_px``) is longer than this (pixels at ``REFERENCE_FOCAL_PX``,
+            scaled with the focal length; 0: off), the depth is re-registered: moved by the offset and
+            the pose fitted again with the ICP also fitting the depth's scale (``REREGISTERED_SCALE_SIGMA``),
+            up to ``REREGISTER_ROUNDS`` times; if the image still disagrees, the RGB pose (PnP and the
+            scene-view alignment) is returned (``pose_fit.depth_agreeing_pose``). 4 px: see
+            docs/decisions/depth-evidence.md.
+        refine_min_inlier_share: the final refinements (the scene-view alignment of RGB poses, the ICP of
+            RGB-D poses) are kept only where the refined pose keeps at least this share of the network's
+            2D-3D inliers (at the PnP threshold) of the pose it started from (0: off, always kept): a
+            refinement that moves the pose away from what the correspondences say is rejected
+            (``pose_fit.keeps_inliers``; docs/decisions/depth-evidence.md).
         polish_thresholds_px: PnP's counterpart (pixels at ``REFERENCE_FOCAL_PX``, scaled with the
             focal length): none by default, because re-fitting on the inliers at 20, 15, 12, 10 or 8 px
             after RANSAC's 25 px (the default then) gained nothing on redkitchen (-2 to +0.5 points on three maps;
@@ -198,6 +213,8 @@ class PoseConfig:
     icp_offset_sigma_m: float = ICP_OFFSET_SIGMA_M
     icp_scale_sigma: float = 0.0
     view_rounds: int = VIEW_ROUNDS
+    depth_image_offset_max_px: float = 4.0
+    refine_min_inlier_share: float = 0.5
     polish_thresholds_px: tuple[float, ...] = ()
     polish_iterations: int = 3
     min_inliers: int = 30
@@ -245,6 +262,12 @@ class PoseConfig:
                              f"{self.polish_thresholds_px} and icp_distances_m={self.icp_distances_m} must be positive")
         if not self.icp_scale_sigma >= 0:
             raise ValueError(f"PoseConfig.icp_scale_sigma={self.icp_scale_sigma} must be >= 0 (0: no scale)")
+        if not self.depth_image_offset_max_px >= 0:
+            raise ValueError(f"PoseConfig.depth_image_offset_max_px={self.depth_image_offset_max_px} "
+                             "must be >= 0 (0: off)")
+        if not 0 <= self.refine_min_inlier_share <= 1:
+            raise ValueError(f"PoseConfig.refine_min_inlier_share={self.refine_min_inlier_share} "
+                             "must be in [0, 1] (0: off)")
         if not self.icp_offset_sigma_m >= 0:
             raise ValueError(f"PoseConfig.icp_offset_sigma_m={self.icp_offset_sigma_m} must be >= 0 (0: no offset)")
         if min(self.refine_rounds, self.polish_iterations, self.min_inliers, self.spread_cells, self.view_rounds) < 0:
