@@ -139,8 +139,8 @@ class PoseConfig:
             (and its ICP), the network's 2D-3D matches are projected with it: a pose fitted to depth that
             is registered to the image puts them where the network saw them (median offset ~1-2 px on
             redkitchen), a pose fitted to depth moved against the image shows the move. Where the median
-            offset (``pose_fit.image_offset_px``) is longer than this (pixels at ``REFERENCE_FOCAL_PX``,
-            scaled with the focal length; 0: off), the depth is re-registered: moved by the offset and
+            offset (``pose_fit.image_offset_px``) is longer than this (pixels of the query image; 0:
+            off), the depth is re-registered: moved by the offset and
             the pose fitted again with the ICP also fitting the depth's scale (``REREGISTERED_SCALE_SIGMA``),
             up to ``REREGISTER_ROUNDS`` times; if the image still disagrees, the RGB pose (PnP and the
             scene-view alignment) is returned (``pose_fit.depth_agreeing_pose``). 4 px: see

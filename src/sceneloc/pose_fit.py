@@ -256,8 +256,8 @@ def refit_depth_offset(corr: Correspondences, pose: np.ndarray, used: np.ndarray
 
 # ------------------------------------------------------------------ evidence: does a pose fit the image?
 
-#: 2D-3D matches within this many pixels (at a 525 px focal length, scaled with the query's) of a pose's
-#: projection take part in its image offset: the network's inliers, not its outliers.
+#: 2D-3D matches within this many pixels (of the query image) of a pose's projection take part in its
+#: image offset: the network's inliers, not its outliers (the PnP threshold of 640 x 480 queries).
 IMAGE_OFFSET_WINDOW_PX = 20.0
 #: Fewest matches in that window for an image offset (fewer: no evidence either way).
 IMAGE_OFFSET_MIN_MATCHES = 30
@@ -267,15 +267,14 @@ def image_offset_px(pixels: np.ndarray, scene: np.ndarray, K: np.ndarray, T_wc: 
                     window_px: float = IMAGE_OFFSET_WINDOW_PX) -> np.ndarray | None:
     """Where the camera-to-world pose ``T_wc (4, 4)`` puts the network's scene coordinates ``scene (N, 3)``
     in the image, against where the network saw them, ``pixels (N, 2)``: the per-axis median ``(2,)`` of
-    ``project - pixel`` (pixels of ``K (3, 3)``) over the matches within ``window_px`` (at 525 px focal
-    length). A pose that fits the image has ~0 (the coordinates' noise averages out; their bias is the
+    ``project - pixel`` (pixels of ``K (3, 3)``) over the matches within ``window_px``. A pose that fits the image has ~0 (the coordinates' noise averages out; their bias is the
     map's, shared by every pose); a pose fitted to depth moved against the image shows the move. None
     with fewer than ``IMAGE_OFFSET_MIN_MATCHES`` matches in the window."""
     x = transform_points(invert_pose(np.asarray(T_wc, dtype=np.float64)), scene)
     front = x[:, 2] > 1e-6
     r = np.full((len(scene), 2), np.inf)
     r[front] = x[front, :2] / x[front, 2:3] * np.array([K[0, 0], K[1, 1]]) + K[:2, 2] - pixels[front]
-    near = np.linalg.norm(r, axis=1) < at_focal_length(window_px, K)
+    near = np.linalg.norm(r, axis=1) < window_px
     if near.sum() < IMAGE_OFFSET_MIN_MATCHES:
         return None
     return np.median(r[near], axis=0)
@@ -313,16 +312,15 @@ def depth_agreeing_pose(depth: np.ndarray, fitted: tuple[np.ndarray, float],
     """An RGB-D pose that the image agrees with. ``fitted``: the pose (camera-to-world ``(4, 4)``) and depth
     offset fitted to ``depth (H, W)``; ``fit_with_depth(d)`` fits them again to a re-registered depth map,
     ``image_pose()`` gives the pose of the image alone. While the network's matches ``pixels (N, 2)``,
-    ``scene (N, 3)`` show an offset (``image_offset_px``) longer than ``max_offset_px`` (at 525 px focal
-    length, ``K (3, 3)``), the depth is moved by it (``moved_image``) and fitted again, up to ``rounds``
+    ``scene (N, 3)`` show an offset (``image_offset_px``, pixels of the query image, ``K (3, 3)``) longer
+    than ``max_offset_px``, the depth is moved by it (``moved_image``) and fitted again, up to ``rounds``
     times; if the image still disagrees, its own pose wins (where it has one). Returns the pose, the depth
     offset and what happened: ``agrees``, ``reregistered`` or ``image``."""
-    limit = at_focal_length(max_offset_px, K)
     moved = np.zeros(2)
     pose, offset = fitted
     for attempt in range(rounds + 1):
         shift = image_offset_px(pixels, scene, K, pose)
-        if shift is None or float(np.linalg.norm(shift)) <= limit:
+        if shift is None or float(np.linalg.norm(shift)) <= max_offset_px:
             return pose, offset, "reregistered" if attempt else "agrees"
         if attempt == rounds:
             break
