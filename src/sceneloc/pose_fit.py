@@ -267,8 +267,9 @@ def image_offset_px(pixels: np.ndarray, scene: np.ndarray, K: np.ndarray, T_wc: 
                     window_px: float = IMAGE_OFFSET_WINDOW_PX) -> np.ndarray | None:
     """Where the camera-to-world pose ``T_wc (4, 4)`` puts the network's scene coordinates ``scene (N, 3)``
     in the image, against where the network saw them, ``pixels (N, 2)``: the per-axis median ``(2,)`` of
-    ``project - pixel`` (pixels of ``K (3, 3)``) over the matches within ``window_px``. A pose that fits the image has ~0 (the coordinates' noise averages out; their bias is the
-    map's, shared by every pose); a pose fitted to depth moved against the image shows the move. None
+    ``project - pixel`` (pixels of ``K (3, 3)``) over the matches within ``window_px``. A pose that fits
+    the image has ~0 (the coordinates' noise averages out; their bias is the map's, shared by every
+    pose); a pose fitted to depth moved against the image shows the move. None
     with fewer than ``IMAGE_OFFSET_MIN_MATCHES`` matches in the window."""
     x = transform_points(invert_pose(np.asarray(T_wc, dtype=np.float64)), scene)
     front = x[:, 2] > 1e-6
