@@ -158,3 +158,4 @@ def test_pose_config_checks_the_evidence_options():
         PoseConfig(depth_image_offset_max_px=-1.0)
     with pytest.raises(ValueError, match="refine_min_inlier_share"):
         PoseConfig(refine_min_inlier_share=1.5)
+
