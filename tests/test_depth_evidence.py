@@ -102,7 +102,7 @@ def test_clean_depth_keeps_its_pose_and_misregistered_depth_is_re_registered():
         return solve_pnp(scene, pixels, K), 0.0
 
     clean = fit(depth)
-    pose, _, what = depth_agreeing_pose(depth, clean, fit, image_pose, pixels, scene, K, 4.0)
+    pose, _, what = depth_agreeing_pose(depth, clean, fit, image_pose, pixels, scene, K, 4.0, 2)
     assert what == "agrees" and np.array_equal(pose, clean[0]) and not image_calls
     rot, trans = pose_errors(pose, T_wc)
     assert rot < 0.01 and trans < 0.002
@@ -112,7 +112,7 @@ def test_clean_depth_keeps_its_pose_and_misregistered_depth_is_re_registered():
     rot0, trans0 = pose_errors(start[0], T_wc)
     assert rot0 > 0.5 and trans0 > 0.02          # the trap: the depth alone puts the camera centimetres off
     assert np.linalg.norm(image_offset_px(pixels, scene, K, start[0])) > 4.0   # ... and the image says so
-    pose, _, what = depth_agreeing_pose(shifted, start, fit, image_pose, pixels, scene, K, 4.0)
+    pose, _, what = depth_agreeing_pose(shifted, start, fit, image_pose, pixels, scene, K, 4.0, 2)
     rot, trans = pose_errors(pose, T_wc)
     assert what == "reregistered" and not image_calls
     assert rot < 0.15 and trans < 0.006, (rot, trans)    # from 0.57 deg, 3.6 cm
@@ -128,10 +128,14 @@ def test_depth_the_image_still_disagrees_with_falls_back_to_the_image_pose():
     stuck = misregistered(depth, 6, 10, 1.02)
     start = fit(stuck)
     pose, offset, what = depth_agreeing_pose(stuck, start, lambda d: start, lambda: from_image,
-                                             pixels, scene, K, 4.0)
+                                             pixels, scene, K, 4.0, 2)
     assert what == "image" and pose is from_image[0] and offset == 0.0
+    # no re-registration asked: the image's pose at once, even where re-registering would have helped
+    shifted = misregistered(depth, 6, 10)
+    _, _, what = depth_agreeing_pose(shifted, fit(shifted), fit, lambda: from_image, pixels, scene, K, 4.0, 0)
+    assert what == "image"
     # 0 px would flag every pose; a huge limit none
-    _, _, what = depth_agreeing_pose(stuck, start, fit, lambda: from_image, pixels, scene, K, 1e3)
+    _, _, what = depth_agreeing_pose(stuck, start, fit, lambda: from_image, pixels, scene, K, 1e3, 2)
     assert what == "agrees"
 
 

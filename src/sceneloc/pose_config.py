@@ -142,9 +142,14 @@ class PoseConfig:
             offset (``pose_fit.image_offset_px``) is longer than this (pixels of the query image; 0:
             off), the depth is re-registered: moved by the offset and
             the pose fitted again with the ICP also fitting the depth's scale (``REREGISTERED_SCALE_SIGMA``),
-            up to ``REREGISTER_ROUNDS`` times; if the image still disagrees, the RGB pose (PnP and the
+            up to ``depth_reregister_rounds`` times; if the image still disagrees, the RGB pose (PnP and the
             scene-view alignment) is returned (``pose_fit.depth_agreeing_pose``). 4 px: see
             docs/decisions/depth-evidence.md.
+        depth_reregister_rounds: how many times depth that disagrees with the image is re-registered
+            before the image's pose is taken (0: at once). Each round moves the depth by the offset the
+            last pose shows; on redkitchen the first leaves ~2-3 px of a (6, 10) px move, the second
+            ~1 px. 2: misregistered depth places more frames under the D-SLAM ground truth, whose poses
+            are the depth camera's; 0 (the image's pose) under the SfM one: docs/decisions/depth-evidence.md.
         refine_min_inlier_share: the final refinements (the scene-view alignment of RGB poses, the ICP of
             RGB-D poses) are kept only where the refined pose keeps at least this share of the network's
             2D-3D inliers (at the PnP threshold) of the pose it started from (0: off, always kept): a
@@ -214,6 +219,7 @@ class PoseConfig:
     icp_scale_sigma: float = 0.0
     view_rounds: int = VIEW_ROUNDS
     depth_image_offset_max_px: float = 4.0
+    depth_reregister_rounds: int = 2
     refine_min_inlier_share: float = 0.5
     polish_thresholds_px: tuple[float, ...] = ()
     polish_iterations: int = 3
@@ -270,9 +276,10 @@ class PoseConfig:
                              "must be in [0, 1] (0: off)")
         if not self.icp_offset_sigma_m >= 0:
             raise ValueError(f"PoseConfig.icp_offset_sigma_m={self.icp_offset_sigma_m} must be >= 0 (0: no offset)")
-        if min(self.refine_rounds, self.polish_iterations, self.min_inliers, self.spread_cells, self.view_rounds) < 0:
-            raise ValueError("PoseConfig.refine_rounds, polish_iterations, min_inliers, spread_cells and view_rounds "
-                             "must be >= 0")
+        if min(self.refine_rounds, self.polish_iterations, self.min_inliers, self.spread_cells, self.view_rounds,
+               self.depth_reregister_rounds) < 0:
+            raise ValueError("PoseConfig.refine_rounds, polish_iterations, min_inliers, spread_cells, view_rounds "
+                             "and depth_reregister_rounds must be >= 0")
         if not 0.0 < self.ransac_confidence < 1.0:
             raise ValueError(f"PoseConfig.ransac_confidence={self.ransac_confidence} must be in (0, 1)")
 

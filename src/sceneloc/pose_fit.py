@@ -294,10 +294,6 @@ def moved_image(image: np.ndarray, offset_px: np.ndarray) -> np.ndarray:
     return out
 
 
-#: Re-registrations of query depth that disagrees with the image (``depth_agreeing_pose``): each moves
-#: it by the offset the last pose shows; the second takes what the first left (redkitchen: the first
-#: leaves ~2-3 px of a (6, 10) px move).
-REREGISTER_ROUNDS = 2
 #: The ICP of a re-registered depth also fits its scale under this prior (``scene_cloud.align_depth``):
 #: depth that is misregistered in the image is not to be trusted on its scale either.
 REREGISTERED_SCALE_SIGMA = 0.02
@@ -309,13 +305,13 @@ DepthPose = tuple[np.ndarray, float] | None
 def depth_agreeing_pose(depth: np.ndarray, fitted: tuple[np.ndarray, float],
                         fit_with_depth: Callable[[np.ndarray], DepthPose], image_pose: Callable[[], DepthPose],
                         pixels: np.ndarray, scene: np.ndarray, K: np.ndarray, max_offset_px: float,
-                        rounds: int = REREGISTER_ROUNDS) -> tuple[np.ndarray, float, str]:
+                        rounds: int) -> tuple[np.ndarray, float, str]:
     """An RGB-D pose that the image agrees with. ``fitted``: the pose (camera-to-world ``(4, 4)``) and depth
     offset fitted to ``depth (H, W)``; ``fit_with_depth(d)`` fits them again to a re-registered depth map,
     ``image_pose()`` gives the pose of the image alone. While the network's matches ``pixels (N, 2)``,
     ``scene (N, 3)`` show an offset (``image_offset_px``, pixels of the query image, ``K (3, 3)``) longer
     than ``max_offset_px``, the depth is moved by it (``moved_image``) and fitted again, up to ``rounds``
-    times; if the image still disagrees, its own pose wins (where it has one). Returns the pose, the depth
+    times (0: none); if the image still disagrees, its own pose wins (where it has one). Returns the pose, the depth
     offset and what happened: ``agrees``, ``reregistered`` or ``image``."""
     moved = np.zeros(2)
     pose, offset = fitted

@@ -419,7 +419,8 @@ class Map:
                     alone = self.localize(image, None, K, replace(config, query_scales=(1.0,)), rng, max_points, pred)
                     return None if alone.pose is None else (alone.pose, 0.0)
                 pose, offset, _ = depth_agreeing_pose(depth, (pose, offset), fit_with_depth, image_pose, pixels,
-                                                      coords, K, config.depth_image_offset_max_px)
+                                                      coords, K, config.depth_image_offset_max_px,
+                                                      config.depth_reregister_rounds)
         timings["refinement_ms"] += (time.perf_counter() - t0) * 1e3
         timings["total_ms"] = sum(timings.values())
         probability = float("nan")
