@@ -130,6 +130,10 @@ def test_depth_the_image_still_disagrees_with_falls_back_to_the_image_pose():
     pose, offset, what = depth_agreeing_pose(stuck, start, lambda d: start, lambda: from_image,
                                              pixels, scene, K, 4.0, 2)
     assert what == "image" and pose is from_image[0] and offset == 0.0
+    # a depth pose that explains none of the network's matches is no evidence for the depth: the image wins
+    far = (T_wc @ make_pose(np.eye(3), np.array([1.0, 0.0, 0.0])), 0.0)
+    pose, _, what = depth_agreeing_pose(depth, far, fit, lambda: from_image, pixels, scene, K, 4.0, 2)
+    assert what == "image" and pose is from_image[0]
     # no re-registration asked: the image's pose at once, even where re-registering would have helped
     shifted = misregistered(depth, 6, 10)
     _, _, what = depth_agreeing_pose(shifted, fit(shifted), fit, lambda: from_image, pixels, scene, K, 4.0, 0)

@@ -311,15 +311,16 @@ def depth_agreeing_pose(depth: np.ndarray, fitted: tuple[np.ndarray, float],
     ``image_pose()`` gives the pose of the image alone. While the network's matches ``pixels (N, 2)``,
     ``scene (N, 3)`` show an offset (``image_offset_px``, pixels of the query image, ``K (3, 3)``) longer
     than ``max_offset_px``, the depth is moved by it (``moved_image``) and fitted again, up to ``rounds``
-    times (0: none); if the image still disagrees, its own pose wins (where it has one). Returns the pose, the depth
+    times (0: none); if the image still disagrees (or none of the matches lie near the pose's projections),
+    its own pose wins (where it has one). Returns the pose, the depth
     offset and what happened: ``agrees``, ``reregistered`` or ``image``."""
     moved = np.zeros(2)
     pose, offset = fitted
     for attempt in range(rounds + 1):
         shift = image_offset_px(pixels, scene, K, pose)
-        if shift is None or float(np.linalg.norm(shift)) <= max_offset_px:
+        if shift is not None and float(np.linalg.norm(shift)) <= max_offset_px:
             return pose, offset, "reregistered" if attempt else "agrees"
-        if attempt == rounds:
+        if attempt == rounds or shift is None:   # None: the pose explains none of the image's matches
             break
         moved = moved + shift
         refit = fit_with_depth(moved_image(depth, moved))
