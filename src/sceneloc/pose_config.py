@@ -141,14 +141,16 @@ class PoseConfig:
             redkitchen), a pose fitted to depth moved against the image shows the move. Where the median
             offset (``pose_fit.image_offset_px``) is longer than this (pixels of the query image; 0:
             off), the depth is re-registered: moved by the offset and the pose fitted again, the ICP
-            also fitting the depth's scale (under ``pose_fit.REREGISTERED_SCALE_SIGMA``, 2 %), up to ``depth_reregister_rounds`` times; if the image still disagrees, the RGB pose (PnP and the
+            also fitting the depth's scale (under ``pose_fit.REREGISTERED_SCALE_SIGMA``, 2 %), up to
+            ``depth_reregister_rounds`` times; if the image still disagrees, the RGB pose (PnP and the
             scene-view alignment) is returned (``pose_fit.depth_agreeing_pose``). 4 px: see
             docs/decisions/depth-evidence.md.
         depth_reregister_rounds: how many times depth that disagrees with the image is re-registered
             before the image's pose is taken (0: at once). Each round moves the depth by the offset the
             last pose shows, which falls short of the true move (the ICP takes part of it up as a
-            translation), so a second round takes what the first left. 2: misregistered depth places more frames under the D-SLAM ground truth, whose poses
-            are the depth camera's; 0 (the image's pose) under the SfM one: docs/decisions/depth-evidence.md.
+            translation), so a second round takes what the first left. 2: misregistered depth places
+            more frames under the D-SLAM ground truth, whose poses are the depth camera's; 0 (the
+            image's pose) under the SfM one: docs/decisions/depth-evidence.md.
         refine_min_inlier_share: the final refinements (the scene-view alignment of RGB poses, the ICP of
             RGB-D poses) are kept only where the refined pose keeps at least this share of the network's
             2D-3D inliers (at the PnP threshold) of the pose it started from (0: off, always kept): a
