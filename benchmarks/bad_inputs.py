@@ -45,7 +45,7 @@ def tiny_setup(work: Path) -> tuple[Path, Path]:
     scene = generate(work / "scene", frames=2, train_sequences=1, test_sequences=1, width=160, height=120,
                      sensor=SensorOptions.clean(), force=True, progress=False)
     cfg = MappingConfig(arch="fcn", width=16, input_height=96, iterations=300, batch_size=2, optimizer="adamw",
-                        lr=3e-3, loss="tukey", aug_scale=1.0, aug_rotation=0.0, aug_brightness=0.0,
+                        lr=3e-3, loss="tukey", aug_scale=1.0, aug_rotation_deg=0.0, aug_brightness=0.0,
                         aug_contrast=0.0, confidence_minutes=0.1)
     map_scene(scene, work / "map", cfg, force=True, log=lambda *a: None)
     return scene, work / "map"

@@ -69,7 +69,7 @@ def main() -> None:
     assert isinstance(model, EncoderHeadNet)
     model.precision = cfg.precision
     buffer = fill_buffer(train, model, cfg.input_height, entries_for_memory(cfg.buffer_mb, model.encoder.channels),
-                         cfg.buffer_copies, cfg.seed, cfg.aug_scale, cfg.aug_rotation, cfg.aug_brightness,
+                         cfg.buffer_copies, cfg.seed, cfg.aug_scale, cfg.aug_rotation_deg, cfg.aug_brightness,
                          cfg.aug_contrast, "cpu")
     queries = {"rgb": test_poses(args.poses_rgb, test), "rgbd": test_poses(args.poses_rgbd, test)}
     print("| held out | minutes | mode | held-out / test within 5 cm / 5 deg | max bin error (>= 20 frames) | bins "

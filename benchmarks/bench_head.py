@@ -55,7 +55,7 @@ def run_row(opts: dict, scene, norm: SceneNormalisation, cfg: MappingConfig, min
     entries = entries_for_memory(cfg.buffer_mb, probe.encoder.channels)
     t0 = time.perf_counter()
     train = cached_buffer(work / f"train_c{copies}_s{scale:g}.pt", lambda: fill_buffer(
-        scene.frames("train"), probe, cfg.input_height, entries, copies, cfg.seed, scale, cfg.aug_rotation,
+        scene.frames("train"), probe, cfg.input_height, entries, copies, cfg.seed, scale, cfg.aug_rotation_deg,
         cfg.aug_brightness, cfg.aug_contrast))
     fill_s = time.perf_counter() - t0
     channels = int(opts.get("features", train.features.shape[1]))

@@ -62,7 +62,8 @@ def render(rows, args) -> str:
              f"Default budget: {cfg['minutes']:g} min of stage-1 training, {cfg['arch']} width "
              f"{cfg['width'] or {'unet': 16, 'fcn': 32}[cfg['arch']]}, "
              f"input height {cfg['input_height']}, batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']:g} "
-             f"({cfg['schedule']}), augmentation zoom {cfg['aug_scale']:g}x / roll {cfg['aug_rotation']:g} deg.", "",
+             f"({cfg['schedule']}), augmentation zoom {cfg['aug_scale']:g}x / roll {cfg['aug_rotation_deg']:g} deg.",
+             "",
              "| loss | steps | images/s | train median / <10 cm | **test median / <10 cm** |", "|---|---|---|---|---|"]
     for loss, rep, _, _ in rows:
         tr, te, t = rep["train"], rep.get("test", {}), rep["training"]

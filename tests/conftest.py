@@ -54,7 +54,7 @@ def tiny_map(overfit_scene, tmp_path_factory) -> Path:
     from sceneloc.training import MappingConfig
     out = tmp_path_factory.mktemp("tiny_map") / "map"
     cfg = MappingConfig(arch="fcn", width=16, input_height=96, iterations=300, batch_size=2, optimizer="adamw",
-                        lr=3e-3, loss="tukey", aug_scale=1.0, aug_rotation=0.0, aug_brightness=0.0,
+                        lr=3e-3, loss="tukey", aug_scale=1.0, aug_rotation_deg=0.0, aug_brightness=0.0,
                         aug_contrast=0.0, confidence_minutes=0.1)
     map_scene(overfit_scene, out, cfg, log=lambda *a: None)
     return out

@@ -91,7 +91,7 @@ def test_cell_source_pixels_closed_form():
 def test_buffer_targets_project_onto_their_source_pixels(tiny_scene, net, novel_views):
     frames = load_scene(tiny_scene).frames("train")[:3]
     buf = fill_buffer(frames, net, input_height=96, entries=3000, copies=3, seed=0, aug_scale=1.5,
-                      aug_rotation=20.0, aug_brightness=0.2, aug_contrast=0.2, novel_views=novel_views)
+                      aug_rotation_deg=20.0, aug_brightness=0.2, aug_contrast=0.2, novel_views=novel_views)
     assert len(buf) > 1000 and buf.features.dtype == torch.float16 and buf.features.shape[1] == 256
     assert set(buf.frames.unique().tolist()) == {0, 1, 2}
     f = buf.frames.long()

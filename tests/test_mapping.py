@@ -67,7 +67,7 @@ def test_tiny_model_overfits_one_frame(tiny_scene, arch, width, input_height, bo
     norm = SceneNormalisation(tuple(stats.center), stats.diameter / 2)
     before = coordinate_accuracy(predict_cache(net, norm, cache), cache)["median_error_m"]
     cfg = MappingConfig(arch=arch, width=width, input_height=input_height, iterations=300, batch_size=1,
-                        aug_scale=1.0, aug_rotation=0.0, aug_brightness=0.0, aug_contrast=0.0,
+                        aug_scale=1.0, aug_rotation_deg=0.0, aug_brightness=0.0, aug_contrast=0.0,
                         optimizer="adamw", lr=3e-3, loss="tukey")
     train_coordinates(net, norm, cache, cfg, stats.tukey_c)
     after = coordinate_accuracy(predict_cache(net, norm, cache), cache)["median_error_m"]

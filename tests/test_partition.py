@@ -135,7 +135,7 @@ class _FixedMap:
 
     def __init__(self, probability: float, inliers: int, pose: bool = True):
         self.calls = 0
-        self.result = Localization(np.eye(4) if pose else None, inliers, 0.0, {}, None, None, None, None,
+        self.result = Localization(pose=np.eye(4) if pose else None, inliers=inliers, score=0.0, timings={},
                                    probability=probability)
 
     def localize(self, image, **kwargs):

@@ -233,12 +233,12 @@ def test_living_preset_films_one_half_of_the_room():
     the camera's optical axes point into that half of the room."""
     import dataclasses
 
-    from sceneloc.synth_trajectory import surface_samples
+    from sceneloc.synth_trajectory import sample_scene_points
     scene = synth.make_scene("living")
     (direction, offset) = scene.look_halfspace
-    pts, normals = surface_samples(scene, np.random.default_rng(0), 2000)
+    pts, normals = sample_scene_points(scene, np.random.default_rng(0), 2000)
     assert len(pts) == len(normals) == 2000 and (pts @ np.array(direction) < offset).all()
-    anywhere, _ = surface_samples(dataclasses.replace(scene, look_halfspace=None), np.random.default_rng(0), 2000)
+    anywhere, _ = sample_scene_points(dataclasses.replace(scene, look_halfspace=None), np.random.default_rng(0), 2000)
     assert (anywhere @ np.array(direction) >= offset).mean() > 0.3        # the other half exists
     poses = synth.sample_trajectory(scene, 40, np.random.default_rng(3))
     assert (poses[:, :3, 2] @ np.array(direction) < 0).mean() > 0.9        # looking towards -x - y

@@ -81,7 +81,7 @@ def cell_source_pixels(full_to_input: np.ndarray, out_hw: tuple[int, ...], strid
 
 
 def augmented_views(image: np.ndarray, input_hw: tuple[int, int], copies: int, rng: np.random.Generator,
-                    aug_scale: float, aug_rotation: float, aug_brightness: float, aug_contrast: float,
+                    aug_scale: float, aug_rotation_deg: float, aug_brightness: float, aug_contrast: float,
                     depth: np.ndarray | None = None, K: np.ndarray | None = None, novel_views: int = 0,
                     orbit_deg: float = 5.0) -> tuple[torch.Tensor, list[np.ndarray], list[np.ndarray | None]]:
     """``copies`` network inputs ``(copies, 3, H_in, W_in)`` in [0, 1] of one ``(H, W, 3)`` uint8 image
@@ -109,7 +109,7 @@ def augmented_views(image: np.ndarray, input_hw: tuple[int, int], copies: int, r
             sources.append(source)
             continue
         s = math.exp(rng.uniform(-math.log(aug_scale), math.log(aug_scale))) if aug_scale > 1 else 1.0
-        A = augmentation_matrix(input_hw, s, rng.uniform(-aug_rotation, aug_rotation))
+        A = augmentation_matrix(input_hw, s, rng.uniform(-aug_rotation_deg, aug_rotation_deg))
         views.append(cv2.warpAffine(base, A[:2], (w_in, h_in), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0)))
         maps.append(A @ R)
         sources.append(None)
@@ -224,7 +224,7 @@ def _prefetched(frames: list[Frame]):
 
 @torch.no_grad()
 def fill_buffer(frames: list[Frame], net: EncoderHeadNet, input_height: int, entries: int, copies: int,
-                seed: int, aug_scale: float = 1.5, aug_rotation: float = 15.0, aug_brightness: float = 0.2,
+                seed: int, aug_scale: float = 1.5, aug_rotation_deg: float = 15.0, aug_brightness: float = 0.2,
                 aug_contrast: float = 0.2, device: str = "cpu", novel_views: int = 0,
                 orbit_deg: float = 5.0) -> PixelBuffer:
     """Features and exact targets of ~``entries`` random valid cells of ``copies`` views of every frame;
@@ -248,7 +248,7 @@ def fill_buffer(frames: list[Frame], net: EncoderHeadNet, input_height: int, ent
     n = 0
     for i, fd in enumerate(progress(_prefetched(frames), total=len(frames), desc="filling buffer", unit="frame")):
         h_in, w_in, _ = input_size(fd.image.shape[:2], input_height, net.multiple)
-        x, maps, sources = augmented_views(fd.image, (h_in, w_in), copies, rng, aug_scale, aug_rotation,
+        x, maps, sources = augmented_views(fd.image, (h_in, w_in), copies, rng, aug_scale, aug_rotation_deg,
                                            aug_brightness, aug_contrast, fd.depth, fd.K, novel_views, orbit_deg)
         feats = net.features(x.to(device)).permute(0, 2, 3, 1).cpu()  # (copies, h, w, C)
         out_hw = feats.shape[1:3]

@@ -66,10 +66,11 @@ INTRINSICS_HELP = ("override: 'fx,fy,cx,cy' or a file with a 3x3 matrix, the cam
 
 
 def _field_option(group: Any, config: object, name: str, help: str = "", *, flag: str | None = None,
-                  **kwargs: Any) -> None:
+                  aliases: tuple[str, ...] = (), **kwargs: Any) -> None:
     """``--name`` (dashes for underscores, or ``flag``) for the field ``name`` of the dataclass instance
     ``config``: the field's name as dest (unless given), its default, the type of its default (unless
-    given) and, for a number or a word, that default at the end of the help."""
+    given) and, for a number or a word, that default at the end of the help. ``aliases``: older spellings
+    that still work (options before they carried their unit)."""
     kwargs.setdefault("dest", name)
     default = getattr(config, name)
     shown = isinstance(default, int | float | str) and not isinstance(default, bool)
@@ -77,7 +78,7 @@ def _field_option(group: Any, config: object, name: str, help: str = "", *, flag
         kwargs.setdefault("type", type(default))
     if shown and "%(default)" not in help:
         help = f"{help} (default %(default)s)" if help else "default %(default)s"
-    group.add_argument(flag or "--" + name.replace("_", "-"), default=default, help=help, **kwargs)
+    group.add_argument(flag or "--" + name.replace("_", "-"), *aliases, default=default, help=help, **kwargs)
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
@@ -187,12 +188,13 @@ def _add_map_arguments(s: argparse.ArgumentParser) -> None:
                          f"or of --stage dsac (default {dd.minutes:g})", type=float)
     option(g, "iterations", "train for exactly N steps instead (repeatable)", type=int)
     option(g, "aug_scale", f"random zoom in [1/a, a] (1 = off; default {per_arch('aug_scale')})", type=float)
-    option(g, "aug_rotation", "random roll in degrees, 0 = off")
+    option(g, "aug_rotation_deg", "random roll in degrees, 0 = off", aliases=("--aug-rotation",))
     option(g, "aug_brightness", "random brightness shift in [-b, b] of images in [0, 1], 0 = off")
     option(g, "aug_contrast", "random contrast factor in [1 - c, 1 + c], 0 = off")
     option(g, "aug_novel_views", "xfeat: buffer copies rendered, with their depth, from a camera orbited about "
                                  "the scene ahead (of --buffer-copies - 1 augmented ones), 0 = off")
-    option(g, "aug_orbit", "xfeat: largest orbit of those novel views, degrees", type=float)
+    option(g, "aug_orbit_deg", "xfeat: largest orbit of those novel views, degrees", type=float,
+           aliases=("--aug-orbit",))
     option(g, "checkpoint_minutes", "save MAP_DIR/checkpoint.pt (for --resume) this often")
     option(g, "snapshot_minutes", "also save the weights after these training minutes (MAP_DIR/snapshots/)",
            type=float, nargs="+")
@@ -268,20 +270,21 @@ def _add_pose_arguments(s: argparse.ArgumentParser) -> None:
                         "~17 ms faster at the same accuracy)")
     _field_option(g, d, "polish_thresholds_m", "Kabsch: re-fit again on the inliers at each of these tighter "
                                                "thresholds in metres", type=float, nargs="*")
-    _field_option(g, d, "polish_thresholds_px", "PnP: the same in pixels (at a 525 px focal length, scaled with it)",
+    _field_option(g, d, "polish_thresholds_px", "PnP: the same in pixels of the query image",
                   type=float, nargs="*")
     _field_option(g, d, "depth_offset_sigma_m", "Kabsch: then re-fit with an offset of the query depth along its "
                                                 "rays, under a Gaussian prior of this width in metres (0: off)",
-                  flag="--depth-offset-sigma", metavar="M")
+                  aliases=("--depth-offset-sigma",), metavar="M")
     _field_option(g, d, "depth_offset_min_m", "Kabsch: keep that re-fit only where the offset is at least this "
-                                              "long in metres (0: always)", flag="--depth-offset-min", metavar="M")
+                                              "long in metres (0: always)", aliases=("--depth-offset-min",),
+                  metavar="M")
     _field_option(g, d, "icp_distances_m", "RGB-D on a map with a scene surface: finally align the query depth to "
                                            "it by point-to-plane ICP, one step per matching distance in metres "
-                                           "(give none for no ICP)", flag="--icp-distances", type=float, nargs="*",
-                  metavar="M")
+                                           "(give none for no ICP)", aliases=("--icp-distances",), type=float,
+                  nargs="*", metavar="M")
     _field_option(g, d, "icp_offset_sigma_m", "RGB-D: the ICP also fits an offset of the query depth along its rays "
                                               "under a Gaussian prior of this width in metres (0: no offset)",
-                  flag="--icp-offset-sigma", metavar="M")
+                  aliases=("--icp-offset-sigma",), metavar="M")
     _field_option(g, d, "icp_scale_sigma", "RGB-D: the ICP also fits a scale error of the query depth under a "
                                            "Gaussian prior of this relative width (0: none)", metavar="K")
     _field_option(g, d, "view_rounds", "RGB on a map with a scene view: finally align the pose to the image, this "

@@ -129,13 +129,13 @@ class Diagnostics:
 
 
 
-def _concat_finite(parts: list[np.ndarray]) -> np.ndarray:
+def concat_finite(parts: list[np.ndarray]) -> np.ndarray:
     """The finite values of a list of arrays, as one flat array."""
     x = np.concatenate(parts) if parts else np.zeros(0)
     return x[np.isfinite(x)]
 
 
-def _add_frame(diag: Diagnostics, the_map, frame, pixels: np.ndarray, coords: np.ndarray,
+def add_frame(diag: Diagnostics, the_map, frame, pixels: np.ndarray, coords: np.ndarray,
                confidence: np.ndarray | None, used: np.ndarray | None) -> None:
     """Ground-truth errors and confidences of one frame's correspondences ``(N, 2)``/``(N, 3)`` into ``diag``."""
     if frame.depth_path is None:

@@ -33,8 +33,8 @@ from .diagnostics import (
     FIG2_SAMPLES_PER_FRAME,
     INLIER_THRESHOLD_M,
     Diagnostics,
-    _add_frame,
-    _concat_finite,
+    add_frame,
+    concat_finite,
     example_maps,
 )
 from .errors import SceneLocError, refuse_to_overwrite
@@ -318,7 +318,7 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
         records = []
         for frame, res in localize_frames(the_map, frames, mode, config, seed, progress, keep_points=True):
             records.append(PoseRecord(frame.name, res.pose, res.pose_file_columns(), res.failure))
-            _add_frame(diag, the_map, frame, res.pixels, res.coords, res.confidence,
+            add_frame(diag, the_map, frame, res.pixels, res.coords, res.confidence,
                        res.used if res.pose is not None else None)
         source = f"localized ({config.method})"
     else:
@@ -335,7 +335,7 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
         for frame in progress_bar(frames, desc="predicting", unit="frame", disable=not progress, dynamic_ncols=True):
             pred = the_map.predict(frame.load_image())
             conf = None if pred.confidence is None else pred.confidence.reshape(-1)
-            _add_frame(diag, the_map, frame, pred.pixels.reshape(-1, 2), pred.coords.reshape(-1, 3), conf, None)
+            add_frame(diag, the_map, frame, pred.pixels.reshape(-1, 2), pred.coords.reshape(-1, 3), conf, None)
         notes.append(f"poses read from {poses}; correspondence statistics come from running the network alone, "
                      "so the inlier share of the points used for the pose is not available")
         source = f"from {poses.name}"
@@ -399,7 +399,7 @@ def _write_plots(out: Path, metrics: dict, diag: Diagnostics, the_map, frames: l
         add("histogram", "Coordinate errors of the points used for pose estimation (paper Fig. 2)",
             f"Normalised histograms of the ground-truth errors of N_k = {diag.n_k} randomly sampled predictions "
             f"and of the {diag.n_best} most confident of them, {FIG2_SAMPLES_PER_FRAME} samples per frame.")
-        labels = _concat_finite(diag.roc_errors) < INLIER_THRESHOLD_M
+        labels = concat_finite(diag.roc_errors) < INLIER_THRESHOLD_M
         if not diag.roc_scores:
             notes.append("no ROC: the map has no confidence network")
         elif labels.all() or not labels.any():

@@ -116,7 +116,10 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
         if not saved.exists() or not ck_path.exists():
             raise SceneLocError(f"{map_dir}: nothing to resume (no checkpoint.pt / mapping_config.json)")
         budget = {"minutes": cfg.minutes, "iterations": cfg.iterations}
-        cfg = MappingConfig(**{**json.loads(saved.read_text()), **budget})
+        # maps written before the options carried their unit in their name
+        old = {"aug_rotation": "aug_rotation_deg", "aug_orbit": "aug_orbit_deg"}
+        fields_ = {old.get(k, k): v for k, v in json.loads(saved.read_text()).items()}
+        cfg = MappingConfig(**{**fields_, **budget})
     cfg = cfg.resolved()
     if cfg.confidence_minutes == 0:  # documented: 0 skips stage 2, as --no-confidence
         cfg = replace(cfg, confidence=False)
@@ -176,8 +179,8 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
                                 f"(--pixel-batch {cfg.pixel_batch}); give at least a few hundred MB")
         t1 = time.perf_counter()
         buffer = fill_buffer(train_frames, model, cfg.input_height, entries, cfg.buffer_copies, cfg.seed,
-                             cfg.aug_scale, cfg.aug_rotation, cfg.aug_brightness, cfg.aug_contrast, device,
-                             cfg.aug_novel_views, cfg.aug_orbit)
+                             cfg.aug_scale, cfg.aug_rotation_deg, cfg.aug_brightness, cfg.aug_contrast, device,
+                             cfg.aug_novel_views, cfg.aug_orbit_deg)
         buffer_s = time.perf_counter() - t1
         log(f"training buffer: {len(buffer) / 1e6:.2f} M pixels, {buffer.nbytes / 2 ** 20:.0f} MB, {buffer_s:.0f} s")
         state = train_head(model, norm, buffer, cfg.minutes, cfg.iterations, cfg.pixel_batch, cfg.lr, cfg.schedule,

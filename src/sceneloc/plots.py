@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .diagnostics import ERROR_MAP_MAX_M, INLIER_THRESHOLD_M, Diagnostics, Example, _concat_finite, roc_curve
+from .diagnostics import ERROR_MAP_MAX_M, INLIER_THRESHOLD_M, Diagnostics, Example, concat_finite, roc_curve
 
 # ============================================================================================= plots
 
@@ -31,7 +31,7 @@ def plot_error_histogram(diag: Diagnostics, path: Path, split: str) -> None:
     """Paper Fig. 2: normalised histograms of the coordinate errors of randomly sampled N_k points
     and of the most confident N_best of them (when the map has a confidence network)."""
     plt = _pyplot()
-    sampled, confident = _concat_finite(diag.sampled), _concat_finite(diag.confident)
+    sampled, confident = concat_finite(diag.sampled), concat_finite(diag.confident)
     cap = max(0.5, float(np.percentile(sampled, 95))) if sampled.size else 0.5
     bins = np.linspace(0, cap, 51)
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -55,7 +55,7 @@ def plot_error_histogram(diag: Diagnostics, path: Path, split: str) -> None:
 def plot_roc(diag: Diagnostics, path: Path, split: str) -> dict[str, float]:
     """Paper Fig. 3: ROC of each confidence net for inlier detection (error < 10 cm); returns AUCs."""
     plt = _pyplot()
-    labels = _concat_finite(diag.roc_errors) < INLIER_THRESHOLD_M
+    labels = concat_finite(diag.roc_errors) < INLIER_THRESHOLD_M
     fig, ax = plt.subplots(figsize=(5.2, 5))
     aucs = {}
     for name, parts in diag.roc_scores.items():

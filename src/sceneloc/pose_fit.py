@@ -22,7 +22,7 @@ from .geometry import (
     solve_pnp,
     transform_points,
 )
-from .pose_config import MIN_POINTS, PoseConfig, at_focal_length
+from .pose_config import MIN_POINTS, PoseConfig
 from .pose_ransac import distance_residuals, reprojection_residuals, robust_sigma
 
 #: Smallest per-axis residual sigma (metres) that weighs the depth offset's prior: exact data would
@@ -212,8 +212,7 @@ def polish_pose(corr: Correspondences, pose: np.ndarray, used: np.ndarray,
     the inlier set stops changing or ``polish_iterations`` re-fits; then again at each of
     ``config.polish_thresholds_m`` (Kabsch) or ``polish_thresholds_px`` (PnP) in turn. Returns the
     pose and its points (``used`` unchanged if no re-fit happened)."""
-    tighter = (config.polish_thresholds_m if corr.solver == "kabsch"
-               else tuple(at_focal_length(t, corr.K) for t in config.polish_thresholds_px))
+    tighter = config.polish_thresholds_m if corr.solver == "kabsch" else config.polish_thresholds_px
     for threshold in (corr.threshold, *tighter):
         previous = None
         for _ in range(config.polish_iterations):

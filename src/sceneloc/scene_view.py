@@ -11,14 +11,15 @@ on them moves the pose towards the truth. Rounds of render, flow and re-fit (``a
 redkitchen's RGB poses within 5 cm / 5 deg from 67.5 to 89 % on the dev split and from 39 to 60 % on
 split 2 (docs/history/2026-11-30-scene-view.md), the way ICP of the query depth does for RGB-D poses.
 
->>> view = SceneView.build(frames)                                     # doctest: +SKIP
+>>> samples = [grey_samples(f.load_image(), f.load_depth(), f.K, f.pose) for f in frames]  # doctest: +SKIP
+>>> view = SceneView.from_samples(samples)                              # doctest: +SKIP
 >>> fit = align_image(image, K, T_wc, view)                             # doctest: +SKIP
 >>> fit.pose, fit.inliers                                              # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -29,7 +30,6 @@ import torch
 
 from .errors import SceneLocError
 from .geometry import invert_pose, make_pose, pose_errors, reprojection_errors, scale_intrinsics, transform_points
-from .progress import progress as progress_bar
 from .scene_cloud import depth_grid, scaled_stride
 
 SCENE_VIEW_FILE = "scene_view.npz"
@@ -79,17 +79,6 @@ def grey_samples(image: np.ndarray | None, depth: np.ndarray | None, K: np.ndarr
     return transform_points(T_wc, grid[ok]).astype(np.float32), grey[ok]
 
 
-def frame_samples(frames: Iterable, stride: int | None = None, desc: str = "scene view"
-                  ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``grey_samples`` of each frame (frames without depth: empty)."""
-    out = []
-    for f in progress_bar(list(frames), desc=desc, unit="frame", mininterval=1.0, dynamic_ncols=True):
-        image = None if f.depth_path is None else f.load_image()
-        depth = None if image is None else f.load_depth(image.shape[:2])
-        out.append(grey_samples(image, depth, f.K, f.pose, stride))
-    return out
-
-
 @dataclass
 class SceneView:
     """The scene's surface with its grey values: ``points (M, 3)`` world metres at voxel centres, ``grey
@@ -118,11 +107,6 @@ class SceneView:
             return None
         centres = (np.stack(np.unravel_index(unique[keep], dims), axis=1) + lo + 0.5) * voxel
         return cls(centres.astype(np.float32), np.round(grey[keep]).astype(np.uint8), voxel)
-
-    @classmethod
-    def build(cls, frames: Iterable, voxel: float = VOXEL_M, stride: int | None = None) -> SceneView | None:
-        """Fuse the depth and images of ``frames`` (each with ``pose``, ``K``, ``load_image``, ``load_depth``)."""
-        return cls.from_samples(frame_samples(frames, stride), voxel)
 
     def __post_init__(self) -> None:
         # points in blocks of BLOCK_M, block after block: a rendering reads the visible ones as slices

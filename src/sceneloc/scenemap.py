@@ -98,7 +98,7 @@ class Prediction:
     network_ms: float
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Localization:
     """Result of ``Map.localize``: camera-to-world pose (None when no pose could be found), inlier
     count, hypothesis score, timings in ms (network, sampling, refinement, total) and the
@@ -111,10 +111,10 @@ class Localization:
     inliers: int
     score: float
     timings: dict[str, float]
-    pixels: np.ndarray | None = field(repr=False)
-    coords: np.ndarray | None = field(repr=False)
-    confidence: np.ndarray | None = field(repr=False)
-    used: np.ndarray | None = field(repr=False)
+    pixels: np.ndarray | None = field(default=None, repr=False)
+    coords: np.ndarray | None = field(default=None, repr=False)
+    confidence: np.ndarray | None = field(default=None, repr=False)
+    used: np.ndarray | None = field(default=None, repr=False)
     failure: str | None = None
     probability: float = float("nan")
     depth_offset_m: float = 0.0
@@ -427,8 +427,9 @@ class Map:
         if self.calibration is not None:
             probability = self.calibration.probability("rgb" if depth is None else "rgbd", inlier_settings(config, K),
                                                        res.n_inliers, len(pixels), pose is not None, pose)
-        return Localization(pose, res.n_inliers, res.score, timings, pixels, coords, conf, res.used, res.failure,
-                            probability, offset)
+        return Localization(pose=pose, inliers=res.n_inliers, score=res.score, timings=timings, pixels=pixels,
+                            coords=coords, confidence=conf, used=res.used, failure=res.failure,
+                            probability=probability, depth_offset_m=offset)
 
 
 def _first_line(e: BaseException, limit: int = 160) -> str:

@@ -85,7 +85,7 @@ from .synth_render import (  # noqa: F401
     texture_image,
 )
 from .synth_scenes import DEFAULT_PRESET, Quad, Scene, box, rect, table  # noqa: F401
-from .synth_trajectory import _smooth_wobble, free_space, look_at, sample_trajectory, surface_samples  # noqa: F401
+from .synth_trajectory import free_space, look_at, sample_scene_points, sample_trajectory, smooth_wobble  # noqa: F401
 from .validation import check_intrinsics, check_output_path
 
 #: Kinect intrinsics of 7-Scenes at 640x480, the default camera.
@@ -114,7 +114,7 @@ def _sequence_lighting(opts: SensorOptions, rng: np.random.Generator, n: int) ->
     gain = rng.uniform(0.75, 1.25)
     b, g, r = (float(c) for c in rng.uniform(0.9, 1.1, 3))
     lamp = rng.uniform(0.4, 1.2)
-    drift = 1 + _smooth_wobble(rng, np.linspace(0, 1, n), 1, 0.03)[:, 0]
+    drift = 1 + smooth_wobble(rng, np.linspace(0, 1, n), 1, 0.03)[:, 0]
     return [Lighting(float(gain * d), (b, g, r), float(lamp)) for d in drift]
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import SceneLocError
 from .synth_scenes import PRESETS as ROOM_PRESETS
-from .synth_scenes import WHITE, Quad, Scene, _poster, _room_shell, _v, rect
+from .synth_scenes import WHITE, Quad, Scene, poster, rect, room_shell, vec3
 
 #: rooms of the floor, left to right along the corridor (the single-room presets)
 FLOOR_ROOMS = ("room", "desk", "kitchen", "living", "stairs")
@@ -43,7 +43,7 @@ def translated(scene: Scene, offset: np.ndarray) -> Scene:
 def _corridor(length: float) -> Scene:
     """A ``length`` x 2.4 x 2.6 m corridor along x at ``y`` in ``[-2.4, 0]``: doors and pictures on its walls."""
     sx, sy, sz = length, CORRIDOR_DEPTH_M, 2.6
-    q = _room_shell(sx, sy, sz, {
+    q = room_shell(sx, sy, sz, {
         (0, 1, 0): ("stripes", (0.6, 2.5), (0.9, 0.9, 0.85)),
         (1, 0, 0): ("brick", (1.0, 0.5), (0.8, 0.8, 0.9)),
         (0, -1, 0): ("wallpaper", (sx, sz), (0.85, 0.9, 0.95)),
@@ -51,13 +51,13 @@ def _corridor(length: float) -> Scene:
     }, floor=("tiles", (0.6, 0.6), (0.7, 0.72, 0.75)), ceiling=("plain", (1.0, 1.0), WHITE))
     pictures = ("hubble", "moon", "retina", "colorwheel", "coffee", "chelsea", "rocket", "astronaut")
     for i, x in enumerate(np.arange(1.2, sx - 0.8, 2.6)):
-        q.append(_poster((0, 1, 0), (x, 0, 1.5), 0.8, 0.6, pictures[i % len(pictures)]))           # far wall
+        q.append(poster((0, 1, 0), (x, 0, 1.5), 0.8, 0.6, pictures[i % len(pictures)]))           # far wall
         q.append(rect((x + 1.2, sy - 0.005, 1.0), (0, -1, 0), 0.9, 2.0, "panel", tint=(0.55, 0.7, 0.8)))  # doors
-        q.append(_poster((0, -1, 0), (x, sy, 1.6), 0.6, 0.5, pictures[(i + 3) % len(pictures)]))
+        q.append(poster((0, -1, 0), (x, sy, 1.6), 0.6, 0.5, pictures[(i + 3) % len(pictures)]))
     scene = Scene("corridor", f"{sx:.1f} x {sy:.1f} x {sz:.1f} m corridor", (sx, sy, sz), q,
-                  (_v(0.7, 0.7, 1.2), _v(sx - 0.7, sy - 0.7, 1.7)), [], clearance=0.4,
+                  (vec3(0.7, 0.7, 1.2), vec3(sx - 0.7, sy - 0.7, 1.7)), [], clearance=0.4,
                   view_range=(0.8, 3.5), light=(sx / 2, sy / 2, sz - 0.1), waypoints=8)
-    return translated(scene, _v(0, -sy - ROOM_GAP_M, 0))
+    return translated(scene, vec3(0, -sy - ROOM_GAP_M, 0))
 
 
 def _preset_floor() -> Scene:
@@ -65,7 +65,7 @@ def _preset_floor() -> Scene:
     rooms, x = [], 0.0
     for name in FLOOR_ROOMS:
         room = ROOM_PRESETS[name]()
-        rooms.append(translated(room, _v(x, 0, 0)))
+        rooms.append(translated(room, vec3(x, 0, 0)))
         x += room.size[0] + ROOM_GAP_M
     rooms.append(_corridor(x - ROOM_GAP_M))
     quads = [q for r in rooms for q in r.quads]

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import skimage.data
 
-from .synth_scenes import Scene, _v
+from .synth_scenes import Scene, vec3
 
 NEAR = 0.01                      # near clipping plane (m): only guards the divisions
 TEXTURE_MAX_SIDE = 384           # texels; larger textures only alias more at room distances
@@ -214,7 +214,7 @@ class Renderer:
 
     AMBIENT = 0.35
     SUN = 0.3                                    # directional light (a window), gives faces different shades
-    SUN_DIR = _v(0.45, 0.3, 0.84) / np.linalg.norm(_v(0.45, 0.3, 0.84))
+    SUN_DIR = vec3(0.45, 0.3, 0.84) / np.linalg.norm(vec3(0.45, 0.3, 0.84))
     LAMP_RADIUS = 2.5                            # metres at which the lamp's falloff halves
 
     def __init__(self, scene: Scene, K: np.ndarray, width: int, height: int):

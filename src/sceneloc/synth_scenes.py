@@ -92,7 +92,7 @@ def _plain(value: object) -> object:
     return value
 
 
-def _v(*xs: float) -> np.ndarray:
+def vec3(*xs: float) -> np.ndarray:
     return np.array(xs, dtype=np.float64)
 
 
@@ -100,7 +100,7 @@ def rect(center, normal, width: float, height: float, texture: str, up=(0.0, 0.0
          repeat: tuple[float, float] | None = None, tint=(1.0, 1.0, 1.0)) -> Quad:
     """A ``width`` x ``height`` rectangle centred at ``center``, visible from the side ``normal``
     points to, with ``up`` (orthogonal to ``normal``) pointing to the top edge of its texture."""
-    c, n, up = _v(*center), _v(*normal), _v(*up)
+    c, n, up = vec3(*center), vec3(*normal), vec3(*up)
     right = np.cross(-n, up)                  # a viewer facing the quad looks along -n
     return Quad(c - right * width / 2 + up * height / 2, right * width, -up * height, texture, repeat, tint)
 
@@ -116,17 +116,17 @@ def box(lo, hi, texture: str | dict, repeat=None, tint=(1.0, 1.0, 1.0), inward: 
     """The faces of an axis-aligned box, visible from outside (furniture) or inside (``inward``:
     a room). ``texture`` is one name or a dict from outward normal tuple to ``(texture, repeat,
     tint)``; faces whose outward normal is in ``skip`` are left out (by default the bottom)."""
-    lo, hi = _v(*lo), _v(*hi)
+    lo, hi = vec3(*lo), vec3(*hi)
     quads = []
     for n, up in _FACES.items():
         if n in skip:
             continue
-        nv = _v(*n)
+        nv = vec3(*n)
         axis = int(np.argmax(np.abs(nv)))
         center = (lo + hi) / 2
         center[axis] = hi[axis] if nv[axis] > 0 else lo[axis]
         size = hi - lo
-        upv = _v(*up)
+        upv = vec3(*up)
         right = np.cross(-nv, upv)
         w, h = abs(size @ right), abs(size @ upv)
         if isinstance(texture, dict):
@@ -151,15 +151,15 @@ def table(x: float, y: float, w: float, d: float, h: float, top: str, tint=(1, 1
     return quads
 
 
-def _poster(wall_normal, center, w: float, h: float, texture: str) -> Quad:
+def poster(wall_normal, center, w: float, h: float, texture: str) -> Quad:
     """A picture hanging 1 cm in front of a wall (no z-fighting: the z-buffer sees a 1 cm step)."""
-    c = _v(*center) + 0.01 * _v(*wall_normal)
+    c = vec3(*center) + 0.01 * vec3(*wall_normal)
     q = rect(c, wall_normal, w, h, texture)
     q.interest = 2.0
     return q
 
 
-def _room_shell(sx: float, sy: float, sz: float, walls: dict, floor, ceiling) -> list[Quad]:
+def room_shell(sx: float, sy: float, sz: float, walls: dict, floor, ceiling) -> list[Quad]:
     """Floor, ceiling and four walls of a box room ``[0, sx] x [0, sy] x [0, sz]``, seen from inside.
     ``walls`` maps the wall's inward normal to ``(texture, repeat, tint)``."""
     faces = {(-n[0], -n[1], 0): spec for n, spec in walls.items()}
@@ -179,19 +179,19 @@ WHITE, CREAM, GREY = (0.92, 0.93, 0.95), (0.78, 0.88, 0.93), (0.75, 0.75, 0.75)
 def _preset_room() -> Scene:
     """3.2 x 3.0 x 2.5 m living room: posters, table, cabinet, bookshelf, sofa, rug."""
     sx, sy, sz = 3.2, 3.0, 2.5
-    q = _room_shell(sx, sy, sz, {
+    q = room_shell(sx, sy, sz, {
         (0, 1, 0): ("brick", (1.0, 0.5), (0.75, 0.8, 0.95)),      # wall y=0, bricks (repetitive)
         (1, 0, 0): ("plain", (1.0, 1.0), CREAM),                   # wall x=0, low texture
         (0, -1, 0): ("stripes", (0.6, 2.5), (0.95, 0.9, 0.85)),    # wall y=sy, wallpaper
         (-1, 0, 0): ("plain", (1.0, 1.0), (0.85, 0.9, 0.8)),       # wall x=sx
     }, floor=("wood", (1.2, 1.2), (0.9, 0.9, 0.9)), ceiling=("plain", (1.0, 1.0), WHITE))
     q += [
-        _poster((1, 0, 0), (0, 0.9, 1.5), 0.9, 0.9, "astronaut"),
-        _poster((1, 0, 0), (0, 2.1, 1.4), 0.9, 0.6, "rocket"),
-        _poster((0, -1, 0), (1.0, sy, 1.55), 0.9, 0.6, "coffee"),
-        _poster((0, -1, 0), (2.3, sy, 1.5), 0.7, 0.7, "hubble"),
-        _poster((-1, 0, 0), (sx, 1.9, 1.5), 0.9, 0.6, "chelsea"),
-        _poster((0, 1, 0), (2.4, 0, 1.6), 0.6, 0.45, "retina"),
+        poster((1, 0, 0), (0, 0.9, 1.5), 0.9, 0.9, "astronaut"),
+        poster((1, 0, 0), (0, 2.1, 1.4), 0.9, 0.6, "rocket"),
+        poster((0, -1, 0), (1.0, sy, 1.55), 0.9, 0.6, "coffee"),
+        poster((0, -1, 0), (2.3, sy, 1.5), 0.7, 0.7, "hubble"),
+        poster((-1, 0, 0), (sx, 1.9, 1.5), 0.9, 0.6, "chelsea"),
+        poster((0, 1, 0), (2.4, 0, 1.6), 0.6, 0.45, "retina"),
         rect((sx - 0.005, 0.7, 1.0), (-1, 0, 0), 0.85, 2.0, "panel", repeat=None, tint=(0.55, 0.7, 0.8)),  # door
         rect((1.5, 1.55, 0.004), (0, 0, 1), 1.6, 1.1, "ihc", up=(0, 1, 0)),                             # rug
     ]
@@ -209,26 +209,26 @@ def _preset_room() -> Scene:
     sofa = ((0.9, 0.05, 0.0), (2.5, 0.85, 0.45))
     q += box(*sofa, "carpet", (0.5, 0.5), (0.55, 0.45, 0.75))
     q += box((0.9, 0.05, 0.45), (2.5, 0.25, 0.85), "carpet", (0.5, 0.5), (0.55, 0.45, 0.75))              # backrest
-    obstacles = [(_v(0.9, 1.2, 0), _v(2.3, 2.0, 0.75)), (_v(*cabinet[0]), _v(*cabinet[1]) + _v(0, 0, 0.3)),
-                 (_v(*shelf[0]), _v(*shelf[1])), (_v(*sofa[0]), _v(2.5, 0.85, 0.85))]
+    obstacles = [(vec3(0.9, 1.2, 0), vec3(2.3, 2.0, 0.75)), (vec3(*cabinet[0]), vec3(*cabinet[1]) + vec3(0, 0, 0.3)),
+                 (vec3(*shelf[0]), vec3(*shelf[1])), (vec3(*sofa[0]), vec3(2.5, 0.85, 0.85))]
     return Scene("room", "3.2 x 3.0 x 2.5 m living room, posters and furniture (default, moderate)",
-                 (sx, sy, sz), q, (_v(0.55, 0.55, 1.1), _v(sx - 0.55, sy - 0.55, 1.8)), obstacles,
+                 (sx, sy, sz), q, (vec3(0.55, 0.55, 1.1), vec3(sx - 0.55, sy - 0.55, 1.8)), obstacles,
                  light=(1.6, 1.5, 2.45), waypoints=9, sweep=True)
 
 
 def _preset_desk() -> Scene:
     """Small and easy: a desk corner seen from a chair, ~1 m^3 of camera motion (like 7-Scenes' Heads)."""
     sx, sy, sz = 2.2, 1.8, 2.4
-    q = _room_shell(sx, sy, sz, {
+    q = room_shell(sx, sy, sz, {
         (0, 1, 0): ("stripes", (0.6, 2.5), (0.9, 0.95, 0.9)),
         (1, 0, 0): ("plain", (1.0, 1.0), CREAM),
         (0, -1, 0): ("plain", (1.0, 1.0), (0.85, 0.85, 0.95)),
         (-1, 0, 0): ("brick", (1.0, 0.5), (0.7, 0.75, 0.9)),
     }, floor=("tiles", (0.6, 0.6), GREY), ceiling=("plain", (1.0, 1.0), WHITE))
     q += [
-        _poster((0, -1, 0), (0.7, sy, 1.45), 0.7, 0.7, "astronaut"),
-        _poster((0, -1, 0), (1.6, sy, 1.3), 0.6, 0.4, "coffee"),
-        _poster((1, 0, 0), (0, 1.0, 1.5), 0.5, 0.5, "colorwheel"),
+        poster((0, -1, 0), (0.7, sy, 1.45), 0.7, 0.7, "astronaut"),
+        poster((0, -1, 0), (1.6, sy, 1.3), 0.6, 0.4, "coffee"),
+        poster((1, 0, 0), (0, 1.0, 1.5), 0.5, 0.5, "colorwheel"),
     ]
     q += table(1.1, 1.45, 1.4, 0.6, 0.74, "wood", (0.75, 0.8, 0.9))
     q += box((0.7, 1.6, 0.74), (1.3, 1.66, 1.12), {(0, -1, 0): ("rocket", None, (1, 1, 1)),
@@ -237,16 +237,16 @@ def _preset_desk() -> Scene:
                                                    "default": ("plain", (0.3, 0.3), (0.6, 0.3, 0.2))})     # book
     q += box((1.45, 1.3, 0.74), (1.55, 1.4, 0.86), "clock", (0.2, 0.2), (0.4, 0.6, 0.9))                 # mug
     q += box((1.6, 1.25, 0.74), (1.75, 1.55, 0.9), "chelsea", None)                                       # photo box
-    obstacles = [(_v(0.4, 1.15, 0), _v(1.8, 1.75, 1.12))]
+    obstacles = [(vec3(0.4, 1.15, 0), vec3(1.8, 1.75, 1.12))]
     return Scene("desk", "2.2 x 1.8 x 2.4 m study, a desk corner seen from a chair (small, easy)",
-                 (sx, sy, sz), q, (_v(0.6, 0.35, 1.05), _v(1.6, 0.95, 1.55)), obstacles,
+                 (sx, sy, sz), q, (vec3(0.6, 0.35, 1.05), vec3(1.6, 0.95, 1.55)), obstacles,
                  clearance=0.3, view_range=(0.6, 1.6), light=(1.1, 0.9, 2.35), waypoints=6)
 
 
 def _preset_kitchen() -> Scene:
     """Large and harder: identical cabinet doors (repetition), low-texture walls, more depth range."""
     sx, sy, sz = 4.4, 3.4, 2.6
-    q = _room_shell(sx, sy, sz, {
+    q = room_shell(sx, sy, sz, {
         (0, 1, 0): ("tiles", (0.3, 0.3), (0.9, 0.95, 0.95)),
         (1, 0, 0): ("plain", (1.0, 1.0), (0.8, 0.85, 0.9)),
         (0, -1, 0): ("plain", (1.0, 1.0), CREAM),
@@ -260,10 +260,10 @@ def _preset_kitchen() -> Scene:
                                                     "default": ("plain", (0.5, 0.5), (0.85, 0.9, 0.9))},
                  skip=())
     q += [
-        _poster((1, 0, 0), (0, 1.7, 1.5), 1.0, 0.7, "coffee"),
-        _poster((0, -1, 0), (1.2, sy, 1.5), 0.8, 0.8, "chelsea"),
-        _poster((0, -1, 0), (3.3, sy, 1.4), 0.9, 0.6, "rocket"),
-        _poster((-1, 0, 0), (sx, 2.3, 1.5), 0.7, 0.7, "immunohistochemistry"),
+        poster((1, 0, 0), (0, 1.7, 1.5), 1.0, 0.7, "coffee"),
+        poster((0, -1, 0), (1.2, sy, 1.5), 0.8, 0.8, "chelsea"),
+        poster((0, -1, 0), (3.3, sy, 1.4), 0.9, 0.6, "rocket"),
+        poster((-1, 0, 0), (sx, 2.3, 1.5), 0.7, 0.7, "immunohistochemistry"),
         rect((1.5, 0.01, 1.17), (0, 1, 0), 1.2, 0.5, "moon"),      # window-like picture between cabinets
         rect((sx - 0.005, 0.9, 1.0), (-1, 0, 0), 0.85, 2.0, "panel", tint=(0.5, 0.6, 0.7)),
     ]
@@ -274,11 +274,11 @@ def _preset_kitchen() -> Scene:
     q += box(*fridge, "plain", (0.5, 0.5), (0.9, 0.9, 0.9))
     shelf = ((0.02, 2.5, 0), (0.4, 3.38, 1.8))
     q += box(*shelf, {(1, 0, 0): ("books", (0.88, 0.9), (1, 1, 1)), "default": ("wood", (0.8, 0.8), (0.5, 0.6, 0.7))})
-    obstacles = [(_v(0.3, 0.02, 0), _v(3.9, 0.62, 0.88)), (_v(0.3, 0.02, 1.45), _v(3.9, 0.37, 2.15)),
-                 (_v(1.45, 1.65, 0), _v(2.95, 2.55, 0.9)), (_v(*fridge[0]), _v(*fridge[1])),
-                 (_v(*shelf[0]), _v(*shelf[1]))]
+    obstacles = [(vec3(0.3, 0.02, 0), vec3(3.9, 0.62, 0.88)), (vec3(0.3, 0.02, 1.45), vec3(3.9, 0.37, 2.15)),
+                 (vec3(1.45, 1.65, 0), vec3(2.95, 2.55, 0.9)), (vec3(*fridge[0]), vec3(*fridge[1])),
+                 (vec3(*shelf[0]), vec3(*shelf[1]))]
     return Scene("kitchen", "4.4 x 3.4 x 2.6 m kitchen, identical cabinet doors, low-texture walls (large, harder)",
-                 (sx, sy, sz), q, (_v(0.6, 0.8, 1.1), _v(sx - 0.6, sy - 0.6, 1.8)), obstacles,
+                 (sx, sy, sz), q, (vec3(0.6, 0.8, 1.1), vec3(sx - 0.6, sy - 0.6, 1.8)), obstacles,
                  view_range=(0.9, 3.2), light=(2.2, 1.7, 2.55), waypoints=9, sweep=True)
 
 
@@ -288,7 +288,7 @@ def _preset_stairs() -> Scene:
     x0, width = 0.9, 1.6
     top = n_steps * rise
     sx, sy, sz = x0 + n_steps * run + 1.0, width, top + 2.5
-    q = _room_shell(sx, sy, sz, {
+    q = room_shell(sx, sy, sz, {
         (0, 1, 0): ("brick", (1.0, 0.5), (0.7, 0.75, 0.9)),
         (1, 0, 0): ("plain", (1.0, 1.0), CREAM),
         (0, -1, 0): ("brick", (1.0, 0.5), (0.75, 0.8, 0.95)),
@@ -296,7 +296,7 @@ def _preset_stairs() -> Scene:
     }, floor=("carpet", (0.5, 0.5), GREY), ceiling=("plain", (1.0, 1.0), WHITE))
     obstacles = []
     for i in range(n_steps):  # every step the same: same textures, same tiling phase
-        lo, hi = _v(x0 + i * run, 0, 0), _v(x0 + (i + 1) * run, width, (i + 1) * rise)
+        lo, hi = vec3(x0 + i * run, 0, 0), vec3(x0 + (i + 1) * run, width, (i + 1) * rise)
         if i == n_steps - 1:
             hi[0] = sx  # the top landing
         q += box(lo, hi, {(0, 0, 1): ("wood", (0.5, 0.25), (0.7, 0.8, 0.9)),
@@ -305,13 +305,13 @@ def _preset_stairs() -> Scene:
                  skip=((0, 0, -1), (1, 0, 0), (0, 1, 0), (0, -1, 0)))
         obstacles.append((lo, hi))
     q += [  # a few pictures so that the repetition is not hopeless
-        _poster((0, 1, 0), (0.5, 0, 1.4), 0.6, 0.6, "astronaut"),
-        _poster((0, -1, 0), (2.2, sy, 2.3), 0.6, 0.4, "coffee"),
-        _poster((-1, 0, 0), (sx, 0.8, top + 1.4), 0.8, 0.8, "hubble"),
-        _poster((0, 1, 0), (3.6, 0, top + 1.2), 0.5, 0.5, "chelsea"),
+        poster((0, 1, 0), (0.5, 0, 1.4), 0.6, 0.6, "astronaut"),
+        poster((0, -1, 0), (2.2, sy, 2.3), 0.6, 0.4, "coffee"),
+        poster((-1, 0, 0), (sx, 0.8, top + 1.4), 0.8, 0.8, "hubble"),
+        poster((0, 1, 0), (3.6, 0, top + 1.2), 0.5, 0.5, "chelsea"),
     ]
     return Scene("stairs", "staircase of 12 identical steps between brick walls, 1.6 m wide (repetitive, hard)",
-                 (sx, sy, sz), q, (_v(0.4, 0.45, 1.0), _v(sx - 0.45, sy - 0.45, top + 1.6)), obstacles,
+                 (sx, sy, sz), q, (vec3(0.4, 0.45, 1.0), vec3(sx - 0.45, sy - 0.45, top + 1.6)), obstacles,
                  clearance=0.6, view_range=(0.7, 2.6), light=(sx / 2, sy / 2, sz - 0.1), waypoints=6)
 
 
@@ -347,7 +347,7 @@ def _preset_living() -> Scene:
     # three walls (tints are invisible to a grey-level encoder) made one patch of wall look like
     # dozens of others, an ambiguity real rooms rarely have (the demo's head then fitted its own
     # training pixels to 9 cm only, against 3 cm on redkitchen).
-    q = _room_shell(sx, sy, sz, {
+    q = room_shell(sx, sy, sz, {
         (0, 1, 0): ("wallpaper", (sx, sz), (0.95, 0.9, 0.85)),      # wall y=0: shelves, TV
         (1, 0, 0): ("brick", (sy, sz), (0.95, 0.9, 0.85)),          # wall x=0: sofa
         (0, -1, 0): ("gravel", (sx, sz), (0.8, 0.95, 0.95)),        # wall y=sy: desk
@@ -356,14 +356,14 @@ def _preset_living() -> Scene:
     for quad in q:
         quad.interest = 0.1     # the camera looks at the things in the room, not at bare wall
     q += [
-        _poster((0, 1, 0), (0.9, 0, 2.05), 0.9, 0.55, "hubble"),
-        _poster((0, 1, 0), (3.2, 0, 1.75), 1.2, 0.7, "rocket"),         # the "TV" above the unit
-        _poster((1, 0, 0), (0, 1.3, 1.55), 0.9, 0.9, "astronaut"),
-        _poster((1, 0, 0), (0, 2.6, 1.5), 0.8, 0.6, "coffee"),
-        _poster((0, -1, 0), (1.3, sy, 1.7), 0.8, 0.6, "chelsea"),
-        _poster((0, -1, 0), (3.4, sy, 1.65), 0.9, 0.65, "moon"),
-        _poster((-1, 0, 0), (sx, 2.7, 1.55), 0.8, 0.8, "retina"),
-        _poster((-1, 0, 0), (sx, 0.7, 1.9), 0.5, 0.5, "colorwheel"),
+        poster((0, 1, 0), (0.9, 0, 2.05), 0.9, 0.55, "hubble"),
+        poster((0, 1, 0), (3.2, 0, 1.75), 1.2, 0.7, "rocket"),         # the "TV" above the unit
+        poster((1, 0, 0), (0, 1.3, 1.55), 0.9, 0.9, "astronaut"),
+        poster((1, 0, 0), (0, 2.6, 1.5), 0.8, 0.6, "coffee"),
+        poster((0, -1, 0), (1.3, sy, 1.7), 0.8, 0.6, "chelsea"),
+        poster((0, -1, 0), (3.4, sy, 1.65), 0.9, 0.65, "moon"),
+        poster((-1, 0, 0), (sx, 2.7, 1.55), 0.8, 0.8, "retina"),
+        poster((-1, 0, 0), (sx, 0.7, 1.9), 0.5, 0.5, "colorwheel"),
         rect((sx - 0.005, 1.55, 1.0), (-1, 0, 0), 0.85, 2.0, "panel", tint=(0.55, 0.7, 0.8)),   # door
         rect((2.2, 1.9, 0.004), (0, 0, 1), 2.0, 1.4, "ihc", up=(0, 1, 0)),                      # rug
     ]
@@ -404,13 +404,13 @@ def _preset_living() -> Scene:
     for quad in q:
         if quad.interest == 1.0 and quad.normal[2] < 0.9:   # furniture sides and fronts
             quad.interest = 1.5
-    obstacles = [(_v(*shelf[0]), _v(*shelf[1])), (_v(*tv_unit[0]), _v(4.0, 0.47, 0.9)),
-                 (_v(*sofa[0]), _v(0.85, 2.9, 0.85)), (_v(*desk[0]), _v(2.5, 3.78, 1.15)),
-                 (_v(*shelf2[0]), _v(4.1, 3.78, 1.5)), (_v(*cabinet[0]), _v(4.38, 3.3, 1.25)),
-                 (_v(1.7, 1.6, 0.0), _v(2.7, 2.2, 0.6))]
+    obstacles = [(vec3(*shelf[0]), vec3(*shelf[1])), (vec3(*tv_unit[0]), vec3(4.0, 0.47, 0.9)),
+                 (vec3(*sofa[0]), vec3(0.85, 2.9, 0.85)), (vec3(*desk[0]), vec3(2.5, 3.78, 1.15)),
+                 (vec3(*shelf2[0]), vec3(4.1, 3.78, 1.5)), (vec3(*cabinet[0]), vec3(4.38, 3.3, 1.25)),
+                 (vec3(1.7, 1.6, 0.0), vec3(2.7, 2.2, 0.6))]
     return Scene("living", "4.4 x 3.8 x 2.6 m living room full of furniture, pictures and clutter, filmed "
                  "towards its bookshelf, TV and sofa (the demo's scene; a fair test of a real capture)",
-                 (sx, sy, sz), q, (_v(1.4, 1.2, 1.1), _v(3.0, 2.6, 1.7)), obstacles, clearance=0.5,
+                 (sx, sy, sz), q, (vec3(1.4, 1.2, 1.1), vec3(3.0, 2.6, 1.7)), obstacles, clearance=0.5,
                  view_range=(1.0, 3.2), light=(2.2, 1.9, 2.55), waypoints=9, unique_copies=True,
                  look_halfspace=((1.0, 1.0, 0.0), 0.5 * (sx + sy)))
 

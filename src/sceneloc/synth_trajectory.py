@@ -9,7 +9,7 @@ import math
 import cv2
 import numpy as np
 
-from .synth_scenes import Scene, _v
+from .synth_scenes import Scene, vec3
 
 # ===================================================================================== trajectories
 
@@ -29,7 +29,7 @@ def free_space(scene: Scene, p: np.ndarray, slack: float = 0.0) -> np.ndarray:
     return ok
 
 
-def surface_samples(scene: Scene, rng: np.random.Generator, n: int = 3000) -> tuple[np.ndarray, np.ndarray]:
+def sample_scene_points(scene: Scene, rng: np.random.Generator, n: int = 3000) -> tuple[np.ndarray, np.ndarray]:
     """Random points on the scene's surfaces worth looking at (weighted by area and interest, no
     ceiling), within the scene's ``look_halfspace`` if it has one: ``points (n, 3)`` and their
     ``normals (n, 3)``."""
@@ -77,7 +77,7 @@ def _waypoints(scene: Scene, rng: np.random.Generator,
     a separate walk, but through the space the training walks mapped; None when no such walk is
     found (too few training frames).
     """
-    pts, normals = surface_samples(scene, rng)
+    pts, normals = sample_scene_points(scene, rng)
     lo, hi = scene.camera_region
     sense = rng.choice([-1.0, 1.0])
     cams: list[np.ndarray] = []
@@ -128,7 +128,7 @@ def _catmull_rom(points: np.ndarray, t: np.ndarray) -> np.ndarray:
                   + (-p0 + 3 * p1 - 3 * p2 + p3) * s ** 3)
 
 
-def _smooth_wobble(rng: np.random.Generator, s: np.ndarray, dims: int, amplitude: float) -> np.ndarray:
+def smooth_wobble(rng: np.random.Generator, s: np.ndarray, dims: int, amplitude: float) -> np.ndarray:
     """Hand tremor: a sum of three random sinusoids per dimension of arc length ``s (M,)``,
     1-5 cycles per metre, ``(M, dims)`` with about ``amplitude`` RMS."""
     freq = rng.uniform(1.0, 5.0, (3, dims)) * 2 * np.pi
@@ -141,7 +141,7 @@ def look_at(center: np.ndarray, target: np.ndarray, roll: float = 0.0) -> np.nda
     rolled by ``roll`` radians about the optical axis."""
     z = target - center
     z = z / np.linalg.norm(z)
-    x = np.cross(z, _v(0, 0, 1))
+    x = np.cross(z, vec3(0, 0, 1))
     x /= np.linalg.norm(x)
     y = np.cross(z, x)
     c, s = math.cos(roll), math.sin(roll)
@@ -187,11 +187,11 @@ def sample_trajectory(scene: Scene, n_frames: int, rng: np.random.Generator,
         arc = np.concatenate([[0], np.cumsum(walked + 0.5 * turned)])
         s = np.linspace(0, arc[-1], n_frames)
         t = np.interp(s, arc, dense_t)
-        centers = _catmull_rom(cams, t) + _smooth_wobble(rng, s, 3, 0.01)
+        centers = _catmull_rom(cams, t) + smooth_wobble(rng, s, 3, 0.01)
         views = _catmull_rom(dirs, t)
         looks = centers + views / np.linalg.norm(views, axis=1, keepdims=True)
-        roll = _smooth_wobble(rng, s / 4, 1, math.radians(3))[:, 0]
-        shake = _smooth_wobble(rng, s, 3, math.radians(0.5))
+        roll = smooth_wobble(rng, s / 4, 1, math.radians(3))[:, 0]
+        shake = smooth_wobble(rng, s, 3, math.radians(0.5))
         poses = np.zeros((n_frames, 4, 4))
         for i in range(n_frames):
             poses[i, :3, :3] = look_at(centers[i], looks[i], roll[i]) @ _rotvec(shake[i])

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -69,7 +69,7 @@ class TrackingConfig:
             raise SceneLocError("min_view_inliers and relocalize_every must not be negative")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrackedLocalization(Localization):
     """A ``Localization`` that also says whether the frame was ``tracked`` (aligned from the prior, no
     network pass) or relocalized, and why tracking did not hold (``tracking_failure``)."""
@@ -154,7 +154,7 @@ class Tracker:
                 self._advance(pose, offset, relocalized=False)
                 timings = {"network_ms": 0.0, "sampling_ms": 0.0, "refinement_ms": tracking_ms,
                            "total_ms": tracking_ms}
-                return TrackedLocalization(pose, inliers, score, timings, None, None, None, None,
+                return TrackedLocalization(pose=pose, inliers=inliers, score=score, timings=timings,
                                            depth_offset_m=offset, tracked=True)
             why = aligned
         tracking_ms = (time.perf_counter() - t0) * 1e3
@@ -167,9 +167,8 @@ class Tracker:
             self._advance(res.pose, res.depth_offset_m, relocalized=True)
         else:
             self.reset()
-        return TrackedLocalization(res.pose, res.inliers, res.score, timings, res.pixels, res.coords,
-                                   res.confidence, res.used, res.failure, res.probability, res.depth_offset_m,
-                                   tracked=False, tracking_failure=why)
+        found = {f.name: getattr(res, f.name) for f in fields(res)} | {"timings": timings}
+        return TrackedLocalization(**found, tracked=False, tracking_failure=why)
 
     def _advance(self, T_wc: np.ndarray, offset_m: float, relocalized: bool) -> None:
         # a relocalization restarts the motion model: the jump from the last tracked pose is no motion

@@ -59,8 +59,10 @@ CONFIDENCE_MODES = ("regression", "classification", "both")
 
 @dataclass
 class MappingConfig:
-    """Every option of ``sceneloc map``; paper values are the defaults where the paper gives one.
-    ``None`` fields take their architecture's value from ARCH_DEFAULTS (see ``resolved``)."""
+    """Every option of ``sceneloc map``. The defaults are what measured best on real data (one line each
+    in docs/defaults.md); the paper's network and loss are one flag away (``arch="unet"``,
+    ``loss="tukey+smooth"``). ``None`` fields take their architecture's value from ARCH_DEFAULTS (see
+    ``resolved``). Units are in the names: ``_mb`` megabytes, ``_deg`` degrees, ``_m`` metres, ``minutes``."""
     # A frozen pretrained encoder and a head trained on a pixel buffer (ACE) by default: it maps in
     # minutes and localizes better than the from-scratch FCN (BENCHMARKS.md); ``fcn`` and the
     # paper's ``unet`` learn the whole network per scene.
@@ -94,13 +96,13 @@ class MappingConfig:
     minutes: float | None = None      # training budget of stage 1 (the head for xfeat)
     iterations: int | None = None     # exact step count instead of a time budget (repeatable runs)
     aug_scale: float | None = None    # random zoom in [1/a, a]
-    aug_rotation: float = 15.0        # random in-plane rotation in [-r, r] degrees
+    aug_rotation_deg: float = 15.0        # random in-plane rotation in [-r, r] degrees
     aug_brightness: float = 0.2
     aug_contrast: float = 0.2
     # xfeat: this many of the augmented buffer copies are the image rendered from a camera orbited by up
-    # to aug_orbit degrees about the scene ahead, with its depth (buffer.novel_view): views from elsewhere
+    # to aug_orbit_deg degrees about the scene ahead, with its depth (buffer.novel_view): views from elsewhere
     aug_novel_views: int = 0
-    aug_orbit: float = 5.0
+    aug_orbit_deg: float = 5.0
     checkpoint_minutes: float = 2.0
     snapshot_minutes: tuple[float, ...] = ()  # also save the weights at these training minutes (snapshots/)
     seed: int = 0
@@ -132,7 +134,7 @@ class MappingConfig:
         """The batch augmentation of stage 1 and stage 2 (needs a ``resolved`` config)."""
         if self.aug_scale is None:
             raise ValueError("MappingConfig.augmentation needs a resolved config (aug_scale is None)")
-        return Augmentation(self.aug_scale, self.aug_rotation, self.aug_brightness, self.aug_contrast)
+        return Augmentation(self.aug_scale, self.aug_rotation_deg, self.aug_brightness, self.aug_contrast)
 
     def network_config(self) -> dict:
         if self.arch == "xfeat":
