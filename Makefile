@@ -24,12 +24,14 @@ $(STAMP): pyproject.toml
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m mypy
+	.venv/bin/lint-imports
 	$(PY) -m pytest -q --durations=15
 
 # The same without the end-to-end tests marked slow.
 test-fast: setup
 	$(PY) -m ruff check .
 	$(PY) -m mypy
+	.venv/bin/lint-imports
 	$(PY) -m pytest -q --durations=15 -m "not slow"
 
 # --force: a second `make demo` replaces the previous run in demo_out/ (reusing its rendered scene);

@@ -1,7 +1,7 @@
 """Malformed inputs tried against every command and the Python API, and what each did.
 
 Renders a tiny synthetic scene and fits a tiny map to it (seconds), then runs each case through
-``sceneloc.cli.main`` in this process (or the API call) and classifies the outcome: ``exit 2, one
+``sceneloc.cli.main.main`` in this process (or the API call) and classifies the outcome: ``exit 2, one
 line`` (the promised SceneLocError), ``exit 0`` (accepted: the value is valid), ``usage`` (argparse
 refused the value's type), ``TRACEBACK <type>`` (a bug) or ``HANG`` (still running after
 ``--case-timeout-s``, then interrupted). Prints a Markdown table (the one in docs/robustness.md) and
@@ -31,13 +31,13 @@ import cv2
 import numpy as np
 import torch
 
-from sceneloc.cli import main
-from sceneloc.data import load_scene
+from sceneloc.cli.main import main
+from sceneloc.data.dataset import load_scene
 from sceneloc.errors import SceneLocError
-from sceneloc.mapping import map_scene
-from sceneloc.scenemap import Map
-from sceneloc.synth import SensorOptions, generate
-from sceneloc.training import MappingConfig
+from sceneloc.mapping.build import map_scene
+from sceneloc.mapping.scene_map import Map
+from sceneloc.synth.dataset import SensorOptions, generate
+from sceneloc.training.trainers import MappingConfig
 
 
 def tiny_setup(work: Path) -> tuple[Path, Path]:

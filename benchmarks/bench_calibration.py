@@ -19,14 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from sceneloc.buffer import entries_for_memory, fill_buffer
-from sceneloc.calibration import error_ratio, reliability_bins
-from sceneloc.data import load_scene
-from sceneloc.evaluation import pose_error_arrays
+from sceneloc.data.dataset import load_scene
 from sceneloc.geometry import read_pose_file
-from sceneloc.mapping import calibrate_with_held_out_head, calibration_group, map_config
-from sceneloc.networks import EncoderHeadNet, build_coordinate_network
-from sceneloc.training import MappingConfig
+from sceneloc.mapping.build import calibrate_with_held_out_head, calibration_group, map_config
+from sceneloc.nets.models import EncoderHeadNet, build_coordinate_network
+from sceneloc.pose.calibration import error_ratio, reliability_bins
+from sceneloc.report.evaluation import pose_error_arrays
+from sceneloc.training.buffer import entries_for_memory, fill_buffer
+from sceneloc.training.trainers import MappingConfig
 
 
 def blocks(frames: list, size: int = 30, every: int = 4) -> np.ndarray:

@@ -27,12 +27,12 @@ from dataclasses import replace
 
 import numpy as np
 
-from sceneloc.data import evenly_spaced, load_scene
-from sceneloc.evaluation import pose_error_arrays, pose_metrics
-from sceneloc.pose import DSAC_METHODS, METHODS, PoseConfig
-from sceneloc.pose_config import DSAC_SCORES
+from sceneloc.data.dataset import evenly_spaced, load_scene
+from sceneloc.mapping.scene_map import CONFIDENCE_METHODS, Map
+from sceneloc.pose.config import DSAC_SCORES
+from sceneloc.pose.estimate import DSAC_METHODS, METHODS, PoseConfig
 from sceneloc.progress import progress
-from sceneloc.scenemap import CONFIDENCE_METHODS, Map
+from sceneloc.report.evaluation import pose_error_arrays, pose_metrics
 
 
 def shift_depth(depth: np.ndarray, shift_px: int | tuple[int, int], shift_m: float, scale: float = 1.0) -> np.ndarray:

@@ -46,12 +46,12 @@ from bench_estimators import shift_depth
 from bench_peers import summarise
 from bench_pose_table import replace_section
 from resplit import resplit
-from sceneloc.data import load_scene
-from sceneloc.evaluation import pose_error_arrays, pose_metrics
+from sceneloc.data.dataset import load_scene
 from sceneloc.geometry import invert_pose, pose_errors, transform_points
-from sceneloc.pose import PoseConfig
+from sceneloc.mapping.scene_map import Map
+from sceneloc.pose.config import PoseConfig
 from sceneloc.progress import progress
-from sceneloc.scenemap import Map
+from sceneloc.report.evaluation import pose_error_arrays, pose_metrics
 from sfm_view import sfm_view
 
 HERE = Path(__file__).resolve().parent

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sceneloc.buffer import PixelBuffer, entries_for_memory, fill_buffer
-from sceneloc.data import load_scene
-from sceneloc.head_training import train_head
-from sceneloc.networks import EncoderHeadNet, SceneNormalisation
-from sceneloc.training import MappingConfig
+from sceneloc.data.dataset import load_scene
+from sceneloc.nets.models import EncoderHeadNet, SceneNormalisation
+from sceneloc.training.buffer import PixelBuffer, entries_for_memory, fill_buffer
+from sceneloc.training.head import train_head
+from sceneloc.training.trainers import MappingConfig
 
 TEST_FRAME_STEP = 2
 
@@ -65,7 +65,7 @@ def run_row(opts: dict, scene, norm: SceneNormalisation, cfg: MappingConfig, min
         test = PixelBuffer(test.features[:, :channels], test.targets, test.pixels, test.frames, test.T_cw, test.K)
     net = EncoderHeadNet(cfg.encoder, int(opts.get("width", cfg.head_width)), int(opts.get("blocks", cfg.head_blocks)))
     if channels != 256:
-        from sceneloc.networks import CoordinateHead
+        from sceneloc.nets.models import CoordinateHead
         net.head = CoordinateHead(channels, int(opts.get("width", cfg.head_width)),
                                   int(opts.get("blocks", cfg.head_blocks)))
     torch.manual_seed(cfg.seed)

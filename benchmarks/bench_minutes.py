@@ -30,11 +30,11 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import torch
 
-from sceneloc.data import load_scene
-from sceneloc.frame_cache import FrameCache
-from sceneloc.pose import PoseConfig
-from sceneloc.scenemap import Map
-from sceneloc.training import coordinate_accuracy, predict_cache
+from sceneloc.data.dataset import load_scene
+from sceneloc.mapping.scene_map import Map
+from sceneloc.pose.config import PoseConfig
+from sceneloc.training.frame_cache import FrameCache
+from sceneloc.training.trainers import coordinate_accuracy, predict_cache
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_pose_table import replace_section, run

@@ -105,7 +105,7 @@ def peak_rss_mb() -> float:
 
 
 def _load_frames(data: str, split: str):
-    from sceneloc.data import load_scene
+    from sceneloc.data.dataset import load_scene
     return load_scene(data).frames(split)
 
 
@@ -126,7 +126,7 @@ def _record(name: str, pose, gt, ms: float, inliers: int | None = None) -> dict:
 
 def job_prepare(job: dict) -> dict:
     """Dataset check (and, with max_train/max_test, a subset view of symbolic links): frame counts."""
-    from sceneloc.data import load_scene
+    from sceneloc.data.dataset import load_scene
     root = Path(job["data"])
     if job.get("max_train") or job.get("max_test"):
         root = subset_view(load_scene(root), Path(job["subset_dir"]), job.get("max_train"), job.get("max_test"))
@@ -137,7 +137,7 @@ def job_prepare(job: dict) -> dict:
 
 
 def _evenly(frames: list, n: int | None) -> list:
-    from sceneloc.data import evenly_spaced
+    from sceneloc.data.dataset import evenly_spaced
     return [frames[i] for i in evenly_spaced(len(frames), n or None)]
 
 
@@ -145,8 +145,8 @@ def subset_view(scene, out: Path, max_train: int | None, max_test: int | None) -
     """A 7-Scenes-layout dataset of evenly spaced frames of ``scene`` made of symbolic links to the
     original files (nothing is copied): seq-01 = train, seq-02 = test, the first frame's cameras (its
     depth maps are linked as they are on disk, so the depth camera is written beside the colour one)."""
-    from sceneloc.data import INTRINSICS_FILES
-    from sceneloc.synth import format_matrix
+    from sceneloc.data.dataset import INTRINSICS_FILES
+    from sceneloc.synth.dataset import format_matrix
     out.mkdir(parents=True, exist_ok=True)
     for split, seq, n in (("train", 1, max_train), ("test", 2, max_test)):
         folder = out / f"seq-{seq:02d}"
@@ -174,7 +174,7 @@ def job_baseline(job: dict) -> dict:
     import cv2
     import torch
 
-    import sceneloc.scenemap  # noqa: F401  (imported only to count its memory in the floor)
+    import sceneloc.mapping.scene_map  # noqa: F401  (imported only to count its memory in the floor)
     from peers.ransac_backends import poselib_available
     versions = {"python": platform.python_version(), "numpy": np.__version__, "opencv": cv2.__version__,
                 "torch": torch.__version__}
@@ -226,7 +226,7 @@ def job_posenet_localize(job: dict) -> dict:
 def job_sceneloc_map(job: dict) -> dict:
     """`sceneloc map` itself, run in this process (the console script's code path) so that its peak
     memory is measured like every other job's."""
-    from sceneloc.cli import main as sceneloc_main
+    from sceneloc.cli.main import main as sceneloc_main
     argv = ["map", job["data"], job["map_dir"], "--minutes", str(job["minutes"]), "--confidence-minutes",
             str(job["confidence_minutes"]), "--force", "--no-test-eval"]
     code = sceneloc_main(argv)
@@ -240,8 +240,8 @@ def job_sceneloc_localize(job: dict) -> dict:
     """sceneloc's network once per frame, then every estimator on the same correspondences. Each
     row's time is the network's (with the confidence PointNet) plus its estimator's."""
     from peers.ransac_backends import opencv_pnp, poselib_available, poselib_pnp
-    from sceneloc.pose import PoseConfig
-    from sceneloc.scenemap import Map
+    from sceneloc.mapping.scene_map import Map
+    from sceneloc.pose.config import PoseConfig
     the_map = Map.load(job["map_dir"])
     default = PoseConfig().method  # the library's default estimator
     method = default if default != "confidence" or the_map.confidence_net is not None else "random"
@@ -314,7 +314,7 @@ def _finite_or_none(x: float | None) -> float | None:
 
 def summarise(records: list[dict]) -> dict:
     """Accuracy and time of per-frame records (``rot_deg``/``trans_m`` None = failed)."""
-    from sceneloc.evaluation import pose_metrics
+    from sceneloc.report.evaluation import pose_metrics
     rot = np.array([np.inf if r["rot_deg"] is None else r["rot_deg"] for r in records])
     trans = np.array([np.inf if r["trans_m"] is None else r["trans_m"] for r in records])
     m = pose_metrics(rot, trans)
@@ -489,7 +489,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.data is None:
         args.data = ["synth"] if args.quick else [str(REDKITCHEN), "synth"]
-    from sceneloc.training import MappingConfig  # the library's own defaults, so the rows follow them
+    from sceneloc.training.trainers import MappingConfig  # the library's own defaults, so the rows follow them
     defaults = MappingConfig().resolved()
     if args.minutes is None:
         args.minutes = QUICK["minutes"] if args.quick else defaults.minutes

@@ -31,11 +31,11 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
 
-from sceneloc.data import load_scene, scene_coordinates_at
-from sceneloc.evaluation import pose_metrics
+from sceneloc.data.dataset import load_scene, scene_coordinates_at
 from sceneloc.geometry import pose_errors
-from sceneloc.pose import DSAC_METHODS, PoseConfig
-from sceneloc.scenemap import Map
+from sceneloc.mapping.scene_map import Map
+from sceneloc.pose.estimate import DSAC_METHODS, PoseConfig
+from sceneloc.report.evaluation import pose_metrics
 
 TABLE1 = dict(hypotheses=1, refine_rounds=0, polish=False, min_inliers=0)
 # The paper puts its confidence network on its best map (smooth); here it goes on the map named

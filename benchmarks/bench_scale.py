@@ -34,11 +34,11 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
 
-from sceneloc.data import evenly_spaced, load_scene
+from sceneloc.data.dataset import evenly_spaced, load_scene
 from sceneloc.geometry import pose_errors
-from sceneloc.partition import read_layout
-from sceneloc.routing import MapSet
-from sceneloc.scenemap import Map
+from sceneloc.mapping.scene_map import Map
+from sceneloc.scale.partition import read_layout
+from sceneloc.scale.routing import MapSet
 
 #: mapping options shared by every map of the benchmark (images are 320 x 240: the encoder sees 240 rows)
 MAP_ARGS = ["--input-height", "240", "--buffer-mb", "192", "--buffer-copies", "1", "--no-confidence",

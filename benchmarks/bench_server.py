@@ -33,7 +33,7 @@ import cv2
 import httpx
 import numpy as np
 
-from sceneloc.data import load_scene
+from sceneloc.data.dataset import load_scene
 
 HOST = "127.0.0.1"
 

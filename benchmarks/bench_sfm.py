@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sceneloc.data import evenly_spaced, load_scene
+from sceneloc.capture.sfm import umeyama
+from sceneloc.data.dataset import evenly_spaced, load_scene
 from sceneloc.geometry import kabsch
-from sceneloc.sfm import umeyama
 
 
 def pick(frames: list, n: int) -> list:

@@ -1,4 +1,4 @@
-"""RGB-D poses aligned to the scene surface (ICP, ``scene_cloud.py``) on one map's cached network output.
+"""RGB-D poses aligned to the scene surface (ICP, ``surface/cloud.py``) on one map's cached network output.
 
 The surface is fused from the split's training frames per row setting (voxel, mapping-depth stride);
 every row re-estimates all test poses from the same correspondences (``bench_thresholds.py --cache``
@@ -21,11 +21,11 @@ import numpy as np
 
 from bench_estimators import shift_depth
 from bench_thresholds import cached_predictions
-from sceneloc import scene_cloud
-from sceneloc.data import camera_points, load_scene
-from sceneloc.evaluation import pose_error_arrays, pose_metrics
-from sceneloc.pose import PoseConfig, estimate_pose
-from sceneloc.scene_cloud import SceneCloud, align_depth, depth_points
+from sceneloc.data.dataset import camera_points, load_scene
+from sceneloc.pose.estimate import PoseConfig, estimate_pose
+from sceneloc.report.evaluation import pose_error_arrays, pose_metrics
+from sceneloc.surface import cloud as scene_cloud
+from sceneloc.surface.cloud import SceneCloud, align_depth, depth_points
 
 DEFAULTS = {"voxel": scene_cloud.VOXEL_M, "stride": scene_cloud.MAPPING_STRIDE_PX,
             "query": scene_cloud.QUERY_STRIDE_PX, "sigma": PoseConfig.icp_offset_sigma_m,

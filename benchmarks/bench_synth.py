@@ -2,8 +2,8 @@
 
 For each preset it times, over one trajectory with every sensor effect on:
 
-* render: ray casting, shading and the sensor model (``synth.render_frame``), no file I/O;
-* end to end: ``synth.generate`` for one sequence, i.e. also the trajectory and the PNG/pose files.
+* render: ray casting, shading and the sensor model (``synth.dataset.render_frame``), no file I/O;
+* end to end: ``synth.dataset.generate`` for one sequence, i.e. also the trajectory and the PNG/pose files.
 
 and, unless ``--skip-default``, the whole default dataset (``sceneloc synth OUT --seed 0``: room,
 3 + 1 sequences x 60 frames). Threads are pinned to one (OMP/MKL/OpenBLAS env, cv2.setNumThreads(1))
@@ -33,8 +33,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sceneloc import synth
 from sceneloc.geometry import intrinsics_matrix
+from sceneloc.synth import dataset as synth
 
 cv2.setNumThreads(1)
 

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from bench_estimators import shift_depth
-from sceneloc.data import camera_points, load_scene
-from sceneloc.evaluation import pose_error_arrays, pose_metrics
-from sceneloc.pose import PoseConfig, estimate_pose
-from sceneloc.scenemap import Map
+from sceneloc.data.dataset import camera_points, load_scene
+from sceneloc.mapping.scene_map import Map
+from sceneloc.pose.estimate import PoseConfig, estimate_pose
+from sceneloc.report.evaluation import pose_error_arrays, pose_metrics
 
 
 def cached_predictions(map_dir: str, frames: list, cache: Path | None) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -1,7 +1,7 @@
 """Tracking against per-frame relocalization on a test split streamed in order (docs/server.md).
 
 For each mode (rgb, rgbd) the split's frames are localized once each from scratch
-(``scenemap.localize_frames``) and once as a stream (``tracking.track_frames``: each frame aligned from
+(``mapping.scene_map.localize_frames``) and once as a stream (``localize.tracking.track_frames``: each frame aligned from
 the previous pose, relocalized when that fails); printed and written as JSON: share within 5 cm / 5 deg
 (and 10 cm / 10 deg), median errors, median / p95 ms per frame, failures and the share of tracked frames.
 
@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sceneloc.data import load_scene
+from sceneloc.data.dataset import load_scene
 from sceneloc.geometry import pose_errors
-from sceneloc.scenemap import Map, localize_frames
-from sceneloc.tracking import track_frames
+from sceneloc.localize.tracking import track_frames
+from sceneloc.mapping.scene_map import Map, localize_frames
 
 
 def summarise(results: list[tuple[np.ndarray, object]]) -> dict:

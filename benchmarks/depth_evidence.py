@@ -3,7 +3,7 @@
 For every scored (fold, ground truth) cell of one estimator label (the poses in ``WORK/scores/LABEL``
 and the cached network output in ``WORK/cache``), with no new localization:
 
-* ``offsets``: the image offset (``pose_fit.image_offset_px``) of each RGB-D pose, recorded and
+* ``offsets``: the image offset (``pose.fit.image_offset_px``) of each RGB-D pose, recorded and
   misregistered depth: can it tell depth moved against the image apart (``depth_image_offset_max_px``)?
 * ``fallback``: what "RGB-D, but the RGB pose where the RGB-D pose's image offset exceeds T px" would
   place within 5 cm / 5 deg, for several T (the simplest fallback, before re-registration);
@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 import bench_folds
-from sceneloc.data import load_scene
+from sceneloc.data.dataset import load_scene
 from sceneloc.geometry import pose_errors, reprojection_errors
-from sceneloc.pose import PoseConfig
-from sceneloc.pose_fit import image_offset_px
+from sceneloc.pose.config import PoseConfig
+from sceneloc.pose.fit import image_offset_px
 
 THRESHOLDS_PX = (3.0, 4.0, 5.0, 6.0)
 SHARES = (0.5, 0.7, 0.8, 0.9)

@@ -14,7 +14,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from sceneloc.data import INTRINSICS_FILES
+from sceneloc.data.dataset import INTRINSICS_FILES
 
 
 def resplit(root: Path, out: Path, train: list[int], test: list[int]) -> Path:

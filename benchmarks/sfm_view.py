@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sceneloc.data import INTRINSICS_FILES, load_scene
+from sceneloc.capture.sfm import umeyama
+from sceneloc.data.dataset import INTRINSICS_FILES, load_scene
+from sceneloc.data.readers import read_image
 from sceneloc.geometry import intrinsics_matrix, read_pose_file
-from sceneloc.readers import read_image
-from sceneloc.sfm import umeyama
 
 
 def _link(src: Path, dst: Path) -> None:

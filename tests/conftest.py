@@ -32,7 +32,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def tiny_scene(tmp_path_factory) -> Path:
     """A small exact synthetic RGB-D scene (160x120, 2 train + 1 test sequences of 6 frames)."""
-    from sceneloc.synth import SensorOptions, generate
+    from sceneloc.synth.dataset import SensorOptions, generate
     root = tmp_path_factory.mktemp("tiny_scene")
     return generate(root, frames=6, train_sequences=2, test_sequences=1, width=160, height=120,
                     sensor=SensorOptions.clean(), force=True, progress=False)
@@ -41,7 +41,7 @@ def tiny_scene(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def overfit_scene(tmp_path_factory) -> Path:
     """Two training frames (and two test frames) of the synthetic room at 160x120, exact."""
-    from sceneloc.synth import SensorOptions, generate
+    from sceneloc.synth.dataset import SensorOptions, generate
     root = tmp_path_factory.mktemp("overfit_scene")
     return generate(root, frames=2, train_sequences=1, test_sequences=1, width=160, height=120,
                     sensor=SensorOptions.clean(), force=True, progress=False)
@@ -50,8 +50,8 @@ def overfit_scene(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_map(overfit_scene, tmp_path_factory) -> Path:
     """An FCN map over-fitted to the two training frames of ``overfit_scene`` (seconds on one core)."""
-    from sceneloc.mapping import map_scene
-    from sceneloc.training import MappingConfig
+    from sceneloc.mapping.build import map_scene
+    from sceneloc.training.trainers import MappingConfig
     out = tmp_path_factory.mktemp("tiny_map") / "map"
     cfg = MappingConfig(arch="fcn", width=16, input_height=96, iterations=300, batch_size=2, optimizer="adamw",
                         lr=3e-3, loss="tukey", aug_scale=1.0, aug_rotation_deg=0.0, aug_brightness=0.0,

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sceneloc.batch import find_queries, read_query_list
-from sceneloc.cli import main
-from sceneloc.data import load_scene
+from sceneloc.cli.main import main
+from sceneloc.data.dataset import load_scene
 from sceneloc.errors import SceneLocError
 from sceneloc.geometry import read_pose_file
+from sceneloc.localize.batch import find_queries, read_query_list
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,10 +6,10 @@ import numpy as np
 import bench_estimators
 import bench_folds
 import sfm_view
-from sceneloc.data import load_scene
+from sceneloc.data.dataset import load_scene
 from sceneloc.geometry import invert_pose, make_pose, matrix_to_quaternion
-from sceneloc.pose import PoseConfig
-from sceneloc.scenemap import Map
+from sceneloc.mapping.scene_map import Map
+from sceneloc.pose.config import PoseConfig
 
 
 def _rotation(deg: float, axis: int) -> np.ndarray:

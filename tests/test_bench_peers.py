@@ -14,7 +14,7 @@ import bench_peers
 from peers.feature_localizer import FeatureLocalizer, build_map
 from peers.posenet import PoseNetConfig, PoseNetLocalizer, train_posenet
 from peers.ransac_backends import opencv_pnp, poselib_available, poselib_pnp
-from sceneloc.data import load_scene
+from sceneloc.data.dataset import load_scene
 from sceneloc.geometry import (
     make_pose,
     matrix_to_quaternion,
@@ -23,7 +23,7 @@ from sceneloc.geometry import (
     quaternion_to_matrix,
     transform_points,
 )
-from sceneloc.pose import PoseConfig
+from sceneloc.pose.config import PoseConfig
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 

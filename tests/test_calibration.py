@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from sceneloc import geometry as g
-from sceneloc.calibration import (
+from sceneloc.errors import SceneLocError
+from sceneloc.pose.calibration import (
     NOVELTY_CAP,
     PoseCalibration,
     fit_logistic,
@@ -16,8 +17,7 @@ from sceneloc.calibration import (
     reliability_bins,
     view_novelty,
 )
-from sceneloc.errors import SceneLocError
-from sceneloc.pose_config import PoseConfig, inlier_settings
+from sceneloc.pose.config import PoseConfig, inlier_settings
 
 K = g.intrinsics_matrix(525.0, 525.0, 320.0, 240.0)
 SETTINGS = inlier_settings(PoseConfig(), K)

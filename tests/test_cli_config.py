@@ -7,17 +7,17 @@ from dataclasses import MISSING, fields
 
 import pytest
 
-from sceneloc import cli
-from sceneloc.colmap_import import import_colmap
+from sceneloc.capture.colmap import import_colmap
+from sceneloc.capture.sfm import run_sfm
+from sceneloc.cli import main as cli
 from sceneloc.demo import run_demo
-from sceneloc.dsac import DSACConfig
-from sceneloc.evaluation import evaluate
-from sceneloc.export import export_point_cloud
-from sceneloc.pose_config import PoseConfig
-from sceneloc.sfm import run_sfm
-from sceneloc.synth import generate
-from sceneloc.synth_render import SensorOptions
-from sceneloc.training import MappingConfig
+from sceneloc.pose.config import PoseConfig
+from sceneloc.pose.dsac import DSACConfig
+from sceneloc.report.evaluation import evaluate
+from sceneloc.report.export import export_point_cloud
+from sceneloc.synth.dataset import generate
+from sceneloc.synth.render import SensorOptions
+from sceneloc.training.trainers import MappingConfig
 
 # Fields without an option, each with the reason. A new field fails these tests until it gets an
 # option or a line here.

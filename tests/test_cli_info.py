@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from sceneloc import geometry as g
-from sceneloc.cli import main
-from sceneloc.data import load_scene
+from sceneloc.cli.main import main
+from sceneloc.data.dataset import load_scene
 from sceneloc.errors import SceneLocError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from sceneloc.cli import main
-from sceneloc.data import load_scene
+from sceneloc.capture.sfm import umeyama
+from sceneloc.cli.main import main
+from sceneloc.data.dataset import load_scene
 from sceneloc.geometry import invert_pose, make_pose, pose_errors
-from sceneloc.sfm import umeyama
 
 pycolmap = pytest.importorskip("pycolmap", reason="pycolmap absent: pip install 'sceneloc[colmap]'")
 
@@ -227,7 +227,7 @@ def test_per_camera_intrinsics_survive_through_localization(tiny_map, overfit_sc
     with its own K it localizes as well as the original; with the first camera's K it does not.
     (Rows are kept so the network sees the image at the scale it was mapped at, and 10 px are
     8 px of the 0.8-scaled input, a whole output cell: the over-fitted map then still recognises it.)"""
-    from sceneloc.scenemap import Map, localize_frames
+    from sceneloc.mapping.scene_map import Map, localize_frames
     frames = load_scene(overfit_scene).frames("train")
     image_dir = tmp_path / "images"
     image_dir.mkdir()
@@ -374,7 +374,7 @@ def test_sfm_with_a_camera_per_folder_keeps_each_devices_intrinsics(redkitchen, 
 
 
 def test_split_rules_and_depth_names(tmp_path):
-    from sceneloc.colmap_import import find_depth, split_names
+    from sceneloc.capture.colmap import find_depth, split_names
     from sceneloc.errors import SceneLocError
     names = [f"a/{i}.png" for i in range(6)]
     assert [n for n, s in split_names(names, test_every=3).items() if s == "test"] == ["a/2.png", "a/5.png"]
@@ -393,7 +393,7 @@ def test_split_rules_and_depth_names(tmp_path):
 
 
 def test_direction_coverage_grows_when_the_capture_looks_around():
-    from sceneloc.capture import direction_coverage
+    from sceneloc.capture.check import direction_coverage
     rng = np.random.default_rng(0)
     sweep = np.stack([make_pose(np.eye(3), np.array([0.1 * i, 0, 0])) for i in range(30)])
     around = np.stack([make_pose(random_rotation(rng), np.zeros(3)) for _ in range(200)])
@@ -405,7 +405,7 @@ def test_db_progress_reports_the_rows_a_step_wrote(tmp_path, capsys):
     """pycolmap's extraction and matching have no callback: the bar counts database rows."""
     import sqlite3
 
-    from sceneloc.sfm import _db_progress
+    from sceneloc.capture.sfm import _db_progress
     db = tmp_path / "database.db"
     with sqlite3.connect(db) as con:
         con.execute("CREATE TABLE keypoints (image_id INTEGER)")

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 
 from sceneloc import geometry as g
-from sceneloc.data import (
+from sceneloc.data.dataset import (
     KINECT_COLOUR_INTRINSICS,
     KINECT_DEPTH_INTRINSICS,
     load_scene,
     scene_coordinates,
     seven_scenes_cameras,
 )
+from sceneloc.data.readers import read_depth, read_image, read_matrix, read_pose, register_depth
 from sceneloc.errors import SceneLocError
-from sceneloc.readers import read_depth, read_image, read_matrix, read_pose, register_depth
 
 
 def _count_listed_frames(root, split_file):
@@ -363,7 +363,7 @@ def test_read_pose_rejects_non_rigid(tmp_path):
 
 
 def test_evenly_spaced_indices():
-    from sceneloc.data import evenly_spaced
+    from sceneloc.data.dataset import evenly_spaced
     assert evenly_spaced(10, 3).tolist() == [0, 4, 9]      # 4.5 rounds to even
     assert evenly_spaced(5, None).tolist() == [0, 1, 2, 3, 4]
     assert evenly_spaced(5, 9).tolist() == [0, 1, 2, 3, 4]

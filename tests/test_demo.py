@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from sceneloc.cli import main
-from sceneloc.synth import SensorOptions
+from sceneloc.cli.main import main
+from sceneloc.synth.dataset import SensorOptions
 
 TINY = {"frames": 5, "train_sequences": 2, "test_sequences": 1, "width": 128, "height": 96,
         "sensor": SensorOptions.clean()}
@@ -34,7 +34,7 @@ def demo_run(tmp_path_factory):
 
 
 def test_demo_writes_every_artefact(demo_run):
-    from sceneloc.evaluation import REPORT_FILES
+    from sceneloc.report.evaluation import REPORT_FILES
     out, page, logged, _ = demo_run
     assert page == out / "index.html" and page.is_file()
     for name in ("data/synth.json", "map/config.json", "demo.json", "results.md"):
@@ -130,7 +130,7 @@ def test_demo_bad_input_is_one_line_exit_2(tmp_path, capsys):
 
 def test_page_shows_the_peer_comparison_when_it_was_run(demo_run):
     from sceneloc.demo import PEERS_FILE, write_demo_page
-    from sceneloc.report_tables import load_metrics
+    from sceneloc.report.tables import load_metrics
     out = demo_run[0]
     row = {"dataset": "data", "method": "features-sift", "mode": "rgbd", "applicable": True, "within_5cm_5deg": 0.625,
            "median_rot_deg": 1.5, "median_trans_m": 0.042, "loc_ms_median": 80.0}

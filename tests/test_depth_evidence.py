@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from test_scene_cloud import corner_cloud
 
-from sceneloc.data import camera_points
+from sceneloc.data.dataset import camera_points
 from sceneloc.geometry import invert_pose, make_pose, pose_errors, project, solve_pnp, transform_points
-from sceneloc.pose import PoseConfig, estimate_pose
-from sceneloc.pose_fit import depth_agreeing_pose, image_offset_px, keeps_inliers, moved_image
-from sceneloc.scene_cloud import align_depth, depth_points
-from sceneloc.synth_trajectory import look_at
+from sceneloc.pose.estimate import PoseConfig, estimate_pose
+from sceneloc.pose.fit import depth_agreeing_pose, image_offset_px, keeps_inliers, moved_image
+from sceneloc.surface.cloud import align_depth, depth_points
+from sceneloc.synth.trajectory import look_at
 
 K = np.array([[525.0, 0, 319.5], [0, 525.0, 239.5], [0, 0, 1]])
 HW = (480, 640)

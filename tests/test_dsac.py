@@ -1,4 +1,4 @@
-"""DSAC (dsac.py): exact gradients of the expected loss, SoftAM, differentiable solvers, fine-tuning, CLI."""
+"""DSAC (pose/dsac.py): exact gradients of the expected loss, SoftAM, differentiable solvers, fine-tuning, CLI."""
 
 import json
 import shutil
@@ -8,9 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from sceneloc.cli import main
-from sceneloc.data import load_scene
-from sceneloc.dsac import (
+from sceneloc.cli.main import main
+from sceneloc.data.dataset import load_scene
+from sceneloc.geometry import backproject, intrinsics_matrix, make_pose, pose_errors, read_pose_file, transform_points
+from sceneloc.mapping.dsac_training import finetune_dsac, frame_objective
+from sceneloc.mapping.scene_map import Map
+from sceneloc.pose.config import PoseConfig
+from sceneloc.pose.dsac import (
     DSACConfig,
     ScoreCNN,
     estimate_pose_dsac,
@@ -20,10 +24,6 @@ from sceneloc.dsac import (
     refine_on_inliers,
     softam,
 )
-from sceneloc.dsac_training import finetune_dsac, frame_objective
-from sceneloc.geometry import backproject, intrinsics_matrix, make_pose, pose_errors, read_pose_file, transform_points
-from sceneloc.pose import PoseConfig
-from sceneloc.scenemap import Map
 
 
 def _problem(h=4, w=5, noise=0.0, outliers=0, seed=0):

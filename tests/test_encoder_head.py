@@ -7,18 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sceneloc.buffer import (
-    PixelBuffer,
-    augmentation_matrix,
-    cell_source_pixels,
-    entries_for_memory,
-    fill_buffer,
-    novel_view,
-    resize_matrix,
-)
-from sceneloc.calibration import PoseCalibration
-from sceneloc.data import load_scene
-from sceneloc.encoders import encoder_identity, load_encoder, use_bf16
+from sceneloc.data.dataset import load_scene
 from sceneloc.errors import SceneLocError
 from sceneloc.geometry import (
     backproject,
@@ -28,13 +17,24 @@ from sceneloc.geometry import (
     reprojection_errors,
     transform_points,
 )
-from sceneloc.head_training import WeightAverage, head_loss, reprojection_error, train_head
-from sceneloc.mapping import map_scene
-from sceneloc.networks import CoordinateHead, EncoderHeadNet, SceneNormalisation, build_coordinate_network
-from sceneloc.pose_config import PoseConfig, inlier_settings
-from sceneloc.scenemap import Map
-from sceneloc.synth import SensorOptions, generate
-from sceneloc.training import MappingConfig
+from sceneloc.mapping.build import map_scene
+from sceneloc.mapping.scene_map import Map
+from sceneloc.nets.encoders import encoder_identity, load_encoder, use_bf16
+from sceneloc.nets.models import CoordinateHead, EncoderHeadNet, SceneNormalisation, build_coordinate_network
+from sceneloc.pose.calibration import PoseCalibration
+from sceneloc.pose.config import PoseConfig, inlier_settings
+from sceneloc.synth.dataset import SensorOptions, generate
+from sceneloc.training.buffer import (
+    PixelBuffer,
+    augmentation_matrix,
+    cell_source_pixels,
+    entries_for_memory,
+    fill_buffer,
+    novel_view,
+    resize_matrix,
+)
+from sceneloc.training.head import WeightAverage, head_loss, reprojection_error, train_head
+from sceneloc.training.trainers import MappingConfig
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from sceneloc.cli import main
+from sceneloc.cli.main import main
 from sceneloc.errors import SceneLocError
 
 FRAMES, W, H = 4, 128, 96
@@ -29,7 +29,7 @@ OUTLIER_COLUMNS = W // 4          # the oracle shifts pixels left of this column
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
-    from sceneloc.synth import SensorOptions, generate
+    from sceneloc.synth.dataset import SensorOptions, generate
     root = tmp_path_factory.mktemp("eval") / "data"
     generate(root, frames=FRAMES, train_sequences=1, test_sequences=1, width=W, height=H,
              sensor=SensorOptions.clean(), progress=False)
@@ -38,8 +38,8 @@ def tiny_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_map(tiny_data) -> Path:
-    from sceneloc.mapping import map_scene
-    from sceneloc.training import MappingConfig
+    from sceneloc.mapping.build import map_scene
+    from sceneloc.training.trainers import MappingConfig
     out = tiny_data.parent / "map"
     cfg = MappingConfig(width=8, input_height=48, iterations=20, batch_size=4, confidence_minutes=0.01,
                         confidence_mode="both", n_k=200)
@@ -65,9 +65,9 @@ class LookupCoordinates(torch.nn.Module):
 
 @pytest.fixture(scope="session")
 def oracle_map(tiny_data):
-    from sceneloc.data import load_scene, scene_coordinates_at
-    from sceneloc.networks import ConfidencePointNet, image_to_tensor
-    from sceneloc.scenemap import Map
+    from sceneloc.data.dataset import load_scene, scene_coordinates_at
+    from sceneloc.mapping.scene_map import Map
+    from sceneloc.nets.models import ConfidencePointNet, image_to_tensor
     net = LookupCoordinates()
     frames = load_scene(tiny_data).frames("test")
     v, u = np.mgrid[0:H, 0:W].astype(np.float64)  # input = image size: one output per pixel centre
@@ -178,7 +178,7 @@ def _line(name: str, T_wc) -> str:
 
 
 def test_handmade_pose_file_known_errors(oracle_map, tiny_data, tmp_path):
-    from sceneloc.evaluation import evaluate
+    from sceneloc.report.evaluation import evaluate
     gt = gt_poses(tiny_data)
     names = sorted(gt)
     a = math.radians(3.0)
@@ -217,11 +217,10 @@ def test_handmade_pose_file_known_errors(oracle_map, tiny_data, tmp_path):
 
 
 def test_report_files_and_oracle_accuracy(oracle_map, tiny_data, tmp_path):
-    from sceneloc.calibration import PoseCalibration
-    from sceneloc.data import load_scene
-    from sceneloc.evaluation import PLOT_FILES, REPORT_FILES, evaluate
-    from sceneloc.pose import PoseConfig
-    from sceneloc.pose_config import inlier_settings
+    from sceneloc.data.dataset import load_scene
+    from sceneloc.pose.calibration import PoseCalibration
+    from sceneloc.pose.config import PoseConfig, inlier_settings
+    from sceneloc.report.evaluation import PLOT_FILES, REPORT_FILES, evaluate
     out = tmp_path / "report"
     # a calibration that puts every pose of this map at p > 0.5: more inliers, more often right
     rng = np.random.default_rng(0)
@@ -263,8 +262,8 @@ def test_report_files_and_oracle_accuracy(oracle_map, tiny_data, tmp_path):
 
 
 def test_near_training_share_on_a_handmade_case():
-    from sceneloc.evaluation import near_training_share, nearest_training_distances
     from sceneloc.geometry import make_pose
+    from sceneloc.report.evaluation import near_training_share, nearest_training_distances
 
     def rot_z(deg: float) -> np.ndarray:
         c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
@@ -286,7 +285,7 @@ def test_near_training_share_on_a_handmade_case():
 
 
 def test_roc_curve():
-    from sceneloc.diagnostics import roc_curve
+    from sceneloc.report.diagnostics import roc_curve
     labels = np.array([1, 1, 0, 0], bool)
     assert roc_curve(np.array([0.9, 0.8, 0.2, 0.1]), labels)[2] == 1.0
     assert roc_curve(np.array([0.1, 0.2, 0.8, 0.9]), labels)[2] == 0.0
@@ -313,7 +312,7 @@ def read_ply(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_ply_round_trip(tmp_path):
-    from sceneloc.export import write_ply
+    from sceneloc.report.export import write_ply
     rng = np.random.default_rng(0)
     xyz = rng.normal(size=(57, 3)).astype(np.float32)
     rgb = rng.integers(0, 256, size=(57, 3), dtype=np.uint8)
@@ -323,8 +322,8 @@ def test_ply_round_trip(tmp_path):
 
 
 def test_export_cli(tiny_map, tiny_data, tmp_path):
-    from sceneloc.data import load_scene
-    from sceneloc.scenemap import Map
+    from sceneloc.data.dataset import load_scene
+    from sceneloc.mapping.scene_map import Map
     ply = tmp_path / "map.ply"
     assert main(["export", str(tiny_map), str(tiny_data), "--out", str(ply), "--max-frames", "2",
                  "--min-confidence", "0.01", "--quiet"]) == 0
@@ -364,13 +363,13 @@ def test_table_averages(tmp_path, capsys):
     assert rows[-1] == ["average", "", "2.00", "4.0", "60.0"]
     # an infinite median (null) makes the average infinite, not smaller
     (tmp_path / "fire" / "metrics.json").write_text(json.dumps(_metrics("fire", None, None, 0.0)))
-    from sceneloc.report_tables import table
+    from sceneloc.report.tables import table
     assert table([tmp_path / "chess", tmp_path / "fire"]).splitlines()[-1].split("|")[3].strip() == "inf"
 
 
 def test_bad_inputs(oracle_map, tiny_map, tiny_data, tmp_path, capsys):
-    from sceneloc.evaluation import evaluate
-    from sceneloc.report_tables import table
+    from sceneloc.report.evaluation import evaluate
+    from sceneloc.report.tables import table
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "keep.txt").write_text("x")

@@ -27,12 +27,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from sceneloc.cli import main
-from sceneloc.data import load_scene
+from sceneloc.cli.main import main
+from sceneloc.data.dataset import load_scene
+from sceneloc.data.readers import parse_intrinsics, read_depth, read_image
 from sceneloc.errors import SceneLocError
 from sceneloc.geometry import read_pose_file
-from sceneloc.readers import parse_intrinsics, read_depth, read_image
-from sceneloc.scenemap import Map
+from sceneloc.mapping.scene_map import Map
 from sceneloc.validation import depth_in_metres
 
 #: A case running longer than this is a hang (generous: the machine is shared and small).

@@ -1,4 +1,4 @@
-"""The rerun live view (live_view.py): a one-line error without rerun-sdk, and a recording with the
+"""The rerun live view (service/live_view.py): a one-line error without rerun-sdk, and a recording with the
 map, the queries and both trajectories when it is installed (written to a file, no viewer)."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ import importlib
 import pytest
 from fastapi.testclient import TestClient
 
-from sceneloc import live_view
-from sceneloc.cli import main
-from sceneloc.data import load_scene
+from sceneloc.cli.main import main
+from sceneloc.data.dataset import load_scene
 from sceneloc.errors import SceneLocError
-from sceneloc.scenemap import Map
-from sceneloc.server import LocalizationService, create_app
+from sceneloc.mapping.scene_map import Map
+from sceneloc.service import live_view as live_view
+from sceneloc.service.server import LocalizationService, create_app
 
 
 def test_missing_rerun_is_a_one_line_error(monkeypatch, tiny_map, overfit_scene, tmp_path, capsys):

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
-from sceneloc import scenemap
-from sceneloc.cli import main
-from sceneloc.data import load_scene
+from sceneloc.cli.main import main
+from sceneloc.data.dataset import load_scene
 from sceneloc.geometry import pose_errors, read_pose_file
-from sceneloc.pose import PoseConfig
-from sceneloc.scenemap import Map
+from sceneloc.mapping import scene_map as scenemap
+from sceneloc.mapping.scene_map import Map
+from sceneloc.pose.config import PoseConfig
 
 
 @pytest.mark.parametrize("mode", ["rgbd", "rgb"])

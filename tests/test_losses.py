@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sceneloc.losses import (
+from sceneloc.nets.losses import (
     CONFIDENCE_SCALE,
     confidence_target,
     coordinate_loss,
@@ -55,7 +55,7 @@ def test_smoothness_weights_sum_to_one_and_skip_invalid():
     w = smoothness_weights(depth, mask, k=8)
     s = w.sum(1)
     # Valid pixels with at least one valid neighbour: weights sum to 1; invalid pixels: all zero.
-    from sceneloc.losses import _shift, neighbour_offsets
+    from sceneloc.nets.losses import _shift, neighbour_offsets
     has_nb = torch.stack([_shift(mask.float(), dy, dx) for dy, dx in neighbour_offsets(8)]).sum(0) > 0
     assert torch.allclose(s[mask & has_nb], torch.ones_like(s[mask & has_nb]), atol=1e-6)
     assert torch.all(w[:, :, ~mask[0]][0] == 0) and torch.all(s[~mask] == 0)
@@ -132,7 +132,7 @@ def test_smoothness_loss_matches_brute_force_eq5_eq6():
 def test_context_normalised_pointnet_is_permutation_equivariant_and_set_relative():
     import torch
 
-    from sceneloc.networks import ConfidencePointNet
+    from sceneloc.nets.models import ConfidencePointNet
     torch.manual_seed(0)
     net = ConfidencePointNet(blocks=2).eval()
     x = torch.randn(2, 100, 5)

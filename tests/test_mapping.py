@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from sceneloc.cli import main
-from sceneloc.data import load_scene
-from sceneloc.frame_cache import FrameCache, augment
+from sceneloc.cli.main import main
+from sceneloc.data.dataset import load_scene
 from sceneloc.geometry import invert_pose, project, transform_points
-from sceneloc.mapping import calibration_group, map_scene
-from sceneloc.networks import SceneNormalisation, build_coordinate_network, output_pixel_centres
-from sceneloc.scenemap import Map
-from sceneloc.training import MappingConfig, coordinate_accuracy, predict_cache, train_coordinates
+from sceneloc.mapping.build import calibration_group, map_scene
+from sceneloc.mapping.scene_map import Map
+from sceneloc.nets.models import SceneNormalisation, build_coordinate_network, output_pixel_centres
+from sceneloc.training.frame_cache import FrameCache, augment
+from sceneloc.training.trainers import MappingConfig, coordinate_accuracy, predict_cache, train_coordinates
 
 
 @pytest.mark.parametrize("arch,stride,input_height", [("unet", 1, 64), ("fcn", 8, 96)])
@@ -132,8 +132,8 @@ def test_confidence_stage_retrains_stage_two_only(tiny_map, overfit_scene, tmp_p
 
     import torch
 
-    from sceneloc.cli import main
-    from sceneloc.scenemap import Map
+    from sceneloc.cli.main import main
+    from sceneloc.mapping.scene_map import Map
     m = tmp_path / "map"
     shutil.copytree(tiny_map, m)
     before = torch.load(m / "coordinates.pt", weights_only=True)

@@ -1,4 +1,4 @@
-"""Partitions of mapping frames (partition.py), the floor preset's rooms and routing descriptors: exact
+"""Partitions of mapping frames (scale/partition.py), the floor preset's rooms and routing descriptors: exact
 geometry on synthetic views, file round trips, one-line errors."""
 
 import dataclasses
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from sceneloc.errors import SceneLocError
-from sceneloc.partition import (
+from sceneloc.mapping.scene_map import Localization
+from sceneloc.scale.partition import (
     AUTO_EXTENT_M,
     auto_partitions,
     camera_extent_m,
@@ -19,10 +20,9 @@ from sceneloc.partition import (
     view_features,
     write_layout,
 )
-from sceneloc.routing import MapSet
-from sceneloc.scenemap import Localization
-from sceneloc.synth import SensorOptions, free_space, generate, walk_space
-from sceneloc.synth_floor import FLOOR_ROOMS, make_scene
+from sceneloc.scale.routing import MapSet
+from sceneloc.synth.dataset import SensorOptions, free_space, generate, walk_space
+from sceneloc.synth.floor import FLOOR_ROOMS, make_scene
 
 
 def poses_at(centres: np.ndarray, axes: np.ndarray) -> np.ndarray:

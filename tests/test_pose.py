@@ -1,4 +1,4 @@
-"""Pose estimation (sceneloc.pose) on synthetic correspondences with a known camera pose."""
+"""Pose estimation (sceneloc.pose.estimate) on synthetic correspondences with a known camera pose."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 
 from sceneloc import geometry as g
-from sceneloc.pose import (
+from sceneloc.pose.config import for_reprojection_map
+from sceneloc.pose.estimate import (
     PoseConfig,
     estimate_pose,
     mean_confidence,
     score_hypotheses,
     select_correspondences,
 )
-from sceneloc.pose_config import for_reprojection_map
-from sceneloc.pose_ransac import scoring_subset
+from sceneloc.pose.ransac import scoring_subset
 
 K = g.intrinsics_matrix(585.0, 585.0, 320.0, 240.0)  # 7-Scenes-like 640x480 camera
 
@@ -270,7 +270,7 @@ def test_same_seed_same_result(method, rgbd):
 
 
 def test_spread_selection_takes_each_cells_most_confident_share():
-    from sceneloc.pose import grid_cells, most_confident
+    from sceneloc.pose.estimate import grid_cells, most_confident
     rng = np.random.default_rng(0)
     pixels = np.stack([rng.uniform(0, 640, 1000), rng.uniform(0, 480, 1000)], axis=1)
     confidence = rng.uniform(size=1000) + (pixels[:, 0] < 160)     # the left quarter is the most confident

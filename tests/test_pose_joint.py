@@ -1,4 +1,4 @@
-"""The joint RGB-D estimator (``PoseConfig(method='joint')``, sceneloc.pose_ransac) on exact
+"""The joint RGB-D estimator (``PoseConfig(method='joint')``, sceneloc.pose.ransac) on exact
 synthetic geometry whose query depth is corrupted the way a Kinect's is: shifted against the
 image by a few pixels, biased along the rays, or plain wrong."""
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from sceneloc import geometry as g
-from sceneloc.pose import PoseConfig, estimate_pose
-from sceneloc.pose_ransac import gauss_newton_pose, joint_scores, random_subsets
+from sceneloc.pose.estimate import PoseConfig, estimate_pose
+from sceneloc.pose.ransac import gauss_newton_pose, joint_scores, random_subsets
 
 K = g.intrinsics_matrix(585.0, 585.0, 320.0, 240.0)  # 7-Scenes-like 640x480 camera
 JOINT = PoseConfig(method="joint")
@@ -151,7 +151,7 @@ def test_missing_depth_rows_are_kept_as_2d_matches():
 
 
 def test_depth_that_disagrees_with_the_image_is_ignored_and_consistent_depth_is_used():
-    from sceneloc.pose_ransac import refine_joint
+    from sceneloc.pose.ransac import refine_joint
     f = make_frame(6)
     rng = np.random.default_rng(6)
     scene = f.scene + rng.normal(scale=0.02, size=f.scene.shape)
@@ -168,7 +168,7 @@ def test_depth_that_disagrees_with_the_image_is_ignored_and_consistent_depth_is_
 
 
 def test_sampling_stops_as_soon_as_a_clean_set_is_certain():
-    from sceneloc.pose_ransac import joint_ransac
+    from sceneloc.pose.ransac import joint_ransac
     f = make_frame(7, outlier_ratio=0.0)
     _, score, drawn = joint_ransac(f.scene, f.pixels, K, query_depth(f), 10.0, 0.1, 64, 1024, 0.9999,
                                    np.random.default_rng(0))
@@ -222,7 +222,7 @@ def test_random_subsets_are_distinct_and_from_the_pool():
 def test_confidences_steer_sampling_to_likely_inliers():
     # 90 % outliers: P3P sets are clean with p = 1e-4, beyond 1024 hypotheses; with confidences
     # that rank inliers higher (noisily, as a network does) a clean set turns up in the first rounds.
-    from sceneloc.pose_ransac import joint_ransac
+    from sceneloc.pose.ransac import joint_ransac
     f = make_frame(11, n=4800, outlier_ratio=0.9)
     rng = np.random.default_rng(11)
     confidence = np.clip(np.where(f.outlier, 0.1, 0.9) + 0.15 * rng.normal(size=len(f.outlier)), 0, 1)

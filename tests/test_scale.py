@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from sceneloc.cli import main
-from sceneloc.data import load_scene
-from sceneloc.mapping import map_scene
-from sceneloc.partition import read_layout
-from sceneloc.routing import MapSet, is_map_set
-from sceneloc.training import MappingConfig
+from sceneloc.cli.main import main
+from sceneloc.data.dataset import load_scene
+from sceneloc.mapping.build import map_scene
+from sceneloc.scale.partition import read_layout
+from sceneloc.scale.routing import MapSet, is_map_set
+from sceneloc.training.trainers import MappingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 # a tiny xfeat map: seconds per partition on one core

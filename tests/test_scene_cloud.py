@@ -3,13 +3,21 @@
 import numpy as np
 import pytest
 
-from sceneloc.data import load_scene
+from sceneloc.data.dataset import load_scene
 from sceneloc.errors import SceneLocError
 from sceneloc.geometry import invert_pose, make_pose, pose_errors, transform_points
-from sceneloc.pose import PoseConfig
-from sceneloc.scene_cloud import SCENE_CLOUD_FILE, SceneCloud, align_depth, depth_grid, depth_points, fuse, grid_normals
-from sceneloc.scenemap import Map
-from sceneloc.synth_trajectory import look_at
+from sceneloc.mapping.scene_map import Map
+from sceneloc.pose.config import PoseConfig
+from sceneloc.surface.cloud import (
+    SCENE_CLOUD_FILE,
+    SceneCloud,
+    align_depth,
+    depth_grid,
+    depth_points,
+    fuse,
+    grid_normals,
+)
+from sceneloc.synth.trajectory import look_at
 
 K = np.array([[100.0, 0, 80], [0, 100.0, 60], [0, 0, 1]])
 

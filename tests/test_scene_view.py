@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
-from sceneloc.data import load_scene
+from sceneloc.data.dataset import load_scene
 from sceneloc.errors import SceneLocError
 from sceneloc.geometry import invert_pose, make_pose, pose_errors, project, transform_points
-from sceneloc.pose import PoseConfig
-from sceneloc.scene_view import (
+from sceneloc.mapping.scene_map import Map
+from sceneloc.pose.config import PoseConfig
+from sceneloc.surface.view import (
     SCENE_VIEW_FILE,
     Rendering,
     SceneView,
@@ -18,8 +19,7 @@ from sceneloc.scene_view import (
     refit_robust,
     render_view,
 )
-from sceneloc.scenemap import Map
-from sceneloc.synth_trajectory import look_at
+from sceneloc.synth.trajectory import look_at
 
 K = np.array([[250.0, 0, 159.5], [0, 250.0, 119.5], [0, 0, 1]])   # 320 x 240: renderings at full size
 HW = (240, 320)

@@ -20,17 +20,17 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sceneloc.batching import predict_batch
-from sceneloc.cli import main
-from sceneloc.cli_serve import is_local_host, map_names, server_token
-from sceneloc.client import Client, ServerError
-from sceneloc.data import load_scene
+from sceneloc.cli.main import main
+from sceneloc.cli.serve import is_local_host, map_names, server_token
+from sceneloc.data.dataset import load_scene
 from sceneloc.errors import SceneLocError
 from sceneloc.geometry import invert_pose, pose_errors, quaternion_to_matrix
-from sceneloc.scenemap import Map
-from sceneloc.server import Job, LocalizationService, ServerConfig, create_app
-from sceneloc.server_input import RequestError, decode_depth, image_size
-from sceneloc.tracking import TrackingConfig
+from sceneloc.localize.tracking import TrackingConfig
+from sceneloc.mapping.scene_map import Map
+from sceneloc.service.batching import predict_batch
+from sceneloc.service.client import Client, ServerError
+from sceneloc.service.request import RequestError, decode_depth, image_size
+from sceneloc.service.server import Job, LocalizationService, ServerConfig, create_app
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -298,7 +298,7 @@ def test_client_localizes_arrays_files_and_raises_server_errors(http, frames, tm
 
 
 def test_the_client_imports_without_torch():
-    code = "import sys, sceneloc.client; assert 'torch' not in sys.modules and 'fastapi' not in sys.modules"
+    code = "import sys, sceneloc.service.client; assert 'torch' not in sys.modules and 'fastapi' not in sys.modules"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-500:]
 

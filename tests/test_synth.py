@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sceneloc import synth
-from sceneloc.cli import main
-from sceneloc.data import load_scene
+from sceneloc.cli.main import main
+from sceneloc.data.dataset import load_scene
+from sceneloc.data.readers import read_depth
 from sceneloc.geometry import intrinsics_matrix, invert_pose, make_pose, transform_points
-from sceneloc.readers import read_depth
+from sceneloc.synth import dataset as synth
 
 CLEAN = synth.SensorOptions.clean()
 
@@ -233,7 +233,7 @@ def test_living_preset_films_one_half_of_the_room():
     the camera's optical axes point into that half of the room."""
     import dataclasses
 
-    from sceneloc.synth_trajectory import sample_scene_points
+    from sceneloc.synth.trajectory import sample_scene_points
     scene = synth.make_scene("living")
     (direction, offset) = scene.look_halfspace
     pts, normals = sample_scene_points(scene, np.random.default_rng(0), 2000)
@@ -249,7 +249,7 @@ def test_living_preset_films_one_half_of_the_room():
 def test_test_walks_go_where_the_training_walks_went():
     """``inside`` test walks: separate walks (no training pose repeated) whose views mostly have a
     training view within 30 cm / 30 deg -- more often than walks drawn anywhere (``free``)."""
-    from sceneloc.evaluation import near_training_share, nearest_training_distances
+    from sceneloc.report.evaluation import near_training_share, nearest_training_distances
     scene = synth.make_scene("living")
     inside, free = [], []
     for seed in range(3):

@@ -1,4 +1,4 @@
-"""Tracking (tracking.py) on the exact synthetic room: from a nearby prior a frame is aligned without
+"""Tracking (localize/tracking.py) on the exact synthetic room: from a nearby prior a frame is aligned without
 a network pass and lands on its true pose; from a wrong prior it is relocalized in full."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from test_scene_view import K as CORNER_K
 from test_scene_view import camera as corner_camera
 from test_scene_view import corner_scene_view, ray_cast
 
-from sceneloc.cli import main
-from sceneloc.data import load_scene
+from sceneloc.cli.main import main
+from sceneloc.data.dataset import load_scene
 from sceneloc.errors import SceneLocError
 from sceneloc.geometry import make_pose, pose_errors, read_pose_file
-from sceneloc.scenemap import Map
-from sceneloc.tracking import Tracker, TrackingConfig, predicted_prior, track_frames
+from sceneloc.localize.tracking import Tracker, TrackingConfig, predicted_prior, track_frames
+from sceneloc.mapping.scene_map import Map
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 
 import sceneloc
-from sceneloc.cli import main
-from sceneloc.data import load_scene
+from sceneloc.cli.main import main
+from sceneloc.data.dataset import load_scene
+from sceneloc.data.readers import parse_intrinsics
 from sceneloc.errors import SceneLocError
 from sceneloc.geometry import read_pose_file
-from sceneloc.loop import Budget
-from sceneloc.pose_config import estimator_config
-from sceneloc.readers import parse_intrinsics
-from sceneloc.scenemap import Map
+from sceneloc.mapping.scene_map import Map
+from sceneloc.pose.config import estimator_config
+from sceneloc.training.loop import Budget
 from sceneloc.validation import check_output_path, depth_in_metres
 
 
@@ -306,7 +306,7 @@ def test_sfm_checks_known_distance_names_before_running(tmp_path, capsys):
 
 
 def test_sfm_matching_bar_ends_done_when_no_pair_matched(tmp_path, capsys):
-    from sceneloc.sfm import _db_progress
+    from sceneloc.capture.sfm import _db_progress
     with _db_progress(tmp_path / "database.db", "matches", 66, "matching", "pair", True):
         pass   # a successful step that stored no rows (no pair matched)
     err = capsys.readouterr().err
@@ -349,8 +349,8 @@ def test_map_is_repeatable_given_iterations(overfit_scene, tmp_path, arch):
     """Two maps from the same --iterations and --seed have bit-identical weights on the CPU."""
     import torch
 
-    from sceneloc.mapping import map_scene
-    from sceneloc.training import MappingConfig
+    from sceneloc.mapping.build import map_scene
+    from sceneloc.training.trainers import MappingConfig
     cfg = MappingConfig(arch=arch, width=16, input_height=96 if arch == "fcn" else 120, iterations=15, batch_size=2,
                         buffer_mb=8, confidence=False, calibration_minutes=0, cloud_voxel_m=0, view_voxel_m=0)
     weights = []

@@ -7,7 +7,7 @@ global descriptor per image for retrieval. Everything is written to one director
 
 Localization (``FeatureLocalizer.localize``): detect keypoints in the query, retrieve the ``top_k``
 most similar training images, match descriptors against each with Lowe's ratio test, pool the
-2D-3D matches and estimate the pose with ``sceneloc.pose.estimate_pose(method='ransac')``: PnP with
+2D-3D matches and estimate the pose with ``sceneloc.pose.estimate.estimate_pose(method='ransac')``: PnP with
 OpenCV's USAC MAGSAC++ (``cv2.solvePnPRansac``) for RGB, Kabsch-RANSAC on the query's depth for
 RGB-D, each followed by the re-fit on all inliers. A query with too few inliers is a failure
 (``pose`` None), never dropped.
@@ -35,8 +35,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sceneloc.data import Frame, camera_points, scene_coordinates_at
-from sceneloc.pose import PoseConfig, estimate_pose
+from sceneloc.data.dataset import Frame, camera_points, scene_coordinates_at
+from sceneloc.pose.estimate import PoseConfig, estimate_pose
 
 from . import map_size_bytes
 

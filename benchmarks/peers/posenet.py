@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from sceneloc.data import Frame
+from sceneloc.data.dataset import Frame
 from sceneloc.geometry import make_pose, matrix_to_quaternion, quaternion_to_matrix
-from sceneloc.loop import Budget, lr_factor
+from sceneloc.training.loop import Budget, lr_factor
 
 MAP_FILES = ("posenet.pt", "config.json")
 _MEAN, _STD = 0.45, 0.25   # fixed input normalisation (nothing is pretrained), as sceneloc's networks
@@ -139,7 +139,7 @@ def train_posenet(frames: Sequence[Frame], out_dir: str | Path, cfg: PoseNetConf
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     H, W = cfg.input_hw
     losses = []
-    # the library's budgeted loop (sceneloc.loop): minutes or steps, progress, cosine decay
+    # the library's budgeted loop (sceneloc.training.loop): minutes or steps, progress, cosine decay
     budget = Budget("posenet", cfg.minutes, cfg.iterations, show=False)
     while not budget.done:
         for g in opt.param_groups:  # cosine decay over the budget: its end is known in advance

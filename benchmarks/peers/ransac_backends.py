@@ -15,7 +15,7 @@ import importlib.util
 import numpy as np
 
 from sceneloc.geometry import invert_pose, make_pose, pnp_ransac
-from sceneloc.pose import PoseConfig
+from sceneloc.pose.config import PoseConfig
 
 _DEFAULT = PoseConfig()
 BACKENDS = ("opencv", "poselib")

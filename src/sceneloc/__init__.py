@@ -1,8 +1,8 @@
 """sceneloc: camera relocalization by scene coordinate regression.
 
-Data flows geometry -> data -> encoders -> networks -> losses -> buffer -> head_training
--> training -> pose -> dsac -> scenemap -> mapping -> evaluation -> demo -> cli; see README.md
-(ARCHITECTURE). ``Map`` is the user-facing entry point for localization.
+The subpackages are layers, each importing only from those below it: data, synth, nets, surface, pose,
+training, mapping, localize, scale, report, capture, service, cli (docs/architecture.md; pyproject.toml's
+import-linter contract holds them). ``Map`` is the user-facing entry point for localization.
 
 The public names below load lazily (``import sceneloc`` does not pay for torch) and are listed in
 ``__all__``, so ``dir(sceneloc)`` and tab completion show them.
@@ -14,11 +14,12 @@ __version__ = "0.1.0"
 
 #: public name -> the module that defines it
 _PUBLIC = {
-    "Map": "scenemap", "Localization": "scenemap", "localize_frames": "scenemap",
-    "PoseConfig": "pose_config", "MappingConfig": "training", "DSACConfig": "dsac",
-    "SceneLocError": "errors", "load_scene": "data", "map_scene": "mapping", "evaluate": "evaluation",
+    "Map": "mapping.scene_map", "Localization": "mapping.scene_map", "localize_frames": "mapping.scene_map",
+    "PoseConfig": "pose.config", "MappingConfig": "training.trainers", "DSACConfig": "pose.dsac",
+    "SceneLocError": "errors", "load_scene": "data.dataset", "map_scene": "mapping.build",
+    "evaluate": "report.evaluation",
     "read_pose_file": "geometry", "write_pose_file": "geometry", "PoseRecord": "geometry",
-    "find_queries": "batch", "localize_queries": "batch",
+    "find_queries": "localize.batch", "localize_queries": "localize.batch",
 }
 __all__ = ["__version__", *_PUBLIC]
 

@@ -22,19 +22,19 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import INTRINSICS_FILES, evenly_spaced, load_scene
-from .diagnostics import EXAMPLE_FRAMES
-from .errors import SceneLocError
-from .evaluation import PLOT_FILES, evaluate, match_pose_records, pose_error_arrays
-from .geometry import read_pose_file
-from .mapping import map_scene
-from .pose_config import MODES
-from .report_tables import DEMO_COLUMNS, results_table
-from .synth import generate
-from .synth_render import SensorOptions
-from .synth_scenes import DEMO_PRESET, make_scene
-from .training import MappingConfig
-from .validation import check_budget, check_output_path
+from sceneloc.data.dataset import INTRINSICS_FILES, evenly_spaced, load_scene
+from sceneloc.errors import SceneLocError
+from sceneloc.geometry import read_pose_file
+from sceneloc.mapping.build import map_scene
+from sceneloc.pose.config import MODES
+from sceneloc.report.diagnostics import EXAMPLE_FRAMES
+from sceneloc.report.evaluation import PLOT_FILES, evaluate, match_pose_records, pose_error_arrays
+from sceneloc.report.tables import DEMO_COLUMNS, results_table
+from sceneloc.synth.dataset import generate
+from sceneloc.synth.render import SensorOptions
+from sceneloc.synth.scenes import DEMO_PRESET, make_scene
+from sceneloc.training.trainers import MappingConfig
+from sceneloc.validation import check_budget, check_output_path
 
 DEMO_MINUTES = 4.0   # head training of `sceneloc demo` (150 mapping frames): RGB 64-66 % in 2 runs, 3 min 50-64 %
 DEMO_CONFIDENCE_MINUTES = 0.25
@@ -117,9 +117,9 @@ def run_demo(out: str | Path = "demo_out", data: str | Path | None = None, minut
              synth: dict | None = None) -> Path:
     """``sceneloc demo``: (render,) map, evaluate in RGB and RGB-D, print a table; returns ``out/index.html``.
 
-    Without ``data`` the ``preset`` scene (default :data:`~sceneloc.synth_scenes.DEMO_PRESET`) is
+    Without ``data`` the ``preset`` scene (default :data:`~sceneloc.synth.scenes.DEMO_PRESET`) is
     rendered into ``out/data`` -- or reused if an earlier run left it complete there. ``synth``
-    overrides :data:`DEMO_SYNTH` (arguments of :func:`sceneloc.synth.generate`; tests render tiny scenes).
+    overrides :data:`DEMO_SYNTH` (arguments of :func:`sceneloc.synth.dataset.generate`; tests render tiny scenes).
     """
     out = Path(out)
     t0 = time.perf_counter()

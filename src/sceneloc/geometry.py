@@ -24,8 +24,8 @@ import cv2
 import numpy as np
 import torch
 
-from .errors import SceneLocError
-from .validation import check_quaternion
+from sceneloc.errors import SceneLocError
+from sceneloc.validation import check_quaternion
 
 # ----------------------------------------------------------------------------- rigid transforms
 

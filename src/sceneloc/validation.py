@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SceneLocError
+from sceneloc.errors import SceneLocError
 
 #: Mapping-config budgets where 0 is documented to skip the stage (any other value must be > 0).
 ZERO_SKIPS = ("confidence_minutes", "calibration_minutes")

@@ -1,0 +1,1 @@
+"""Your own data: COLMAP models, SfM on unposed images, the capture check."""

@@ -1,0 +1,1 @@
+"""Neural networks: frozen pretrained encoders, the regression heads and networks, their losses."""

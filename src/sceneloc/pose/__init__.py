@@ -1,0 +1,1 @@
+"""Pose estimation from correspondences: RANSAC, Kabsch/PnP fits, DSAC, per-pose probabilities."""

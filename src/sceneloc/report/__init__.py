@@ -1,0 +1,1 @@
+"""Evaluation over a split, metrics, plots, correspondence diagnostics, exports and result tables."""

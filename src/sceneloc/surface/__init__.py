@@ -1,0 +1,1 @@
+"""The scene surface fused from the mapping depth (cloud, ICP) and its rendered grey view (alignment)."""

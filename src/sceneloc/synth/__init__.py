@@ -1,0 +1,1 @@
+"""Synthetic posed RGB-D scenes in 7-Scenes layout: presets, the ray caster and sensor model, camera walks."""
