@@ -291,6 +291,12 @@ def _add_pose_arguments(s: argparse.ArgumentParser) -> None:
     _field_option(g, d, "view_rounds", "RGB on a map with a scene view: finally align the pose to the image, this "
                                        "many rounds of rendering the view at the pose, optical flow to the query "
                                        "and a re-fit (0: off)", metavar="N")
+    _field_option(g, d, "depth_image_offset_max_px", "RGB-D: depth whose pose shows the network's matches this many "
+                  "px off in the image is re-registered, else the image's pose is used (0: off)", metavar="PX")
+    _field_option(g, d, "depth_reregister_rounds", "RGB-D: re-registrations of such depth before the image's pose "
+                  "is used (0: at once)", metavar="N")
+    _field_option(g, d, "refine_min_inlier_share", "keep the ICP / view alignment only where the refined pose keeps "
+                  "this share of the network's inliers (0: always)", metavar="S")
     _field_option(g, d, "min_inliers", "fewer inliers report a failure")
     _field_option(g, d, "query_scales", "run the network on the query at each of these scales and keep the pose "
                                         "with the highest inlier ratio (default 1; 0.9 0.75: views closer than the "

@@ -43,6 +43,7 @@ from sceneloc.pose.calibration import CALIBRATION_FILE, PoseCalibration
 from sceneloc.pose.config import DSAC_METHODS, MODES, estimator_config, for_reprojection_map, inlier_settings
 from sceneloc.pose.dsac import STAGE_FILES, estimate_pose_dsac
 from sceneloc.pose.estimate import PoseConfig, PoseResult, estimate_pose
+from sceneloc.pose.fit import REREGISTERED_SCALE_SIGMA, depth_agreeing_pose, keeps_inliers
 from sceneloc.progress import progress as progress_bar
 from sceneloc.surface.cloud import SCENE_CLOUD_FILE, SceneCloud, align_depth, depth_points
 from sceneloc.surface.view import SCENE_VIEW_FILE, SceneView, align_image
@@ -332,6 +333,26 @@ class Map:
                 res = estimate_pose(pixels, coords, K, confidence=conf, camera_points=cam, config=config, rng=rng)
         return res, pred
 
+    def _refined(self, image: np.ndarray, depth: np.ndarray | None, K: np.ndarray, config: PoseConfig,
+                 pose: np.ndarray, offset_m: float, pixels: np.ndarray, coords: np.ndarray,
+                 scale_sigma: float | None = None) -> tuple[np.ndarray, float]:
+        """The final refinement of a camera-to-world ``pose (4, 4)`` (and its depth offset): RGB-D ICP to the
+        scene surface, RGB alignment to the scene view; kept only where it keeps the network's inliers
+        among ``pixels (N, 2)``, ``coords (N, 3)`` (``PoseConfig.refine_min_inlier_share``)."""
+        refined = None
+        if depth is not None and config.icp_distances_m and self.cloud is not None:
+            fit = align_depth(depth_points(depth, K), pose, self.cloud, config.icp_distances_m,
+                              config.icp_offset_sigma_m,
+                              scale_sigma=config.icp_scale_sigma if scale_sigma is None else scale_sigma)
+            refined = None if fit is None else (fit.pose, fit.offset_m)
+        elif depth is None and config.view_rounds and self.view is not None:
+            aligned = align_image(image, K, pose, self.view, config.view_rounds)
+            refined = None if aligned is None else (aligned.pose, offset_m)
+        if refined is None or not keeps_inliers(pixels, coords, K, pose, refined[0], config.threshold_px_for(K),
+                                                config.refine_min_inlier_share):
+            return pose, offset_m   # the scene-coordinate pose stands
+        return refined
+
     def localize(self, image: np.ndarray, depth: np.ndarray | None = None, intrinsics: np.ndarray | None = None,
                  estimator: PoseConfig | str | None = None, rng: np.random.Generator | None = None,
                  max_points: int = DEFAULT_POSE_POINTS, prediction: Prediction | None = None) -> Localization:
@@ -383,21 +404,24 @@ class Map:
                    "sampling_ms": sum(r.timings_ms.get("sampling", 0.0) for r, _ in passes),
                    "refinement_ms": sum(r.timings_ms.get("refinement", 0.0) for r, _ in passes)}
         pose, offset = res.pose, res.depth_offset_m
-        if depth is not None and pose is not None and config.icp_distances_m and self.cloud is not None:
-            t0 = time.perf_counter()
-            with _one_blas_thread():
-                fit = align_depth(depth_points(depth, K), pose, self.cloud, config.icp_distances_m,
-                                  config.icp_offset_sigma_m, scale_sigma=config.icp_scale_sigma)
-            if fit is not None:  # else the scene-coordinate pose stands
-                pose, offset = fit.pose, fit.offset_m
-            timings["refinement_ms"] += (time.perf_counter() - t0) * 1e3
-        if depth is None and pose is not None and config.view_rounds and self.view is not None:
-            t0 = time.perf_counter()
-            with _one_blas_thread():
-                aligned = align_image(image, K, pose, self.view, config.view_rounds)
-            if aligned is not None:  # else the scene-coordinate pose stands
-                pose = aligned.pose
-            timings["refinement_ms"] += (time.perf_counter() - t0) * 1e3
+        t0 = time.perf_counter()
+        with _one_blas_thread():
+            if pose is not None:
+                pose, offset = self._refined(image, depth, K, config, pose, offset, pixels, coords)
+            if depth is not None and pose is not None and config.depth_image_offset_max_px > 0:
+                def fit_with_depth(moved: np.ndarray) -> tuple[np.ndarray, float] | None:
+                    refit = self._localize_at(image, moved, K, config, stage, rng, max_points, pred, 1.0)[0]
+                    return None if refit.pose is None else self._refined(
+                        image, moved, K, config, refit.pose, refit.depth_offset_m, pixels, coords,
+                        max(config.icp_scale_sigma, REREGISTERED_SCALE_SIGMA))
+
+                def image_pose() -> tuple[np.ndarray, float] | None:
+                    alone = self.localize(image, None, K, replace(config, query_scales=(1.0,)), rng, max_points, pred)
+                    return None if alone.pose is None else (alone.pose, 0.0)
+                pose, offset, _ = depth_agreeing_pose(depth, (pose, offset), fit_with_depth, image_pose, pixels,
+                                                      coords, K, config.depth_image_offset_max_px,
+                                                      config.depth_reregister_rounds)
+        timings["refinement_ms"] += (time.perf_counter() - t0) * 1e3
         timings["total_ms"] = sum(timings.values())
         probability = float("nan")
         if self.calibration is not None:

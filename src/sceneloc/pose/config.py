@@ -97,6 +97,16 @@ class PoseConfig:
             prior of this relative width; 0 = none (``surface.cloud.align_depth``; docs/decisions/icp-scale.md).
         view_rounds: RGB on a map with a scene view: rounds of rendering the view at the pose, optical
             flow to the query and a re-fit; 0 = off (``surface/view.py``; docs/decisions/view-alignment.md).
+        depth_image_offset_max_px: RGB-D: query depth is evidence, not truth. Where the RGB-D pose puts the
+            network's 2D-3D matches further than this from where it saw them (median, pixels of the query
+            image; ``pose.fit.image_offset_px``), the depth disagrees with the image: it is re-registered by
+            that offset, else the image's pose is taken (``pose.fit.depth_agreeing_pose``); 0 = off
+            (docs/decisions/depth-evidence.md).
+        depth_reregister_rounds: re-registrations of disagreeing depth before the image's pose is taken;
+            0 = the image's pose at once (docs/decisions/depth-evidence.md).
+        refine_min_inlier_share: the final refinements (RGB scene-view alignment, RGB-D ICP) are kept only
+            where the refined pose keeps this share of the network's 2D inliers; 0 = always kept
+            (``pose.fit.keeps_inliers``; docs/decisions/depth-evidence.md).
         polish_thresholds_px: PnP's counterpart of ``polish_thresholds_m``, pixels of the query image;
             empty = none (docs/decisions/polish.md).
         polish_iterations: at most this many re-fits per polish threshold, fewer once the inlier set is
@@ -146,6 +156,9 @@ class PoseConfig:
     icp_offset_sigma_m: float = ICP_OFFSET_SIGMA_M
     icp_scale_sigma: float = 0.0
     view_rounds: int = VIEW_ROUNDS
+    depth_image_offset_max_px: float = 4.0
+    depth_reregister_rounds: int = 2
+    refine_min_inlier_share: float = 0.5
     polish_thresholds_px: tuple[float, ...] = ()
     polish_iterations: int = 3
     min_inliers: int = 30
@@ -193,11 +206,18 @@ class PoseConfig:
                              f"{self.polish_thresholds_px} and icp_distances_m={self.icp_distances_m} must be positive")
         if not self.icp_scale_sigma >= 0:
             raise ValueError(f"PoseConfig.icp_scale_sigma={self.icp_scale_sigma} must be >= 0 (0: no scale)")
+        if not self.depth_image_offset_max_px >= 0:
+            raise ValueError(f"PoseConfig.depth_image_offset_max_px={self.depth_image_offset_max_px} "
+                             "must be >= 0 (0: off)")
+        if not 0 <= self.refine_min_inlier_share <= 1:
+            raise ValueError(f"PoseConfig.refine_min_inlier_share={self.refine_min_inlier_share} "
+                             "must be in [0, 1] (0: off)")
         if not self.icp_offset_sigma_m >= 0:
             raise ValueError(f"PoseConfig.icp_offset_sigma_m={self.icp_offset_sigma_m} must be >= 0 (0: no offset)")
-        if min(self.refine_rounds, self.polish_iterations, self.min_inliers, self.spread_cells, self.view_rounds) < 0:
-            raise ValueError("PoseConfig.refine_rounds, polish_iterations, min_inliers, spread_cells and view_rounds "
-                             "must be >= 0")
+        if min(self.refine_rounds, self.polish_iterations, self.min_inliers, self.spread_cells, self.view_rounds,
+               self.depth_reregister_rounds) < 0:
+            raise ValueError("PoseConfig.refine_rounds, polish_iterations, min_inliers, spread_cells, view_rounds "
+                             "and depth_reregister_rounds must be >= 0")
         if not 0.0 < self.ransac_confidence < 1.0:
             raise ValueError(f"PoseConfig.ransac_confidence={self.ransac_confidence} must be in (0, 1)")
 

@@ -1,16 +1,27 @@
 """One image's correspondences and fitting a pose to them: the valid matches (``Correspondences``),
 minimal and full solves (PnP or Kabsch), residuals and inlier counts, and the re-fits that end every
-estimator (DSAC*/ACE's polish on all inliers; for RGB-D, the re-fit with the query depth's offset).
+estimator (DSAC*/ACE's polish on all inliers; for RGB-D, the re-fit with the query depth's offset),
+and the evidence that gates what follows (does a pose fit the image; does a refinement keep the inliers).
 ``pose/estimate.py`` builds its estimators on these."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
 
-from sceneloc.geometry import invert_pose, is_rigid, kabsch, kabsch_depth_offset, make_pose, solve_pnp
+from sceneloc.geometry import (
+    invert_pose,
+    is_rigid,
+    kabsch,
+    kabsch_depth_offset,
+    make_pose,
+    reprojection_errors,
+    solve_pnp,
+    transform_points,
+)
 from sceneloc.pose.config import MIN_POINTS, PoseConfig
 from sceneloc.pose.ransac import distance_residuals, reprojection_residuals, robust_sigma
 
@@ -240,3 +251,93 @@ def refit_depth_offset(corr: Correspondences, pose: np.ndarray, used: np.ndarray
     if abs(offset) < config.depth_offset_min_m:
         return pose, used, corr, 0.0
     return make_pose(R, t), refit_used, replace(corr, camera=camera - offset * rays), offset
+
+
+# ------------------------------------------------------------------ evidence: does a pose fit the image?
+
+#: 2D-3D matches within this many pixels (of the query image) of a pose's projection take part in its
+#: image offset: the network's inliers, not its outliers (the PnP threshold of 640 x 480 queries).
+IMAGE_OFFSET_WINDOW_PX = 20.0
+#: Fewest matches in that window for an image offset (fewer: no evidence either way).
+IMAGE_OFFSET_MIN_MATCHES = 30
+
+
+def image_offset_px(pixels: np.ndarray, scene: np.ndarray, K: np.ndarray, T_wc: np.ndarray,
+                    window_px: float = IMAGE_OFFSET_WINDOW_PX) -> np.ndarray | None:
+    """Where the camera-to-world pose ``T_wc (4, 4)`` puts the network's scene coordinates ``scene (N, 3)``
+    in the image, against where the network saw them, ``pixels (N, 2)``: the per-axis median ``(2,)`` of
+    ``project - pixel`` (pixels of ``K (3, 3)``) over the matches within ``window_px``. A pose that fits
+    the image has ~0 (the coordinates' noise averages out; their bias is the map's, shared by every
+    pose); a pose fitted to depth moved against the image shows the move. None
+    with fewer than ``IMAGE_OFFSET_MIN_MATCHES`` matches in the window."""
+    x = transform_points(invert_pose(np.asarray(T_wc, dtype=np.float64)), scene)
+    front = x[:, 2] > 1e-6
+    r = np.full((len(scene), 2), np.inf)
+    r[front] = x[front, :2] / x[front, 2:3] * np.array([K[0, 0], K[1, 1]]) + K[:2, 2] - pixels[front]
+    near = np.linalg.norm(r, axis=1) < window_px
+    if near.sum() < IMAGE_OFFSET_MIN_MATCHES:
+        return None
+    return np.median(r[near], axis=0)
+
+
+def moved_image(image: np.ndarray, offset_px: np.ndarray) -> np.ndarray:
+    """``image (H, W)`` resampled so that pixel p reads what was at ``p + offset_px`` (``(2,)``, x right,
+    y down; rounded to whole pixels); what comes from outside the image is 0 (no depth)."""
+    dx, dy = (int(round(float(v))) for v in offset_px)
+    h, w = image.shape[:2]
+    out = np.zeros_like(image)
+    if abs(dx) >= w or abs(dy) >= h:
+        return out
+    out[max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)] = image[max(0, dy):h - max(0, -dy),
+                                                                       max(0, dx):w - max(0, -dx)]
+    return out
+
+
+#: The ICP of a re-registered depth also fits its scale under this prior (``surface.cloud.align_depth``):
+#: depth that is misregistered in the image is not to be trusted on its scale either.
+REREGISTERED_SCALE_SIGMA = 0.02
+
+#: A pose and the query depth's fitted offset along its rays (metres), or None: what one fit gives.
+DepthPose = tuple[np.ndarray, float] | None
+
+
+def depth_agreeing_pose(depth: np.ndarray, fitted: tuple[np.ndarray, float],
+                        fit_with_depth: Callable[[np.ndarray], DepthPose], image_pose: Callable[[], DepthPose],
+                        pixels: np.ndarray, scene: np.ndarray, K: np.ndarray, max_offset_px: float,
+                        rounds: int) -> tuple[np.ndarray, float, str]:
+    """An RGB-D pose that the image agrees with. ``fitted``: the pose (camera-to-world ``(4, 4)``) and depth
+    offset fitted to ``depth (H, W)``; ``fit_with_depth(d)`` fits them again to a re-registered depth map,
+    ``image_pose()`` gives the pose of the image alone. While the network's matches ``pixels (N, 2)``,
+    ``scene (N, 3)`` show an offset (``image_offset_px``, pixels of the query image, ``K (3, 3)``) longer
+    than ``max_offset_px``, the depth is moved by it (``moved_image``) and fitted again, up to ``rounds``
+    times (0: none); if the image still disagrees (or none of the matches lie near the pose's projections),
+    its own pose wins (where it has one). Returns the pose, the depth
+    offset and what happened: ``agrees``, ``reregistered`` or ``image``."""
+    moved = np.zeros(2)
+    pose, offset = fitted
+    for attempt in range(rounds + 1):
+        shift = image_offset_px(pixels, scene, K, pose)
+        if shift is not None and float(np.linalg.norm(shift)) <= max_offset_px:
+            return pose, offset, "reregistered" if attempt else "agrees"
+        if attempt == rounds or shift is None:   # None: the pose explains none of the image's matches
+            break
+        moved = moved + shift
+        refit = fit_with_depth(moved_image(depth, moved))
+        if refit is None:
+            break
+        pose, offset = refit
+    from_image = image_pose()
+    return (pose, offset, "reregistered") if from_image is None else (*from_image, "image")
+
+
+def keeps_inliers(pixels: np.ndarray, scene: np.ndarray, K: np.ndarray, T_wc: np.ndarray, refined_T_wc: np.ndarray,
+                  threshold_px: float, min_share: float) -> bool:
+    """Whether the refined camera-to-world pose ``refined_T_wc (4, 4)`` keeps at least ``min_share`` of the
+    2D-3D inliers (within ``threshold_px``) that ``T_wc (4, 4)`` has among the network's matches ``pixels
+    (N, 2)``, ``scene (N, 3)`` with ``K (3, 3)``: a refinement may sharpen what the correspondences say,
+    not move the pose away from it. ``min_share`` 0 keeps every refinement."""
+    if min_share <= 0:
+        return True
+    before = int((reprojection_errors(T_wc, scene, pixels, K) < threshold_px).sum())
+    after = int((reprojection_errors(refined_T_wc, scene, pixels, K) < threshold_px).sum())
+    return after >= min_share * before
