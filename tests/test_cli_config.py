@@ -10,6 +10,7 @@ import pytest
 from sceneloc.capture.colmap import import_colmap
 from sceneloc.capture.sfm import run_sfm
 from sceneloc.cli import main as cli
+from sceneloc.cli import options
 from sceneloc.demo import run_demo
 from sceneloc.pose.config import PoseConfig
 from sceneloc.pose.dsac import DSACConfig
@@ -48,13 +49,13 @@ DSAC_NOT_EXPOSED = {
 # (command, its positional words, config class, dest of a field, fields not exposed, builder from the
 # parsed options, whether an option left at None means the dataclass default)
 CASES = [
-    ("map", ["DATA", "MAP"], MappingConfig, lambda name: name, MAPPING_NOT_EXPOSED, cli._mapping_config, False),
+    ("map", ["DATA", "MAP"], MappingConfig, lambda name: name, MAPPING_NOT_EXPOSED, options.mapping_config, False),
     ("map", ["DATA", "MAP"], DSACConfig,
-     lambda name: name if name in cli.DSAC_SHARED_OPTIONS else "dsac_" + name, DSAC_NOT_EXPOSED,
-     cli._dsac_config, True),
-    ("localize", ["MAP"], PoseConfig, lambda name: name, POSE_NOT_EXPOSED, cli._pose_config, False),
+     lambda name: name if name in options.DSAC_SHARED_OPTIONS else "dsac_" + name, DSAC_NOT_EXPOSED,
+     options.dsac_config, True),
+    ("localize", ["MAP"], PoseConfig, lambda name: name, POSE_NOT_EXPOSED, options.pose_config, False),
     ("evaluate", ["MAP", "DATA", "--out", "REPORT"], PoseConfig, lambda name: name, POSE_NOT_EXPOSED,
-     cli._pose_config, False),
+     options.pose_config, False),
 ]
 CASE_IDS = ["map-MappingConfig", "map-DSACConfig", "localize-PoseConfig", "evaluate-PoseConfig"]
 

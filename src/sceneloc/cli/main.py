@@ -1,7 +1,7 @@
 """Command-line interface: one subcommand per stage; each parses options and calls the library.
 
 Errors the user can fix (:class:`SceneLocError`) print one line and exit with code 2. The options of
-the mapping, DSAC and pose stages are made from their config dataclasses' fields (``_field_option``):
+the mapping, DSAC and pose stages are made from their config dataclasses' fields (``field_option``):
 their defaults are the library's, and tests/test_cli_config.py checks that every field is exposed or
 deliberately not.
 """
@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import fields
 from pathlib import Path
-from typing import Any
 
 # Pose estimation runs many small numpy matrix products: OpenBLAS threads only fight each other
 # (and the network's threads) on a small CPU. Set before numpy is imported. Not MKL_NUM_THREADS:
@@ -25,6 +23,14 @@ import numpy as np
 from sceneloc import __version__
 from sceneloc.cli.batch import add_batch_arguments, check_localize_inputs, localize_batch
 from sceneloc.cli.capture import add_capture_commands
+from sceneloc.cli.options import (
+    INTRINSICS_HELP,
+    add_map_arguments,
+    add_pose_arguments,
+    dsac_config,
+    mapping_config,
+    pose_config,
+)
 from sceneloc.cli.scale import add_scale_options
 from sceneloc.cli.serve import add_serve_command, add_stream_arguments, localized_stream
 from sceneloc.data.dataset import load_scene
@@ -35,50 +41,12 @@ from sceneloc.geometry import PoseRecord, invert_pose, matrix_to_quaternion, wri
 from sceneloc.mapping.build import map_scene, retrain_confidence
 from sceneloc.mapping.dsac_training import finetune_dsac
 from sceneloc.mapping.scene_map import Map
-from sceneloc.nets.encoders import PRECISIONS
-from sceneloc.nets.losses import COORDINATE_LOSSES, NEIGHBOURHOODS
-from sceneloc.nets.models import FCN_STEMS, FCN_STRIDES
-from sceneloc.pose.config import DSAC_SCORES, METHODS, PoseConfig
-from sceneloc.pose.config import SCORES as POSE_SCORES
-from sceneloc.pose.dsac import MODES, OBJECTIVES, DSACConfig
 from sceneloc.report.evaluation import evaluate
 from sceneloc.report.export import export_point_cloud
 from sceneloc.report.tables import table
 from sceneloc.synth.dataset import add_synth_arguments
 from sceneloc.synth.scenes import DEMO_PRESET, PRESETS
-from sceneloc.training.head import LOSSES as HEAD_LOSSES
-from sceneloc.training.loop import SCHEDULES
-from sceneloc.training.trainers import (
-    ARCH_DEFAULTS,
-    CONFIDENCE_MODES,
-    DEFAULT_WIDTH,
-    OPTIMIZERS,
-    MappingConfig,
-)
 from sceneloc.validation import check_budget, check_config_budgets
-
-#: Stage-1 options that --stage dsac also reads (None: DSACConfig's default); its own options are dsac_<field>.
-DSAC_SHARED_OPTIONS = ("minutes", "iterations", "seed")
-#: PoseConfig.pnp_method values offered: the solvers that take many points (p3p takes exactly 4).
-PNP_CHOICES = ("epnp", "sqpnp")
-INTRINSICS_HELP = ("override: 'fx,fy,cx,cy' or a file with a 3x3 matrix, the camera of the images and of "
-                   "their depth maps alike (no registration)")
-
-
-def _field_option(group: Any, config: object, name: str, help: str = "", *, flag: str | None = None,
-                  aliases: tuple[str, ...] = (), **kwargs: Any) -> None:
-    """``--name`` (dashes for underscores, or ``flag``) for the field ``name`` of the dataclass instance
-    ``config``: the field's name as dest (unless given), its default, the type of its default (unless
-    given) and, for a number or a word, that default at the end of the help. ``aliases``: older spellings
-    that still work (options before they carried their unit)."""
-    kwargs.setdefault("dest", name)
-    default = getattr(config, name)
-    shown = isinstance(default, int | float | str) and not isinstance(default, bool)
-    if shown:
-        kwargs.setdefault("type", type(default))
-    if shown and "%(default)" not in help:
-        help = f"{help} (default %(default)s)" if help else "default %(default)s"
-    group.add_argument(flag or "--" + name.replace("_", "-"), *aliases, default=default, help=help, **kwargs)
 
 
 def _cmd_info(args: argparse.Namespace) -> None:
@@ -113,10 +81,10 @@ def _cmd_map(args: argparse.Namespace) -> None:
     if args.stage == "dsac":
         if args.resume:
             raise SceneLocError("--resume does not apply to --stage dsac (fine-tuning always starts from the base map)")
-        finetune_dsac(args.dataset, args.map_dir, _dsac_config(args), force=args.force, device=args.device,
+        finetune_dsac(args.dataset, args.map_dir, dsac_config(args), force=args.force, device=args.device,
                       intrinsics=K)
         return
-    cfg = _mapping_config(args)
+    cfg = mapping_config(args)
     if args.stage == "confidence":
         retrain_confidence(args.dataset, args.map_dir, cfg, force=args.force, device=args.device, intrinsics=K)
         return
@@ -124,192 +92,9 @@ def _cmd_map(args: argparse.Namespace) -> None:
               intrinsics=K, evaluate_test=not args.no_test_eval)
 
 
-def _mapping_config(args: argparse.Namespace) -> MappingConfig:
-    """The stage-1 and stage-2 options, whose dests are MappingConfig's field names."""
-    return MappingConfig(**{f.name: getattr(args, f.name) for f in fields(MappingConfig) if hasattr(args, f.name)})
-
-
-def _dsac_config(args: argparse.Namespace) -> DSACConfig:
-    """--stage dsac's options (dests ``dsac_<field>``) and the stage-1 options it shares; None keeps the default."""
-    given = {f.name: getattr(args, "dsac_" + f.name, None) for f in fields(DSACConfig)}
-    given.update({name: getattr(args, name) for name in DSAC_SHARED_OPTIONS})
-    return _config(DSACConfig, {name: value for name, value in given.items() if value is not None})
-
-
-def _config(kind: type, values: dict) -> Any:
-    """``kind(**values)``, its checks' ValueError as a one-line SceneLocError."""
-    try:
-        return kind(**values)
-    except ValueError as e:
-        raise SceneLocError(str(e)) from None
-
-
-def _add_map_arguments(s: argparse.ArgumentParser) -> None:
-    d, dd = MappingConfig(), DSACConfig()
-
-    def per_arch(key: str) -> str:
-        return ", ".join(f"{arch} {v[key]:g}" if isinstance(v[key], float) else f"{arch} {v[key]}"
-                         for arch, v in ARCH_DEFAULTS.items())
-
-    def option(group: Any, name: str, help: str = "", **kwargs: Any) -> None:
-        _field_option(group, d, name, help, **kwargs)
-
-    s.add_argument("dataset", help="dataset root (its train split is mapped)")
-    s.add_argument("map_dir", help="output directory for the map")
-    g = s.add_argument_group("network")
-    option(g, "arch", "xfeat: frozen pretrained XFeat encoder + per-pixel head trained from a pixel buffer (ACE); "
-                      "fcn: DSAC*-style network learned from scratch; unet: the paper's", choices=list(ARCH_DEFAULTS))
-    option(g, "head_width", "xfeat head width")
-    option(g, "head_blocks", "xfeat head residual blocks")
-    option(g, "head_loss", "xfeat head loss", choices=HEAD_LOSSES)
-    option(g, "buffer_mb", "xfeat training buffer size in MB")
-    option(g, "buffer_copies", "views of each mapping image in the buffer, the first unaugmented")
-    option(g, "pixel_batch", "buffer pixels per head step")
-    option(g, "precision", "xfeat encoder and head arithmetic: auto = bf16 where the CPU/GPU runs it natively "
-                           "(about 2x faster), else fp32", choices=PRECISIONS)
-    option(g, "width", "base channel width (default " + ", ".join(f"{n} for {a}" for a, n in DEFAULT_WIDTH.items())
-           + ")", type=int)
-    option(g, "stride", "fcn output stride", choices=FCN_STRIDES)
-    option(g, "stem", "fcn first layer: stride 2, or full resolution as DSAC*", choices=FCN_STEMS)
-    option(g, "blocks", "fcn residual blocks")
-    option(g, "input_height", f"network input rows (default {per_arch('input_height')})", type=int)
-    g = s.add_argument_group("loss and optimisation")
-    option(g, "loss", "default %(default)s (measured best under a CPU budget; the paper's best is tukey+smooth)",
-           choices=COORDINATE_LOSSES)
-    option(g, "tukey_c", "Tukey constant in metres (default half the scene diameter)", type=float)
-    option(g, "smooth_weight", "weight of the smoothness term of tukey+smooth")
-    option(g, "neighbourhood", "neighbours of a pixel in the smoothness term", choices=NEIGHBOURHOODS)
-    option(g, "optimizer", f"fcn/unet optimiser (default {per_arch('optimizer')}; the xfeat head uses adamw)",
-           choices=OPTIMIZERS)
-    option(g, "lr", f"learning rate (default {per_arch('lr')}; the paper's 5e-4)", type=float)
-    option(g, "schedule", "learning rate over the budget: cosine decay or, as the paper, constant", choices=SCHEDULES)
-    option(g, "batch_size", "images per step (default %(default)s; the paper's 20)")
-    option(g, "minutes", f"wall-clock budget of stage 1, the head for xfeat (default {per_arch('minutes')}), "
-                         f"or of --stage dsac (default {dd.minutes:g})", type=float)
-    option(g, "iterations", "train for exactly N steps instead (repeatable)", type=int)
-    option(g, "aug_scale", f"random zoom in [1/a, a] (1 = off; default {per_arch('aug_scale')})", type=float)
-    option(g, "aug_rotation_deg", "random roll in degrees, 0 = off", aliases=("--aug-rotation",))
-    option(g, "aug_brightness", "random brightness shift in [-b, b] of images in [0, 1], 0 = off")
-    option(g, "aug_contrast", "random contrast factor in [1 - c, 1 + c], 0 = off")
-    option(g, "aug_novel_views", "xfeat: buffer copies rendered, with their depth, from a camera orbited about "
-                                 "the scene ahead (of --buffer-copies - 1 augmented ones), 0 = off")
-    option(g, "aug_orbit_deg", "xfeat: largest orbit of those novel views, degrees", type=float,
-           aliases=("--aug-orbit",))
-    option(g, "checkpoint_minutes", "save MAP_DIR/checkpoint.pt (for --resume) this often")
-    option(g, "snapshot_minutes", "also save the weights after these training minutes (MAP_DIR/snapshots/)",
-           type=float, nargs="+")
-    option(g, "seed", "random seed of both stages and of --stage dsac")
-    option(g, "calibration_minutes", "xfeat: train a second head this long without one recording of the mapping "
-                                     "frames and localize those, to calibrate each pose's probability of being "
-                                     "within 5 cm / 5 deg; 0 = no calibration")
-    option(g, "cloud_voxel_m", "fuse the mapping depth into a scene surface of this voxel size in metres, which "
-                               "RGB-D poses are finally aligned to by ICP; 0 = none", aliases=("--cloud-voxel",),
-           metavar="M")
-    option(g, "view_voxel_m", "fuse the mapping depth and grey values into a scene view of this voxel size in "
-                              "metres, which RGB poses are finally aligned to by rendering it; 0 = none",
-           aliases=("--view-voxel",), metavar="M")
-    g = s.add_argument_group("confidence (stage 2)")
-    g.add_argument("--no-confidence", dest="confidence", action="store_false", help="skip stage 2")
-    option(g, "confidence_mode", "both: also train the inlier classifier for the ROC comparison (paper Fig. 3)",
-           choices=CONFIDENCE_MODES)
-    option(g, "confidence_minutes", f"stage-2 budget (default {per_arch('confidence_minutes')})", type=float)
-    option(g, "confidence_blocks", "context-normalised residual blocks in the PointNet (Yi et al.; 0: plain PointNet)")
-    option(g, "n_k", "points per PointNet set")
-    s.add_argument("--intrinsics", help=INTRINSICS_HELP)
-    s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    s.add_argument("--resume", action="store_true", help="continue from MAP_DIR/checkpoint.pt")
-    s.add_argument("--force", action="store_true", help="overwrite a non-empty MAP_DIR")
-    s.add_argument("--no-test-eval", action="store_true", help="skip the coordinate accuracy on the test split")
-    g = s.add_argument_group("DSAC fine-tuning (--stage dsac: end to end through differentiable RANSAC)")
-    g.add_argument("--stage", choices=["base", "confidence", "dsac"], default="base",
-                   help="base: stages 1 and 2, a new map (default); confidence: (re)train stage 2 of the existing "
-                        "map in MAP_DIR (--force replaces its confidence network); dsac: fine-tune the existing map, "
-                        "writing coordinates_dsac.pt, score.pt and dsac_config.json beside it (--force replaces them)")
-    _field_option(g, dd, "mode", "hypotheses by PnP (rgb) or Kabsch with depth (rgbd)", dest="dsac_mode",
-                  choices=MODES)
-    _field_option(g, dd, "score", "learned Score CNN (DSAC) or soft inlier count (DSAC*)", dest="dsac_score",
-                  choices=DSAC_SCORES)
-    _field_option(g, dd, "objective", "exact expected loss over all hypotheses, or sampled REINFORCE",
-                  dest="dsac_objective", choices=OBJECTIVES)
-    _field_option(g, dd, "hypotheses", "hypotheses per training image", dest="dsac_hypotheses")
-    s.set_defaults(func=_cmd_map)
-
-
-def _pose_config(args: argparse.Namespace) -> PoseConfig:
-    """The pose options, whose dests are PoseConfig's field names."""
-    return _config(PoseConfig, {f.name: getattr(args, f.name) for f in fields(PoseConfig) if hasattr(args, f.name)})
-
-
-def _add_pose_arguments(s: argparse.ArgumentParser) -> None:
-    d = PoseConfig()
-    g = s.add_argument_group("pose estimation (default ransac, measured best; --method confidence is the paper "
-                             "III-C estimator, whose defaults are the paper's)")
-    _field_option(g, d, "method", "dsac|softam: DSAC's argmax|SoftAM selection with the map's --stage dsac (they "
-                                  "use --hypotheses and --min-inliers; the other options are the stage's)",
-                  choices=METHODS)
-    _field_option(g, d, "dsac_score", "hypothesis score of dsac|softam (default: the stage's); soft-inliers needs "
-                                      "no DSAC stage", choices=DSAC_SCORES)
-    _field_option(g, d, "hypotheses", "h_p, pose hypotheses sampled")
-    _field_option(g, d, "n_k", "N_k points sampled per hypothesis")
-    _field_option(g, d, "best_fraction", "most confident share kept")
-    _field_option(g, d, "spread_cells", "G > 0: keep the most confident per cell of a G x G image grid, not "
-                                        "globally (default %(default)s, the paper's global top share)")
-    _field_option(g, d, "refine_rounds", "rounds of the paper's refinement")
-    _field_option(g, d, "pnp_method", "PnP solver of hypotheses and refinement", choices=PNP_CHOICES)
-    _field_option(g, d, "score", "hypothesis score of --method confidence (default %(default)s, the paper's)",
-                  choices=POSE_SCORES)
-    _field_option(g, d, "inlier_threshold_px", "PnP inlier threshold in pixels (default 20 for ransac, measured "
-                                              "best, and 15 on a map made without depth, both scaled from a 525 px "
-                                              "focal length; 10, DSAC*/ACE's, for the others)", flag="--threshold-px",
-                  metavar="PX", type=float)
-    _field_option(g, d, "inlier_threshold_m", "Kabsch inlier threshold in metres", flag="--threshold-m", metavar="M")
-    g.add_argument("--no-polish", dest="polish", action="store_false",
-                   help="skip the final re-fit on all inliers (pure paper)")
-    g.add_argument("--ransac-local-optimisation", dest="ransac_local_optimisation", action="store_true",
-                   help="--method ransac, RGB: also run MAGSAC++'s local optimisation of its best models (OpenCV's "
-                        "USAC_MAGSAC; off by default: the re-fits and the view alignment after it refine the pose, "
-                        "faster at the same accuracy)")
-    _field_option(g, d, "polish_thresholds_m", "Kabsch: re-fit again on the inliers at each of these tighter "
-                                               "thresholds in metres", type=float, nargs="*")
-    _field_option(g, d, "polish_thresholds_px", "PnP: the same in pixels of the query image",
-                  type=float, nargs="*")
-    _field_option(g, d, "depth_offset_sigma_m", "Kabsch: then re-fit with an offset of the query depth along its "
-                                                "rays, under a Gaussian prior of this width in metres (0: off)",
-                  aliases=("--depth-offset-sigma",), metavar="M")
-    _field_option(g, d, "depth_offset_min_m", "Kabsch: keep that re-fit only where the offset is at least this "
-                                              "long in metres (0: always)", aliases=("--depth-offset-min",),
-                  metavar="M")
-    _field_option(g, d, "icp_distances_m", "RGB-D on a map with a scene surface: finally align the query depth to "
-                                           "it by point-to-plane ICP, one step per matching distance in metres "
-                                           "(give none for no ICP)", aliases=("--icp-distances",), type=float,
-                  nargs="*", metavar="M")
-    _field_option(g, d, "icp_offset_sigma_m", "RGB-D: the ICP also fits an offset of the query depth along its rays "
-                                              "under a Gaussian prior of this width in metres (0: no offset)",
-                  aliases=("--icp-offset-sigma",), metavar="M")
-    _field_option(g, d, "icp_scale_sigma", "RGB-D: the ICP also fits a scale error of the query depth under a "
-                                           "Gaussian prior of this relative width (0: none)", metavar="K")
-    _field_option(g, d, "view_rounds", "RGB on a map with a scene view: finally align the pose to the image, this "
-                                       "many rounds of rendering the view at the pose, optical flow to the query "
-                                       "and a re-fit (0: off)", metavar="N")
-    _field_option(g, d, "depth_image_offset_max_px", "RGB-D: depth whose pose shows the network's matches this many "
-                  "px off in the image is re-registered, else the image's pose is used (0: off)", metavar="PX")
-    _field_option(g, d, "depth_reregister_rounds", "RGB-D: re-registrations of such depth before the image's pose "
-                  "is used (0: at once)", metavar="N")
-    _field_option(g, d, "refine_min_inlier_share", "keep the ICP / view alignment only where the refined pose keeps "
-                  "this share of the network's inliers (0: always)", metavar="S")
-    _field_option(g, d, "min_inliers", "fewer inliers report a failure")
-    _field_option(g, d, "query_scales", "run the network on the query at each of these scales and keep the pose "
-                                        "with the highest inlier ratio (default 1; 0.9 0.75: views closer than the "
-                                        "mapping views, ~2x the time)", type=float, nargs="+", metavar="S")
-    _field_option(g, d, "depth_gate", "--method joint: ignore the query depth when the pose refined with it fits "
-                                      "the image worse than PnP by more than this fraction, 0: never")
-    g.add_argument("--seed", type=int, default=0, help="random seed of the pose estimator: a fixed seed gives "
-                   "bit-identical poses between runs on one machine (default %(default)s)")
-
-
 def _cmd_localize(args: argparse.Namespace) -> None:
     check_localize_inputs(args)   # conflicting inputs and an unwritable --out, before the map is loaded
-    config = _pose_config(args)
+    config = pose_config(args)
     K = parse_intrinsics(args.intrinsics) if args.intrinsics else None
     if args.images:
         localize_batch(args, config, K)
@@ -355,7 +140,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     check_config_budgets(args)   # --seed, --n-k
     K = parse_intrinsics(args.intrinsics) if args.intrinsics else None
     m = evaluate(args.map_dir, args.dataset, args.out, split=args.split, mode=args.mode, top_k=args.top_k,
-                 estimator=_pose_config(args), poses=args.poses, force=args.force, seed=args.seed,
+                 estimator=pose_config(args), poses=args.poses, force=args.force, seed=args.seed,
                  device=args.device, intrinsics=K, progress=not args.quiet, allow_missing=args.allow_missing)
     if "pose_coverage" in m:
         c = m["pose_coverage"]
@@ -382,7 +167,7 @@ def _add_evaluate_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     s.add_argument("--force", action="store_true", help="write into a non-empty REPORT_DIR (replaces its report files)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
-    _add_pose_arguments(s)
+    add_pose_arguments(s)
     s.set_defaults(func=_cmd_evaluate)
 
 
@@ -452,7 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--intrinsics", help=INTRINSICS_HELP)
     s.set_defaults(func=_cmd_info)
 
-    _add_map_arguments(sub.add_parser("map", help="learn a scene map from a dataset's train split"))
+    s = sub.add_parser("map", help="learn a scene map from a dataset's train split")
+    add_map_arguments(s)
+    s.set_defaults(func=_cmd_map)
 
     s = sub.add_parser("localize", help="estimate camera poses of a dataset split, of new images (--images) or "
                                         "of one image")
@@ -469,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="query camera: 'fx,fy,cx,cy' or a 3x3 matrix file (default: the dataset's / the map's)")
     s.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     s.add_argument("--force", action="store_true", help="overwrite --out")
-    _add_pose_arguments(s)
+    add_pose_arguments(s)
     add_stream_arguments(s)
     s.set_defaults(func=_cmd_localize)
 
@@ -482,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_capture_commands(sub)
     add_serve_command(sub)
-    add_scale_options(sub, _mapping_config, _pose_config)
+    add_scale_options(sub, mapping_config, pose_config)
     return p
 
 

@@ -13,7 +13,6 @@ Nothing from the dataset is stored.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field, replace
 from functools import cache
@@ -27,8 +26,8 @@ from threadpoolctl import ThreadpoolController
 from sceneloc.data.dataset import camera_points, is_kinect_depth_camera
 from sceneloc.errors import SceneLocError
 from sceneloc.mapping.dsac_stage import DSACStage, resolve_stage
+from sceneloc.mapping.map_checks import check_map_config, first_line, load_map_file
 from sceneloc.nets.models import (
-    ARCHITECTURES,
     ConfidencePointNet,
     CoordinateNetwork,
     SceneNormalisation,
@@ -56,9 +55,6 @@ MAP_FORMAT_VERSION = 3
 READABLE_FORMAT_VERSIONS = (1, 2, 3)
 #: Pose estimators that use the confidence network's output.
 CONFIDENCE_METHODS = ("confidence", "joint")
-#: config.json keys every map has, and the type each must be (checked before any network is built).
-CONFIG_KEYS = {"format_version": int, "network": dict, "input_height": int, "image_size": list,
-               "intrinsics": list, "normalisation": dict}
 #: The random seed of ``Map.localize`` when no generator is given: the same call gives the same pose.
 DEFAULT_SEED = 0
 #: Correspondences handed to pose estimation per image: the ~4800 of a stride-8 net at 480x640.
@@ -192,8 +188,8 @@ class Map:
         try:
             config = json.loads(cfg_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise SceneLocError(f"{cfg_path}: corrupt map configuration ({_first_line(e)}); {rebuild}") from None
-        _check_map_config(config, cfg_path, rebuild)
+            raise SceneLocError(f"{cfg_path}: corrupt map configuration ({first_line(e)}); {rebuild}") from None
+        check_map_config(config, cfg_path, rebuild)
         version = config.get("format_version")
         if version not in READABLE_FORMAT_VERSIONS:
             raise SceneLocError(f"{cfg_path}: map format version {version} is not supported by this sceneloc "
@@ -208,25 +204,25 @@ class Map:
         try:
             net = build_coordinate_network(config["network"])
         except (TypeError, ValueError, KeyError, AttributeError) as e:
-            raise SceneLocError(f"{cfg_path}: bad 'network' entry ({_first_line(e)}); {rebuild}") from None
-        net = _load_part(d / "coordinates.pt", rebuild, lambda: load_weights(net, d / "coordinates.pt", device,
+            raise SceneLocError(f"{cfg_path}: bad 'network' entry ({first_line(e)}); {rebuild}") from None
+        net = load_map_file(d / "coordinates.pt", rebuild, lambda: load_weights(net, d / "coordinates.pt", device,
                                                                              "coordinate network"))
         arch = config.get("confidence_network", {})
         if not isinstance(arch, dict):
             raise SceneLocError(f"{cfg_path}: 'confidence_network' must be an object; {rebuild}")
         conf = classifier = None
         if config.get("has_confidence") and (d / "confidence.pt").exists():
-            conf = _load_part(d / "confidence.pt", rebuild, lambda: load_weights(
+            conf = load_map_file(d / "confidence.pt", rebuild, lambda: load_weights(
                 ConfidencePointNet(**arch), d / "confidence.pt", device, "confidence network"))
         if (d / "confidence_classifier.pt").exists():
-            classifier = _load_part(d / "confidence_classifier.pt", rebuild, lambda: load_weights(
+            classifier = load_map_file(d / "confidence_classifier.pt", rebuild, lambda: load_weights(
                 ConfidencePointNet(**{**arch, "mode": "classification"}), d / "confidence_classifier.pt", device,
                 "confidence network"))
         the_map = cls(config, net, conf, device, classifier)
         the_map.map_dir = d
-        the_map.calibration = _load_part(d / CALIBRATION_FILE, rebuild, lambda: PoseCalibration.load(d))
-        the_map.cloud = _load_part(d / SCENE_CLOUD_FILE, rebuild, lambda: SceneCloud.load(d))
-        the_map.view = _load_part(d / SCENE_VIEW_FILE, rebuild, lambda: SceneView.load(d))
+        the_map.calibration = load_map_file(d / CALIBRATION_FILE, rebuild, lambda: PoseCalibration.load(d))
+        the_map.cloud = load_map_file(d / SCENE_CLOUD_FILE, rebuild, lambda: SceneCloud.load(d))
+        the_map.view = load_map_file(d / SCENE_VIEW_FILE, rebuild, lambda: SceneView.load(d))
         return the_map
 
     # ------------------------------------------------------------------------------- inference
@@ -430,57 +426,6 @@ class Map:
         return Localization(pose=pose, inliers=res.n_inliers, score=res.score, timings=timings, pixels=pixels,
                             coords=coords, confidence=conf, used=res.used, failure=res.failure,
                             probability=probability, depth_offset_m=offset)
-
-
-def _first_line(e: BaseException, limit: int = 160) -> str:
-    """The first line of an exception's message, at most ``limit`` characters (PyTorch's run long)."""
-    text = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    return text if len(text) <= limit else text[:limit] + " ..."
-
-
-def _check_map_config(config: object, cfg_path: Path, rebuild: str) -> None:
-    """``config.json`` holds an object with every key of ``CONFIG_KEYS`` of the right type, a known
-    architecture and a positive normalisation scale; else one line naming the key."""
-    if not isinstance(config, dict):
-        raise SceneLocError(f"{cfg_path}: map configuration must be a JSON object, not {type(config).__name__}; "
-                            f"{rebuild}")
-    for key, kind in CONFIG_KEYS.items():
-        if key not in config:
-            raise SceneLocError(f"{cfg_path}: map configuration lacks {key!r}; {rebuild}")
-        if not isinstance(config[key], kind) or isinstance(config[key], bool):
-            raise SceneLocError(f"{cfg_path}: {key!r} must be a {kind.__name__}, not {type(config[key]).__name__}; "
-                                f"{rebuild}")
-    if config["network"].get("arch") not in ARCHITECTURES:
-        raise SceneLocError(f"{cfg_path}: unknown network arch {config['network'].get('arch')!r} (this sceneloc "
-                            f"reads {', '.join(ARCHITECTURES)}); {rebuild}")
-    norm = config["normalisation"]
-    try:
-        center = np.asarray(norm["center"], dtype=np.float64)
-        scale = float(norm["scale"])
-        K = np.asarray(config["intrinsics"], dtype=np.float64)
-        hw = [int(v) for v in config["image_size"]]
-    except (KeyError, TypeError, ValueError) as e:
-        raise SceneLocError(f"{cfg_path}: malformed normalisation, intrinsics or image_size ({_first_line(e)}); "
-                            f"{rebuild}") from None
-    if center.shape != (3,) or not np.all(np.isfinite(center)) or not (math.isfinite(scale) and scale > 0):
-        raise SceneLocError(f"{cfg_path}: 'normalisation' needs a finite 3-vector center and a scale > 0; {rebuild}")
-    if len(hw) != 2 or min(hw) < 1 or config["input_height"] < 1:
-        raise SceneLocError(f"{cfg_path}: 'image_size' must be [H, W] and 'input_height' positive; {rebuild}")
-    try:
-        check_intrinsics(K, tuple(hw), f"{cfg_path}: 'intrinsics'")
-    except SceneLocError as e:
-        raise SceneLocError(f"{e}; {rebuild}") from None
-
-
-def _load_part(path: Path, rebuild: str, loader):
-    """``loader()``, with any failure reading the map file ``path`` (truncated, not the format) as one
-    line naming it and how to rebuild the map."""
-    try:
-        return loader()
-    except SceneLocError as e:
-        raise SceneLocError(f"{_first_line(e, 300)}; {rebuild}") from None
-    except Exception as e:  # a corrupt file raises whatever its reader raises (zip, pickle, EOF)
-        raise SceneLocError(f"{path}: unreadable map file ({type(e).__name__}: {_first_line(e)}); {rebuild}") from None
 
 
 def localize_frames(the_map: Map, frames: list, mode: str = "rgb", estimator: PoseConfig | str | None = None,
