@@ -92,11 +92,11 @@ def _decode(path: Path, flags: int, what: str) -> np.ndarray:
     return img
 
 
-def check_image_file(path: Path, what: str = "image") -> None:
-    """Cheap check without decoding: ``path`` exists, is non-empty and starts like an image file."""
+def _image_head(path: Path, what: str, n: int) -> bytes:
+    """The first ``n`` bytes of ``path``, refused when it is missing, empty or not an image file."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(8)
+            head = fh.read(n)
     except FileNotFoundError:
         raise SceneLocError(f"{path}: missing {what}") from None
     except OSError as e:
@@ -105,6 +105,12 @@ def check_image_file(path: Path, what: str = "image") -> None:
         raise SceneLocError(f"{path}: unreadable {what} (empty file)")
     if not head.startswith(_IMAGE_MAGIC):
         raise SceneLocError(f"{path}: unreadable {what} (not a PNG or JPEG image file)")
+    return head
+
+
+def check_image_file(path: Path, what: str = "image") -> None:
+    """Cheap check without decoding: ``path`` exists, is non-empty and starts like an image file."""
+    _image_head(path, what, 8)
 
 
 def png_header(head: bytes) -> tuple[int, int, int, int] | None:
@@ -119,10 +125,7 @@ def png_header(head: bytes) -> tuple[int, int, int, int] | None:
 def image_header(path: Path, what: str = "image") -> tuple[int, int, int, int]:
     """``(H, W, channels, bits per channel)`` of an image file: read from a PNG's header without
     decoding (cheap enough for every frame of a dataset), else by decoding the file."""
-    check_image_file(path, what)
-    with open(path, "rb") as fh:
-        head = fh.read(26)
-    png = png_header(head)
+    png = png_header(_image_head(path, what, 26))   # the checks of check_image_file, one read
     if png is not None:
         w, h, bits, colour_type = png
         return h, w, {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}.get(colour_type, 0), bits
