@@ -128,12 +128,16 @@ def depth_in_metres(depth: np.ndarray, source: str = "depth", depth_scale_m: flo
     else:
         raise SceneLocError(f"{source}: depth must be uint16 millimetres or float metres, got {d.dtype}")
     valid = out > 0
-    if not valid.any():
+    n_valid = int(np.count_nonzero(valid))
+    if n_valid == 0:
         raise SceneLocError(f"{source}: depth map holds no valid depth (all zero)")
-    median = float(np.median(out[valid]))
-    if median > MAX_DEPTH_M:
-        raise SceneLocError(f"{source}: median depth {median:g} m is not plausible: millimetres given as metres? "
-                            f"(pass uint16 millimetres, metres as float, or set the depth scale)")
+    # per query frame: the median (milliseconds on a VGA map) only where it can exceed MAX_DEPTH_M,
+    # i.e. where at least half the valid depths do (a count, ~50x cheaper)
+    if 2 * int(np.count_nonzero(out > MAX_DEPTH_M)) >= n_valid:
+        median = float(np.median(out[valid]))
+        if median > MAX_DEPTH_M:
+            raise SceneLocError(f"{source}: median depth {median:g} m is not plausible: millimetres given as metres? "
+                                f"(pass uint16 millimetres, metres as float, or set the depth scale)")
     return out
 
 

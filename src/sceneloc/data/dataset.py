@@ -189,10 +189,10 @@ class Scene:
             raise SceneLocError(f"{self.root}: no frames")
         frames = self.splits[split]
         picks = [frames[i] for i in evenly_spaced(len(frames), max_frames)]
-        has_depth = all(f.depth_path is not None for f in picks)
         # the frames that have depth give the extent: one frame without depth must not shrink it to the
         # camera centres' (camera centres only when no frame has depth)
         with_depth = [f for f in picks if f.depth_path is not None]
+        has_depth = len(with_depth) == len(picks)
         if with_depth:
             pts, shares = [], []
             for f in with_depth:
@@ -200,7 +200,7 @@ class Scene:
                 X, valid, _ = fd.scene_coordinates(factor)
                 pts.append(X[valid])
                 shares.append(float(fd.depth_valid.mean()))
-            P = np.concatenate(pts) if pts else np.zeros((0, 3))
+            P = np.concatenate(pts)
             if len(P) == 0:
                 raise SceneLocError(f"{self.root}: no valid depth in the {split} split")
             share = float(np.mean(shares))

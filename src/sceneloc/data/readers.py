@@ -4,6 +4,7 @@ poses, intrinsics. Every problem raises :class:`SceneLocError` naming the file."
 from __future__ import annotations
 
 import json
+import struct
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -18,7 +19,9 @@ from sceneloc.validation import check_intrinsics, parse_intrinsics_values
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 INVALID_DEPTH_MM = (0, 65535)
 #: Leading bytes of the image formats OpenCV decodes (PNG, JPEG, TIFF, BMP, WebP's RIFF).
-_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM", b"RIFF")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+_IMAGE_MAGIC = (PNG_MAGIC, JPEG_MAGIC, b"II*\x00", b"MM\x00*", b"BM", b"RIFF")
 
 def read_matrix(path: Path, shape: tuple[int, int], what: str) -> np.ndarray:
     """A whitespace/tab separated matrix (CRLF and ``7.0e-001`` style numbers accepted)."""
@@ -89,11 +92,11 @@ def _decode(path: Path, flags: int, what: str) -> np.ndarray:
     return img
 
 
-def check_image_file(path: Path, what: str = "image") -> None:
-    """Cheap check without decoding: ``path`` exists, is non-empty and starts like an image file."""
+def _image_head(path: Path, what: str, n: int) -> bytes:
+    """The first ``n`` bytes of ``path``, refused when it is missing, empty or not an image file."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(8)
+            head = fh.read(n)
     except FileNotFoundError:
         raise SceneLocError(f"{path}: missing {what}") from None
     except OSError as e:
@@ -102,18 +105,30 @@ def check_image_file(path: Path, what: str = "image") -> None:
         raise SceneLocError(f"{path}: unreadable {what} (empty file)")
     if not head.startswith(_IMAGE_MAGIC):
         raise SceneLocError(f"{path}: unreadable {what} (not a PNG or JPEG image file)")
+    return head
+
+
+def check_image_file(path: Path, what: str = "image") -> None:
+    """Cheap check without decoding: ``path`` exists, is non-empty and starts like an image file."""
+    _image_head(path, what, 8)
+
+
+def png_header(head: bytes) -> tuple[int, int, int, int] | None:
+    """``(width, height, bit depth, colour type)`` from the IHDR chunk at the start of PNG bytes
+    ``head`` (its first 26 bytes suffice), or None when ``head`` does not start with one."""
+    if not head.startswith(PNG_MAGIC) or len(head) < 26 or head[12:16] != b"IHDR":
+        return None
+    width, height, bit_depth, colour_type = struct.unpack(">IIBB", head[16:26])
+    return width, height, bit_depth, colour_type
 
 
 def image_header(path: Path, what: str = "image") -> tuple[int, int, int, int]:
     """``(H, W, channels, bits per channel)`` of an image file: read from a PNG's header without
     decoding (cheap enough for every frame of a dataset), else by decoding the file."""
-    check_image_file(path, what)
-    with open(path, "rb") as fh:
-        head = fh.read(26)
-    if head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) == 26 and head[12:16] == b"IHDR":
-        w, h = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
-        channels = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}.get(head[25], 0)
-        return h, w, channels, head[24]
+    png = png_header(_image_head(path, what, 26))   # the checks of check_image_file, one read
+    if png is not None:
+        w, h, bits, colour_type = png
+        return h, w, {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}.get(colour_type, 0), bits
     img = _decode(path, cv2.IMREAD_UNCHANGED, what)
     return img.shape[0], img.shape[1], 1 if img.ndim == 2 else img.shape[2], 8 * img.dtype.itemsize
 

@@ -9,17 +9,15 @@ image; nothing here touches the file system (a field is never a path).
 
 from __future__ import annotations
 
-import math
 import struct
 
 import cv2
 import numpy as np
 
-from sceneloc.data.readers import depth_to_metres
-from sceneloc.geometry import intrinsics_matrix
+from sceneloc.data.readers import JPEG_MAGIC, PNG_MAGIC, depth_to_metres, png_header
+from sceneloc.errors import SceneLocError
+from sceneloc.validation import parse_intrinsics_values
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-JPEG_MAGIC = b"\xff\xd8\xff"
 #: JPEG start-of-frame markers (baseline, progressive, ...; not DHT C4, JPG C8, DAC CC) carry the size
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
@@ -34,11 +32,11 @@ class RequestError(Exception):
 
 
 def _png_header(data: bytes, what: str) -> tuple[int, int, int, int]:
-    """Width, height, bit depth and colour type from a PNG's IHDR chunk."""
-    if len(data) < 33 or data[12:16] != b"IHDR":
+    """Width, height, bit depth and colour type from a PNG's (complete) IHDR chunk."""
+    header = png_header(data) if len(data) >= 33 else None
+    if header is None:
         raise RequestError(400, f"{what}: truncated PNG header")
-    width, height, bit_depth, colour_type = struct.unpack(">IIBB", data[16:26])
-    return width, height, bit_depth, colour_type
+    return header
 
 
 def _jpeg_size(data: bytes, what: str) -> tuple[int, int]:
@@ -129,13 +127,9 @@ def decode_depth(data: bytes, image_hw: tuple[int, int], max_pixels: int) -> np.
 
 
 def parse_intrinsics_field(text: str) -> np.ndarray:
-    """``"fx,fy,cx,cy"`` (finite numbers, positive focal lengths) -> ``K (3, 3)``. Unlike the CLI's
-    ``data.readers.parse_intrinsics`` a field is never read as a file name."""
-    parts = text.split(",")
+    """``"fx,fy,cx,cy"`` (finite numbers, positive focal lengths) -> ``K (3, 3)``: the CLI's
+    ``validation.parse_intrinsics_values``, but a field is never read as a file name."""
     try:
-        values = [float(v) for v in parts]
-    except ValueError:
-        values = []
-    if len(values) != 4 or not all(math.isfinite(v) for v in values) or values[0] <= 0 or values[1] <= 0:
-        raise RequestError(400, "intrinsics: expected 'fx,fy,cx,cy' with positive finite focal lengths")
-    return intrinsics_matrix(*values)
+        return parse_intrinsics_values(text)
+    except SceneLocError:
+        raise RequestError(400, "intrinsics: expected 'fx,fy,cx,cy' with positive finite focal lengths") from None

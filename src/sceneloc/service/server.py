@@ -388,9 +388,9 @@ def create_app(service: LocalizationService, token: str | None) -> FastAPI:
     async def new_session(request: Request) -> dict[str, str]:
         name = None
         length = request.headers.get("content-length", "0")
-        if not length.isdigit() or int(length) > 0:
-            if not length.isdigit() or int(length) > 4096:
-                raise RequestError(413, "session request body larger than 4096 bytes")
+        if not length.isdigit() or int(length) > 4096:
+            raise RequestError(413, "session request body larger than 4096 bytes")
+        if int(length) > 0:
             try:
                 body = await request.json()
             except Exception:  # any malformed JSON
