@@ -9,14 +9,14 @@ image; nothing here touches the file system (a field is never a path).
 
 from __future__ import annotations
 
+import math
 import struct
 
 import cv2
 import numpy as np
 
 from sceneloc.data.readers import JPEG_MAGIC, PNG_MAGIC, depth_to_metres, png_header
-from sceneloc.errors import SceneLocError
-from sceneloc.validation import parse_intrinsics_values
+from sceneloc.geometry import intrinsics_matrix
 
 #: JPEG start-of-frame markers (baseline, progressive, ...; not DHT C4, JPG C8, DAC CC) carry the size
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
@@ -127,9 +127,13 @@ def decode_depth(data: bytes, image_hw: tuple[int, int], max_pixels: int) -> np.
 
 
 def parse_intrinsics_field(text: str) -> np.ndarray:
-    """``"fx,fy,cx,cy"`` (finite numbers, positive focal lengths) -> ``K (3, 3)``: the CLI's
-    ``validation.parse_intrinsics_values``, but a field is never read as a file name."""
+    """``"fx,fy,cx,cy"`` (finite numbers, positive focal lengths) -> ``K (3, 3)``. Unlike the CLI's
+    ``data.readers.parse_intrinsics`` a field is never read as a file name."""
+    parts = text.split(",")
     try:
-        return parse_intrinsics_values(text)
-    except SceneLocError:
-        raise RequestError(400, "intrinsics: expected 'fx,fy,cx,cy' with positive finite focal lengths") from None
+        values = [float(v) for v in parts]
+    except ValueError:
+        values = []
+    if len(values) != 4 or not all(math.isfinite(v) for v in values) or values[0] <= 0 or values[1] <= 0:
+        raise RequestError(400, "intrinsics: expected 'fx,fy,cx,cy' with positive finite focal lengths")
+    return intrinsics_matrix(*values)
