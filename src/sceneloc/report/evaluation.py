@@ -338,7 +338,7 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
             res = r.result
             records.append(PoseRecord(frame.name, res.pose, routed_pose_columns(r, names), res.failure))
             if res.pixels is not None and res.coords is not None:   # None: the map failed before predicting
-                add_frame(diag, the_map.maps[r.source or names[0]], frame, res.pixels, res.coords, res.confidence,
+                add_frame(diag, the_map.maps[r.source], frame, res.pixels, res.coords, res.confidence,
                            res.used if res.pose is not None else None)
         source = f"localized ({config.method}, routed to the top {top_k} of {len(names)} maps)"
         notes.append(f"map set of {len(names)} maps; map_index in poses.txt: "

@@ -166,15 +166,18 @@ def is_map_set(path: Path) -> bool:
 @dataclass
 class RoutedLocalization:
     """A query localized by a map set: the winning ``result`` (a ``Localization``; its pose None when
-    no routed map found one), the winning map's ``name`` (None then), the routed maps with their
-    routing scores ``[(name, similarity)]`` best first, and ``timings`` in ms (descriptor, retrieval,
-    each routed map's localization as ``localize_<name>_ms``, total), and the ``source`` map of
-    ``result`` (also when it is a failure)."""
+    no routed map found one), the ``source`` map of ``result`` (also when it is a failure), the routed
+    maps with their routing scores ``[(name, similarity)]`` best first, and ``timings`` in ms
+    (descriptor, retrieval, each routed map's localization as ``localize_<name>_ms``, total)."""
     result: Localization
-    name: str | None
+    source: str
     routed: list[tuple[str, float]]
     timings: dict[str, float] = field(default_factory=dict)
-    source: str | None = None
+
+    @property
+    def name(self) -> str | None:
+        """The winning map's name; None when no routed map found a pose."""
+        return self.source if self.result.pose is not None else None
 
 
 class MapSet:
@@ -267,7 +270,7 @@ class MapSet:
         assert best is not None   # routed holds at least one map
         timings["total_ms"] = (time.perf_counter() - t0) * 1e3
         _, name, res = best
-        return RoutedLocalization(res, name if res.pose is not None else None, routed, timings, source=name)
+        return RoutedLocalization(res, name, routed, timings)
 
     def top_map(self, image: np.ndarray) -> Map:
         """The map an ``(H, W, 3)`` query is routed to first (a map without descriptors when none has them)."""
