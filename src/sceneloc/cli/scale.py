@@ -22,7 +22,14 @@ from sceneloc.geometry import PoseRecord, write_pose_file
 from sceneloc.pose.config import PoseConfig
 from sceneloc.scale.partition import LAYOUT_FILE, PARTITION_METHODS
 from sceneloc.scale.ray_mapping import map_partitioned, plan_partitions
-from sceneloc.scale.routing import DEFAULT_TOP_K, MapSet, is_map_set, localize_routed_frames, routed_pose_columns
+from sceneloc.scale.routing import (
+    DEFAULT_TOP_K,
+    MapSet,
+    check_top_k,
+    is_map_set,
+    localize_routed_frames,
+    routed_pose_columns,
+)
 from sceneloc.training.trainers import MappingConfig
 
 Handler = Callable[[argparse.Namespace], None]
@@ -135,8 +142,7 @@ def check_map_set_inputs(args: argparse.Namespace) -> None:
     """``localize``'s checks on a map set, before any map is loaded: those of every localize
     (cli_batch.check_localize_inputs), ``--top-k``, and the options a map set does not take yet."""
     check_localize_inputs(args)
-    if args.top_k < 1:
-        raise SceneLocError(f"--top-k {args.top_k}: need at least 1")
+    check_top_k(args.top_k)
     for flag, given in (("--images", args.images), ("--sequence", args.sequence), ("--rerun", args.rerun)):
         if given:
             raise SceneLocError(f"{flag}: not available on a map set ({args.map_dir}) yet; localize a DATASET or "

@@ -51,7 +51,14 @@ from sceneloc.report.plots import (
     plot_topdown,
 )
 from sceneloc.report.tables import metric_number
-from sceneloc.scale.routing import DEFAULT_TOP_K, MapSet, is_map_set, localize_routed_frames, routed_pose_columns
+from sceneloc.scale.routing import (
+    DEFAULT_TOP_K,
+    MapSet,
+    check_top_k,
+    is_map_set,
+    localize_routed_frames,
+    routed_pose_columns,
+)
 from sceneloc.validation import check_output_path
 
 #: (degrees, metres) pose accuracy thresholds; the first is the paper's (Table II).
@@ -317,8 +324,8 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
         raise SceneLocError(f"unknown mode {mode!r} (choose rgb or rgbd)")
     config = estimator_config(estimator)
     routed = not isinstance(map_dir, Map) and is_map_set(Path(map_dir))
-    if routed and top_k < 1:
-        raise SceneLocError(f"--top-k {top_k}: need at least 1")
+    if routed:
+        check_top_k(top_k)
     the_map: Map | MapSet = (map_dir if isinstance(map_dir, Map) else MapSet.load(map_dir, device=device) if routed
                              else Map.load(map_dir, device=device))
     map_name = "(in-memory map)" if isinstance(map_dir, Map) else str(map_dir)

@@ -155,6 +155,12 @@ def frame_descriptors(frames: list, encoder: DescriptorEncoder) -> np.ndarray:
     return np.stack([encoder(f.load_image()) for f in frames])
 
 
+def check_top_k(top_k: int) -> None:
+    """``--top-k`` of a map set: at least one map localizes each query."""
+    if top_k < 1:
+        raise SceneLocError(f"--top-k {top_k}: need at least 1")
+
+
 def is_map_set(path: Path) -> bool:
     """Whether ``path`` is a partitioned map or a folder of maps (not one map directory)."""
     if (path / LAYOUT_FILE).exists():
