@@ -57,7 +57,7 @@ from sceneloc.scale.routing import (
     check_top_k,
     is_map_set,
     localize_routed_frames,
-    routed_pose_columns,
+    routed_pose_record,
 )
 from sceneloc.validation import check_output_path
 
@@ -343,7 +343,7 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
         names = list(the_map.maps)
         for frame, r in localize_routed_frames(the_map, frames, mode, config, seed, top_k, True, progress):
             res = r.result
-            records.append(PoseRecord(frame.name, res.pose, routed_pose_columns(r, names), res.failure))
+            records.append(routed_pose_record(frame.name, r, names))
             if res.pixels is not None and res.coords is not None:   # None: the map failed before predicting
                 add_frame(diag, the_map.maps[r.source], frame, res.pixels, res.coords, res.confidence,
                            res.used if res.pose is not None else None)

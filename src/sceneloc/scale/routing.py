@@ -27,6 +27,7 @@ import torch
 
 from sceneloc.data.dataset import Frame, evenly_spaced
 from sceneloc.errors import SceneLocError
+from sceneloc.geometry import PoseRecord
 from sceneloc.mapping.scene_map import DEFAULT_POSE_POINTS, Localization, Map, Prediction
 from sceneloc.nets.encoders import load_encoder
 from sceneloc.pose.config import MODES, PoseConfig
@@ -314,11 +315,12 @@ def localize_routed_frames(maps: MapSet, frames: list[Frame], mode: str = "rgb",
         yield frame, routed
 
 
-def routed_pose_columns(routed: RoutedLocalization, names: list[str]) -> dict[str, float]:
-    """The pose-file columns of a routed localization: the winner's (``Localization.pose_file_columns``),
-    the index of its map in ``names`` (NaN when none placed the query), the routing time (descriptor and
-    retrieval) and the total time in ms."""
-    t = routed.timings
-    return {**routed.result.pose_file_columns(),
-            "map_index": float(names.index(routed.name)) if routed.name else float("nan"),
-            "routing_ms": t.get("descriptor_ms", 0.0) + t.get("retrieval_ms", 0.0), "routed_total_ms": t["total_ms"]}
+def routed_pose_record(image: str, routed: RoutedLocalization, names: list[str]) -> PoseRecord:
+    """The pose-file record of ``image`` localized by a map set: the winner's pose, failure and columns
+    (``Localization.pose_file_columns``), the index of its map in ``names`` (NaN when none placed the query),
+    the routing time (descriptor and retrieval) and the total time in ms."""
+    res, t = routed.result, routed.timings
+    columns = {**res.pose_file_columns(),
+               "map_index": float(names.index(routed.name)) if routed.name else float("nan"),
+               "routing_ms": t.get("descriptor_ms", 0.0) + t.get("retrieval_ms", 0.0), "routed_total_ms": t["total_ms"]}
+    return PoseRecord(image, res.pose, columns, res.failure)
