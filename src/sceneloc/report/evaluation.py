@@ -323,11 +323,14 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
     if mode not in MODES:
         raise SceneLocError(f"unknown mode {mode!r} (choose rgb or rgbd)")
     config = estimator_config(estimator)
-    routed = not isinstance(map_dir, Map) and is_map_set(Path(map_dir))
-    if routed:
+    the_map: Map | MapSet
+    if isinstance(map_dir, Map):
+        the_map = map_dir
+    elif is_map_set(Path(map_dir)):
         check_top_k(top_k)
-    the_map: Map | MapSet = (map_dir if isinstance(map_dir, Map) else MapSet.load(map_dir, device=device) if routed
-                             else Map.load(map_dir, device=device))
+        the_map = MapSet.load(map_dir, device=device)
+    else:
+        the_map = Map.load(map_dir, device=device)
     map_name = "(in-memory map)" if isinstance(map_dir, Map) else str(map_dir)
     scene = load_scene(dataset, intrinsics)
     frames = scene.frames(split)
