@@ -18,11 +18,18 @@ from sceneloc.cli.batch import check_localize_inputs
 from sceneloc.data.dataset import load_scene
 from sceneloc.data.readers import parse_intrinsics, read_depth, read_image
 from sceneloc.errors import SceneLocError
-from sceneloc.geometry import PoseRecord, write_pose_file
+from sceneloc.geometry import write_pose_file
 from sceneloc.pose.config import PoseConfig
 from sceneloc.scale.partition import LAYOUT_FILE, PARTITION_METHODS
 from sceneloc.scale.ray_mapping import map_partitioned, plan_partitions
-from sceneloc.scale.routing import DEFAULT_TOP_K, MapSet, is_map_set, localize_routed_frames, routed_pose_columns
+from sceneloc.scale.routing import (
+    DEFAULT_TOP_K,
+    MapSet,
+    check_top_k,
+    is_map_set,
+    localize_routed_frames,
+    routed_pose_record,
+)
 from sceneloc.training.trainers import MappingConfig
 
 Handler = Callable[[argparse.Namespace], None]
@@ -115,12 +122,10 @@ def _localize_handler(plain: Handler, pose_config: Callable[[argparse.Namespace]
             return
         out = Path(args.out)
         names = list(maps.maps)
-        records, failures = [], 0
         frames = load_scene(args.dataset, K).frames(args.split)
-        for frame, routed in localize_routed_frames(maps, frames, args.mode, config, args.seed, args.top_k):
-            res = routed.result
-            failures += res.pose is None
-            records.append(PoseRecord(frame.name, res.pose, routed_pose_columns(routed, names), res.failure))
+        records = [routed_pose_record(frame.name, routed, names) for frame, routed in
+                   localize_routed_frames(maps, frames, args.mode, config, args.seed, args.top_k)]
+        failures = sum(r.pose is None for r in records)
         write_pose_file(out, records, comment=f"sceneloc localize {args.map_dir} {args.dataset} --split {args.split} "
                                               f"--mode {args.mode} --top-k {args.top_k}\nmap_index: "
                                               + " ".join(f"{i}={n}" for i, n in enumerate(names)))
@@ -135,8 +140,7 @@ def check_map_set_inputs(args: argparse.Namespace) -> None:
     """``localize``'s checks on a map set, before any map is loaded: those of every localize
     (cli_batch.check_localize_inputs), ``--top-k``, and the options a map set does not take yet."""
     check_localize_inputs(args)
-    if args.top_k < 1:
-        raise SceneLocError(f"--top-k {args.top_k}: need at least 1")
+    check_top_k(args.top_k)
     for flag, given in (("--images", args.images), ("--sequence", args.sequence), ("--rerun", args.rerun)):
         if given:
             raise SceneLocError(f"{flag}: not available on a map set ({args.map_dir}) yet; localize a DATASET or "

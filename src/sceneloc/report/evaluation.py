@@ -51,7 +51,14 @@ from sceneloc.report.plots import (
     plot_topdown,
 )
 from sceneloc.report.tables import metric_number
-from sceneloc.scale.routing import DEFAULT_TOP_K, MapSet, is_map_set, localize_routed_frames, routed_pose_columns
+from sceneloc.scale.routing import (
+    DEFAULT_TOP_K,
+    MapSet,
+    check_top_k,
+    is_map_set,
+    localize_routed_frames,
+    routed_pose_record,
+)
 from sceneloc.validation import check_output_path
 
 #: (degrees, metres) pose accuracy thresholds; the first is the paper's (Table II).
@@ -316,11 +323,14 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
     if mode not in MODES:
         raise SceneLocError(f"unknown mode {mode!r} (choose rgb or rgbd)")
     config = estimator_config(estimator)
-    routed = not isinstance(map_dir, Map) and is_map_set(Path(map_dir))
-    if routed and top_k < 1:
-        raise SceneLocError(f"--top-k {top_k}: need at least 1")
-    the_map: Map | MapSet = (map_dir if isinstance(map_dir, Map) else MapSet.load(map_dir, device=device) if routed
-                             else Map.load(map_dir, device=device))
+    the_map: Map | MapSet
+    if isinstance(map_dir, Map):
+        the_map = map_dir
+    elif is_map_set(Path(map_dir)):
+        check_top_k(top_k)
+        the_map = MapSet.load(map_dir, device=device)
+    else:
+        the_map = Map.load(map_dir, device=device)
     map_name = "(in-memory map)" if isinstance(map_dir, Map) else str(map_dir)
     scene = load_scene(dataset, intrinsics)
     frames = scene.frames(split)
@@ -336,9 +346,9 @@ def evaluate(map_dir, dataset: str | Path, out_dir: str | Path, split: str = "te
         names = list(the_map.maps)
         for frame, r in localize_routed_frames(the_map, frames, mode, config, seed, top_k, True, progress):
             res = r.result
-            records.append(PoseRecord(frame.name, res.pose, routed_pose_columns(r, names), res.failure))
+            records.append(routed_pose_record(frame.name, r, names))
             if res.pixels is not None and res.coords is not None:   # None: the map failed before predicting
-                add_frame(diag, the_map.maps[r.source or names[0]], frame, res.pixels, res.coords, res.confidence,
+                add_frame(diag, the_map.maps[r.source], frame, res.pixels, res.coords, res.confidence,
                            res.used if res.pose is not None else None)
         source = f"localized ({config.method}, routed to the top {top_k} of {len(names)} maps)"
         notes.append(f"map set of {len(names)} maps; map_index in poses.txt: "

@@ -100,13 +100,12 @@ def routing_codebook(dataset: str | Path, map_dir: Path, resume: bool, intrinsic
 
 
 def _start_ray(address: str | None, workers: int, log) -> Any:
-    """Connect to the cluster at ``address`` (or ``RAY_ADDRESS``), or start a local Ray with ``workers``
-    CPUs, no dashboard and a small object store; returns the ``ray`` module."""
+    """Connect to the cluster at ``address``, or (None) start a local Ray with ``workers`` CPUs, no
+    dashboard and a small object store; returns the ``ray`` module."""
     try:
         import ray  # the optional [scale] extra: only partitioned mapping needs it
     except ImportError:
         raise SceneLocError("partitioned maps run on Ray: pip install -e '.[scale]' (or: pip install ray)") from None
-    address = address or os.environ.get("RAY_ADDRESS") or None
     if ray.is_initialized():
         return ray
     if address:
@@ -195,8 +194,9 @@ def _map_on_ray(dataset: str | Path, map_dir: Path, cfg: MappingConfig, todo: li
     """Map the partitions ``todo``, one Ray task each; their summaries, and the local workers (None on a cluster)."""
     cpus = os.cpu_count() or 1
     workers = max(1, min(workers or cpus, len(todo) or 1))
-    ray = _start_ray(ray_address, workers if not (ray_address or os.environ.get("RAY_ADDRESS")) else 0, log)
-    local = not (ray_address or os.environ.get("RAY_ADDRESS"))
+    address = ray_address or os.environ.get("RAY_ADDRESS") or None
+    local = address is None
+    ray = _start_ray(address, workers, log)
     gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
     # one torch thread per task, Ray's own convention for a 1-CPU task: more cores are used by more tasks at once.
     # Two threads per task on a busy 2-core machine filled a buffer ~10x slower than one (docs/scale.md)

@@ -27,6 +27,7 @@ import torch
 
 from sceneloc.data.dataset import Frame, evenly_spaced
 from sceneloc.errors import SceneLocError
+from sceneloc.geometry import PoseRecord
 from sceneloc.mapping.scene_map import DEFAULT_POSE_POINTS, Localization, Map, Prediction
 from sceneloc.nets.encoders import load_encoder
 from sceneloc.pose.config import MODES, PoseConfig
@@ -155,6 +156,12 @@ def frame_descriptors(frames: list, encoder: DescriptorEncoder) -> np.ndarray:
     return np.stack([encoder(f.load_image()) for f in frames])
 
 
+def check_top_k(top_k: int) -> None:
+    """``--top-k`` of a map set: at least one map localizes each query."""
+    if top_k < 1:
+        raise SceneLocError(f"--top-k {top_k}: need at least 1")
+
+
 def is_map_set(path: Path) -> bool:
     """Whether ``path`` is a partitioned map or a folder of maps (not one map directory)."""
     if (path / LAYOUT_FILE).exists():
@@ -166,15 +173,18 @@ def is_map_set(path: Path) -> bool:
 @dataclass
 class RoutedLocalization:
     """A query localized by a map set: the winning ``result`` (a ``Localization``; its pose None when
-    no routed map found one), the winning map's ``name`` (None then), the routed maps with their
-    routing scores ``[(name, similarity)]`` best first, and ``timings`` in ms (descriptor, retrieval,
-    each routed map's localization as ``localize_<name>_ms``, total), and the ``source`` map of
-    ``result`` (also when it is a failure)."""
+    no routed map found one), the ``source`` map of ``result`` (also when it is a failure), the routed
+    maps with their routing scores ``[(name, similarity)]`` best first, and ``timings`` in ms
+    (descriptor, retrieval, each routed map's localization as ``localize_<name>_ms``, total)."""
     result: Localization
-    name: str | None
+    source: str
     routed: list[tuple[str, float]]
     timings: dict[str, float] = field(default_factory=dict)
-    source: str | None = None
+
+    @property
+    def name(self) -> str | None:
+        """The winning map's name; None when no routed map found a pose."""
+        return self.source if self.result.pose is not None else None
 
 
 class MapSet:
@@ -267,7 +277,7 @@ class MapSet:
         assert best is not None   # routed holds at least one map
         timings["total_ms"] = (time.perf_counter() - t0) * 1e3
         _, name, res = best
-        return RoutedLocalization(res, name if res.pose is not None else None, routed, timings, source=name)
+        return RoutedLocalization(res, name, routed, timings)
 
     def top_map(self, image: np.ndarray) -> Map:
         """The map an ``(H, W, 3)`` query is routed to first (a map without descriptors when none has them)."""
@@ -305,11 +315,12 @@ def localize_routed_frames(maps: MapSet, frames: list[Frame], mode: str = "rgb",
         yield frame, routed
 
 
-def routed_pose_columns(routed: RoutedLocalization, names: list[str]) -> dict[str, float]:
-    """The pose-file columns of a routed localization: the winner's (``Localization.pose_file_columns``),
-    the index of its map in ``names`` (NaN when none placed the query), the routing time (descriptor and
-    retrieval) and the total time in ms."""
-    t = routed.timings
-    return {**routed.result.pose_file_columns(),
-            "map_index": float(names.index(routed.name)) if routed.name else float("nan"),
-            "routing_ms": t.get("descriptor_ms", 0.0) + t.get("retrieval_ms", 0.0), "routed_total_ms": t["total_ms"]}
+def routed_pose_record(image: str, routed: RoutedLocalization, names: list[str]) -> PoseRecord:
+    """The pose-file record of ``image`` localized by a map set: the winner's pose, failure and columns
+    (``Localization.pose_file_columns``), the index of its map in ``names`` (NaN when none placed the query),
+    the routing time (descriptor and retrieval) and the total time in ms."""
+    res, t = routed.result, routed.timings
+    columns = {**res.pose_file_columns(),
+               "map_index": float(names.index(routed.name)) if routed.name else float("nan"),
+               "routing_ms": t.get("descriptor_ms", 0.0) + t.get("retrieval_ms", 0.0), "routed_total_ms": t["total_ms"]}
+    return PoseRecord(image, res.pose, columns, res.failure)
