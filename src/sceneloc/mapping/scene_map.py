@@ -115,6 +115,12 @@ class Localization:
     probability: float = float("nan")
     depth_offset_m: float = 0.0
 
+    def without_points(self) -> Localization:
+        """This result without its dense arrays (pixels, coords, confidence, used): they serve diagnostics
+        only, and a long run keeps thousands of results."""
+        self.pixels = self.coords = self.confidence = self.used = None
+        return self
+
     @property
     def success(self) -> bool:
         return self.pose is not None
@@ -428,6 +434,18 @@ class Map:
                             probability=probability, depth_offset_m=offset)
 
 
+def frame_queries(frames: list, mode: str, progress: bool = True, desc: str | None = None):
+    """Dataset ``frames`` read as queries one by one, with a progress bar (``desc``, default ``localizing
+    (MODE)``); yields ``(i, frame, image, depth)``, ``depth`` the frame's for ``mode`` ``rgbd``, else None."""
+    if mode not in MODES:
+        raise SceneLocError(f"unknown mode {mode!r} (choose rgb or rgbd)")
+    bar = progress_bar(frames, desc=desc or f"localizing ({mode})", unit="frame", disable=not progress,
+                       dynamic_ncols=True, mininterval=1.0)
+    for i, frame in enumerate(bar):
+        image = frame.load_image()
+        yield i, frame, image, frame.load_depth(image.shape[:2]) if mode == "rgbd" else None
+
+
 def localize_frames(the_map: Map, frames: list, mode: str = "rgb", estimator: PoseConfig | str | None = None,
                     seed: int = 0, progress: bool = True, keep_points: bool = False):
     """Localize dataset frames one by one; yields ``(frame, Localization)``.
@@ -441,12 +459,7 @@ def localize_frames(the_map: Map, frames: list, mode: str = "rgb", estimator: Po
     config = estimator_config(estimator)
     if config.method in DSAC_METHODS:  # a missing DSAC stage fails here, before any frame
         resolve_stage(the_map, config.dsac_score)
-    for i, frame in enumerate(progress_bar(frames, desc=f"localizing ({mode})", unit="frame", disable=not progress,
-                                   dynamic_ncols=True, mininterval=1.0)):
-        image = frame.load_image()
-        depth = frame.load_depth(image.shape[:2]) if mode == "rgbd" else None
+    for i, frame, image, depth in frame_queries(frames, mode, progress):
         res = the_map.localize(image, depth=depth, intrinsics=frame.K, estimator=config,
                                rng=np.random.default_rng([seed, i]))
-        if not keep_points:  # dense arrays are only needed for diagnostics; drop them to save memory
-            res.pixels = res.coords = res.confidence = res.used = None
-        yield frame, res
+        yield frame, res if keep_points else res.without_points()

@@ -28,10 +28,9 @@ import torch
 from sceneloc.data.dataset import Frame, evenly_spaced
 from sceneloc.errors import SceneLocError
 from sceneloc.geometry import PoseRecord
-from sceneloc.mapping.scene_map import DEFAULT_POSE_POINTS, Localization, Map, Prediction
+from sceneloc.mapping.scene_map import DEFAULT_POSE_POINTS, Localization, Map, Prediction, frame_queries
 from sceneloc.nets.encoders import load_encoder
-from sceneloc.pose.config import MODES, PoseConfig
-from sceneloc.progress import progress as progress_bar
+from sceneloc.pose.config import PoseConfig
 from sceneloc.scale.partition import LAYOUT_FILE, read_layout
 
 ROUTING_FILE = "routing.npz"
@@ -302,16 +301,10 @@ def localize_routed_frames(maps: MapSet, frames: list[Frame], mode: str = "rgb",
     """Dataset ``frames`` (``data.dataset.Frame``) localized one by one by the map set; yields ``(frame,
     RoutedLocalization)``. ``mode`` rgb or rgbd (the frame's depth); frame ``i`` draws from
     ``default_rng([seed, i])``, as ``mapping.scene_map.localize_frames``, so that it does not depend on the others."""
-    if mode not in MODES:
-        raise SceneLocError(f"unknown mode {mode!r} (choose rgb or rgbd)")
-    for i, frame in enumerate(progress_bar(frames, desc=f"localizing ({mode}, routed)", unit="frame",
-                                           disable=not progress, dynamic_ncols=True, mininterval=1.0)):
-        image = frame.load_image()
-        depth = frame.load_depth(image.shape[:2]) if mode == "rgbd" else None
+    for i, frame, image, depth in frame_queries(frames, mode, progress, f"localizing ({mode}, routed)"):
         routed = maps.localize(image, depth, frame.K, estimator, np.random.default_rng([seed, i]), top_k)
-        if not keep_points:   # the dense arrays serve diagnostics only
-            r = routed.result
-            r.pixels = r.coords = r.confidence = r.used = None
+        if not keep_points:
+            routed.result.without_points()
         yield frame, routed
 
 
