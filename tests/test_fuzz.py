@@ -245,16 +245,11 @@ def test_map_files(tiny_map, map_copy, name, how, where, junk):
 # --------------------------------------------------------------------------------- localization
 
 
-@pytest.fixture(scope="module")
-def loaded_map(tiny_map) -> Map:
-    return Map.load(tiny_map, device="cpu")
-
-
 @fuzz(25)
 @given(kind=st.sampled_from(["noise", "flat", "tiny", "huge_values", "wrong_dtype", "grey"]),
        K=st.one_of(st.none(), st.lists(edge_floats, min_size=4, max_size=4)),
        depth=st.sampled_from([None, "zeros", "mm_float", "nan", "negative", "uint16"]), seed=st.integers(0, 5))
-def test_localize_invalid_queries(loaded_map, kind, K, depth, seed):
+def test_localize_invalid_queries(the_map, kind, K, depth, seed):
     rng = np.random.default_rng(seed)
     shape = {"tiny": (2, 3, 3)}.get(kind, (120, 160, 3))
     image = {"noise": lambda: rng.integers(0, 256, shape, dtype=np.uint8),
@@ -270,7 +265,7 @@ def test_localize_invalid_queries(loaded_map, kind, K, depth, seed):
         "uint16": rng.integers(0, 65535, hw).astype(np.uint16)}[depth]
     intrinsics = None if K is None else np.array([[K[0], 0, K[2]], [0, K[1], K[3]], [0, 0, 1]])
     with case("localize"), refusal():
-        res = loaded_map.localize(image, depth=d, intrinsics=intrinsics, rng=np.random.default_rng(seed))
+        res = the_map.localize(image, depth=d, intrinsics=intrinsics, rng=np.random.default_rng(seed))
         # random pixels and a flat grey are no view of the scene: never a confident pose
         assert not res.probability > 0.5
         assert res.pose is None or np.all(np.isfinite(res.pose))
