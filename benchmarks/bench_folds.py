@@ -151,10 +151,15 @@ def camera_frame_offsets(poses: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return np.stack([transform_points(invert_pose(T_gt), T[None, :3, 3])[0] for T, T_gt in zip(poses, gt, strict=True)])
 
 
+def stored_pose_errors(poses: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rotation (deg) and translation (m) errors ``(N,)`` of poses ``(N, 4, 4)`` as the scores store them
+    (NaN: failed, inf there) against ``gt (N, 4, 4)``."""
+    return pose_error_arrays([None if np.isnan(T).any() else T for T in poses], list(gt))
+
+
 def row_metrics(poses: np.ndarray, ms: np.ndarray, gt: np.ndarray) -> dict:
     """Accuracy shares, medians, the mean camera-frame offset (frames within 10 cm / 10 deg), ms."""
-    est = [None if np.isnan(T).any() else T for T in poses]
-    rot, trans = pose_error_arrays(est, list(gt))
+    rot, trans = stored_pose_errors(poses, gt)
     m = pose_metrics(rot, trans)
     near = (rot < 10) & (trans < 0.10)
     offsets = camera_frame_offsets(poses, gt)[near]

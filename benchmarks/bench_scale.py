@@ -35,8 +35,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np
 
 from sceneloc.data.dataset import evenly_spaced, load_scene
-from sceneloc.geometry import pose_errors
 from sceneloc.mapping.scene_map import Map
+from sceneloc.report.evaluation import pose_error_arrays, pose_metrics
 from sceneloc.scale.partition import read_layout
 from sceneloc.scale.routing import ROUTING_FILE, MapSet
 
@@ -58,20 +58,19 @@ def sequence_rooms(data: Path) -> dict[str, str]:
     return json.loads((data / "synth.json").read_text())["sequence_rooms"]
 
 
-def pose_summary(errors: list[tuple[float, float]], probabilities: list[float]) -> dict:
+def pose_summary(poses: list[np.ndarray | None], frames: list, probabilities: list[float]) -> dict:
     """Share within 5 cm / 5 deg (failures count as misses), medians over all frames (failures inf)."""
-    rot = np.array([e[0] for e in errors])
-    trans = np.array([e[1] for e in errors])
-    return {"frames": len(errors), "within_5cm_5deg": float(np.mean((rot < 5) & (trans < 0.05))),
-            "median_cm": float(np.median(trans) * 100), "median_deg": float(np.median(rot)),
-            "failures": int(np.sum(~np.isfinite(trans))),
+    m = pose_metrics(*pose_error_arrays(poses, [f.pose for f in frames]))
+    return {"frames": m["frames"], "within_5cm_5deg": m["accuracy"]["5cm_5deg"],
+            "median_cm": 100 * m["median_translation_m"], "median_deg": m["median_rotation_deg"],
+            "failures": m["failures"],
             "median_probability": float(np.nanmedian(probabilities)) if probabilities else float("nan")}
 
 
 def evaluate(maps: Map | MapSet, frames: list, mode: str, top_k: int, rooms: dict[str, str] | None = None,
              part_rooms: dict[str, set[str]] | None = None) -> dict:
     """Localize ``frames`` in ``mode``; pose accuracy, routing hits (a map set) and per-stage times."""
-    errors, probs, routed_hit, top1_hit, stages = [], [], [], [], {}
+    poses, probs, routed_hit, top1_hit, stages = [], [], [], [], {}
     for i, f in enumerate(frames):
         image = f.load_image()
         depth = f.load_depth(image.shape[:2]) if mode == "rgbd" else None
@@ -90,9 +89,9 @@ def evaluate(maps: Map | MapSet, frames: list, mode: str, top_k: int, rooms: dic
         else:
             res = maps.localize(image, depth, f.K, None, rng)
             stages.setdefault("total_ms", []).append(res.timings["total_ms"])
-        errors.append(pose_errors(res.pose, f.pose) if res.pose is not None else (np.inf, np.inf))
+        poses.append(res.pose)
         probs.append(0.0 if res.pose is None else res.probability)
-    out = pose_summary(errors, probs)
+    out = pose_summary(poses, frames, probs)
     out["probabilities"] = probs
     out["median_stage_ms"] = {k: float(np.median(v)) for k, v in stages.items()}
     if routed_hit:

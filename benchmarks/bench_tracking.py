@@ -21,29 +21,20 @@ import numpy as np
 import torch
 
 from sceneloc.data.dataset import load_scene
-from sceneloc.geometry import pose_errors
 from sceneloc.localize.tracking import track_frames
 from sceneloc.mapping.scene_map import Map, localize_frames
+from sceneloc.report.evaluation import pose_error_arrays, pose_metrics
 
 
 def summarise(results: list[tuple[np.ndarray, object]]) -> dict:
     """Accuracy and time of ``(true pose, result)`` pairs."""
-    rot, trans, ms, tracked = [], [], [], []
-    for T_true, res in results:
-        ms.append(res.timings["total_ms"])                              # type: ignore[attr-defined]
-        tracked.append(bool(getattr(res, "tracked", False)))
-        if res.pose is None:                                            # type: ignore[attr-defined]
-            rot.append(np.inf)
-            trans.append(np.inf)
-        else:
-            r, t = pose_errors(res.pose, T_true)                        # type: ignore[attr-defined]
-            rot.append(float(r))
-            trans.append(float(t))
-    rot_a, trans_a = np.array(rot), np.array(trans)
-    return {"frames": len(results), "failures": int(np.isinf(trans_a).sum()),
-            "within_5cm_5deg": float(np.mean((trans_a < 0.05) & (rot_a < 5))),
-            "within_10cm_10deg": float(np.mean((trans_a < 0.10) & (rot_a < 10))),
-            "median_translation_cm": float(100 * np.median(trans_a)), "median_rotation_deg": float(np.median(rot_a)),
+    ms = [res.timings["total_ms"] for _, res in results]                 # type: ignore[attr-defined]
+    tracked = [bool(getattr(res, "tracked", False)) for _, res in results]
+    m = pose_metrics(*pose_error_arrays([res.pose for _, res in results],  # type: ignore[attr-defined]
+                                        [T_true for T_true, _ in results]))
+    return {"frames": m["frames"], "failures": m["failures"],
+            "within_5cm_5deg": m["accuracy"]["5cm_5deg"], "within_10cm_10deg": m["accuracy"]["10cm_10deg"],
+            "median_translation_cm": 100 * m["median_translation_m"], "median_rotation_deg": m["median_rotation_deg"],
             "median_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95)),
             "mean_ms": float(np.mean(ms)), "tracked_share": float(np.mean(tracked))}
 

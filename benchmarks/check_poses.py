@@ -54,12 +54,11 @@ def record(the_map: Map, frames: list, modes: list[str], method: str, seed: int 
 def differences(before: np.ndarray, after: np.ndarray) -> dict[str, float | int]:
     """Largest translation (mm) and rotation (deg) between the poses ``(F, 4, 4)`` of the same frames, and
     the count of frames where one side has a pose and the other none."""
-    both = ~np.isnan(before).any(axis=(1, 2)) & ~np.isnan(after).any(axis=(1, 2))
-    one = int((np.isnan(before).any(axis=(1, 2)) != np.isnan(after).any(axis=(1, 2))).sum())
-    errors = [pose_errors(a, b) for a, b in zip(after[both], before[both], strict=True)]
-    rot = max((float(r) for r, _ in errors), default=0.0)
-    trans = max((float(t) for _, t in errors), default=0.0)
-    return {"max_mm": 1000 * trans, "max_deg": rot, "one_sided": one, "frames": len(before)}
+    none_before, none_after = np.isnan(before).any(axis=(1, 2)), np.isnan(after).any(axis=(1, 2))
+    both = ~none_before & ~none_after
+    rot, trans = pose_errors(after[both], before[both])
+    return {"max_mm": 1000 * float(trans.max(initial=0.0)), "max_deg": float(rot.max(initial=0.0)),
+            "one_sided": int((none_before != none_after).sum()), "frames": len(before)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     """Record (``args.out``) or compare (``args.against``); 0, or 1 when the poses differ."""
     modes = [m for m in args.modes.split(",") if m]
     frames = load_scene(args.data).frames(args.split)
-    frames = [frames[i] for i in evenly_spaced(len(frames), min(args.frames, len(frames)))]
+    frames = [frames[i] for i in evenly_spaced(len(frames), args.frames)]
     poses = record(Map.load(args.map), frames, modes, args.method)
     if args.out:
         np.savez(args.out, **poses)

@@ -24,7 +24,7 @@ import numpy as np
 
 import bench_folds
 from sceneloc.data.dataset import load_scene
-from sceneloc.geometry import pose_errors, reprojection_errors
+from sceneloc.geometry import reprojection_errors
 from sceneloc.pose.config import PoseConfig
 from sceneloc.pose.fit import image_offset_px
 
@@ -34,12 +34,8 @@ SHARES = (0.5, 0.7, 0.8, 0.9)
 
 def placed(poses: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """``(N,)`` bool: each pose ``(N, 4, 4)`` (NaN: failed) within 5 cm / 5 deg of ``gt (N, 4, 4)``."""
-    out = np.zeros(len(poses), bool)
-    for i, (T, T_gt) in enumerate(zip(poses, gt, strict=True)):
-        if not np.isnan(T).any():
-            rot, trans = pose_errors(T, T_gt)
-            out[i] = rot < 5 and trans < 0.05
-    return out
+    rot, trans = bench_folds.stored_pose_errors(poses, gt)
+    return (rot < 5) & (trans < 0.05)
 
 
 def offsets_px(poses: np.ndarray, preds: list, frames: list) -> np.ndarray:

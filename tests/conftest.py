@@ -58,3 +58,10 @@ def tiny_map(overfit_scene, tmp_path_factory) -> Path:
                         aug_contrast=0.0, confidence_minutes=0.1)
     map_scene(overfit_scene, out, cfg, log=lambda *a: None)
     return out
+
+
+@pytest.fixture(scope="module")
+def the_map(tiny_map):
+    """``tiny_map`` loaded on the CPU, once per test module."""
+    from sceneloc.mapping.scene_map import Map
+    return Map.load(tiny_map, device="cpu")

@@ -26,7 +26,6 @@ from sceneloc.data.dataset import load_scene
 from sceneloc.errors import SceneLocError
 from sceneloc.geometry import invert_pose, pose_errors, quaternion_to_matrix
 from sceneloc.localize.tracking import TrackingConfig
-from sceneloc.mapping.scene_map import Map
 from sceneloc.service.batching import predict_batch
 from sceneloc.service.client import Client, ServerError
 from sceneloc.service.request import RequestError, decode_depth, image_size
@@ -34,11 +33,6 @@ from sceneloc.service.server import Job, LocalizationService, ServerConfig, crea
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture(scope="module")
-def the_map(tiny_map):
-    return Map.load(tiny_map, device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,6 @@ from sceneloc.mapping.scene_map import Map
 
 
 @pytest.fixture(scope="module")
-def the_map(tiny_map):
-    return Map.load(tiny_map, device="cpu")
-
-
-@pytest.fixture(scope="module")
 def frame(overfit_scene):
     return load_scene(overfit_scene).frames("train")[0].load()
 
