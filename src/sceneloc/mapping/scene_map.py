@@ -423,7 +423,7 @@ class Map:
                         max(config.icp_scale_sigma, REREGISTERED_SCALE_SIGMA))
 
                 def image_pose() -> tuple[np.ndarray, float] | None:
-                    alone = self.localize(image, None, K, replace(config, query_scales=(1.0,)), rng, max_points, pred)
+                    alone = self._localize(image, None, K, replace(config, query_scales=(1.0,)), rng, max_points, pred)
                     return None if alone.pose is None else (alone.pose, 0.0)
                 pose, offset, _ = depth_agreeing_pose(depth, (pose, offset), fit_with_depth, image_pose, pixels,
                                                       coords, K, config.depth_image_offset_max_px,
