@@ -11,7 +11,7 @@ intrinsics valid for its size, depth map present) before the map localizes the f
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +29,20 @@ CAMERA_MODELS = {"SIMPLE_PINHOLE": 3, "PINHOLE": 4, "SIMPLE_RADIAL": 3, "RADIAL"
 @dataclass
 class Query:
     """One image to localize: its name in the pose file, its path, its ``K (3, 3)`` or None (the
-    default camera) and its depth map's path or None."""
+    default camera), its depth map's path or None, and its ``(H, W)`` once its header has been read
+    (each image's header is read once: a JPEG's means decoding it)."""
     name: str
     image_path: Path
     K: np.ndarray | None = None
     depth_path: Path | None = None
+    size: tuple[int, int] | None = field(default=None, repr=False, compare=False)
+
+    def image_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the image, from its header on first use."""
+        if self.size is None:
+            h, w = image_header(self.image_path)[:2]
+            self.size = (h, w)
+        return self.size
 
 
 def _camera(parts: list[str], where: str) -> tuple[np.ndarray, tuple[int, int]]:
@@ -73,7 +82,7 @@ def read_query_list(path: Path) -> list[Query]:
         raise SceneLocError(f"{path}: the query list names no image")
     for q in queries:
         if q.name in sizes:
-            h, w = image_header(q.image_path)[:2]
+            h, w = q.image_size()
             if (h, w) != sizes[q.name]:
                 raise SceneLocError(f"{q.image_path}: image is {w}x{h} but {path} gives its camera as "
                                     f"{sizes[q.name][1]}x{sizes[q.name][0]}")
@@ -101,7 +110,7 @@ def find_queries(images: str | Path, depth_dir: str | Path | None = None, K: np.
     for q in queries:
         if " " in q.name:
             raise SceneLocError(f"{q.image_path}: image names with spaces cannot be written to a pose file")
-        h, w = image_header(q.image_path)[:2]
+        h, w = q.image_size()
         if q.K is None and K is not None:
             q.K = check_intrinsics(K, (h, w), f"--intrinsics for {q.image_path}")
         if depth_dir is not None:
@@ -116,7 +125,7 @@ def check_queries_for_map(the_map: Map, queries: list[Query]) -> None:
     h, w = the_map.mapping_image_size
     for q in queries:
         if q.K is None:
-            qh, qw = image_header(q.image_path)[:2]
+            qh, qw = q.image_size()
             if (qh, qw) != (h, w):
                 raise SceneLocError(f"{q.image_path}: image is {qw}x{qh} but the map was built from {w}x{h} images: "
                                     f"give its camera (--intrinsics, or a query list with intrinsics)")

@@ -29,12 +29,11 @@ import numpy as np
 
 from sceneloc.errors import SceneLocError
 from sceneloc.geometry import invert_pose
-from sceneloc.mapping.scene_map import Localization, Map
+from sceneloc.mapping.scene_map import DEFAULT_POSE_POINTS, Localization, Map, check_image
 from sceneloc.pose.config import MODES, PoseConfig, estimator_config
 from sceneloc.progress import progress as progress_bar
 from sceneloc.surface.cloud import align_depth, depth_points
 from sceneloc.surface.view import align_image
-from sceneloc.validation import depth_in_metres
 
 
 @dataclass(frozen=True)
@@ -135,14 +134,8 @@ class Tracker:
               rng: np.random.Generator | None = None) -> TrackedLocalization:
         """Camera-to-world pose of the next frame (``Map.localize``'s arguments): aligned from the
         previous pose when there is one and the alignment holds, else relocalized in full."""
-        # the map's own check of the query camera (size against the mapping images when K is None)
-        K = self.map._check_intrinsics(image, intrinsics)
-        if depth is not None:
-            # as Map.localize reads it: uint16 is millimetres, floats metres; empty or implausible is an error
-            depth = depth_in_metres(depth, "query depth")
-        if depth is not None and depth.shape != image.shape[:2]:
-            raise SceneLocError(f"depth map is {depth.shape[1]}x{depth.shape[0]} but the image is "
-                                f"{image.shape[1]}x{image.shape[0]}")
+        # the map's own checks of the query camera (size against the mapping images when K is None) and depth
+        K, depth = self.map._checked_query(image, depth, intrinsics)
         config = self.map.estimator_for(self.estimator, K)
         due = self.config.relocalize_every and self.since_relocalization >= self.config.relocalize_every
         why: str | None = "no previous pose" if self.last is None else ("periodic relocalization" if due else None)
@@ -160,7 +153,8 @@ class Tracker:
                                            depth_offset_m=offset, tracked=True)
             why = aligned
         tracking_ms = (time.perf_counter() - t0) * 1e3
-        res = self.map.localize(image, depth=depth, intrinsics=intrinsics, estimator=self.estimator, rng=rng)
+        check_image(image)   # the rest of Map.localize's checks passed above: the depth is converted once
+        res = self.map._localize(image, depth, K, self.estimator, rng, DEFAULT_POSE_POINTS, None)
         timings = dict(res.timings)
         timings["refinement_ms"] += tracking_ms   # the failed attempt is part of this frame's time
         timings["total_ms"] += tracking_ms

@@ -376,16 +376,27 @@ class Map:
             prediction: reuse this image's ``predict`` output (to compare pose settings cheaply; for
                 dsac/softam it must come from the DSAC stage's network).
         """
-        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise SceneLocError(f"expected an (H, W, 3) uint8 RGB image, got {getattr(image, 'dtype', type(image))} "
-                                f"with shape {getattr(image, 'shape', None)}")
+        check_image(image)
+        K, depth = self._checked_query(image, depth, intrinsics)
+        return self._localize(image, depth, K, estimator, rng, max_points, prediction)
+
+    def _checked_query(self, image: np.ndarray, depth: np.ndarray | None,
+                       intrinsics: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """The query's camera ``K (3, 3)`` (``_check_intrinsics``) and ``depth`` in metres: uint16 is
+        millimetres (cv2.imread's depth PNG), floats metres; all-zero, implausible or not the image's size
+        is an error."""
         K = self._check_intrinsics(image, intrinsics)
         if depth is not None:
-            # uint16 is millimetres (cv2.imread's depth PNG), floats metres; all-zero or implausible is an error
             depth = depth_in_metres(depth, "query depth")
             if depth.shape != image.shape[:2]:
                 raise SceneLocError(f"depth map is {depth.shape[1]}x{depth.shape[0]} but the image is "
                                     f"{image.shape[1]}x{image.shape[0]}")
+        return K, depth
+
+    def _localize(self, image: np.ndarray, depth: np.ndarray | None, K: np.ndarray,
+                  estimator: PoseConfig | str | None, rng: np.random.Generator | None, max_points: int,
+                  prediction: Prediction | None) -> Localization:
+        """``localize`` of a query that ``check_image`` and ``_checked_query`` have passed (``depth`` in metres)."""
         if rng is None:  # repeatable by default: the same call gives the same pose
             rng = np.random.default_rng(DEFAULT_SEED)
         # OpenCV's RANSAC draws from its own global generator: seed it from ours, so the pose depends on rng alone
@@ -418,7 +429,7 @@ class Map:
                         max(config.icp_scale_sigma, REREGISTERED_SCALE_SIGMA))
 
                 def image_pose() -> tuple[np.ndarray, float] | None:
-                    alone = self.localize(image, None, K, replace(config, query_scales=(1.0,)), rng, max_points, pred)
+                    alone = self._localize(image, None, K, replace(config, query_scales=(1.0,)), rng, max_points, pred)
                     return None if alone.pose is None else (alone.pose, 0.0)
                 pose, offset, _ = depth_agreeing_pose(depth, (pose, offset), fit_with_depth, image_pose, pixels,
                                                       coords, K, config.depth_image_offset_max_px,
@@ -432,6 +443,13 @@ class Map:
         return Localization(pose=pose, inliers=res.n_inliers, score=res.score, timings=timings, pixels=pixels,
                             coords=coords, confidence=conf, used=res.used, failure=res.failure,
                             probability=probability, depth_offset_m=offset)
+
+
+def check_image(image: np.ndarray) -> None:
+    """A query image is an ``(H, W, 3)`` uint8 RGB array; anything else is one SceneLocError."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise SceneLocError(f"expected an (H, W, 3) uint8 RGB image, got {getattr(image, 'dtype', type(image))} "
+                            f"with shape {getattr(image, 'shape', None)}")
 
 
 def frame_queries(frames: list, mode: str, progress: bool = True, desc: str | None = None):

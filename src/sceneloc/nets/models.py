@@ -210,8 +210,10 @@ class EncoderHeadNet(CoordinateNetwork):
             return self.encoder(image).float()
 
     def regress(self, features: torch.Tensor) -> torch.Tensor:
-        """Head on dense features: ``(B, C, h, w)`` -> ``(B, 3, h, w)`` normalised coordinates."""
-        y = self.head(features.permute(0, 2, 3, 1).float())
+        """Head on dense features: ``(B, C, h, w)`` -> ``(B, 3, h, w)`` normalised coordinates. Features in
+        bf16 (the encoder's under ``_autocast``) go to the head's first (bf16) layer as they are: an fp32
+        copy would be rounded straight back to the same values."""
+        y = self.head(features.permute(0, 2, 3, 1))
         return y.permute(0, 3, 1, 2)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -220,11 +222,7 @@ class EncoderHeadNet(CoordinateNetwork):
         with self._autocast(image.device.type):
             with torch.no_grad():   # the encoder is frozen; the head may be trained through this (DSAC stage)
                 features = self.encoder(image)
-            if features.dtype == torch.bfloat16:
-                # bf16 features go to the head's first (bf16) layer as they are: ``regress``'s fp32 copy
-                # would be rounded straight back to the same values
-                return self.head(features.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-            return self.regress(features.float())
+            return self.regress(features)
 
 
 ARCHITECTURES = ("xfeat", "fcn", "unet")

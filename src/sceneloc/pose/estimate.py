@@ -92,16 +92,16 @@ def sample_subsets(n: int, count: int, size: int, rng: np.random.Generator) -> n
 
 
 def _next_uint32(rng: np.random.Generator, count: int) -> np.ndarray:
-    """The next ``count`` 32-bit draws ``(count,)`` uint64 of a PCG64 ``rng``, as its ``next_uint32`` gives
-    them (the low half of a 64-bit output, then its buffered high half), with ``rng`` left as after them."""
+    """The next ``count`` (>= 1) 32-bit draws ``(count,)`` uint64 of a PCG64 ``rng``, as its ``next_uint32``
+    gives them (the low half of a 64-bit output, then its buffered high half), with ``rng`` left as after them."""
     bits = rng.bit_generator
     state = bits.state
-    buffered = int(state["has_uint32"]) if count else 0
+    buffered = int(state["has_uint32"])
     raw = bits.random_raw((count - buffered + 1) // 2)
     halves = np.stack([raw & np.uint64(0xFFFFFFFF), raw >> np.uint64(32)], axis=1).reshape(-1)
     out = np.concatenate([np.asarray([state["uinteger"]] * buffered, np.uint64), halves[:count - buffered]])
     after = dict(bits.state)
-    after["has_uint32"] = int((count - buffered) % 2 == 1) if count else after["has_uint32"]
+    after["has_uint32"] = int((count - buffered) % 2 == 1)
     if count > buffered:  # numpy keeps the last high half, used or not
         after["uinteger"] = int(halves[-1])
     bits.state = after

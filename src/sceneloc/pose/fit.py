@@ -18,6 +18,7 @@ from sceneloc.geometry import (
     kabsch,
     kabsch_depth_offset,
     make_pose,
+    project,
     reprojection_errors,
     solve_pnp,
     transform_points,
@@ -271,9 +272,9 @@ def image_offset_px(pixels: np.ndarray, scene: np.ndarray, K: np.ndarray, T_wc: 
     pose); a pose fitted to depth moved against the image shows the move. None
     with fewer than ``IMAGE_OFFSET_MIN_MATCHES`` matches in the window."""
     x = transform_points(invert_pose(np.asarray(T_wc, dtype=np.float64)), scene)
-    front = x[:, 2] > 1e-6
-    r = np.full((len(scene), 2), np.inf)
-    r[front] = x[front, :2] / x[front, 2:3] * np.array([K[0, 0], K[1, 1]]) + K[:2, 2] - pixels[front]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):   # behind the camera: inf below
+        r = project(x, K) - pixels
+    r[~(x[:, 2] > 1e-6)] = np.inf
     near = np.linalg.norm(r, axis=1) < window_px
     if near.sum() < IMAGE_OFFSET_MIN_MATCHES:
         return None
