@@ -92,14 +92,33 @@ def make_views(work: Path) -> None:
         if gt == "dslam":
             resplit(REDKITCHEN, out, list(train), [test])
         else:
-            sfm_view(REDKITCHEN, SFM_PGT, out, list(train), [test], SFM_TO_DEPTH_SCALE if gt == "sfms" else 1.0)
+            sfm_view(REDKITCHEN, SFM_PGT, out, list(train), [test], sfm_scale(gt))
+
+
+def sfm_scale(gt: str) -> float:
+    """The factor on the SfM camera positions of a ground truth: ``sfms`` the depth's metre, ``sfm@X`` X
+    (``sfm+S``: 1, the map multiplies the depth by S instead)."""
+    return SFM_TO_DEPTH_SCALE if gt == "sfms" else float(gt.split("@", 1)[1]) if "@" in gt else 1.0
+
+
+def ground_truth(name: str) -> str:
+    """``--gts`` entries: dslam, sfm, sfms, sfm@X (the SfM positions times X, a study of the scale) or sfm+S
+    (the SfM poses as published, mapped with ``--depth-to-pose-scale S``)."""
+    if name in (*GROUND_TRUTHS, "sfms"):
+        return name
+    try:
+        if name.startswith("sfm@") and sfm_scale(name) > 0 or name.startswith("sfm+") and float(name[4:]) > 0:
+            return name
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"{name}: choose dslam, sfm, sfms, sfm@SCALE or sfm+SCALE")
 
 
 def make_maps(work: Path, iterations: int) -> None:
     for fold, gt in cells():
         name = cell_name(fold, gt)
         map_dir = work / "maps" / name
-        if (map_dir / "map_config.json").exists():
+        if (map_dir / "config.json").exists():   # written last, by Map.save
             continue
         log = work / "logs" / f"map_{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -108,6 +127,8 @@ def make_maps(work: Path, iterations: int) -> None:
         cmd = [sys.executable, "-m", "sceneloc.cli", "map", str(work / "data" / name), str(map_dir),
                "--iterations", str(iterations), "--no-test-eval", "--force", "--no-confidence",
                "--calibration-minutes", "0"]
+        if "+" in gt:   # sfm+S: the published SfM poses, the depth multiplied by S at mapping and query time
+            cmd += ["--depth-to-pose-scale", gt.split("+", 1)[1]]
         print(" ".join(cmd), flush=True)
         with log.open("w") as f:
             subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=True)
@@ -284,8 +305,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work", type=Path, required=True, help="views, maps, caches and scores go here")
     ap.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS)
     ap.add_argument("--folds", type=int, nargs="+", default=list(FOLDS), choices=list(FOLDS))
-    ap.add_argument("--gts", nargs="+", default=list(GROUND_TRUTHS), choices=[*GROUND_TRUTHS, "sfms"],
-                    help="ground truths (default dslam sfm; sfms: the SfM poses scaled to the depth's metre)")
+    ap.add_argument("--gts", nargs="+", default=list(GROUND_TRUTHS), type=ground_truth,
+                    help="ground truths (default dslam sfm; sfms: the SfM poses scaled to the depth's metre; "
+                         "sfm@X: the SfM camera positions times X; sfm+S: mapped with --depth-to-pose-scale S)")
     ap.add_argument("--iterations", type=int, default=8000, help="head steps of every map (default %(default)s)")
     ap.add_argument("--label", default="default", help="name of this estimator setting's scores")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="PoseConfig overrides")

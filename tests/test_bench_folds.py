@@ -1,7 +1,10 @@
 """benchmarks/bench_folds.py and sfm_view.py: the SfM ground-truth view, the misregistered depth, the
 camera-frame offset, and scoring a map end to end from cached network output."""
 
+import argparse
+
 import numpy as np
+import pytest
 
 import bench_estimators
 import bench_folds
@@ -94,3 +97,11 @@ def test_scoring_a_map_from_cached_output(tiny_map, overfit_scene, tmp_path, mon
     assert table.count("| dslam_f1 |") == 2
     text = bench_folds.markdown(rows, "header")
     assert "| 1 (seq-01) | dslam | rgb | 100.0 % |" in text and "50.0 % (3.0)" in text
+
+
+def test_ground_truth_names_of_the_scale_studies():
+    names = ("sfm", "sfm@0.98", "sfm+1.02")
+    assert [bench_folds.sfm_scale(bench_folds.ground_truth(g)) for g in names] == [1.0, 0.98, 1.0]
+    for bad in ("sfm@", "sfm+x", "sfm@-1", "kinect"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            bench_folds.ground_truth(bad)

@@ -126,6 +126,21 @@ def test_align_depth_fits_depth_whose_scale_is_off():
     assert pose_errors(fitted.pose, T_wc)[1] < 2e-3 < pose_errors(rigid.pose, T_wc)[1]
 
 
+def test_align_depth_drops_a_scale_the_scene_does_not_constrain():
+    """In the corner alone a scale about the planes' meeting point is a translation: with depth noise
+    the fitted scale is not measured, so the gate fits again without it; ungated it runs off."""
+    T_wc, camera = corner_view(np.random.default_rng(5))
+    noisy = camera * (1 + np.random.default_rng(6).normal(0, 0.003, size=(len(camera), 1)))
+    cloud = corner_cloud()
+    gated = align_depth(noisy, T_wc, cloud, offset_sigma_m=0.0, scale_sigma=0.05)
+    rigid = align_depth(noisy, T_wc, cloud, offset_sigma_m=0.0)
+    ungated = align_depth(noisy, T_wc, cloud, offset_sigma_m=0.0, scale_sigma=0.05, scale_min_sigmas=0.0)
+    assert gated is not None and rigid is not None and gated.scale_error == 0.0
+    np.testing.assert_allclose(gated.pose, rigid.pose)   # the same fit as without a scale
+    assert pose_errors(gated.pose, T_wc)[1] < 2e-3
+    assert ungated is None or pose_errors(ungated.pose, T_wc)[1] > 2e-3   # None: it moved past the limit
+
+
 def test_align_depth_refuses_a_start_too_far_to_match():
     T_wc, camera = corner_view(np.random.default_rng(2))
     assert align_depth(camera, nudged(T_wc, 0.0, 40.0), corner_cloud()) is None   # nothing matches within 10 cm

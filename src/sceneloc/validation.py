@@ -22,7 +22,7 @@ from sceneloc.errors import SceneLocError
 ZERO_SKIPS = ("confidence_minutes", "calibration_minutes")
 #: Mapping-config numbers that must be > 0 (when set; None takes the architecture's default).
 POSITIVE = ("minutes", "iterations", "buffer_mb", "buffer_copies", "pixel_batch", "batch_size", "checkpoint_minutes",
-            "head_width", "n_k", "input_height", "width", "lr")
+            "head_width", "n_k", "input_height", "width", "lr", "depth_to_pose_scale")
 #: Depth beyond this many metres is no indoor or handheld sensor's: a unit mistake (mm read as m).
 MAX_DEPTH_M = 100.0
 #: A quaternion whose norm is further than this from 1 is refused rather than silently normalised.

@@ -125,6 +125,9 @@ def add_map_arguments(s: argparse.ArgumentParser) -> None:
     option(g, "cloud_voxel_m", "fuse the mapping depth into a scene surface of this voxel size in metres, which "
                                "RGB-D poses are finally aligned to by ICP; 0 = none", aliases=("--cloud-voxel",),
            metavar="M")
+    option(g, "depth_to_pose_scale", "pose length units per metre of the depth: the mapping depth and every "
+                                     "RGB-D query's are multiplied by it (a depth camera's metre against an SfM "
+                                     "model's unit); 1 = depth in pose units", metavar="S")
     option(g, "view_voxel_m", "fuse the mapping depth and grey values into a scene view of this voxel size in "
                               "metres, which RGB poses are finally aligned to by rendering it; 0 = none",
            aliases=("--view-voxel",), metavar="M")
@@ -220,6 +223,8 @@ def add_pose_arguments(s: argparse.ArgumentParser) -> None:
                  aliases=("--icp-offset-sigma",), metavar="M")
     field_option(g, d, "icp_scale_sigma", "RGB-D: the ICP also fits a scale error of the query depth under a "
                                           "Gaussian prior of this relative width (0: none)", metavar="K")
+    field_option(g, d, "icp_scale_min_sigmas", "RGB-D: keep that scale only this many of its standard deviations "
+                                               "away from 0, else fit without it (0: always keep it)", metavar="Z")
     field_option(g, d, "view_rounds", "RGB on a map with a scene view: finally align the pose to the image, this many "
                                       "rounds of rendering the view at the pose, optical flow to the query and a "
                                       "re-fit (0: off)", metavar="N")

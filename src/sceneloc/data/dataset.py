@@ -76,17 +76,21 @@ class Frame:
     K: np.ndarray               # (3, 3) at full resolution
     depth_path: Path | None = None
     depth_K: np.ndarray | None = None   # (3, 3) the depth camera's when it is not K (depth gets registered)
+    # pose length units per metre of this frame's depth: load_depth multiplies by it (MappingConfig.depth_to_pose_scale)
+    depth_to_pose_scale: float = 1.0
 
     def load_image(self) -> np.ndarray:
         """``(H, W, 3)`` uint8 RGB."""
         return read_image(self.image_path)
 
     def load_depth(self, shape: tuple[int, int] | None = None) -> np.ndarray:
-        """``(H, W)`` metres, 0 = no depth, on the image's pixel grid (registered when ``depth_K`` is set)."""
+        """``(H, W)`` metres (times ``depth_to_pose_scale``: pose units), 0 = no depth, on the image's pixel
+        grid (registered when ``depth_K`` is set)."""
         if self.depth_path is None:
             raise SceneLocError(f"{self.image_path}: missing depth (no depth map for this frame)")
         depth = read_depth(self.depth_path, shape)
-        return depth if self.depth_K is None else register_depth(depth, self.depth_K, self.K, depth.shape)
+        depth = depth if self.depth_K is None else register_depth(depth, self.depth_K, self.K, depth.shape)
+        return depth if self.depth_to_pose_scale == 1.0 else depth * np.float32(self.depth_to_pose_scale)
 
     def load(self, need_depth: bool = True) -> FrameData:
         image = self.load_image()

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from sceneloc import __version__
-from sceneloc.data.dataset import check_frames, evenly_spaced, load_scene
+from sceneloc.data.dataset import Scene, check_frames, evenly_spaced, load_scene
 from sceneloc.errors import SceneLocError, refuse_to_overwrite
 from sceneloc.geometry import pose_errors
 from sceneloc.mapping.scene_map import MAP_FORMAT_VERSION, Map, default_device, localize_frames
@@ -57,8 +57,18 @@ def map_config(cfg: MappingConfig, stats, train_frames: list, with_depth: bool =
         "tukey_c": cfg.tukey_c if cfg.tukey_c else stats.tukey_c,
         # how the coordinates were learned: Map.localize picks its default PnP threshold by it
         "supervision": "depth" if with_depth else "reprojection",
+        # pose units per metre of depth: Map.localize multiplies every query's depth by it
+        "depth_to_pose_scale": cfg.depth_to_pose_scale,
     }
     return config, norm
+
+
+def scaled_depth(scene: Scene, depth_to_pose_scale: float) -> Scene:
+    """``scene`` with every frame's depth read in pose units (``MappingConfig.depth_to_pose_scale``)."""
+    if depth_to_pose_scale != 1.0:   # the depth meets the poses in their unit: train and test alike
+        scene.splits = {k: [replace(f, depth_to_pose_scale=depth_to_pose_scale) for f in v]
+                        for k, v in scene.splits.items()}
+    return scene
 
 
 def retrain_confidence(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, force: bool = False,
@@ -75,7 +85,7 @@ def retrain_confidence(dataset: str | Path, map_dir: str | Path, cfg: MappingCon
     if the_map.confidence_net is not None and not force:
         raise SceneLocError(f"{map_dir}: the map already has a confidence network (use --force to retrain it)")
     seed_everything(cfg.seed)
-    scene = load_scene(dataset, intrinsics)
+    scene = scaled_depth(load_scene(dataset, intrinsics), float(the_map.config.get("depth_to_pose_scale", 1.0)))
     net = the_map.coord_net
     cache = FrameCache.build(scene.frames("train"), the_map.config["input_height"], net.stride, net.multiple,
                              "caching train frames")
@@ -124,7 +134,7 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
     if cfg.confidence_minutes == 0:  # documented: 0 skips stage 2, as --no-confidence
         cfg = replace(cfg, confidence=False)
     seed_everything(cfg.seed)
-    scene = load_scene(dataset, intrinsics)
+    scene = scaled_depth(load_scene(dataset, intrinsics), cfg.depth_to_pose_scale)
     if frames is not None:   # the partition's frames are its training split (its extent, normalisation, buffer)
         keep = set(frames)
         scene.splits["train"] = [f for f in scene.frames("train") if f.name in keep]
@@ -329,6 +339,8 @@ def fit_pose_calibration(the_map: Map, frames: list, learned: list, mapped: list
     of the final map are measured against all ``mapped`` frames."""
     config = PoseConfig()
     reference = mapping_views(learned)
+    # queries give their depth in the sensor's metres (the map scales it): so do these mapping frames
+    frames = [replace(f, depth_to_pose_scale=1.0) for f in frames]
     samples: dict[str, tuple[np.ndarray, ...]] = {}
     for mode in MODES:
         use = frames if mode == "rgb" else [f for f in frames if f.depth_path is not None]

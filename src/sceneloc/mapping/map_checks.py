@@ -54,6 +54,10 @@ def check_map_config(config: object, cfg_path: Path, rebuild: str) -> None:
         check_intrinsics(K, tuple(hw), f"{cfg_path}: 'intrinsics'")
     except SceneLocError as e:
         raise SceneLocError(f"{e}; {rebuild}") from None
+    depth_scale = config.get("depth_to_pose_scale", 1.0)   # maps before it was an option: 1
+    if isinstance(depth_scale, bool) or not isinstance(depth_scale, (int, float)) or not (
+            math.isfinite(depth_scale) and depth_scale > 0):
+        raise SceneLocError(f"{cfg_path}: 'depth_to_pose_scale' must be a number > 0, not {depth_scale!r}; {rebuild}")
 
 
 def load_map_file(path: Path, rebuild: str, loader):

@@ -345,7 +345,8 @@ class Map:
         if depth is not None and config.icp_distances_m and self.cloud is not None:
             fit = align_depth(depth_points(depth, K), pose, self.cloud, config.icp_distances_m,
                               config.icp_offset_sigma_m,
-                              scale_sigma=config.icp_scale_sigma if scale_sigma is None else scale_sigma)
+                              scale_sigma=config.icp_scale_sigma if scale_sigma is None else scale_sigma,
+                              scale_min_sigmas=config.icp_scale_min_sigmas)
             refined = None if fit is None else (fit.pose, fit.offset_m)
         elif depth is None and config.view_rounds and self.view is not None:
             aligned = align_image(image, K, pose, self.view, config.view_rounds)
@@ -382,15 +383,17 @@ class Map:
 
     def _checked_query(self, image: np.ndarray, depth: np.ndarray | None,
                        intrinsics: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-        """The query's camera ``K (3, 3)`` (``_check_intrinsics``) and ``depth`` in metres: uint16 is
-        millimetres (cv2.imread's depth PNG), floats metres; all-zero, implausible or not the image's size
-        is an error."""
+        """The query's camera ``K (3, 3)`` (``_check_intrinsics``) and ``depth`` in the map's pose units:
+        uint16 is millimetres (cv2.imread's depth PNG), floats metres, both times the map's
+        ``depth_to_pose_scale``; all-zero, implausible or not the image's size is an error."""
         K = self._check_intrinsics(image, intrinsics)
         if depth is not None:
             depth = depth_in_metres(depth, "query depth")
             if depth.shape != image.shape[:2]:
                 raise SceneLocError(f"depth map is {depth.shape[1]}x{depth.shape[0]} but the image is "
                                     f"{image.shape[1]}x{image.shape[0]}")
+            scale = float(self.config.get("depth_to_pose_scale", 1.0))
+            depth = depth if scale == 1.0 else depth * np.float32(scale)
         return K, depth
 
     def _localize(self, image: np.ndarray, depth: np.ndarray | None, K: np.ndarray,

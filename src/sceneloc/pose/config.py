@@ -11,7 +11,7 @@ import numpy as np
 from sceneloc.errors import SceneLocError
 from sceneloc.geometry import PNP_METHODS
 from sceneloc.pose.ransac import DEPTH_GATE
-from sceneloc.surface.cloud import ICP_DISTANCES_M, ICP_OFFSET_SIGMA_M
+from sceneloc.surface.cloud import ICP_DISTANCES_M, ICP_OFFSET_SIGMA_M, SCALE_MIN_SIGMAS
 from sceneloc.surface.view import ROUNDS as VIEW_ROUNDS
 
 # Points needed to determine a pose: EPnP (OpenCV) needs 4 2D-3D matches, Kabsch 3 3D-3D matches.
@@ -95,6 +95,9 @@ class PoseConfig:
             Gaussian prior of this width, metres; 0 = rigid (docs/decisions/scene-surface.md).
         icp_scale_sigma: the ICP also fits a relative scale error of the query depth under a Gaussian
             prior of this relative width; 0 = none (``surface.cloud.align_depth``; docs/decisions/icp-scale.md).
+        icp_scale_min_sigmas: the fitted scale is kept only this many of its standard deviations away from 0,
+            else the ICP is made again without it (a scale the scene does not constrain trades for
+            translation); 0 = always kept (docs/decisions/icp-scale.md).
         view_rounds: RGB on a map with a scene view: rounds of rendering the view at the pose, optical
             flow to the query and a re-fit; 0 = off (``surface/view.py``; docs/decisions/view-alignment.md).
         depth_image_offset_max_px: RGB-D: query depth is evidence, not truth. Where the RGB-D pose puts the
@@ -155,6 +158,7 @@ class PoseConfig:
     icp_distances_m: tuple[float, ...] = ICP_DISTANCES_M
     icp_offset_sigma_m: float = ICP_OFFSET_SIGMA_M
     icp_scale_sigma: float = 0.0
+    icp_scale_min_sigmas: float = SCALE_MIN_SIGMAS
     view_rounds: int = VIEW_ROUNDS
     depth_image_offset_max_px: float = 4.0
     depth_reregister_rounds: int = 2
@@ -206,6 +210,8 @@ class PoseConfig:
                              f"{self.polish_thresholds_px} and icp_distances_m={self.icp_distances_m} must be positive")
         if not self.icp_scale_sigma >= 0:
             raise ValueError(f"PoseConfig.icp_scale_sigma={self.icp_scale_sigma} must be >= 0 (0: no scale)")
+        if not self.icp_scale_min_sigmas >= 0:
+            raise ValueError(f"PoseConfig.icp_scale_min_sigmas={self.icp_scale_min_sigmas} must be >= 0 (0: always)")
         if not self.depth_image_offset_max_px >= 0:
             raise ValueError(f"PoseConfig.depth_image_offset_max_px={self.depth_image_offset_max_px} "
                              "must be >= 0 (0: off)")

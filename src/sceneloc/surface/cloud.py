@@ -15,6 +15,7 @@ its rays, under a Gaussian prior, as ``pose.fit.refit_depth_offset`` does for Ka
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -180,6 +181,10 @@ class SceneCloud:
         return cls(points, normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-9), voxel)
 
 
+#: ``align_depth`` keeps a fitted depth scale only this many standard deviations away from 0
+SCALE_MIN_SIGMAS = 3.0
+
+
 @dataclass
 class DepthAlignment:
     """Result of ``align_depth``: camera-to-world ``pose (4, 4)``, the fitted offset of the query depth
@@ -193,7 +198,8 @@ class DepthAlignment:
 
 def align_depth(camera: np.ndarray, T_wc: np.ndarray, cloud: SceneCloud,
                 distances: Sequence[float] = ICP_DISTANCES_M, offset_sigma_m: float = ICP_OFFSET_SIGMA_M,
-                offset_m: float = 0.0, scale_sigma: float = 0.0) -> DepthAlignment | None:
+                offset_m: float = 0.0, scale_sigma: float = 0.0,
+                scale_min_sigmas: float = SCALE_MIN_SIGMAS) -> DepthAlignment | None:
     """Point-to-plane ICP of query points ``camera (N, 3)`` (camera frame, from its depth) against
     ``cloud``, from the camera-to-world pose ``T_wc (4, 4)``: one Gauss-Newton step per entry of
     ``distances``, each matching the points to their nearest surface point within that distance.
@@ -203,6 +209,9 @@ def align_depth(camera: np.ndarray, T_wc: np.ndarray, cloud: SceneCloud,
     offset is fitted). With ``scale_sigma > 0`` it also fits a relative scale error ``k`` of the depth
     (a point x moves to x (1 - k)) under a Gaussian prior of that width: a depth camera whose scale is
     off by 2 % moves far points by centimetres, which no rigid motion or constant offset explains.
+    The scale is kept only where the matches measure it: a fitted scale within ``scale_min_sigmas``
+    standard deviations of 0 (from the last round's normal equations) is a scale the scene does not
+    constrain, traded for translation, and the fit is made again without it.
     None when fewer than ``MIN_MATCHES`` points match in a round,
     or when it moved the camera more than twice the first distance or turned it more than
     ``MAX_TURN_DEG``: then the starting pose stands."""
@@ -233,9 +242,17 @@ def align_depth(camera: np.ndarray, T_wc: np.ndarray, cloud: SceneCloud,
             A = np.concatenate([np.concatenate([A, *columns], axis=1) / spread, prior])
             b = np.concatenate([b / spread, [-fitted[name] / sigma for name, sigma, _ in extras]])
         step = np.linalg.lstsq(A, b, rcond=None)[0]
+        normal_matrix = A.T @ A
         T = make_pose(cv2.Rodrigues(step[:3])[0], step[3:6]) @ T
         for k, (name, _, _) in enumerate(extras):
             fitted[name] += float(step[6 + k])
+    if scale_sigma > 0 and scale_min_sigmas > 0:
+        try:   # the scale is the last unknown; a singular system measures nothing
+            scale_sd = float(np.sqrt(np.linalg.inv(normal_matrix)[-1, -1]))
+        except np.linalg.LinAlgError:
+            scale_sd = math.inf
+        if not abs(fitted["scale"]) >= scale_min_sigmas * scale_sd:   # NaN counts as not measured
+            return align_depth(camera, T_wc, cloud, distances, offset_sigma_m, offset_m)
     turned_deg, moved_m = pose_errors(T, T_wc)
     if moved_m > 2 * max(distances) or turned_deg > MAX_TURN_DEG:
         return None

@@ -120,6 +120,10 @@ class MappingConfig:
     # the mapping frames' depth and grey values fused at this voxel size (metres), which RGB poses are
     # finally aligned to by rendering it (surface/view.py, PoseConfig.view_rounds); 0: none (view-alignment.md)
     view_voxel_m: float = 0.01
+    # pose length units per metre of the mapping depth: depth is multiplied by it before it meets the poses,
+    # and every RGB-D query's depth too (a depth camera's metre against an SfM model's unit); 1 = depth is in
+    # pose units (docs/decisions/depth-to-pose-scale.md)
+    depth_to_pose_scale: float = 1.0
     # stage 2
     confidence: bool = True
     confidence_mode: str = "regression"   # or classification, or both (classifier kept for Fig. 3's ROC)
