@@ -360,3 +360,13 @@ def test_map_is_repeatable_given_iterations(overfit_scene, tmp_path, arch):
     assert weights[0].keys() == weights[1].keys()
     for name in weights[0]:
         assert torch.equal(weights[0][name], weights[1][name]), name
+
+
+def test_check_output_path_keeps_an_existing_file_without_force(tmp_path):
+    out = tmp_path / "poses.txt"
+    out.write_text("the user's")
+    with pytest.raises(SceneLocError, match="poses.txt: exists \\(use --force to overwrite\\)"):
+        check_output_path(out, "file", option="--out", force=False)
+    assert check_output_path(out, "file", option="--out", force=True) == out
+    assert check_output_path(out, "file") == out   # no force given: the caller decides
+    assert out.read_text() == "the user's"

@@ -164,14 +164,17 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def check_output_path(path: str | Path, kind: str = "file", inputs: Iterable[str | Path | None] = (),
-                      option: str = "") -> Path:
+                      option: str = "", force: bool | None = None) -> Path:
     """Refuse an output ``path`` that cannot be written, before any work: a file where a folder is
     expected or the reverse (``kind`` "file" or "dir"), a parent that is a file, a missing parent
-    (for a file), or a path inside (or holding) one of the ``inputs`` folders/files."""
+    (for a file), or a path inside (or holding) one of the ``inputs`` folders/files. With ``force``
+    given (False: no ``--force``), an existing file is refused too: nothing a user wrote is overwritten."""
     out = Path(path)
     label = f"{option} {out}" if option else str(out)
     if kind == "file" and out.is_dir():
         raise SceneLocError(f"{label}: is a directory (give a file name)")
+    if kind == "file" and force is False and out.exists():
+        raise SceneLocError(f"{out}: exists (use --force to overwrite)")
     if kind == "dir" and out.exists() and not out.is_dir():
         raise SceneLocError(f"{label}: exists and is not a directory")
     for parent in out.parents:

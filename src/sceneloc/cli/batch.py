@@ -49,9 +49,7 @@ def check_localize_inputs(args: argparse.Namespace) -> None:
     if not args.out:
         what = "a dataset" if args.dataset else "--images"
         raise SceneLocError(f"--out POSES.txt is required when localizing {what}")
-    out = check_output_path(args.out, "file", [args.dataset, args.images], "--out")
-    if out.exists() and not args.force:
-        raise SceneLocError(f"{out}: exists (use --force to overwrite)")
+    check_output_path(args.out, "file", [args.dataset, args.images], "--out", force=args.force)
 
 
 def localize_batch(args: argparse.Namespace, config: PoseConfig, K: np.ndarray | None) -> None:

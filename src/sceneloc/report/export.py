@@ -40,9 +40,7 @@ def export_point_cloud(map_dir: str | Path, dataset: str | Path, out: str | Path
     Only points with confidence above ``min_confidence`` are kept when the map has a confidence
     network (0.75 is the paper's inlier confidence, delta at 10 cm); otherwise every prediction.
     """
-    out = check_output_path(out, "file", [dataset], "--out")
-    if out.exists() and not force:
-        raise SceneLocError(f"{out}: exists (use --force to overwrite)")
+    out = check_output_path(out, "file", [dataset], "--out", force=force)
     if max_frames is not None and max_frames < 1:
         raise SceneLocError(f"--max-frames {max_frames}: need at least 1 frame")
     the_map = Map.load(map_dir, device=device)

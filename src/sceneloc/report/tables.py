@@ -76,9 +76,7 @@ def load_metrics(report_dir: str | Path) -> dict:
 def table(report_dirs: Sequence[str | Path], out: str | Path | None = None, force: bool = False) -> str:
     """``sceneloc table``: the Table II style comparison of several reports; written to ``out`` if given."""
     if out is not None:
-        check_output_path(out, "file", option="--out")
-    if out is not None and Path(out).exists() and not force:
-        raise SceneLocError(f"{out}: exists (use --force to overwrite)")
+        check_output_path(out, "file", option="--out", force=force)
     seen: dict[Path, str | Path] = {}
     for d in report_dirs:   # the same report twice would weigh twice in the average
         key = Path(d).resolve()
