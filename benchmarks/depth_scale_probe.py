@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import cached_property
 from pathlib import Path
 
 import cv2
@@ -24,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sceneloc.data.dataset import Frame, evenly_spaced, load_scene
-from sceneloc.geometry import invert_pose, rotation_error_deg
+from sceneloc.geometry import backproject, invert_pose, pixel_grid, project, rotation_error_deg
 
 ROUNDS_M = (0.05, 0.05, 0.02, 0.02, 0.02, 0.02)   # match distance of each least-squares round
 
@@ -44,15 +45,13 @@ def pair_partners(poses_wc: np.ndarray, firsts: np.ndarray, max_rotation_deg: fl
 
 
 class DepthView:
-    """A frame's depth as rays ``(H, W, 3)`` (z = 1), depth ``(H, W)`` metres and normals where smooth."""
+    """A frame's depth as rays ``(H, W, 3)`` (z = 1), depth ``(H, W)`` metres, normals where smooth, and
+    (read on first use) its grey image."""
 
     def __init__(self, frame: Frame):
         self.frame, self.K = frame, frame.K
         self.depth = frame.load_depth().astype(np.float64)
-        H, W = self.depth.shape
-        v, u = np.mgrid[0:H, 0:W]
-        self.rays = np.stack([(u - self.K[0, 2]) / self.K[0, 0], (v - self.K[1, 2]) / self.K[1, 1],
-                              np.ones((H, W))], -1)
+        self.rays = backproject(pixel_grid(*self.depth.shape), np.ones(self.depth.shape), self.K)
         P = self.rays * self.depth[..., None]
         n = np.cross(P[1:-1, 2:] - P[1:-1, :-2], P[2:, 1:-1] - P[:-2, 1:-1])
         self.normals = np.zeros(P.shape)
@@ -61,6 +60,21 @@ class DepthView:
         near = np.stack([d[1:-1, 2:], d[1:-1, :-2], d[2:, 1:-1], d[:-2, 1:-1], d[1:-1, 1:-1]], -1)
         self.valid = np.zeros(d.shape, bool)
         self.valid[1:-1, 1:-1] = (near.min(-1) > 0) & (near.max(-1) <= 1.03 * near.min(-1))
+
+    @cached_property
+    def grey(self) -> np.ndarray:
+        """``(H, W)`` float32 grey values of the frame's image (each image is read once per probe)."""
+        return cv2.cvtColor(self.frame.load_image(), cv2.COLOR_RGB2GRAY).astype(np.float32)
+
+
+def carried(points: np.ndarray, a: DepthView, b: DepthView) -> tuple[np.ndarray, np.ndarray]:
+    """``a``'s camera-frame ``points (N, 3)`` in ``b``'s image: pixels ``(N, 2)`` (``geometry.project``)
+    and ``(N,)`` bool, in front of ``b``."""
+    T = invert_pose(b.frame.pose) @ a.frame.pose
+    Y = points @ T[:3, :3].T + T[:3, 3]
+    front = Y[:, 2] > 1e-6
+    Y[~front, 2] = 1.0   # behind b: projected anyway (masked by ``front``), without dividing by ~0
+    return project(Y, b.K), front
 
 
 def scale_terms(a: DepthView, b: DepthView, s: float, distance_m: float, stride: int = 4
@@ -73,10 +87,8 @@ def scale_terms(a: DepthView, b: DepthView, s: float, distance_m: float, stride:
     r, z = r[z > 0], z[z > 0]
     T = invert_pose(b.frame.pose) @ a.frame.pose
     R, t = T[:3, :3], T[:3, 3]
-    Y = (s * z[:, None] * r) @ R.T + t
-    front = Y[:, 2] > 1e-6
-    u = np.round(b.K[0, 0] * Y[:, 0] / np.where(front, Y[:, 2], 1) + b.K[0, 2]).astype(int)
-    v = np.round(b.K[1, 1] * Y[:, 1] / np.where(front, Y[:, 2], 1) + b.K[1, 2]).astype(int)
+    uv, front = carried(s * z[:, None] * r, a, b)
+    u, v = np.round(uv).astype(int).T
     idx = np.flatnonzero(front & (u >= 0) & (u < W) & (v >= 0) & (v < H))
     idx = idx[b.valid[v[idx], u[idx]]]
     n = b.normals[v[idx], u[idx]]
@@ -94,53 +106,56 @@ def photometric_costs(a: DepthView, b: DepthView, stride: int = 2, min_gradient:
     """Mean absolute grey difference ``(len(SCALES),)`` between ``a``'s textured pixels (grey gradient
     above ``min_gradient`` per pixel) and where their depth, scaled by each of ``SCALES`` and carried by
     the two poses, lands in ``b``'s image (bilinear; differences capped at 30 grey levels)."""
-    grey_a, grey_b = (cv2.cvtColor(v.frame.load_image(), cv2.COLOR_RGB2GRAY).astype(np.float32) for v in (a, b))
+    grey_a, grey_b = a.grey, b.grey
     gx, gy = cv2.Sobel(grey_a, cv2.CV_32F, 1, 0) / 8, cv2.Sobel(grey_a, cv2.CV_32F, 0, 1) / 8
     pick = np.zeros(a.depth.shape, bool)
     pick[::stride, ::stride] = True
     pick &= (np.hypot(gx, gy) > min_gradient) & (a.depth > 0)
     z, r, seen = a.depth[pick], a.rays[pick], grey_a[pick]
-    T = invert_pose(b.frame.pose) @ a.frame.pose
     H, W = grey_b.shape
     costs = []
     for s in SCALES:
-        Y = (s * z[:, None] * r) @ T[:3, :3].T + T[:3, 3]
-        front = Y[:, 2] > 1e-6
-        u = (b.K[0, 0] * Y[:, 0] / np.where(front, Y[:, 2], 1) + b.K[0, 2]).astype(np.float32)
-        v = (b.K[1, 1] * Y[:, 1] / np.where(front, Y[:, 2], 1) + b.K[1, 2]).astype(np.float32)
+        uv, front = carried(s * z[:, None] * r, a, b)
+        u, v = np.ascontiguousarray(uv.T, dtype=np.float32)
         inside = front & (u > 1) & (u < W - 2) & (v > 1) & (v < H - 2)
         there = cv2.remap(grey_b, u[None], v[None], cv2.INTER_LINEAR)[0]
         costs.append(np.minimum(np.abs(there - seen), 30.0)[inside].mean() if inside.mean() > 0.3 else np.nan)
     return np.array(costs)
 
 
-def photometric_probe(frames: list[Frame], pairs: int, max_rotation_deg: float) -> tuple[float, int, int]:
-    """The scale (of ``SCALES``, refined by a parabola) at which each mapping image's textured pixels,
-    carried by their depth and the poses, look most alike in their partner image, summed over pairs."""
+def paired_views(frames: list[Frame], pairs: int, max_rotation_deg: float
+                 ) -> tuple[dict[int, DepthView], list[tuple[int, int]]]:
+    """Each frame of up to ``pairs`` pairs (``pair_partners`` of evenly spaced firsts) as a ``DepthView``,
+    and every pair in both directions ``(from, to)``."""
     poses = np.stack([f.pose for f in frames])
     chosen = pair_partners(poses, evenly_spaced(len(frames), pairs), max_rotation_deg)
     views = {k: DepthView(frames[k]) for pair in chosen for k in pair}
-    curves = [photometric_costs(views[a], views[b]) for i, j in chosen for a, b in ((i, j), (j, i))]
+    return views, [(a, b) for i, j in chosen for a, b in ((i, j), (j, i))]
+
+
+def photometric_probe(frames: list[Frame], pairs: int, max_rotation_deg: float) -> tuple[float, int, int]:
+    """The scale (of ``SCALES``, refined by a parabola) at which each mapping image's textured pixels,
+    carried by their depth and the poses, look most alike in their partner image, summed over pairs."""
+    views, directions = paired_views(frames, pairs, max_rotation_deg)
+    curves = [photometric_costs(views[a], views[b]) for a, b in directions]
     curves = [c for c in curves if np.isfinite(c).all()]
     total = np.sum(curves, axis=0)
     k = int(np.clip(np.argmin(total), 1, len(SCALES) - 2))
     left, mid, right = total[k - 1:k + 2]
     shift = 0.5 * (left - right) / max(left - 2 * mid + right, 1e-12)
-    return float(SCALES[k] + shift * (SCALES[1] - SCALES[0])), len(chosen), len(curves)
+    return float(SCALES[k] + shift * (SCALES[1] - SCALES[0])), len(directions) // 2, len(curves)
 
 
 def probe(frames: list[Frame], pairs: int, max_rotation_deg: float) -> tuple[float, int, int]:
     """The fitted scale, the pairs used and the matched points of the last round."""
-    poses = np.stack([f.pose for f in frames])
-    chosen = pair_partners(poses, evenly_spaced(len(frames), pairs), max_rotation_deg)
-    views = {k: DepthView(frames[k]) for pair in chosen for k in pair}
+    views, directions = paired_views(frames, pairs, max_rotation_deg)
     s, count = 1.0, 0
     for distance in ROUNDS_M:
-        rows = [scale_terms(views[a], views[b], s, distance) for i, j in chosen for a, b in ((i, j), (j, i))]
+        rows = [scale_terms(views[a], views[b], s, distance) for a, b in directions]
         c = np.concatenate([r[0] for r in rows])
         y = np.concatenate([r[1] for r in rows])
         s, count = float(c @ y / (c @ c)), len(c)
-    return s, len(chosen), count
+    return s, len(directions) // 2, count
 
 
 def main() -> None:

@@ -85,7 +85,7 @@ def retrain_confidence(dataset: str | Path, map_dir: str | Path, cfg: MappingCon
     if the_map.confidence_net is not None and not force:
         raise SceneLocError(f"{map_dir}: the map already has a confidence network (use --force to retrain it)")
     seed_everything(cfg.seed)
-    scene = scaled_depth(load_scene(dataset, intrinsics), float(the_map.config.get("depth_to_pose_scale", 1.0)))
+    scene = scaled_depth(load_scene(dataset, intrinsics), the_map.depth_to_pose_scale)
     net = the_map.coord_net
     cache = FrameCache.build(scene.frames("train"), the_map.config["input_height"], net.stride, net.multiple,
                              "caching train frames")

@@ -237,6 +237,11 @@ class Map:
     def mapping_image_size(self) -> tuple[int, int]:
         return tuple(self.config["image_size"])
 
+    @property
+    def depth_to_pose_scale(self) -> float:
+        """Pose units per metre of depth (``MappingConfig.depth_to_pose_scale``; 1 for maps before it)."""
+        return float(self.config.get("depth_to_pose_scale", 1.0))
+
     def _check_intrinsics(self, image: np.ndarray, intrinsics: np.ndarray | None) -> np.ndarray:
         if intrinsics is not None:
             return check_intrinsics(intrinsics, image.shape[:2], "query intrinsics")
@@ -392,8 +397,8 @@ class Map:
             if depth.shape != image.shape[:2]:
                 raise SceneLocError(f"depth map is {depth.shape[1]}x{depth.shape[0]} but the image is "
                                     f"{image.shape[1]}x{image.shape[0]}")
-            scale = float(self.config.get("depth_to_pose_scale", 1.0))
-            depth = depth if scale == 1.0 else depth * np.float32(scale)
+            if self.depth_to_pose_scale != 1.0:
+                depth = depth * np.float32(self.depth_to_pose_scale)
         return K, depth
 
     def _localize(self, image: np.ndarray, depth: np.ndarray | None, K: np.ndarray,

@@ -242,13 +242,12 @@ def align_depth(camera: np.ndarray, T_wc: np.ndarray, cloud: SceneCloud,
             A = np.concatenate([np.concatenate([A, *columns], axis=1) / spread, prior])
             b = np.concatenate([b / spread, [-fitted[name] / sigma for name, sigma, _ in extras]])
         step = np.linalg.lstsq(A, b, rcond=None)[0]
-        normal_matrix = A.T @ A
         T = make_pose(cv2.Rodrigues(step[:3])[0], step[3:6]) @ T
         for k, (name, _, _) in enumerate(extras):
             fitted[name] += float(step[6 + k])
     if scale_sigma > 0 and scale_min_sigmas > 0:
-        try:   # the scale is the last unknown; a singular system measures nothing
-            scale_sd = float(np.sqrt(np.linalg.inv(normal_matrix)[-1, -1]))
+        try:   # the last round's normal equations; the scale is the last unknown; singular: not measured
+            scale_sd = float(np.sqrt(np.linalg.inv(A.T @ A)[-1, -1]))
         except np.linalg.LinAlgError:
             scale_sd = math.inf
         if not abs(fitted["scale"]) >= scale_min_sigmas * scale_sd:   # NaN counts as not measured
