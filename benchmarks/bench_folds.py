@@ -15,7 +15,10 @@ without re-mapping and without re-running the network):
   and RGB-D with the depth misregistered (``--shift-px DX DY`` and ``--depth-scale``: a Kinect's
   imperfect colour/depth registration); poses, errors and ms per frame in ``WORK/scores/LABEL/CELL.npz``;
 * ``peers``: the SIFT + VLAD peer (``bench_peers.py --methods features``) on the same six views;
-* ``table``: the markdown table (and ``--json``), written into ``--write`` under its heading.
+* ``table``: the markdown table (and ``--json``), written into ``--write`` under its heading;
+* ``agreement``: each ground truth's test poses scored against the other's, carried by the similarity
+  fitted on the mapping frames; and how much of each ``--label`` row's error one rigid move of the whole
+  test recording takes up (a diagnosis that reads the ground truth).
 
 ms per frame: the cached network pass plus the pose, as ``sceneloc localize`` reports a whole frame.
 The mean camera-frame offset is the mean of the estimated camera centre in the true camera's frame
@@ -47,12 +50,12 @@ from bench_peers import summarise
 from bench_pose_table import replace_section
 from resplit import resplit
 from sceneloc.data.dataset import load_scene
-from sceneloc.geometry import invert_pose, pose_errors, transform_points
+from sceneloc.geometry import invert_pose, kabsch, make_pose, pose_errors, transform_points
 from sceneloc.mapping.scene_map import Map
 from sceneloc.pose.config import PoseConfig
 from sceneloc.progress import progress
 from sceneloc.report.evaluation import pose_error_arrays, pose_metrics
-from sfm_view import sfm_view
+from sfm_view import agreement, sfm_view
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data"
@@ -68,7 +71,7 @@ GROUND_TRUTHS = ("dslam", "sfm")
 SFM_TO_DEPTH_SCALE = 0.9817
 #: rgb-noview: the scene-coordinate pose without the scene-view alignment (``view_rounds=0``)
 ROWS = ("rgb", "rgb-noview", "rgbd", "rgbd-shifted")
-STEPS = ("views", "maps", "cache", "score", "peers", "table")
+STEPS = ("views", "maps", "cache", "score", "peers", "table", "agreement")
 
 
 #: the folds and ground truths this run covers (``--folds``, ``--gts``)
@@ -178,8 +181,9 @@ def stored_pose_errors(poses: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, n
     return pose_error_arrays([None if np.isnan(T).any() else T for T in poses], list(gt))
 
 
-def row_metrics(poses: np.ndarray, ms: np.ndarray, gt: np.ndarray) -> dict:
-    """Accuracy shares, medians, the mean camera-frame offset (frames within 10 cm / 10 deg), ms."""
+def row_metrics(poses: np.ndarray, ms: np.ndarray | None, gt: np.ndarray) -> dict:
+    """Accuracy shares, medians, the mean camera-frame offset (frames within 10 cm / 10 deg), ms (None: no
+    time, as for a ground truth scored against the other)."""
     rot, trans = stored_pose_errors(poses, gt)
     m = pose_metrics(rot, trans)
     near = (rot < 10) & (trans < 0.10)
@@ -189,7 +193,8 @@ def row_metrics(poses: np.ndarray, ms: np.ndarray, gt: np.ndarray) -> dict:
             "median_deg": m["median_rotation_deg"], "failures": m["failures"], "frames": m["frames"],
             "offset_cm": (100 * offsets.mean(axis=0)).tolist() if len(offsets) else None,
             "offset_sd_cm": (100 * offsets.std(axis=0)).tolist() if len(offsets) else None,
-            "ms_median": float(np.median(ms)), "ms_p95": float(np.percentile(ms, 95))}
+            "ms_median": None if ms is None else float(np.median(ms)),
+            "ms_p95": None if ms is None else float(np.percentile(ms, 95))}
 
 
 def run_scores(work: Path, label: str, config: PoseConfig, shift_px: tuple[int, int], depth_scale: float,
@@ -270,6 +275,61 @@ def disagreement(work: Path, label: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def agreement_table(work: Path, every: int) -> str:
+    """Markdown: each ground truth scored against the other on the test frames, through the similarity
+    fitted on the mapping frames (``sfm_view.agreement``): the best a localizer consistent with one can
+    score under the other."""
+    lines = ["| fold (test) | estimate | scored by | 5 cm / 5 deg | 2 cm / 2 deg | 1 cm / 1 deg | median cm / deg "
+             "| mean camera-frame offset (x, y, z) cm |", "|---|---|---|---:|---:|---:|---:|---|"]
+    for fold in SELECTED["folds"]:
+        pairs = agreement(work / "data" / cell_name(fold, "dslam"), work / "data" / cell_name(fold, "sfm"))
+        for key, (estimates, truths) in pairs.items():
+            r = row_metrics(estimates[::every], None, truths[::every])
+            what, by = ("SfM pose (colour camera)", "D-SLAM") if key == "sfm_vs_dslam" else \
+                ("D-SLAM pose (depth camera)", "SfM")
+            off = "(" + ", ".join(f"{v:+.1f}" for v in r["offset_cm"]) + ")" if r["offset_cm"] else "-"
+            lines.append(f"| {fold} (seq-{FOLDS[fold][1]:02d}) | {what} | {by} | {_pct(r['within_5cm_5deg'])} "
+                         f"| {_pct(r['within_2cm_2deg'])} | {_pct(r['within_1cm_1deg'])} "
+                         f"| {r['median_cm']:.1f} / {r['median_deg']:.2f} | {off} |")
+    return "\n".join(lines) + "\n"
+
+
+def recording_moves(work: Path, label: str) -> str:
+    """Markdown: how much of each row's error is one rigid move of the whole test recording (a diagnosis
+    that reads the ground truth, not an estimator): the move that best carries the estimates within
+    10 cm / 10 deg onto their true poses (camera centres and points 1 m along each camera axis, Kabsch),
+    and the accuracy once every estimate is moved by it."""
+    lines = ["| cell | row | 5 cm / 5 deg | after one move of the recording | median cm / deg | after "
+             "| the move: turn deg, camera centres moved cm (median) |", "|---|---|---:|---:|---:|---:|---:|"]
+    for fold, gt in cells():
+        path = work / "scores" / label / f"{cell_name(fold, gt)}.npz"
+        if not path.exists():
+            continue
+        z = np.load(path)
+        for row in [r for r in ("rgb", "rgbd") if f"pose_{r}" in z]:
+            poses, truth = z[f"pose_{row}"], z["gt"]
+            rot, trans = stored_pose_errors(poses, truth)
+            near = (rot < 10) & (trans < 0.10)
+            if near.sum() < 3:
+                continue
+
+            def marks(T: np.ndarray) -> np.ndarray:   # (N, 4, 3): centre and 1 m along each axis
+                return (T[:, None, :3, 3] + np.concatenate([np.zeros((len(T), 1, 3)),
+                                                            T[:, :3, :3].transpose(0, 2, 1)], axis=1))
+            R, t = kabsch(marks(poses[near]).reshape(-1, 3), marks(truth[near]).reshape(-1, 3))
+            move = make_pose(R, t)
+            moved = np.where(np.isnan(poses).any(axis=(1, 2))[:, None, None], poses, move @ poses)
+            before, after = row_metrics(poses, None, truth), row_metrics(moved, None, truth)
+            turned = pose_errors(move, np.eye(4))[0]
+            centres = truth[:, :3, 3]
+            shifted = np.median(np.linalg.norm(transform_points(move, centres) - centres, axis=1))
+            lines.append(f"| {cell_name(fold, gt)} | {row} | {_pct(before['within_5cm_5deg'])} "
+                         f"| {_pct(after['within_5cm_5deg'])} | {before['median_cm']:.1f} / {before['median_deg']:.2f} "
+                         f"| {after['median_cm']:.1f} / {after['median_deg']:.2f} "
+                         f"| {turned:.2f}, {100 * shifted:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f} %"
 
@@ -345,6 +405,11 @@ def main(argv: list[str] | None = None) -> None:
             args.json.write_text(json.dumps({"command": header, "rows": rows}, indent=1))
         if args.write:
             replace_section(args.write, HEADING, md)
+    if "agreement" in args.steps:
+        print("Each ground truth scored against the other (similarity fitted on the mapping frames):\n")
+        print(agreement_table(work, args.every))
+        print(f"Estimates of `{args.label}` against one rigid move of each test recording:\n")
+        print(recording_moves(work, args.label))
 
 
 if __name__ == "__main__":

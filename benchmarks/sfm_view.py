@@ -97,6 +97,62 @@ def compare(dslam_view: Path, sfm_view_root: Path) -> dict:
             "camera_frame_offset": seqs}
 
 
+def carried_poses(T_from: np.ndarray, fit_from: np.ndarray, fit_to: np.ndarray) -> np.ndarray:
+    """Camera-to-world poses ``(N, 4, 4)`` of one ground truth carried into another's world by the
+    similarity that maps the camera centres ``fit_from (M, 3)`` onto ``fit_to (M, 3)`` (the same M frames
+    under both): rotations turned, centres scaled, turned and moved."""
+    s, R, t = umeyama(fit_from, fit_to)
+    out = T_from.copy()
+    out[:, :3, :3] = R @ T_from[:, :3, :3]
+    out[:, :3, 3] = s * T_from[:, :3, 3] @ R.T + t
+    return out
+
+
+def camera_offset(T_est: np.ndarray, T_true: np.ndarray) -> np.ndarray:
+    """The constant camera-frame transform ``X (4, 4)`` with ``T_est @ X ~ T_true`` over poses ``(N, 4, 4)``:
+    the chordal mean of the relative rotations and the mean relative translation (two cameras on one rig)."""
+    relative = invert_pose_batch(T_est) @ T_true
+    U, _, Vt = np.linalg.svd(relative[:, :3, :3].sum(axis=0))
+    X = np.eye(4)
+    X[:3, :3] = U @ np.diag([1.0, 1.0, np.linalg.det(U @ Vt)]) @ Vt
+    X[:3, 3] = relative[:, :3, 3].mean(axis=0)
+    return X
+
+
+def invert_pose_batch(T: np.ndarray) -> np.ndarray:
+    out = np.tile(np.eye(4), (len(T), 1, 1))
+    out[:, :3, :3] = T[:, :3, :3].transpose(0, 2, 1)
+    out[:, :3, 3] = -np.einsum("nji,nj->ni", T[:, :3, :3], T[:, :3, 3])
+    return out
+
+
+def agreement(dslam_view: Path, sfm_view_root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """How far one ground truth of a fold's test frames lies from the other, as a localizer consistent with
+    it would be scored under the other. Everything that relates the two is fitted on the MAPPING frames
+    only (the world a map learns from them): the similarity between the worlds (camera centres) and then a
+    constant camera-frame transform (the two cameras as one rig). Returns ``{"sfm_vs_dslam": (estimates,
+    truths), "dslam_vs_sfm": ...}``, each ``(N, 4, 4)``: ``sfm_vs_dslam`` is the SfM pose (colour camera)
+    carried into the D-SLAM world and scored by D-SLAM; ``dslam_vs_sfm`` the other way round."""
+    a, b = load_scene(dslam_view), load_scene(sfm_view_root)
+
+    def poses(scene, split: str) -> dict[str, np.ndarray]:
+        return {f.name: f.pose for f in scene.frames(split)}
+
+    train_a, train_b = poses(a, "train"), poses(b, "train")
+    test_a, test_b = poses(a, "test"), poses(b, "test")
+    fit = sorted(set(train_a) & set(train_b))
+    names = sorted(set(test_a) & set(test_b))
+    Fa, Fb = np.stack([train_a[n] for n in fit]), np.stack([train_b[n] for n in fit])
+    Ta, Tb = np.stack([test_a[n] for n in names]), np.stack([test_b[n] for n in names])
+    out = {}
+    directions = {"sfm_vs_dslam": (Fb, Fa, Tb, Ta), "dslam_vs_sfm": (Fa, Fb, Ta, Tb)}
+    for key, (F_from, F_to, T_from, T_to) in directions.items():
+        centres_from, centres_to = F_from[:, :3, 3], F_to[:, :3, 3]
+        rig = camera_offset(carried_poses(F_from, centres_from, centres_to), F_to)
+        out[key] = (carried_poses(T_from, centres_from, centres_to) @ rig, T_to)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("root", help="7-Scenes-layout dataset (its colour images and depth maps are linked)")

@@ -105,3 +105,50 @@ def test_ground_truth_names_of_the_scale_studies():
     for bad in ("sfm@", "sfm+x", "sfm@-1", "kinect"):
         with pytest.raises(argparse.ArgumentTypeError):
             bench_folds.ground_truth(bad)
+
+
+def _poses(n: int, rng: np.random.Generator) -> np.ndarray:
+    return np.stack([make_pose(_rotation(rng.uniform(-40, 40), 1) @ _rotation(rng.uniform(-20, 20), 0),
+                               rng.uniform(-2, 2, 3)) for _ in range(n)])
+
+
+def test_one_ground_truth_carried_into_the_other_by_a_similarity_and_a_rig():
+    rng = np.random.default_rng(3)
+    T_a = _poses(30, rng)
+    # the other ground truth: another world (scale 1.02, turned, moved) and a camera turned 2 deg on the rig
+    s, world = 1.02, make_pose(_rotation(25, 2), np.array([0.3, -1.0, 2.0]))
+    T_b = np.stack([world @ T for T in T_a]) @ make_pose(_rotation(2, 0), np.zeros(3))
+    T_b[:, :3, 3] = s * T_b[:, :3, 3]
+    fit, test = slice(0, 20), slice(20, 30)
+    carried = sfm_view.carried_poses(T_b, T_b[fit, :3, 3], T_a[fit, :3, 3])
+    rot, trans = bench_folds.stored_pose_errors(carried[test], T_a[test])
+    np.testing.assert_allclose(rot, 2.0, atol=1e-6)      # the centres match; the cameras differ by the rig
+    assert trans.max() < 1e-9
+    rig = sfm_view.camera_offset(carried[fit], T_a[fit])
+    np.testing.assert_allclose((carried @ rig)[test], T_a[test], atol=1e-9)
+
+
+def test_camera_offset_is_the_rig_between_two_cameras():
+    rng = np.random.default_rng(5)
+    T = _poses(10, rng)
+    rig = make_pose(_rotation(-3, 1) @ _rotation(1, 2), np.array([0.025, -0.003, 0.004]))
+    np.testing.assert_allclose(sfm_view.camera_offset(T, T @ rig), rig, atol=1e-12)
+
+
+def test_one_move_of_the_whole_recording_is_found_and_undone(tmp_path, monkeypatch):
+    rng = np.random.default_rng(4)
+    gt = _poses(40, rng)
+    move = make_pose(_rotation(1.5, 1), np.array([0.03, -0.01, 0.02]))
+    poses = np.stack([invert_pose(move) @ T for T in gt])   # every estimate off by the same world move
+    poses[3] = np.nan                                        # a failed frame stays failed
+    path = tmp_path / "scores" / "x" / "dslam_f1.npz"
+    path.parent.mkdir(parents=True)
+    np.savez(path, gt=gt, pose_rgb=poses)
+    monkeypatch.setitem(bench_folds.SELECTED, "folds", [1])
+    monkeypatch.setitem(bench_folds.SELECTED, "gts", ["dslam"])
+    row = bench_folds.recording_moves(tmp_path, "x").splitlines()[2]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:2] == ["dslam_f1", "rgb"]
+    assert cells[3] == "97.5 %"                  # 39 of 40: all but the failed frame
+    assert cells[5].startswith("0.0 / 0.00")     # nothing left once moved back
+    assert cells[6].startswith("1.50, ")
