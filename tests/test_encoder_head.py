@@ -18,7 +18,7 @@ from sceneloc.geometry import (
     transform_points,
 )
 from sceneloc.mapping.build import map_scene
-from sceneloc.mapping.scene_map import MAP_FORMAT_VERSION, Map
+from sceneloc.mapping.scene_map import Map
 from sceneloc.nets.encoders import encoder_identity, load_encoder, use_bf16
 from sceneloc.nets.models import CoordinateHead, EncoderHeadNet, SceneNormalisation, build_coordinate_network
 from sceneloc.pose.calibration import PoseCalibration
@@ -51,41 +51,6 @@ def test_encoder_loads_offline_with_documented_shape():
     assert not any(p.requires_grad for p in enc.parameters())
     ident = encoder_identity("xfeat")
     assert ident["name"] == "xfeat" and len(ident["weights_sha256"]) == 64
-
-
-def test_bf16_encoder_folds_its_norms_and_stays_within_bf16_rounding():
-    enc = load_encoder("xfeat")
-    image = torch.rand(1, 3, 96, 128)
-    with torch.no_grad():
-        fp32 = enc(image)
-        fused = enc(image, folded_bf16=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            autocast = enc(image)
-    # the inference copy: no batch norm left, every convolution in bf16; the fp32 backbone untouched
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in enc.bf16_backbone.modules())
-    assert all(m.weight.dtype == torch.bfloat16 for m in enc.bf16_backbone.modules() if isinstance(m, torch.nn.Conv2d))
-    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in enc.backbone.modules())
-    assert fused.dtype == torch.bfloat16 and fused.shape == fp32.shape == (1, 256, 12, 16)
-    # as close to fp32 as the autocast is (bf16 keeps ~3 significant digits), yet not the same numbers
-    gap, autocast_gap = ((x.float() - fp32).abs().mean() / fp32.abs().mean() for x in (fused, autocast))
-    assert gap < 0.02 and gap < 2 * autocast_gap and not torch.equal(fused.float(), fp32)
-
-
-def test_a_map_runs_the_encoder_features_it_was_trained_on():
-    # maps before format 4 learned the autocast's features, later ones the folded copy's: each keeps its own
-    before = build_coordinate_network({"arch": "xfeat", "head_width": 32, "head_blocks": 1, "precision": "bf16"})
-    since = build_coordinate_network({"arch": "xfeat", "head_width": 32, "head_blocks": 1, "precision": "bf16",
-                                      "folded_bf16": True})
-    assert not before.folded_bf16 and since.folded_bf16
-    x = torch.rand(1, 3, 64, 96)
-    with torch.no_grad():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            autocast = before.encoder(x).float()
-        assert torch.equal(before.features(x), autocast)
-        assert torch.equal(since.features(x), since.encoder(x, folded_bf16=True).float())
-        assert not torch.equal(since.features(x), autocast)
-        since.precision = before.precision = "fp32"   # no bf16: both run the fp32 backbone
-        assert torch.equal(since.features(x), before.features(x))
 
 
 def test_encoder_is_frozen_and_outside_the_state_dict(net):
@@ -190,8 +155,7 @@ def test_tiny_xfeat_map_maps_and_localizes(overfit_scene, tmp_path):
                         iterations=300, pixel_batch=1024, confidence_minutes=0.05)
     map_scene(overfit_scene, tmp_path / "map", cfg, device="cpu", evaluate_test=False, log=lambda *a: None)
     config = json.loads((tmp_path / "map" / "config.json").read_text())
-    assert config["format_version"] == MAP_FORMAT_VERSION == 4 and config["network"]["arch"] == "xfeat"
-    assert config["network"]["folded_bf16"] is True   # trained on the folded encoder's features
+    assert config["format_version"] == 3 and config["network"]["arch"] == "xfeat"
     assert config["network"]["encoder_sha256"] == encoder_identity("xfeat")["weights_sha256"]
     assert (tmp_path / "map" / "coordinates.pt").stat().st_size < 200_000  # the head alone
     report = json.loads((tmp_path / "map" / "mapping_report.json").read_text())
@@ -227,7 +191,7 @@ def test_version_1_maps_still_load(tiny_map):
     try:
         assert Map.load(tiny_map).config["format_version"] == 1
     finally:
-        config["format_version"] = MAP_FORMAT_VERSION
+        config["format_version"] = 3
         path.write_text(json.dumps(config))
 
 

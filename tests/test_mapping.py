@@ -10,7 +10,7 @@ from sceneloc.cli.main import main
 from sceneloc.data.dataset import load_scene
 from sceneloc.geometry import invert_pose, project, transform_points
 from sceneloc.mapping.build import calibration_group, map_scene
-from sceneloc.mapping.scene_map import MAP_FORMAT_VERSION, Map
+from sceneloc.mapping.scene_map import Map
 from sceneloc.nets.models import SceneNormalisation, build_coordinate_network, output_pixel_centres
 from sceneloc.training.frame_cache import FrameCache, augment
 from sceneloc.training.trainers import MappingConfig, coordinate_accuracy, predict_cache, train_coordinates
@@ -81,7 +81,7 @@ def test_map_directory_round_trip_gives_identical_predictions(tiny_map, overfit_
     p1, p2 = m1.predict(image), m2.predict(image)
     assert np.array_equal(p1.coords, p2.coords) and np.array_equal(p1.confidence, p2.confidence)
     cfg = json.loads((tiny_map / "config.json").read_text())
-    assert cfg["format_version"] == MAP_FORMAT_VERSION and cfg["network"]["arch"] == "fcn"
+    assert cfg["format_version"] == 3 and cfg["network"]["arch"] == "fcn"
     # Everything localize needs is in the directory, nothing from the dataset.
     assert {p.name for p in tiny_map.iterdir()} >= {"config.json", "coordinates.pt", "confidence.pt"}
     report = json.loads((tiny_map / "mapping_report.json").read_text())

@@ -51,10 +51,8 @@ from sceneloc.validation import check_intrinsics, depth_in_metres
 #: 2: the network may be a frozen pretrained encoder + head (the file holds the head; the config the
 #: encoder's name and weights hash). Version-1 maps (fcn, unet) are read unchanged.
 #: 3: 7-Scenes images read with their colour camera (depth registered to it); 1-2 read them with the depth camera's
-#: 4: an xfeat map's features in bf16 come from the encoder's copy with folded norms ("folded_bf16"); 1-3
-#: maps keep the autocast's
-MAP_FORMAT_VERSION = 4
-READABLE_FORMAT_VERSIONS = (1, 2, 3, 4)
+MAP_FORMAT_VERSION = 3
+READABLE_FORMAT_VERSIONS = (1, 2, 3)
 #: Pose estimators that use the confidence network's output.
 CONFIDENCE_METHODS = ("confidence", "joint")
 #: The random seed of ``Map.localize`` when no generator is given: the same call gives the same pose.

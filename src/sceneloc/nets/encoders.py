@@ -13,10 +13,8 @@ channels that see both the local patch and its wider context.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import importlib.resources as resources
-import itertools
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,6 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from sceneloc.errors import SceneLocError
 
@@ -66,29 +63,10 @@ def _sha256(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _fold_batch_norms(module: nn.Module) -> None:
-    """Fold every ``Conv2d`` followed by a ``BatchNorm2d`` inside an ``nn.Sequential`` into the convolution
-    (eval mode: the norm is an affine map of each channel), in place; the norm becomes an identity."""
-    for child in module.children():
-        _fold_batch_norms(child)
-    if isinstance(module, nn.Sequential):
-        names = list(module._modules)
-        for first, second in itertools.pairwise(names):
-            conv, norm = module._modules[first], module._modules[second]
-            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
-                module._modules[first] = fuse_conv_bn_eval(conv, norm)
-                module._modules[second] = nn.Identity()
-
-
 class XFeatEncoder(nn.Module):
     """XFeat's backbone without its keypoint and reliability heads: ``(B, 3, H, W)`` -> ``(B, 256, H/8, W/8)``.
 
-    ``H`` and ``W`` must be multiples of 32 (the deepest pyramid level is at stride 32). ``forward(image,
-    folded_bf16=True)`` runs a bf16 inference copy of the backbone, each batch norm folded into its
-    convolution and the convolutions' weights stored in bf16 (channels-last): a third less time on a CPU
-    than the same network under ``torch.autocast``, which re-casts every weight on every call and runs each
-    norm apart. Its features are as close to fp32 as the autocast's but not the same numbers, so a map
-    uses the one it was trained with (docs/decisions/precision.md).
+    ``H`` and ``W`` must be multiples of 32 (the deepest pyramid level is at stride 32).
     """
     stride = 8
     multiple = 32
@@ -96,24 +74,14 @@ class XFeatEncoder(nn.Module):
 
     def __init__(self, backbone: nn.Module):
         super().__init__()
-        self.backbone = backbone.eval()
-        fused = copy.deepcopy(backbone).eval()
-        _fold_batch_norms(fused)
-        for m in fused.modules():
-            if isinstance(m, nn.Conv2d):
-                m.to(torch.bfloat16)
-        # Module.to takes a memory format at run time; its type hints do not say so
-        self.bf16_backbone = fused.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.backbone = backbone
 
-    def forward(self, image: torch.Tensor, folded_bf16: bool = False) -> torch.Tensor:
-        # Any: XFeatModel's sub-modules are attributes that nn.Module's type hints cannot see
-        b: Any = self.bf16_backbone if folded_bf16 else self.backbone
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        b: Any = self.backbone  # XFeatModel's sub-modules: attributes nn.Module's type hints cannot see
         # XFeat works on grey levels, instance-normalised: invariant to global brightness and contrast.
         # The channel mean as two adds and a division: bit for bit what image.mean(dim=1) gives, at a
         # quarter of its time on image_to_tensor's channels-last layout (a reduction over stride-1 triples).
         x = b.norm((image[:, 0:1] + image[:, 1:2] + image[:, 2:3]) / 3)
-        if folded_bf16:  # the normalisation in fp32, the convolutions in their weights' bf16
-            x = x.to(torch.bfloat16)
         x1 = b.block1(x)
         x2 = b.block2(x1 + b.skip1(x))
         x3 = b.block3(x2)

@@ -183,12 +183,9 @@ class EncoderHeadNet(CoordinateNetwork):
     the encoder with the head (``.to(device)``).
     """
     def __init__(self, encoder: str = "xfeat", head_width: int = 256, head_blocks: int = 2,
-                 encoder_sha256: str | None = None, precision: str = "auto", folded_bf16: bool = False):
+                 encoder_sha256: str | None = None, precision: str = "auto"):
         super().__init__()
         self.precision = precision  # of the encoder: encoders.use_bf16 (docs/decisions/precision.md)
-        # in bf16, the encoder's copy with its norms folded into bf16 convolutions (maps since format 4)
-        # rather than the autocast (maps before): a map runs the features it was trained on
-        self.folded_bf16 = folded_bf16
         self._encoder = [load_encoder(encoder, encoder_sha256)]  # a list hides it from nn.Module registration
         enc = self._encoder[0]
         self.stride, self.multiple = enc.stride, enc.multiple
@@ -206,15 +203,11 @@ class EncoderHeadNet(CoordinateNetwork):
         """The bf16 autocast of ``self.precision`` (off where it means fp32)."""
         return torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_bf16(self.precision, device_type))
 
-    def _folded(self, image: torch.Tensor) -> bool:
-        """Whether the encoder runs its folded bf16 copy on ``image``'s device."""
-        return self.folded_bf16 and use_bf16(self.precision, image.device.type)
-
     @torch.no_grad()
     def features(self, image: torch.Tensor) -> torch.Tensor:
         """Frozen encoder features ``(B, C, H / 8, W / 8)`` (fp32) of images in [0, 1]."""
         with self._autocast(image.device.type):
-            return self.encoder(image, folded_bf16=self._folded(image)).float()
+            return self.encoder(image).float()
 
     def regress(self, features: torch.Tensor) -> torch.Tensor:
         """Head on dense features: ``(B, C, h, w)`` -> ``(B, 3, h, w)`` normalised coordinates. Features in
@@ -228,7 +221,7 @@ class EncoderHeadNet(CoordinateNetwork):
         # faster on a CPU (docs/decisions/precision.md)
         with self._autocast(image.device.type):
             with torch.no_grad():   # the encoder is frozen; the head may be trained through this (DSAC stage)
-                features = self.encoder(image, folded_bf16=self._folded(image))
+                features = self.encoder(image)
             return self.regress(features)
 
 

@@ -148,8 +148,7 @@ class MappingConfig:
     def network_config(self) -> dict:
         if self.arch == "xfeat":
             return {"arch": "xfeat", "encoder": self.encoder, "head_width": self.head_width,
-                    "head_blocks": self.head_blocks, "encoder_sha256": encoder_identity(self.encoder)["weights_sha256"],
-                    "folded_bf16": True}
+                    "head_blocks": self.head_blocks, "encoder_sha256": encoder_identity(self.encoder)["weights_sha256"]}
         if self.arch not in DEFAULT_WIDTH:
             raise SceneLocError(f"unknown architecture {self.arch!r} (choose {', '.join(ARCH_DEFAULTS)})")
         net = {"arch": self.arch, "width": self.width or DEFAULT_WIDTH[self.arch]}
