@@ -8,7 +8,8 @@ without re-mapping and without re-running the network):
 
 * ``views``: the six dataset views (symbolic links) under ``WORK/data``;
 * ``maps``: ``sceneloc map`` with a fixed ``--iterations`` step budget (a loaded machine makes the same
-  map, only later) under ``WORK/maps``;
+  map, only later) under ``WORK/maps``; the SfM cells with ``--pose-camera colour`` (their poses are the
+  colour camera's);
 * ``cache``: the network's output on every test frame (``WORK/cache/CELL.pkl``; its time is kept);
 * ``score``: every test frame localized from the cached output in RGB, RGB-D with the recorded depth
   (and without the scene-view alignment), RGB-D with the recorded depth
@@ -132,6 +133,8 @@ def make_maps(work: Path, iterations: int) -> None:
                "--calibration-minutes", "0"]
         if "+" in gt:   # sfm+S: the published SfM poses, the depth multiplied by S at mapping and query time
             cmd += ["--depth-to-pose-scale", gt.split("+", 1)[1]]
+        if gt != "dslam":   # the SfM poses are the colour camera's (D-SLAM's the depth camera's: the default)
+            cmd += ["--pose-camera", "colour"]
         print(" ".join(cmd), flush=True)
         with log.open("w") as f:
             subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=True)

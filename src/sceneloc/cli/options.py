@@ -18,7 +18,14 @@ from sceneloc.pose.config import SCORES as POSE_SCORES
 from sceneloc.pose.dsac import MODES, OBJECTIVES, DSACConfig
 from sceneloc.training.head import LOSSES as HEAD_LOSSES
 from sceneloc.training.loop import SCHEDULES
-from sceneloc.training.trainers import ARCH_DEFAULTS, CONFIDENCE_MODES, DEFAULT_WIDTH, OPTIMIZERS, MappingConfig
+from sceneloc.training.trainers import (
+    ARCH_DEFAULTS,
+    CONFIDENCE_MODES,
+    DEFAULT_WIDTH,
+    OPTIMIZERS,
+    POSE_CAMERAS,
+    MappingConfig,
+)
 
 #: Stage-1 options that --stage dsac also reads (None: DSACConfig's default); its own options are dsac_<field>.
 DSAC_SHARED_OPTIONS = ("minutes", "iterations", "seed")
@@ -128,6 +135,9 @@ def add_map_arguments(s: argparse.ArgumentParser) -> None:
     option(g, "depth_to_pose_scale", "pose length units per metre of the depth: the mapping depth and every "
                                      "RGB-D query's are multiplied by it (a depth camera's metre against an SfM "
                                      "model's unit); 1 = depth in pose units", metavar="S")
+    option(g, "pose_camera", "the camera the mapping poses belong to: depth (a depth tracker's, e.g. 7-Scenes' "
+                             "pose.txt): RGB-D poses come from the depth; colour (SfM, COLMAP, visual SLAM): RGB-D "
+                             "poses are the image's, started from the depth's", choices=POSE_CAMERAS)
     option(g, "view_voxel_m", "fuse the mapping depth and grey values into a scene view of this voxel size in "
                               "metres, which RGB poses are finally aligned to by rendering it; 0 = none",
            aliases=("--view-voxel",), metavar="M")

@@ -30,6 +30,7 @@ from sceneloc.training.frame_cache import FrameCache
 from sceneloc.training.head import buffer_accuracy, train_head
 from sceneloc.training.loop import Budget
 from sceneloc.training.trainers import (
+    POSE_CAMERAS,
     MappingConfig,
     confidence_config,
     coordinate_accuracy,
@@ -59,6 +60,8 @@ def map_config(cfg: MappingConfig, stats, train_frames: list, with_depth: bool =
         "supervision": "depth" if with_depth else "reprojection",
         # pose units per metre of depth: Map.localize multiplies every query's depth by it
         "depth_to_pose_scale": cfg.depth_to_pose_scale,
+        # whose camera the poses are: Map.localize takes an RGB-D pose from the depth or from the image
+        "pose_camera": cfg.pose_camera,
     }
     return config, norm
 
@@ -117,6 +120,8 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
 
     map_dir = Path(map_dir)
     check_config_budgets(cfg)
+    if cfg.pose_camera not in POSE_CAMERAS:
+        raise SceneLocError(f"--pose-camera {cfg.pose_camera!r}: choose {' or '.join(POSE_CAMERAS)}")
     check_output_path(map_dir, "dir", [dataset])
     _check_map_dir(map_dir, force, resume)
     device = device or default_device()

@@ -10,6 +10,7 @@ import numpy as np
 
 from sceneloc.errors import SceneLocError
 from sceneloc.nets.models import ARCHITECTURES
+from sceneloc.training.trainers import POSE_CAMERAS
 from sceneloc.validation import check_intrinsics
 
 #: config.json keys every map has, and the type each must be (checked before any network is built).
@@ -58,6 +59,10 @@ def check_map_config(config: object, cfg_path: Path, rebuild: str) -> None:
     if isinstance(depth_scale, bool) or not isinstance(depth_scale, (int, float)) or not (
             math.isfinite(depth_scale) and depth_scale > 0):
         raise SceneLocError(f"{cfg_path}: 'depth_to_pose_scale' must be a number > 0, not {depth_scale!r}; {rebuild}")
+    pose_camera = config.get("pose_camera", "depth")   # maps before it was an option: the depth camera's
+    if pose_camera not in POSE_CAMERAS:
+        raise SceneLocError(f"{cfg_path}: 'pose_camera' must be {' or '.join(map(repr, POSE_CAMERAS))}, not "
+                            f"{pose_camera!r}; {rebuild}")
 
 
 def load_map_file(path: Path, rebuild: str, loader):

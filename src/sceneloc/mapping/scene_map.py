@@ -238,6 +238,11 @@ class Map:
         return tuple(self.config["image_size"])
 
     @property
+    def pose_camera(self) -> str:
+        """The camera the mapping poses belong to (``MappingConfig.pose_camera``; "depth" for maps before it)."""
+        return str(self.config.get("pose_camera", "depth"))
+
+    @property
     def depth_to_pose_scale(self) -> float:
         """Pose units per metre of depth (``MappingConfig.depth_to_pose_scale``; 1 for maps before it)."""
         return float(self.config.get("depth_to_pose_scale", 1.0))
@@ -427,9 +432,19 @@ class Map:
         pose, offset = res.pose, res.depth_offset_m
         t0 = time.perf_counter()
         with _one_blas_thread():
-            if pose is not None:
+            from_image = None
+            if depth is not None and pose is not None and self.pose_camera == "colour":
+                # the map's poses are the colour camera's, centimetres from the depth camera: the depth's pose
+                # only starts the image's re-fits and its alignment to the scene view
+                from_image = estimate_pose(pixels, coords, K, config=config, rng=rng, start_T_wc=pose)
+            if from_image is not None and from_image.pose is not None:
+                res, offset = from_image, 0.0
+                pose = self._refined(image, None, K, config, from_image.pose, offset, pixels, coords)[0]
+            elif pose is not None:
+                from_image = None   # no image pose from there: the depth's stands, as on a depth camera's map
                 pose, offset = self._refined(image, depth, K, config, pose, offset, pixels, coords)
-            if depth is not None and pose is not None and config.depth_image_offset_max_px > 0:
+            if (from_image is None and depth is not None and pose is not None
+                    and config.depth_image_offset_max_px > 0):
                 def fit_with_depth(moved: np.ndarray) -> tuple[np.ndarray, float] | None:
                     refit = self._localize_at(image, moved, K, config, stage, rng, max_points, pred, 1.0)[0]
                     return None if refit.pose is None else self._refined(

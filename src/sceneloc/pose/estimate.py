@@ -282,7 +282,8 @@ def accepted_pose(pose: np.ndarray, inliers: np.ndarray, scene: np.ndarray, need
 def estimate_pose(pixels: np.ndarray, scene_coords: np.ndarray, K: np.ndarray,
                   confidence: np.ndarray | None = None, camera_points: np.ndarray | None = None,
                   config: PoseConfig = PoseConfig(),
-                  rng: np.random.Generator | int | None = None) -> PoseResult:
+                  rng: np.random.Generator | int | None = None,
+                  start_T_wc: np.ndarray | None = None) -> PoseResult:
     """Camera pose of one image from its correspondences.
 
     Args:
@@ -294,6 +295,9 @@ def estimate_pose(pixels: np.ndarray, scene_coords: np.ndarray, K: np.ndarray,
             z <= 0 where depth is missing); with ``solver='auto'`` they select Kabsch (RGB-D).
         config: all options (``PoseConfig``).
         rng: numpy Generator or seed; the result is deterministic for a given seed.
+        start_T_wc: optional ``(4, 4)`` camera-to-world pose that replaces the hypotheses (and the method's
+            own refinement): the re-fits on all inliers start from it, on the correspondences it explains
+            (an RGB-D pose refined by the image alone, for a map whose poses are the colour camera's).
     Returns:
         ``PoseResult``; ``pose`` is None (with ``failure`` saying why) when fewer than the minimal
         number of points are valid, every solve failed, the inliers are degenerate (coincident or
@@ -310,7 +314,12 @@ def estimate_pose(pixels: np.ndarray, scene_coords: np.ndarray, K: np.ndarray,
 
     # --- hypotheses: sample, solve, score, keep the best
     start = time.perf_counter()
-    if config.method == "joint":
+    if start_T_wc is not None:
+        start_pose = np.asarray(start_T_wc, dtype=np.float64)
+        pose: np.ndarray | None = start_pose
+        used = np.flatnonzero(residuals(corr, start_pose) < corr.threshold)
+        score = float(len(used))
+    elif config.method == "joint":
         pose, score, _ = joint_ransac(corr.scene, corr.pixels, corr.K, corr.camera, corr.threshold,
                                       config.inlier_threshold_m, config.joint_batch, config.joint_max_hypotheses,
                                       config.ransac_confidence, rng, corr.confidence)
@@ -345,13 +354,14 @@ def estimate_pose(pixels: np.ndarray, scene_coords: np.ndarray, K: np.ndarray,
 
     # --- refinement (paper), then the re-fit on all inliers (DSAC*/ACE; always part of RANSAC)
     start = time.perf_counter()
-    if config.method == "joint":   # its refinement is part of the method, like RANSAC's polish
+    method = "ransac" if start_T_wc is not None else config.method   # a given pose: RANSAC's re-fits alone
+    if method == "joint":   # its refinement is part of the method, like RANSAC's polish
         pose, used = refine_joint(pose, corr.scene, corr.pixels, corr.K, corr.camera, corr.threshold,
                                   config.inlier_threshold_m, JOINT_REFINE_ITERATIONS, config.depth_gate)
-    elif config.method != "ransac":
+    elif method != "ransac":
         pose, used = refine_pose(corr, pose, used, config, rng, cells)
     offset = 0.0
-    if config.method != "joint" and (config.polish or config.method == "ransac"):
+    if method != "joint" and (config.polish or method == "ransac"):
         pose, used = polish_pose(corr, pose, used, config)
         if corr.solver == "kabsch" and config.depth_offset_sigma_m > 0:
             pose, used, corr, offset = refit_depth_offset(corr, pose, used, config)

@@ -56,6 +56,8 @@ DEFAULT_WIDTH = {"fcn": 32, "unet": 16}
 OPTIMIZERS = ("rmsprop", "adamw")
 #: Stage 2: the regressor (paper III-B), the inlier classifier, or both (Fig. 3's ROC comparison).
 CONFIDENCE_MODES = ("regression", "classification", "both")
+#: MappingConfig.pose_camera: the camera the mapping poses belong to
+POSE_CAMERAS = ("depth", "colour")
 
 
 @dataclass
@@ -124,6 +126,11 @@ class MappingConfig:
     # and every RGB-D query's depth too (a depth camera's metre against an SfM model's unit); 1 = depth is in
     # pose units (docs/decisions/depth-to-pose-scale.md)
     depth_to_pose_scale: float = 1.0
+    # the camera the mapping poses belong to: "depth" (a depth tracker's such as KinectFusion, 7-Scenes'
+    # pose.txt), whose RGB-D poses come from the depth; "colour" (SfM, COLMAP, visual SLAM), whose RGB-D
+    # poses are the image's, started from the depth's: the depth camera sits centimetres beside the colour
+    # camera (docs/decisions/pose-camera.md)
+    pose_camera: str = "depth"
     # stage 2
     confidence: bool = True
     confidence_mode: str = "regression"   # or classification, or both (classifier kept for Fig. 3's ROC)
