@@ -95,6 +95,25 @@ def test_an_image_near_the_prior_is_tracked_onto_its_true_pose(tiny_map):
     assert res.tracked and pose_errors(res.pose, T_next)[1] < 0.005
 
 
+def test_a_colour_cameras_map_tracks_rgbd_frames_by_the_image(tiny_map):
+    # poses of the colour camera (MappingConfig.pose_camera): the depth, here of a camera 2.5 cm to the
+    # side, is not what the frame is aligned by; the image is, onto its own camera's pose
+    the_map = Map.load(tiny_map, device="cpu")
+    the_map.view = corner_scene_view(0.01)
+    the_map.config["pose_camera"] = "colour"
+    T_wc = corner_camera()
+    image = np.repeat(np.clip(np.round(ray_cast(T_wc)[0]), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    T_depth = T_wc @ make_pose(np.eye(3), np.array([0.025, 0.0, 0.0]))
+    hits = ray_cast(T_depth)[1]
+    beside = np.nan_to_num(((hits - T_depth[:3, 3]) @ T_depth[:3, :3])[..., 2]).astype(np.float32)   # z, metres
+    tracker = Tracker(the_map)
+    tracker.reset(nudged(T_wc, 0.03, 1.5))
+    res = tracker.track(image, beside, CORNER_K)
+    assert res.tracked and res.timings["network_ms"] == 0.0
+    rot_deg, trans_m = pose_errors(res.pose, T_wc)
+    assert trans_m < 0.005 and rot_deg < 0.2, (rot_deg, trans_m)
+
+
 def test_a_wrong_prior_falls_back_to_relocalization(the_map, frame):
     tracker = Tracker(the_map, config=LENIENT)
     far = nudged(frame.pose, 1.5, 40.0)

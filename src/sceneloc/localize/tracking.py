@@ -108,7 +108,8 @@ class Tracker:
     def _align(self, image: np.ndarray, depth: np.ndarray | None, K: np.ndarray, prior: np.ndarray,
                config: PoseConfig) -> tuple[np.ndarray, int, float, float] | str:
         """Pose, inlier count, score and depth offset aligned from ``prior``, or why it did not hold."""
-        if depth is not None:
+        # a map of the colour camera's poses follows the image, as its RGB-D poses do (MappingConfig.pose_camera)
+        if depth is not None and self.map.pose_camera == "depth":
             if self.map.cloud is None or not config.icp_distances_m:
                 return "the map has no scene surface to track depth against"
             camera = depth_points(depth, K)
