@@ -1,7 +1,7 @@
 """Tracking against per-frame relocalization on a test split streamed in order (docs/server.md).
 
 For each mode (rgb, rgbd) the split's frames are localized once each from scratch
-(``mapping.scene_map.localize_frames``) and once as a stream (``localize.tracking.track_frames``: each frame
+(``mapping.queries.localize_frames``) and once as a stream (``localize.tracking.track_frames``: each frame
 aligned from the previous pose, relocalized when that fails); printed and written as JSON: share within 5 cm / 5 deg
 (and 10 cm / 10 deg), median errors, median / p95 ms per frame, failures and the share of tracked frames.
 
@@ -22,7 +22,8 @@ import torch
 
 from sceneloc.data.dataset import load_scene
 from sceneloc.localize.tracking import track_frames
-from sceneloc.mapping.scene_map import Map, localize_frames
+from sceneloc.mapping.queries import localize_frames
+from sceneloc.mapping.scene_map import Map
 from sceneloc.report.evaluation import pose_error_arrays, pose_metrics
 
 

@@ -3,7 +3,7 @@
 A change made for speed must not move poses: run this once with the code before the change
 (``--out``), once with the code after it (``--against``), on the same map and frames. Every frame is
 localized with the default estimator (or ``--method``) and the per-frame seed of
-``mapping.scene_map.localize_frames``, in RGB and/or RGB-D. The comparison prints, per mode, the largest
+``mapping.queries.localize_frames``, in RGB and/or RGB-D. The comparison prints, per mode, the largest
 difference between the two poses of a frame (mm, degrees), frames where only one side has a pose,
 and each side's median ms per frame, and exits 1 when a difference exceeds the tolerance.
 
@@ -34,7 +34,7 @@ def record(the_map: Map, frames: list, modes: list[str], method: str, seed: int 
     """``pose_<mode>`` ``(F, 4, 4)`` (NaN where no pose), ``ms_<mode>`` ``(F,)`` (``Map.localize``'s
     total: network and pose, wall clock) and ``cpu_ms_<mode>`` ``(F,)`` (CPU time of the calling thread
     in that call: the whole work of a frame where everything runs on one thread, ``--one-thread``)
-    of every frame, localized as ``mapping.scene_map.localize_frames`` does (the same per-frame seeds)."""
+    of every frame, localized as ``mapping.queries.localize_frames`` does (the same per-frame seeds)."""
     out = {}
     for mode in modes:
         poses, ms, cpu = [], [], []

@@ -227,7 +227,8 @@ def test_per_camera_intrinsics_survive_through_localization(tiny_map, overfit_sc
     with its own K it localizes as well as the original; with the first camera's K it does not.
     (Rows are kept so the network sees the image at the scale it was mapped at, and 10 px are
     8 px of the 0.8-scaled input, a whole output cell: the over-fitted map then still recognises it.)"""
-    from sceneloc.mapping.scene_map import Map, localize_frames
+    from sceneloc.mapping.queries import localize_frames
+    from sceneloc.mapping.scene_map import Map
     frames = load_scene(overfit_scene).frames("train")
     image_dir = tmp_path / "images"
     image_dir.mkdir()

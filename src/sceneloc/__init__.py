@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 #: public name -> the module that defines it
 _PUBLIC = {
-    "Map": "mapping.scene_map", "Localization": "mapping.scene_map", "localize_frames": "mapping.scene_map",
+    "Map": "mapping.scene_map", "Localization": "mapping.scene_map", "localize_frames": "mapping.queries",
     "PoseConfig": "pose.config", "MappingConfig": "training.trainers", "DSACConfig": "pose.dsac",
     "SceneLocError": "errors", "load_scene": "data.dataset", "map_scene": "mapping.build",
     "evaluate": "report.evaluation",

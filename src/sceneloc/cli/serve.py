@@ -15,7 +15,8 @@ import uvicorn
 
 from sceneloc.errors import SceneLocError
 from sceneloc.localize.tracking import TrackingConfig, track_frames
-from sceneloc.mapping.scene_map import Map, localize_frames
+from sceneloc.mapping.queries import localize_frames
+from sceneloc.mapping.scene_map import Map
 from sceneloc.pose.config import METHODS
 from sceneloc.service.live_view import LiveView
 from sceneloc.service.server import TOKEN_ENV, LocalizationService, ServerConfig, create_app

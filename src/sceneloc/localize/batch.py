@@ -134,7 +134,7 @@ def check_queries_for_map(the_map: Map, queries: list[Query]) -> None:
 def localize_queries(the_map: Map, queries: list[Query], estimator, seed: int = 0,
                      depth_scale_m: float = 0.001) -> Iterator[tuple[Query, Localization]]:
     """Localize each query with the map loaded once; the generator of query ``i`` is seeded with
-    ``(seed, i)`` so that a query's pose does not depend on the others (as ``localize_frames``)."""
+    ``(seed, i)`` so that a query's pose does not depend on the others (as ``mapping.queries.localize_frames``)."""
     for i, q in enumerate(queries):
         image = read_image(q.image_path)
         depth = None if q.depth_path is None else read_depth(q.depth_path, image.shape[:2], depth_scale_m)

@@ -178,7 +178,7 @@ class Tracker:
 def track_frames(the_map: Map, frames: Iterable, mode: str = "rgb", estimator: PoseConfig | str | None = None,
                  config: TrackingConfig = TrackingConfig(), seed: int = 0,
                  progress: bool = True) -> Iterator[tuple[Any, TrackedLocalization]]:
-    """``mapping.scene_map.localize_frames`` for a stream: dataset ``frames`` in the order given, each tracked
+    """``mapping.queries.localize_frames`` for a stream: dataset ``frames`` in the order given, each tracked
     from the previous one (``Tracker``); yields ``(frame, TrackedLocalization)`` without dense arrays."""
     if mode not in MODES:
         raise SceneLocError(f"unknown mode {mode!r} (choose rgb or rgbd)")

@@ -18,7 +18,8 @@ from sceneloc import __version__
 from sceneloc.data.dataset import Scene, check_frames, evenly_spaced, load_scene
 from sceneloc.errors import SceneLocError, refuse_to_overwrite
 from sceneloc.geometry import pose_errors
-from sceneloc.mapping.scene_map import MAP_FORMAT_VERSION, Map, default_device, localize_frames
+from sceneloc.mapping.queries import localize_frames
+from sceneloc.mapping.scene_map import MAP_FORMAT_VERSION, Map, default_device
 from sceneloc.nets.models import EncoderHeadNet, SceneNormalisation, build_coordinate_network
 from sceneloc.pose.calibration import PoseCalibration, error_ratio, view_novelty
 from sceneloc.pose.config import MODES, PoseConfig, inlier_settings

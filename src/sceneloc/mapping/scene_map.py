@@ -39,11 +39,10 @@ from sceneloc.nets.models import (
     output_pixel_centres,
 )
 from sceneloc.pose.calibration import CALIBRATION_FILE, PoseCalibration
-from sceneloc.pose.config import DSAC_METHODS, MODES, estimator_config, for_reprojection_map, inlier_settings
+from sceneloc.pose.config import DSAC_METHODS, estimator_config, for_reprojection_map, inlier_settings
 from sceneloc.pose.dsac import STAGE_FILES, estimate_pose_dsac
 from sceneloc.pose.estimate import PoseConfig, PoseResult, estimate_pose
 from sceneloc.pose.fit import REREGISTERED_SCALE_SIGMA, depth_agreeing_pose, keeps_inliers
-from sceneloc.progress import progress as progress_bar
 from sceneloc.surface.cloud import SCENE_CLOUD_FILE, SceneCloud, align_depth, depth_points
 from sceneloc.surface.view import SCENE_VIEW_FILE, SceneView, align_image
 from sceneloc.validation import check_intrinsics, depth_in_metres
@@ -473,34 +472,3 @@ def check_image(image: np.ndarray) -> None:
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise SceneLocError(f"expected an (H, W, 3) uint8 RGB image, got {getattr(image, 'dtype', type(image))} "
                             f"with shape {getattr(image, 'shape', None)}")
-
-
-def frame_queries(frames: list, mode: str, progress: bool = True, desc: str | None = None):
-    """Dataset ``frames`` read as queries one by one, with a progress bar (``desc``, default ``localizing
-    (MODE)``); yields ``(i, frame, image, depth)``, ``depth`` the frame's for ``mode`` ``rgbd``, else None."""
-    if mode not in MODES:
-        raise SceneLocError(f"unknown mode {mode!r} (choose rgb or rgbd)")
-    bar = progress_bar(frames, desc=desc or f"localizing ({mode})", unit="frame", disable=not progress,
-                       dynamic_ncols=True, mininterval=1.0)
-    for i, frame in enumerate(bar):
-        image = frame.load_image()
-        yield i, frame, image, frame.load_depth(image.shape[:2]) if mode == "rgbd" else None
-
-
-def localize_frames(the_map: Map, frames: list, mode: str = "rgb", estimator: PoseConfig | str | None = None,
-                    seed: int = 0, progress: bool = True, keep_points: bool = False):
-    """Localize dataset frames one by one; yields ``(frame, Localization)``.
-
-    ``mode`` is ``rgb`` (PnP on the image alone) or ``rgbd`` (Kabsch with the frame's depth).
-    The random generator is seeded per frame, so a frame's result does not depend on the others.
-    ``estimator`` is :meth:`Map.localize`'s.
-    """
-    if mode not in MODES:
-        raise SceneLocError(f"unknown mode {mode!r} (choose rgb or rgbd)")
-    config = estimator_config(estimator)
-    if config.method in DSAC_METHODS:  # a missing DSAC stage fails here, before any frame
-        resolve_stage(the_map, config.dsac_score)
-    for i, frame, image, depth in frame_queries(frames, mode, progress):
-        res = the_map.localize(image, depth=depth, intrinsics=frame.K, estimator=config,
-                               rng=np.random.default_rng([seed, i]))
-        yield frame, res if keep_points else res.without_points()

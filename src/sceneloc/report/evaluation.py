@@ -29,7 +29,8 @@ import numpy as np
 from sceneloc.data.dataset import load_scene
 from sceneloc.errors import SceneLocError, refuse_to_overwrite
 from sceneloc.geometry import PoseRecord, pose_errors, read_pose_file, write_pose_file
-from sceneloc.mapping.scene_map import Map, localize_frames
+from sceneloc.mapping.queries import localize_frames
+from sceneloc.mapping.scene_map import Map
 from sceneloc.pose.calibration import error_ratio, operating_point, reliability_bins
 from sceneloc.pose.config import MODES, PoseConfig, estimator_config
 from sceneloc.progress import progress as progress_bar

@@ -28,7 +28,8 @@ import torch
 from sceneloc.data.dataset import Frame, evenly_spaced
 from sceneloc.errors import SceneLocError
 from sceneloc.geometry import PoseRecord
-from sceneloc.mapping.scene_map import DEFAULT_POSE_POINTS, Localization, Map, Prediction, frame_queries
+from sceneloc.mapping.queries import frame_queries
+from sceneloc.mapping.scene_map import DEFAULT_POSE_POINTS, Localization, Map, Prediction
 from sceneloc.nets.encoders import load_encoder
 from sceneloc.pose.config import PoseConfig
 from sceneloc.scale.partition import LAYOUT_FILE, read_layout
@@ -300,7 +301,7 @@ def localize_routed_frames(maps: MapSet, frames: list[Frame], mode: str = "rgb",
                            ) -> Iterator[tuple[Frame, RoutedLocalization]]:
     """Dataset ``frames`` (``data.dataset.Frame``) localized one by one by the map set; yields ``(frame,
     RoutedLocalization)``. ``mode`` rgb or rgbd (the frame's depth); frame ``i`` draws from
-    ``default_rng([seed, i])``, as ``mapping.scene_map.localize_frames``, so that it does not depend on the others."""
+    ``default_rng([seed, i])``, as ``mapping.queries.localize_frames``, so that it does not depend on the others."""
     for i, frame, image, depth in frame_queries(frames, mode, progress, f"localizing ({mode}, routed)"):
         routed = maps.localize(image, depth, frame.K, estimator, np.random.default_rng([seed, i]), top_k)
         if not keep_points:
