@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from sceneloc.capture.sfm import umeyama
-from sceneloc.data.dataset import INTRINSICS_FILES, load_scene
+from sceneloc.data.dataset import INTRINSICS_FILES, POSE_CAMERA_FILE, load_scene
 from sceneloc.data.readers import read_image
 from sceneloc.geometry import intrinsics_matrix, read_pose_file
 
@@ -65,6 +65,7 @@ def sfm_view(root: Path, pgt_file: Path, out: Path, train: list[int], test: list
         np.savetxt(dst_dir / f"{stem}.pose.txt", T_wc)   # camera-to-world, as 7-Scenes' pose.txt
     for name, seqs in (("TrainSplit.txt", train), ("TestSplit.txt", test)):
         (out / name).write_text("".join(f"sequence{n}\n" for n in seqs))
+    (out / POSE_CAMERA_FILE).write_text("colour\n")   # the SfM poses are the colour camera's
     depth_file, colour_file = INTRINSICS_FILES
     shutil.copyfile(root / depth_file, out / depth_file)
     if image_hw is None:

@@ -62,6 +62,7 @@ def test_sfm_view_maps_and_scores_with_the_sfm_poses(tiny_scene, tmp_path):
     view = load_scene(out)
     seq_01 = [f.name for f in scene.frames("train") if f.name.startswith("seq-01")]
     assert [f.name for f in view.frames("test")] == seq_01
+    assert view.pose_camera == "colour" and scene.pose_camera is None   # the SfM poses: the colour camera's
     for f in view.frames("train") + view.frames("test"):
         np.testing.assert_allclose(f.pose, invert_pose(T_cw[f.name]), atol=1e-9)
         np.testing.assert_allclose(f.K, [[123.5, 0, 80], [0, 123.5, 60], [0, 0, 1]])

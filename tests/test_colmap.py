@@ -104,6 +104,7 @@ def test_import_round_trip_poses_and_per_camera_intrinsics(tmp_path, fmt, capsys
             assert f.load_image().shape[:2] == CAMERAS[cams[name]][2:0:-1]
     info = json.loads((out / "import_info.json").read_text())
     assert info["units"].startswith("the model's own units") and info["scale_applied"] == 1.0
+    assert scene.pose_camera == "colour"   # SfM poses: the colour camera's, for `sceneloc map --pose-camera`
     assert info["images"] == "copies" and not (out / "train" / "rgb").iterdir().__next__().is_symlink()
 
 

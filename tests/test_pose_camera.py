@@ -11,6 +11,7 @@ import pytest
 import torch
 from test_depth_evidence import HW, K, corner_depth, corner_pose, network_matches
 
+from sceneloc.data.dataset import load_scene
 from sceneloc.errors import SceneLocError
 from sceneloc.geometry import make_pose, pose_errors, solve_pnp
 from sceneloc.mapping.build import map_scene
@@ -69,6 +70,23 @@ def test_estimate_pose_from_a_given_pose_is_the_image_pose():
     # a start that explains nothing gives no pose, never a wrong one
     far = estimate_pose(pixels, scene, K, start_T_wc=T_colour @ make_pose(np.eye(3), np.array([2.0, 0, 0])), rng=0)
     assert far.pose is None and "inliers" in far.failure
+
+
+def test_the_dataset_says_whose_camera_its_poses_are_unless_the_option_does(overfit_scene, tmp_path):
+    data = tmp_path / "scene"
+    shutil.copytree(overfit_scene, data, symlinks=True)
+    cfg = dict(arch="fcn", width=8, input_height=96, iterations=2, batch_size=2, confidence=False)
+    quiet = dict(device="cpu", evaluate_test=False, log=lambda *a: None)
+    made = lambda name: json.loads((tmp_path / name / "config.json").read_text())["pose_camera"]   # noqa: E731
+    map_scene(data, tmp_path / "plain", MappingConfig(**cfg), **quiet)
+    (data / "pose-camera.txt").write_text("colour\n")
+    assert load_scene(data).pose_camera == "colour"
+    map_scene(data, tmp_path / "said", MappingConfig(**cfg), **quiet)
+    map_scene(data, tmp_path / "told", MappingConfig(pose_camera="depth", **cfg), **quiet)
+    assert (made("plain"), made("said"), made("told")) == ("depth", "colour", "depth")
+    (data / "pose-camera.txt").write_text("infrared\n")
+    with pytest.raises(SceneLocError, match="pose-camera.txt: says 'infrared'"):
+        map_scene(data, tmp_path / "bad", MappingConfig(**cfg), **quiet)
 
 
 def test_the_pose_camera_is_stored_and_checked(tiny_map, overfit_scene, tmp_path):

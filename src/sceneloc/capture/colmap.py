@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sceneloc.data.dataset import POSE_CAMERA_FILE
 from sceneloc.data.readers import IMAGE_SUFFIXES, check_image_file, image_header, read_depth
 from sceneloc.errors import SceneLocError
 from sceneloc.geometry import intrinsics_matrix, invert_pose
@@ -249,6 +250,8 @@ def write_dataset(out: Path, views: list[View], image_dir: Path, split: dict[str
         counts[s] += 1
     info.update(frames=counts, images="symlinks" if link else "copies")      # the caller's dict, completed
     (out / "import_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    # SfM poses are the colour camera's: `sceneloc map` takes that as --pose-camera unless told otherwise
+    (out / POSE_CAMERA_FILE).write_text("colour\n")
     return counts
 
 

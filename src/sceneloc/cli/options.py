@@ -9,6 +9,7 @@ import argparse
 from dataclasses import fields
 from typing import Any
 
+from sceneloc.data.dataset import POSE_CAMERAS
 from sceneloc.errors import SceneLocError
 from sceneloc.nets.encoders import PRECISIONS
 from sceneloc.nets.losses import COORDINATE_LOSSES, NEIGHBOURHOODS
@@ -18,14 +19,7 @@ from sceneloc.pose.config import SCORES as POSE_SCORES
 from sceneloc.pose.dsac import MODES, OBJECTIVES, DSACConfig
 from sceneloc.training.head import LOSSES as HEAD_LOSSES
 from sceneloc.training.loop import SCHEDULES
-from sceneloc.training.trainers import (
-    ARCH_DEFAULTS,
-    CONFIDENCE_MODES,
-    DEFAULT_WIDTH,
-    OPTIMIZERS,
-    POSE_CAMERAS,
-    MappingConfig,
-)
+from sceneloc.training.trainers import ARCH_DEFAULTS, CONFIDENCE_MODES, DEFAULT_WIDTH, OPTIMIZERS, MappingConfig
 
 #: Stage-1 options that --stage dsac also reads (None: DSACConfig's default); its own options are dsac_<field>.
 DSAC_SHARED_OPTIONS = ("minutes", "iterations", "seed")
@@ -137,7 +131,8 @@ def add_map_arguments(s: argparse.ArgumentParser) -> None:
                                      "model's unit); 1 = depth in pose units", metavar="S")
     option(g, "pose_camera", "the camera the mapping poses belong to: depth (a depth tracker's, e.g. 7-Scenes' "
                              "pose.txt): RGB-D poses come from the depth; colour (SfM, COLMAP, visual SLAM): RGB-D "
-                             "poses are the image's, started from the depth's", choices=POSE_CAMERAS)
+                             "poses are the image's, started from the depth's (default: what the dataset's "
+                             "pose-camera.txt says, else depth)", choices=POSE_CAMERAS)
     option(g, "view_voxel_m", "fuse the mapping depth and grey values into a scene view of this voxel size in "
                               "metres, which RGB poses are finally aligned to by rendering it; 0 = none",
            aliases=("--view-voxel",), metavar="M")

@@ -162,12 +162,29 @@ class SceneStats:
         return self.diameter / 2.0
 
 
+#: a dataset's word on whose camera its poses are (``POSE_CAMERA_FILE``): a depth tracker's or the colour camera's
+POSE_CAMERAS = ("depth", "colour")
+POSE_CAMERA_FILE = "pose-camera.txt"
+
+
 @dataclass
 class Scene:
     """A dataset on disk: its frames per split and its camera intrinsics."""
     root: Path
     layout: str                           # "7scenes" or "dsacstar"
     splits: dict[str, list[Frame]] = field(default_factory=dict)
+
+    @cached_property
+    def pose_camera(self) -> str | None:
+        """Whose camera the poses are, as the dataset's ``pose-camera.txt`` says (``depth`` or ``colour``;
+        written by ``sceneloc import colmap`` and ``sfm``); None where it says nothing."""
+        path = self.root / POSE_CAMERA_FILE
+        if not path.is_file():
+            return None
+        word = path.read_text(errors="replace").strip()
+        if word not in POSE_CAMERAS:
+            raise SceneLocError(f"{path}: says {word[:40]!r}; it must hold one word, {' or '.join(POSE_CAMERAS)}")
+        return word
 
     def frames(self, split: str) -> list[Frame]:
         if split not in self.splits:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from sceneloc import __version__
-from sceneloc.data.dataset import Scene, check_frames, evenly_spaced, load_scene
+from sceneloc.data.dataset import POSE_CAMERAS, Scene, check_frames, evenly_spaced, load_scene
 from sceneloc.errors import SceneLocError, refuse_to_overwrite
 from sceneloc.geometry import pose_errors
 from sceneloc.mapping.queries import localize_frames
@@ -31,7 +31,6 @@ from sceneloc.training.frame_cache import FrameCache
 from sceneloc.training.head import buffer_accuracy, train_head
 from sceneloc.training.loop import Budget
 from sceneloc.training.trainers import (
-    POSE_CAMERAS,
     MappingConfig,
     confidence_config,
     coordinate_accuracy,
@@ -121,7 +120,7 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
 
     map_dir = Path(map_dir)
     check_config_budgets(cfg)
-    if cfg.pose_camera not in POSE_CAMERAS:
+    if cfg.pose_camera not in (None, *POSE_CAMERAS):
         raise SceneLocError(f"--pose-camera {cfg.pose_camera!r}: choose {' or '.join(POSE_CAMERAS)}")
     check_output_path(map_dir, "dir", [dataset])
     _check_map_dir(map_dir, force, resume)
@@ -141,6 +140,8 @@ def map_scene(dataset: str | Path, map_dir: str | Path, cfg: MappingConfig, forc
         cfg = replace(cfg, confidence=False)
     seed_everything(cfg.seed)
     scene = scaled_depth(load_scene(dataset, intrinsics), cfg.depth_to_pose_scale)
+    # unless told, the dataset says whose camera its poses are (an import of SfM poses: the colour camera's)
+    cfg = replace(cfg, pose_camera=cfg.pose_camera or scene.pose_camera or "depth")
     if frames is not None:   # the partition's frames are its training split (its extent, normalisation, buffer)
         keep = set(frames)
         scene.splits["train"] = [f for f in scene.frames("train") if f.name in keep]

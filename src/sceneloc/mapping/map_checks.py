@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from sceneloc.data.dataset import POSE_CAMERAS
 from sceneloc.errors import SceneLocError
 from sceneloc.nets.models import ARCHITECTURES
-from sceneloc.training.trainers import POSE_CAMERAS
 from sceneloc.validation import check_intrinsics
 
 #: config.json keys every map has, and the type each must be (checked before any network is built).

@@ -56,8 +56,6 @@ DEFAULT_WIDTH = {"fcn": 32, "unet": 16}
 OPTIMIZERS = ("rmsprop", "adamw")
 #: Stage 2: the regressor (paper III-B), the inlier classifier, or both (Fig. 3's ROC comparison).
 CONFIDENCE_MODES = ("regression", "classification", "both")
-#: MappingConfig.pose_camera: the camera the mapping poses belong to
-POSE_CAMERAS = ("depth", "colour")
 
 
 @dataclass
@@ -129,8 +127,8 @@ class MappingConfig:
     # the camera the mapping poses belong to: "depth" (a depth tracker's such as KinectFusion, 7-Scenes'
     # pose.txt), whose RGB-D poses come from the depth; "colour" (SfM, COLMAP, visual SLAM), whose RGB-D
     # poses are the image's, started from the depth's: the depth camera sits centimetres beside the colour
-    # camera (docs/decisions/pose-camera.md)
-    pose_camera: str = "depth"
+    # camera; None: what the dataset's pose-camera.txt says, else "depth" (docs/decisions/pose-camera.md)
+    pose_camera: str | None = None
     # stage 2
     confidence: bool = True
     confidence_mode: str = "regression"   # or classification, or both (classifier kept for Fig. 3's ROC)
