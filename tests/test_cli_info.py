@@ -104,7 +104,11 @@ def test_info_tiny_dataset_ok(tmp_path, capsys):
     assert main(["info", str(root)]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^train frames\s+2$", out, re.M) and re.search(r"^test frames\s+2$", out, re.M)
-    assert "64x48" in out and "fx=585.00" in out and "depth camera" not in out   # not a Kinect at 64x48
+    assert "64x48" in out and "fx=585.00" in out and "depth camera fx" not in out   # not a Kinect at 64x48
+    assert "poses        the depth camera's, as sceneloc map takes them without pose-camera.txt" in out
+    (root / "pose-camera.txt").write_text("colour\n")
+    assert main(["info", str(root)]) == 0
+    assert "poses        the colour camera's (pose-camera.txt)" in capsys.readouterr().out
 
 
 def _bad_missing_pose(root):

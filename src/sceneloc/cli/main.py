@@ -70,6 +70,9 @@ def _cmd_info(args: argparse.Namespace) -> None:
     print(f"extent ({unit})".ljust(13) + f"x [{lo[0]:.2f}, {hi[0]:.2f}]  y [{lo[1]:.2f}, {hi[1]:.2f}]  "
           f"z [{lo[2]:.2f}, {hi[2]:.2f}]")
     print(f"diameter     {stats.diameter:.2f} {unit}  (Tukey c = {stats.tukey_c:.2f} {unit})")
+    said = scene.pose_camera
+    print(f"poses        the {said} camera's (pose-camera.txt)" if said else
+          "poses        the depth camera's, as sceneloc map takes them without pose-camera.txt or --pose-camera")
     if unit != "m":
         print("units        the poses are in arbitrary SfM units, not metres (import_info.json)")
 
@@ -109,7 +112,8 @@ def _cmd_localize(args: argparse.Namespace) -> None:
             raise SceneLocError(f"{args.image}: no pose found ({res.failure})")
         T_cw = invert_pose(res.pose)
         np.set_printoptions(precision=6, suppress=True)
-        solver = "Kabsch" if depth is not None else "PnP"
+        # a colour camera's map: the depth's Kabsch pose starts the image's PnP re-fits
+        solver = "PnP" if depth is None else "Kabsch" if the_map.pose_camera == "depth" else "Kabsch, then PnP"
         chance = "" if np.isnan(res.probability) else f", P(within 5 cm / 5 deg) = {res.probability:.2f}"
         offset = "" if depth is None else f", query depth reads {100 * res.depth_offset_m:+.1f} cm along its rays"
         print(f"camera-to-world pose of {args.image} ({solver}, {res.inliers} inliers, "
