@@ -147,6 +147,17 @@ pose_line = st.builds(lambda name, nums, note: " ".join([name, *nums]) + note,
                       st.sampled_from(["", " # failed: no pose", " #"]))
 
 
+@fuzz(100)
+@given(content=st.one_of(st.binary(max_size=60), st.sampled_from([b"colour", b" depth\n", b"Colour", b""])))
+def test_pose_camera_file(overfit_scene, tmp_path, content):
+    root = tmp_path / "scene"
+    if not root.exists():
+        shutil.copytree(overfit_scene, root, symlinks=True)
+    (root / "pose-camera.txt").write_bytes(content)
+    with case("pose-camera.txt"), refusal():
+        assert load_scene(root).pose_camera in ("depth", "colour")
+
+
 @fuzz(250)
 @given(content=st.one_of(st.binary(max_size=300), st.lists(pose_line, max_size=5).map("\n".join).map(str.encode)))
 def test_pose_files(tmp_path, content):
@@ -203,7 +214,8 @@ def mutate(config: dict, key_path: list, value) -> dict:
 
 CONFIG_PATHS = [["format_version"], ["network"], ["network", "arch"], ["network", "width"], ["network", "stride"],
                 ["input_height"], ["image_size"], ["intrinsics"], ["normalisation"], ["normalisation", "center"],
-                ["normalisation", "scale"], ["confidence_network"], ["has_confidence"], ["confidence"]]
+                ["normalisation", "scale"], ["confidence_network"], ["has_confidence"], ["confidence"],
+                ["depth_to_pose_scale"], ["pose_camera"]]
 
 
 @fuzz(80)
