@@ -369,7 +369,8 @@ class Map:
                  estimator: PoseConfig | str | None = None, rng: np.random.Generator | None = None,
                  max_points: int = DEFAULT_POSE_POINTS, prediction: Prediction | None = None) -> Localization:
         """Camera-to-world pose of one RGB image (PnP), or of an RGB-D frame (Kabsch) when ``depth``
-        ``(H, W)`` in metres (0 = none) is given.
+        ``(H, W)`` in metres (0 = none) is given; on a map of the colour camera's poses (``pose_camera``)
+        the Kabsch pose starts the image's PnP re-fits and scene-view alignment.
 
         Args:
             image: ``(H, W, 3)`` uint8 RGB; any size if ``intrinsics`` are given.
