@@ -29,7 +29,8 @@ def localize_frames(the_map: Map, frames: list, mode: str = "rgb", estimator: Po
                     seed: int = 0, progress: bool = True, keep_points: bool = False):
     """Localize dataset frames one by one; yields ``(frame, Localization)``.
 
-    ``mode`` is ``rgb`` (PnP on the image alone) or ``rgbd`` (Kabsch with the frame's depth).
+    ``mode`` is ``rgb`` (PnP on the image alone) or ``rgbd`` (Kabsch with the frame's depth; on a map of the
+    colour camera's poses, the image's pose started from it).
     The random generator is seeded per frame, so a frame's result does not depend on the others.
     ``estimator`` is :meth:`Map.localize`'s.
     """
