@@ -297,6 +297,11 @@ def agreement_table(work: Path, every: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def camera_marks(T: np.ndarray) -> np.ndarray:
+    """``(N, 4, 3)`` points of camera-to-world poses ``T (N, 4, 4)``: each centre and 1 m along each axis."""
+    return T[:, None, :3, 3] + np.concatenate([np.zeros((len(T), 1, 3)), T[:, :3, :3].transpose(0, 2, 1)], axis=1)
+
+
 def recording_moves(work: Path, label: str) -> str:
     """Markdown: how much of each row's error is one rigid move of the whole test recording (a diagnosis
     that reads the ground truth, not an estimator): the move that best carries the estimates within
@@ -315,14 +320,10 @@ def recording_moves(work: Path, label: str) -> str:
             near = (rot < 10) & (trans < 0.10)
             if near.sum() < 3:
                 continue
-
-            def marks(T: np.ndarray) -> np.ndarray:   # (N, 4, 3): centre and 1 m along each axis
-                return (T[:, None, :3, 3] + np.concatenate([np.zeros((len(T), 1, 3)),
-                                                            T[:, :3, :3].transpose(0, 2, 1)], axis=1))
-            R, t = kabsch(marks(poses[near]).reshape(-1, 3), marks(truth[near]).reshape(-1, 3))
-            move = make_pose(R, t)
-            moved = np.where(np.isnan(poses).any(axis=(1, 2))[:, None, None], poses, move @ poses)
-            before, after = row_metrics(poses, None, truth), row_metrics(moved, None, truth)
+            src, dst = (camera_marks(T[near]).reshape(-1, 3) for T in (poses, truth))
+            move = make_pose(*kabsch(src, dst))
+            # a failed frame (NaN) stays failed: NaN carries through the product
+            before, after = row_metrics(poses, None, truth), row_metrics(move @ poses, None, truth)
             turned = pose_errors(move, np.eye(4))[0]
             centres = truth[:, :3, 3]
             shifted = np.median(np.linalg.norm(transform_points(move, centres) - centres, axis=1))

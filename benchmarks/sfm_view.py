@@ -25,7 +25,7 @@ import numpy as np
 from sceneloc.capture.sfm import umeyama
 from sceneloc.data.dataset import INTRINSICS_FILES, POSE_CAMERA_FILE, load_scene
 from sceneloc.data.readers import read_image
-from sceneloc.geometry import intrinsics_matrix, read_pose_file
+from sceneloc.geometry import intrinsics_matrix, invert_pose, make_pose, project_to_so3, read_pose_file
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -112,19 +112,8 @@ def carried_poses(T_from: np.ndarray, fit_from: np.ndarray, fit_to: np.ndarray) 
 def camera_offset(T_est: np.ndarray, T_true: np.ndarray) -> np.ndarray:
     """The constant camera-frame transform ``X (4, 4)`` with ``T_est @ X ~ T_true`` over poses ``(N, 4, 4)``:
     the chordal mean of the relative rotations and the mean relative translation (two cameras on one rig)."""
-    relative = invert_pose_batch(T_est) @ T_true
-    U, _, Vt = np.linalg.svd(relative[:, :3, :3].sum(axis=0))
-    X = np.eye(4)
-    X[:3, :3] = U @ np.diag([1.0, 1.0, np.linalg.det(U @ Vt)]) @ Vt
-    X[:3, 3] = relative[:, :3, 3].mean(axis=0)
-    return X
-
-
-def invert_pose_batch(T: np.ndarray) -> np.ndarray:
-    out = np.tile(np.eye(4), (len(T), 1, 1))
-    out[:, :3, :3] = T[:, :3, :3].transpose(0, 2, 1)
-    out[:, :3, 3] = -np.einsum("nji,nj->ni", T[:, :3, :3], T[:, :3, 3])
-    return out
+    relative = invert_pose(T_est) @ T_true
+    return make_pose(project_to_so3(relative[:, :3, :3].sum(axis=0)), relative[:, :3, 3].mean(axis=0))
 
 
 def agreement(dslam_view: Path, sfm_view_root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:

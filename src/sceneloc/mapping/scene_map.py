@@ -432,19 +432,17 @@ class Map:
         pose, offset = res.pose, res.depth_offset_m
         t0 = time.perf_counter()
         with _one_blas_thread():
-            from_image = None
+            from_image = False   # whether the image gave the pose (a colour camera's map), not the depth
             if depth is not None and pose is not None and self.pose_camera == "colour":
                 # the map's poses are the colour camera's, centimetres from the depth camera: the depth's pose
                 # only starts the image's re-fits and its alignment to the scene view
-                from_image = estimate_pose(pixels, coords, K, config=config, rng=rng, start_T_wc=pose)
-            if from_image is not None and from_image.pose is not None:
-                res, offset = from_image, 0.0
-                pose = self._refined(image, None, K, config, from_image.pose, offset, pixels, coords)[0]
-            elif pose is not None:
-                from_image = None   # no image pose from there: the depth's stands, as on a depth camera's map
+                started = estimate_pose(pixels, coords, K, config=config, rng=rng, start_T_wc=pose)
+                if started.pose is not None:   # else the depth's pose stands, as on a depth camera's map
+                    res, offset, from_image = started, 0.0, True
+                    pose = self._refined(image, None, K, config, started.pose, offset, pixels, coords)[0]
+            if not from_image and pose is not None:
                 pose, offset = self._refined(image, depth, K, config, pose, offset, pixels, coords)
-            if (from_image is None and depth is not None and pose is not None
-                    and config.depth_image_offset_max_px > 0):
+            if not from_image and depth is not None and pose is not None and config.depth_image_offset_max_px > 0:
                 def fit_with_depth(moved: np.ndarray) -> tuple[np.ndarray, float] | None:
                     refit = self._localize_at(image, moved, K, config, stage, rng, max_points, pred, 1.0)[0]
                     return None if refit.pose is None else self._refined(
